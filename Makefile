@@ -1,0 +1,57 @@
+# The developer interface of EdgeFleet. Every target installs what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+CLUSTER_DIR := .cluster
+DEMO_DIR := .demo
+
+.PHONY: help venv test test-unit lint crds cluster-up cluster-down testbin demo demo-down clean
+
+help:
+	@echo "make demo          local control plane + operator + examples, then kubectl get em,ed"
+	@echo "make demo-down     stop the demo (operator and control plane)"
+	@echo "make test          lint, unit and integration tests (builds the control plane once)"
+	@echo "make cluster-up    start etcd + kube-apiserver on loopback; kubeconfig in .cluster/"
+	@echo "make cluster-down  stop it and delete its state"
+	@echo "make crds          regenerate crds/ from operator/resources.py"
+
+# The virtual environment is rebuilt whenever pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+testbin:
+	bash hack/testbin/build.sh >/dev/null
+
+crds: venv
+	$(PY) -m edgefleet.operator.crdgen crds
+
+lint: venv
+	$(VENV)/bin/ruff check operator edge_runtime tests hack
+	$(VENV)/bin/lint-imports
+
+test-unit: venv
+	$(PY) -m pytest tests/unit -q
+
+test: venv testbin lint
+	$(PY) -m pytest tests -q -ra
+
+cluster-up: venv
+	$(PY) hack/localcluster.py up --dir $(CLUSTER_DIR)
+
+cluster-down:
+	$(PYTHON) hack/localcluster.py down --dir $(CLUSTER_DIR)
+
+demo: venv
+	$(PY) hack/demo.py up
+
+demo-down:
+	$(PYTHON) hack/demo.py down
+
+clean: cluster-down
+	rm -rf $(VENV) build dist *.egg-info

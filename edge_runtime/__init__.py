@@ -1,0 +1,1 @@
+"""EdgeFleet's edge side: the runtime that serves models on a device."""
