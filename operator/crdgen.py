@@ -1,0 +1,213 @@
+"""Generates the CustomResourceDefinitions in `crds/` from the pydantic models.
+
+    python -m edgefleet.operator.crdgen [--check] [OUT_DIR]
+
+Pydantic's JSON Schema is turned into a Kubernetes *structural* schema: references
+inlined, optionals flattened, int-or-string marked, key patterns of maps turned into CEL
+rules, and the keywords the API server does not accept dropped. `--check` fails when the
+committed YAML differs from what the models generate (run by the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from edgefleet.operator.resources import (
+    GROUP,
+    VERSION,
+    EdgeDeviceSpec,
+    EdgeDeviceStatus,
+    EdgeModelSpec,
+    EdgeModelStatus,
+)
+
+Schema = dict[str, Any]
+# JSON Schema keywords with no place in a structural schema.
+DROPPED_KEYWORDS = {"title", "$defs"}
+
+
+@dataclass(frozen=True)
+class ResourceKind:
+    kind: str
+    plural: str
+    short_name: str
+    spec: type[BaseModel]
+    status: type[BaseModel]
+    printer_columns: list[dict[str, str]]
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.plural}.yaml"
+
+
+KINDS = (
+    ResourceKind(
+        kind="EdgeModel", plural="edgemodels", short_name="em",
+        spec=EdgeModelSpec, status=EdgeModelStatus,
+        printer_columns=[
+            {"name": "Version", "type": "string", "jsonPath": ".spec.version"},
+            {"name": "Ready", "type": "string", "jsonPath": ".status.readySummary",
+             "description": "ready/targeted devices"},
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+    ),
+    ResourceKind(
+        kind="EdgeDevice", plural="edgedevices", short_name="ed",
+        spec=EdgeDeviceSpec, status=EdgeDeviceStatus,
+        printer_columns=[
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Models", "type": "integer", "jsonPath": ".status.modelCount"},
+            {"name": "Last-Seen", "type": "date", "jsonPath": ".status.lastSeen"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+    ),
+)
+
+
+def _resolve(node: Any, defs: Schema) -> Any:
+    """Inlines every $ref (structural schemas allow none)."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target = defs[node["$ref"].rsplit("/", 1)[-1]]
+            merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+            return _resolve(merged, defs)
+        return {key: _resolve(value, defs) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_resolve(item, defs) for item in node]
+    return node
+
+
+def _structural(node: Schema) -> Schema:
+    """Rewrites one resolved JSON Schema node into its structural form."""
+    node = {k: v for k, v in node.items() if k not in DROPPED_KEYWORDS}
+    variants = node.pop("anyOf", None)
+    if variants is not None:
+        non_null = [v for v in variants if v.get("type") != "null"]
+        types = {v.get("type") for v in non_null}
+        if len(non_null) == 1:  # Optional[X]: absence is the Kubernetes way to say null
+            node = {**non_null[0], **node}
+        elif types == {"integer", "string"}:
+            node["x-kubernetes-int-or-string"] = True
+            # Branches of int-or-string may only validate values, not declare types.
+            node["anyOf"] = [{k: w for k, w in _structural(v).items() if k != "type"}
+                             for v in non_null]
+        else:
+            raise ValueError(f"cannot express anyOf {variants} in a structural schema")
+    if node.get("default", 0) is None:
+        del node["default"]
+    if node.get("additionalProperties") is False:
+        del node["additionalProperties"]  # the API server prunes unknown fields itself
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    for bound, keyword in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(node.get(bound), (int, float)) and not isinstance(node[bound], bool):
+            node[keyword] = node[bound]
+            node[bound] = True
+    # A map with constrained keys: structural schemas cannot say it, CEL can.
+    key_checks = []
+    key_limits = node.pop("propertyNames", {})
+    if "maxLength" in key_limits:
+        key_checks.append(f"size(key) <= {key_limits['maxLength']}")
+    pattern_properties = node.pop("patternProperties", None)
+    if pattern_properties:
+        ((pattern, value_schema),) = pattern_properties.items()
+        node["additionalProperties"] = value_schema
+        key_checks.append(f"key.matches(r'{pattern}')")
+    if key_checks:
+        node.setdefault("x-kubernetes-validations", []).append({
+            "rule": f"self.all(key, {' && '.join(key_checks)})",
+            "message": "every key must be a valid label key",
+        })
+    if "properties" in node:
+        node["properties"] = {k: _structural(v) for k, v in node["properties"].items()}
+    if isinstance(node.get("additionalProperties"), dict):
+        node["additionalProperties"] = _structural(node["additionalProperties"])
+    if "items" in node:
+        node["items"] = _structural(node["items"])
+    if "anyOf" in node and not node.get("x-kubernetes-int-or-string"):
+        node["anyOf"] = [_structural(v) for v in node["anyOf"]]
+    return node
+
+
+def structural_schema(model: type[BaseModel]) -> Schema:
+    """The structural OpenAPI v3 schema of a pydantic model, as a CRD embeds it."""
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    return _structural(_resolve(raw, raw.get("$defs", {})))
+
+
+def crd(kind: ResourceKind) -> Schema:
+    """The whole CustomResourceDefinition object for one kind."""
+    schema: Schema = {
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": structural_schema(kind.spec),
+            "status": structural_schema(kind.status),
+        },
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{kind.plural}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": kind.kind,
+                "listKind": f"{kind.kind}List",
+                "plural": kind.plural,
+                "singular": kind.kind.lower(),
+                "shortNames": [kind.short_name],
+                "categories": ["edgefleet"],
+            },
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": kind.printer_columns,
+                "schema": {"openAPIV3Schema": schema},
+            }],
+        },
+    }
+
+
+def render(kind: ResourceKind) -> str:
+    header = "# Generated by `make crds` from operator/resources.py; do not edit by hand.\n"
+    return header + yaml.safe_dump(crd(kind), sort_keys=False, width=100)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Generate the EdgeFleet CRDs")
+    parser.add_argument("out_dir", nargs="?", type=Path, default=Path("crds"))
+    parser.add_argument("--check", action="store_true",
+                        help="fail if the files in OUT_DIR are not current")
+    args = parser.parse_args(argv)
+    stale = []
+    for kind in KINDS:
+        path = args.out_dir / kind.file_name
+        text = render(kind)
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(str(path))
+        else:
+            path.write_text(text)
+    if stale:
+        print(f"stale CRDs: {', '.join(stale)}; run `make crds`", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

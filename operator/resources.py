@@ -1,0 +1,238 @@
+"""The EdgeModel and EdgeDevice resources as pydantic models.
+
+These models are the single source of truth for both custom resources: the CRD YAML in
+`crds/` is generated from them (`make crds`, see crdgen.py), and the operator parses
+every object it reads with them. Cross-field rules are written twice on purpose, once
+as CEL for the API server (`x-kubernetes-validations`) and once as a pydantic
+validator; a shared set of valid and invalid examples proves the two agree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "edgefleet.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Kubernetes label syntax: an optional DNS-subdomain prefix and a name of at most 63
+# characters; values are empty or a name.
+LABEL_KEY_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# The schemes the operator can fetch artifacts from.
+SOURCE_URI_PATTERN = r"^(file|https?)://\S+$"
+SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
+PERCENT_PATTERN = r"^(100|[1-9]?[0-9])%$"
+CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+
+LabelKey = Annotated[str, StringConstraints(max_length=317, pattern=LABEL_KEY_PATTERN)]
+LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE_PATTERN)]
+ObjectName = Annotated[str, StringConstraints(min_length=1, max_length=253,
+                                              pattern=DNS_SUBDOMAIN_PATTERN)]
+ShortText = Annotated[str, StringConstraints(max_length=256)]
+Message = Annotated[str, StringConstraints(max_length=2048)]
+Count = Annotated[int, Field(ge=0)]
+
+
+class Resource(BaseModel):
+    """Base of every schema part: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+def cel(rule: str, message: str) -> dict[str, Any]:
+    """An `x-kubernetes-validations` entry for a model's JSON schema."""
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message}]}
+
+
+# ---------------------------------------------------------------- label selector
+
+SELECTOR_VALUES_RULE = (
+    "self.operator in ['In', 'NotIn'] ? (has(self.values) && size(self.values) > 0)"
+    " : (!has(self.values) || size(self.values) == 0)"
+)
+
+
+class LabelSelectorRequirement(Resource):
+    model_config = ConfigDict(json_schema_extra=cel(
+        SELECTOR_VALUES_RULE,
+        "values must be non-empty for In and NotIn, and empty for Exists and DoesNotExist",
+    ))
+
+    key: LabelKey
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[LabelValue] = Field(default_factory=list, max_length=64)
+
+    @model_validator(mode="after")
+    def _values_match_operator(self) -> LabelSelectorRequirement:
+        needs_values = self.operator in ("In", "NotIn")
+        if needs_values != bool(self.values):
+            raise ValueError("values must be non-empty for In and NotIn, "
+                             "and empty for Exists and DoesNotExist")
+        return self
+
+
+class LabelSelector(Resource):
+    """A standard Kubernetes label selector; an empty one selects every device."""
+
+    match_labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list,
+                                                              max_length=32)
+
+
+# ---------------------------------------------------------------- EdgeModel
+
+
+class ArtifactSource(Resource):
+    uri: Annotated[str, StringConstraints(max_length=2048, pattern=SOURCE_URI_PATTERN)] = Field(
+        description="Where the operator fetches the ONNX file: file://, http:// or https://")
+    sha256: Annotated[str, StringConstraints(pattern=SHA256_PATTERN)] = Field(
+        description="The artifact's SHA-256 digest, 64 hex characters")
+
+
+class BatchingSettings(Resource):
+    max_batch_size: int = Field(default=1, ge=1, le=1024)
+    max_delay_micros: int = Field(default=0, ge=0, le=1_000_000)
+
+
+class RuntimeSettings(Resource):
+    intra_op_threads: int = Field(default=0, ge=0, le=256,
+                                  description="0 lets ONNX Runtime choose")
+    inter_op_threads: int = Field(default=0, ge=0, le=256)
+    batching: BatchingSettings | None = None
+
+
+class RolloutStep(Resource):
+    percent: int = Field(ge=0, le=100, description="Share of targeted devices on the new version")
+    pause_seconds: int | None = Field(default=None, ge=0, le=7 * 24 * 3600)
+
+
+class RolloutAnalysis(Resource):
+    min_requests: int = Field(default=100, ge=0)
+    max_error_rate: float = Field(default=0.01, ge=0, le=1)
+    max_p99_latency_ms: float | None = Field(default=None, gt=0)
+    max_drift: float | None = Field(default=None, ge=0)
+
+
+CANARY_STEPS_RULE = (
+    "self.strategy == 'Canary' ? (has(self.steps) && size(self.steps) > 0)"
+    " : (!has(self.steps) || size(self.steps) == 0)"
+)
+
+
+class Rollout(Resource):
+    model_config = ConfigDict(json_schema_extra=cel(
+        CANARY_STEPS_RULE, "steps are required for Canary and not allowed for AllAtOnce"))
+
+    strategy: Literal["AllAtOnce", "Canary"] = "AllAtOnce"
+    steps: list[RolloutStep] = Field(default_factory=list, max_length=20)
+    max_unavailable: (
+        Annotated[int, Field(ge=0)] | Annotated[str, StringConstraints(pattern=PERCENT_PATTERN)]
+    ) = Field(default="25%", description="Devices switching at once: a count or a percent")
+    paused: bool = False
+    auto_rollback: bool = True
+    analysis: RolloutAnalysis | None = None
+
+    @model_validator(mode="after")
+    def _steps_match_strategy(self) -> Rollout:
+        if (self.strategy == "Canary") != bool(self.steps):
+            raise ValueError("steps are required for Canary and not allowed for AllAtOnce")
+        return self
+
+
+class EdgeModelSpec(Resource):
+    version: Annotated[str, StringConstraints(min_length=1, max_length=64,
+                                              pattern=VERSION_PATTERN)]
+    source: ArtifactSource
+    selector: LabelSelector = Field(description="Which EdgeDevices in the namespace serve it")
+    runtime: RuntimeSettings | None = None
+    rollout: Rollout = Field(default_factory=Rollout)
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(Resource):
+    """A status condition as the Kubernetes API conventions describe it."""
+
+    type: Annotated[str, StringConstraints(max_length=64)]
+    status: ConditionStatus
+    reason: Annotated[str, StringConstraints(max_length=128, pattern=CONDITION_REASON_PATTERN)]
+    message: Message = ""
+    last_transition_time: datetime
+    observed_generation: int | None = Field(default=None, ge=0)
+
+
+ModelPhase = Literal["Pending", "Progressing", "Healthy", "Degraded", "Paused", "RolledBack",
+                     "Failed"]
+
+
+class DeviceCounts(Resource):
+    targeted: Count = 0
+    updated: Count = 0
+    ready: Count = 0
+    failed: Count = 0
+
+
+class EdgeModelStatus(Resource):
+    phase: ModelPhase = "Pending"
+    observed_generation: int | None = Field(default=None, ge=0)
+    stable_version: ShortText | None = None
+    devices: DeviceCounts = Field(default_factory=DeviceCounts)
+    # "3/5": printer columns cannot compute, so the operator writes it.
+    ready_summary: ShortText = Field(default="0/0", description="ready/targeted devices")
+    conditions: list[Condition] = Field(default_factory=list, max_length=16)
+
+
+# ---------------------------------------------------------------- EdgeDevice
+
+
+class SecretRef(Resource):
+    name: ObjectName
+
+
+class EdgeDeviceSpec(Resource):
+    bootstrap_token_secret_ref: SecretRef = Field(
+        description="Secret in the device's namespace whose key `token` authenticates it")
+
+
+class Capabilities(Resource):
+    arch: ShortText = ""
+    cpus: Count = 0
+    memory_bytes: Count = 0
+    execution_providers: list[ShortText] = Field(default_factory=list, max_length=16)
+
+
+ModelState = Literal["Pending", "Downloading", "Verifying", "Loading", "Ready", "Failed",
+                     "Removing"]
+
+
+class DeviceModelStatus(Resource):
+    name: ObjectName
+    version: ShortText
+    digest: ShortText = ""
+    state: ModelState
+    message: Message = ""
+
+
+DevicePhase = Literal["Pending", "Online", "Offline"]
+
+
+class EdgeDeviceStatus(Resource):
+    phase: DevicePhase = "Pending"
+    last_seen: datetime | None = None
+    capabilities: Capabilities | None = None
+    models: list[DeviceModelStatus] = Field(default_factory=list, max_length=64)
+    model_count: Count = Field(default=0, description="len(models), for the printer column")
+    conditions: list[Condition] = Field(default_factory=list, max_length=16)
