@@ -93,7 +93,7 @@ def _structural(node: Schema) -> Schema:
         non_null = [v for v in variants if v.get("type") != "null"]
         types = {v.get("type") for v in non_null}
         if len(non_null) == 1:  # Optional[X]: absence is the Kubernetes way to say null
-            node = {**non_null[0], **node}
+            return _structural({**non_null[0], **node})
         elif types == {"integer", "string"}:
             node["x-kubernetes-int-or-string"] = True
             # Branches of int-or-string may only validate values, not declare types.

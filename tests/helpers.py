@@ -1,0 +1,60 @@
+"""Shared helpers of the test suite (fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+EXAMPLES = Path(__file__).parent / "examples"
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Example:
+    name: str
+    body: dict[str, Any]
+    # For invalid examples: the field path the rejection must name.
+    error_at: str | None
+
+    @property
+    def kind(self) -> str:
+        return str(self.body["kind"])
+
+
+def load_examples(kind: str) -> list[Example]:
+    """The shared valid/ or invalid/ examples that both the pydantic models and the
+    real API server must judge alike."""
+    examples = []
+    for path in sorted((EXAMPLES / kind).glob("*.yaml")):
+        text = path.read_text()
+        first = text.splitlines()[0]
+        error_at = first.split(":", 1)[1].strip() if first.startswith("# expect-error-at:") else None
+        examples.append(Example(path.stem, yaml.safe_load(text), error_at))
+    return examples
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location in the API server's notation: spec.steps[0].percent."""
+    path = "spec"
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def eventually(check: Callable[[], T | None], *, timeout: float = 30.0,
+               interval: float = 0.2, what: str = "condition") -> T:
+    """Polls `check` until it returns something truthy; fails with the last value seen.
+    A deadline for waiting on a real system, not a timing assertion."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")

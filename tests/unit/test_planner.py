@@ -1,0 +1,168 @@
+"""Pure planning: selectors, spec semantics, status and phases."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from edgefleet.operator import planner
+from edgefleet.operator.planner import DeviceView, ReportedModel
+from edgefleet.operator.resources import EdgeModelSpec, EdgeModelStatus, LabelSelector
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def selector(**raw: Any) -> LabelSelector:
+    return LabelSelector.model_validate(raw)
+
+
+def spec(**overrides: Any) -> EdgeModelSpec:
+    raw = {"version": "2.0", "source": {"uri": "file:///m.onnx", "sha256": "a" * 64},
+           "selector": {"matchLabels": {"site": "plant-7"}}}
+    return EdgeModelSpec.model_validate(raw | overrides)
+
+
+def device(name: str, labels: dict[str, str] | None = None,
+           **models: tuple[str, str]) -> DeviceView:
+    return DeviceView(
+        name=name, labels={"site": "plant-7"} if labels is None else labels,
+        models={model: ReportedModel(version, state) for model, (version, state) in models.items()},
+    )
+
+
+@pytest.mark.parametrize(("raw", "labels", "expected"), [
+    ({}, {}, True),
+    ({"matchLabels": {"site": "a"}}, {"site": "a", "x": "y"}, True),
+    ({"matchLabels": {"site": "a"}}, {"site": "b"}, False),
+    ({"matchExpressions": [{"key": "site", "operator": "In", "values": ["a", "b"]}]},
+     {"site": "b"}, True),
+    ({"matchExpressions": [{"key": "site", "operator": "In", "values": ["a"]}]}, {}, False),
+    ({"matchExpressions": [{"key": "site", "operator": "NotIn", "values": ["a"]}]}, {}, True),
+    ({"matchExpressions": [{"key": "site", "operator": "NotIn", "values": ["a"]}]},
+     {"site": "a"}, False),
+    ({"matchExpressions": [{"key": "gpu", "operator": "Exists"}]}, {"gpu": ""}, True),
+    ({"matchExpressions": [{"key": "gpu", "operator": "DoesNotExist"}]}, {"gpu": ""}, False),
+])
+def test_selector_matches_like_kubernetes(raw: dict[str, Any], labels: dict[str, str],
+                                          expected: bool) -> None:
+    assert planner.selector_matches(selector(**raw), labels) is expected
+
+
+@pytest.mark.parametrize("raw", [
+    {"matchLabels": {"site": "a"},
+     "matchExpressions": [{"key": "site", "operator": "NotIn", "values": ["a"]}]},
+    {"matchLabels": {"site": "a"},
+     "matchExpressions": [{"key": "site", "operator": "In", "values": ["b"]}]},
+    {"matchExpressions": [{"key": "site", "operator": "In", "values": ["a"]},
+                          {"key": "site", "operator": "In", "values": ["b"]}]},
+    {"matchExpressions": [{"key": "gpu", "operator": "Exists"},
+                          {"key": "gpu", "operator": "DoesNotExist"}]},
+    {"matchLabels": {"gpu": "yes"},
+     "matchExpressions": [{"key": "gpu", "operator": "DoesNotExist"}]},
+])
+def test_selector_that_can_never_match_is_named(raw: dict[str, Any]) -> None:
+    assert planner.selector_conflict(selector(**raw)) is not None
+
+
+@pytest.mark.parametrize("raw", [
+    {},
+    {"matchLabels": {"site": "a"},
+     "matchExpressions": [{"key": "site", "operator": "In", "values": ["a", "b"]},
+                          {"key": "site", "operator": "NotIn", "values": ["b"]},
+                          {"key": "gpu", "operator": "DoesNotExist"}]},
+])
+def test_satisfiable_selector_has_no_conflict(raw: dict[str, Any]) -> None:
+    assert planner.selector_conflict(selector(**raw)) is None
+
+
+def test_spec_problems_name_the_field() -> None:
+    decreasing = spec(rollout={"strategy": "Canary", "steps": [{"percent": 50},
+                                                               {"percent": 10}]})
+    assert planner.spec_problems(decreasing)[0].startswith("spec.rollout.steps")
+    frozen = spec(rollout={"strategy": "AllAtOnce", "maxUnavailable": 0})
+    assert planner.spec_problems(frozen)[0].startswith("spec.rollout.maxUnavailable")
+    assert planner.spec_problems(spec()) == []
+
+
+def test_counts_only_targeted_devices_on_the_spec_version() -> None:
+    devices = [
+        device("ready", digits=("2.0", "Ready")),
+        device("loading", digits=("2.0", "Loading")),
+        device("old", digits=("1.0", "Ready")),
+        device("failed", digits=("2.0", "Failed")),
+        device("elsewhere", {"site": "plant-9"}, digits=("2.0", "Ready")),
+    ]
+    status = planner.plan_model_status(name="digits", generation=3, spec=spec(),
+                                       devices=devices, previous=EdgeModelStatus(), now=NOW)
+    assert status.devices.model_dump() == {"targeted": 4, "updated": 2, "ready": 1, "failed": 1}
+    assert status.ready_summary == "1/4"
+    assert status.phase == "Degraded"
+    (ready,) = status.conditions
+    assert (ready.type, ready.status, ready.reason) == ("Ready", "False", "DevicesFailed")
+    assert "failed" in ready.message and ready.observed_generation == 3
+
+
+@pytest.mark.parametrize(("states", "phase", "reason"), [
+    ([], "Pending", "NoTargetedDevices"),
+    (["Loading", "Loading"], "Pending", "DevicesNotReady"),
+    (["Ready", "Loading"], "Progressing", "DevicesNotReady"),
+    (["Ready", "Ready"], "Healthy", "AllDevicesReady"),
+])
+def test_phase_follows_device_readiness(states: list[str], phase: str, reason: str) -> None:
+    devices = [device(f"d{i}", digits=("2.0", state)) for i, state in enumerate(states)]
+    status = planner.plan_model_status(name="digits", generation=1, spec=spec(),
+                                       devices=devices, previous=EdgeModelStatus(), now=NOW)
+    assert (status.phase, status.conditions[0].reason) == (phase, reason)
+
+
+def test_healthy_model_records_its_stable_version() -> None:
+    healthy = planner.plan_model_status(
+        name="digits", generation=1, spec=spec(), devices=[device("d", digits=("2.0", "Ready"))],
+        previous=EdgeModelStatus(stable_version="1.0"), now=NOW)
+    assert healthy.stable_version == "2.0"
+    pending = planner.plan_model_status(name="digits", generation=1, spec=spec(), devices=[],
+                                        previous=EdgeModelStatus(stable_version="1.0"), now=NOW)
+    assert pending.stable_version == "1.0"
+
+
+def test_invalid_spec_fails_with_reason_and_targets_nothing() -> None:
+    bad = spec(selector={"matchLabels": {"site": "a"}, "matchExpressions": [
+        {"key": "site", "operator": "NotIn", "values": ["a"]}]})
+    status = planner.plan_model_status(name="digits", generation=2, spec=bad,
+                                       devices=[device("d", {"site": "a"})],
+                                       previous=EdgeModelStatus(), now=NOW)
+    assert status.phase == "Failed"
+    assert status.devices.targeted == 0
+    assert status.conditions[0].reason == "InvalidSpec"
+    assert "spec.selector" in status.conditions[0].message
+
+
+def test_condition_transition_time_moves_only_when_status_changes() -> None:
+    first = planner.set_condition([], type_="Ready", status="False", reason="A", message="",
+                                  now=NOW)
+    later = NOW + timedelta(minutes=5)
+    same = planner.set_condition(first, type_="Ready", status="False", reason="B", message="m",
+                                 now=later)
+    assert same[0].last_transition_time == NOW and same[0].reason == "B"
+    flipped = planner.set_condition(same, type_="Ready", status="True", reason="C", message="",
+                                    now=later)
+    assert flipped[0].last_transition_time == later
+    assert len(flipped) == 1
+
+
+def test_device_phase_uses_the_grace_period() -> None:
+    grace = timedelta(seconds=90)
+    assert planner.device_phase(None, NOW, grace) == "Pending"
+    assert planner.device_phase(NOW - timedelta(seconds=90), NOW, grace) == "Online"
+    assert planner.device_phase(NOW - timedelta(seconds=91), NOW, grace) == "Offline"
+    assert planner.seconds_until_phase_change(NOW - timedelta(seconds=30), NOW, grace) == 60
+    assert planner.seconds_until_phase_change(NOW - timedelta(seconds=91), NOW, grace) is None
+    assert planner.seconds_until_phase_change(None, NOW, grace) is None
+
+
+def test_devices_holding_a_model_are_listed_for_withdrawal() -> None:
+    devices = [device("b", digits=("1", "Removing")), device("a", digits=("1", "Ready")),
+               device("c")]
+    assert planner.devices_holding("digits", devices) == ["a", "b"]

@@ -1,0 +1,34 @@
+"""The pydantic models judge the shared examples as the CRD schema must (the same
+examples run against the real API server in tests/integration/test_crd_schema.py)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from edgefleet.operator.resources import EdgeDeviceSpec, EdgeModelSpec
+from tests.helpers import Example, field_path, load_examples
+
+SPEC_MODELS = {"EdgeModel": EdgeModelSpec, "EdgeDevice": EdgeDeviceSpec}
+
+
+@pytest.mark.parametrize("example", load_examples("valid"), ids=lambda e: e.name)
+def test_valid_example_parses(example: Example) -> None:
+    SPEC_MODELS[example.kind].model_validate(example.body["spec"])
+
+
+@pytest.mark.parametrize("example", load_examples("invalid"), ids=lambda e: e.name)
+def test_invalid_example_is_rejected_at_the_named_field(example: Example) -> None:
+    with pytest.raises(ValidationError) as caught:
+        SPEC_MODELS[example.kind].model_validate(example.body["spec"])
+    paths = [field_path(error["loc"]) for error in caught.value.errors()]
+    assert example.error_at is not None
+    assert any(path.startswith(example.error_at) for path in paths), paths
+
+
+def test_defaults_are_filled_for_an_omitted_rollout() -> None:
+    minimal = next(e for e in load_examples("valid") if e.name == "minimal")
+    spec = EdgeModelSpec.model_validate(minimal.body["spec"])
+    assert spec.rollout.strategy == "AllAtOnce"
+    assert spec.rollout.max_unavailable == "25%"
+    assert spec.rollout.auto_rollback is True
