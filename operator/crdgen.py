@@ -85,6 +85,28 @@ def _resolve(node: Any, defs: Schema) -> Any:
     return node
 
 
+def _int_or_string(variants: list[Schema]) -> Schema:
+    """Structural int-or-string allows only bare `type` in its branches; the branches'
+    bounds move into one CEL rule."""
+    checks = {}
+    for variant in variants:
+        bounds = {k: v for k, v in variant.items() if k not in ("type", "title")}
+        if variant["type"] == "integer" and set(bounds) <= {"minimum"}:
+            checks["integer"] = f"self >= {bounds['minimum']}" if bounds else "true"
+        elif variant["type"] == "string" and set(bounds) <= {"pattern"}:
+            checks["string"] = f"self.matches(r'{bounds['pattern']}')" if bounds else "true"
+        else:
+            raise ValueError(f"cannot express int-or-string branch {variant}")
+    return {
+        "x-kubernetes-int-or-string": True,
+        "anyOf": [{"type": "integer"}, {"type": "string"}],
+        "x-kubernetes-validations": [{
+            "rule": f"type(self) == int ? {checks['integer']} : {checks['string']}",
+            "message": "must be a non-negative count or a percent such as '25%'",
+        }],
+    }
+
+
 def _structural(node: Schema) -> Schema:
     """Rewrites one resolved JSON Schema node into its structural form."""
     node = {k: v for k, v in node.items() if k not in DROPPED_KEYWORDS}
@@ -95,10 +117,7 @@ def _structural(node: Schema) -> Schema:
         if len(non_null) == 1:  # Optional[X]: absence is the Kubernetes way to say null
             return _structural({**non_null[0], **node})
         elif types == {"integer", "string"}:
-            node["x-kubernetes-int-or-string"] = True
-            # Branches of int-or-string may only validate values, not declare types.
-            node["anyOf"] = [{k: w for k, w in _structural(v).items() if k != "type"}
-                             for v in non_null]
+            node.update(_int_or_string(non_null))
         else:
             raise ValueError(f"cannot express anyOf {variants} in a structural schema")
     if node.get("default", 0) is None:
@@ -132,8 +151,6 @@ def _structural(node: Schema) -> Schema:
         node["additionalProperties"] = _structural(node["additionalProperties"])
     if "items" in node:
         node["items"] = _structural(node["items"])
-    if "anyOf" in node and not node.get("x-kubernetes-int-or-string"):
-        node["anyOf"] = [_structural(v) for v in node["anyOf"]]
     return node
 
 

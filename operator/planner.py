@@ -7,6 +7,7 @@ the watches and `now`, and get back values to write.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -105,7 +106,7 @@ def spec_problems(spec: EdgeModelSpec) -> list[str]:
     if conflict:
         problems.append(f"spec.selector can never match a device: {conflict}")
     percents = [step.percent for step in spec.rollout.steps]
-    if any(later < earlier for earlier, later in zip(percents, percents[1:], strict=False)):
+    if any(later < earlier for earlier, later in itertools.pairwise(percents)):
         problems.append(f"spec.rollout.steps: percents must not decrease, got {percents}")
     if spec.rollout.max_unavailable in (0, "0%") and spec.rollout.strategy == "AllAtOnce":
         problems.append("spec.rollout.maxUnavailable: 0 lets no device switch, "

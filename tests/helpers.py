@@ -33,7 +33,8 @@ def load_examples(kind: str) -> list[Example]:
     for path in sorted((EXAMPLES / kind).glob("*.yaml")):
         text = path.read_text()
         first = text.splitlines()[0]
-        error_at = first.split(":", 1)[1].strip() if first.startswith("# expect-error-at:") else None
+        marker = "# expect-error-at:"
+        error_at = first.removeprefix(marker).strip() if first.startswith(marker) else None
         examples.append(Example(path.stem, yaml.safe_load(text), error_at))
     return examples
 

@@ -34,9 +34,9 @@ def test_stdlib_operator_module_is_not_shadowed() -> None:
 
 
 def test_console_scripts_answer() -> None:
-    result = subprocess.run([SCRIPTS / "edgefleet-edge", "--version"], capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run([SCRIPTS / "edgefleet-edge", "--version"], capture_output=True,
+                            text=True, check=True)
     assert result.stdout.startswith("edgefleet-edge ")
-    result = subprocess.run([SCRIPTS / "edgefleet-operator", "--help"], capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run([SCRIPTS / "edgefleet-operator", "--help"], capture_output=True,
+                            text=True, check=True)
     assert "--grpc-port" in result.stdout and "--metrics-port" in result.stdout

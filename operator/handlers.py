@@ -1,0 +1,263 @@
+"""kopf handlers: translate watch events into calls of the planner and write the results.
+
+Each EdgeModel and EdgeDevice has a status loop (a kopf daemon) that recomputes its
+status whenever anything in its namespace changes, and writes only when the result
+differs from what is stored. Status depends on *other* objects (a model's counts on
+the devices, a device's phase on the clock), which kopf's per-object handlers cannot
+express, hence daemons that patch through the API client instead of kopf's `patch`.
+Policy lives in planner.py; nothing here decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import kopf
+from kubernetes import client
+from pydantic import ValidationError
+
+from edgefleet.operator import metrics, planner
+from edgefleet.operator.fleet import FleetChanges, device_view, parse_time
+from edgefleet.operator.resources import (
+    GROUP,
+    VERSION,
+    EdgeDeviceStatus,
+    EdgeModelSpec,
+    EdgeModelStatus,
+)
+from edgefleet.operator.settings import OperatorSettings
+
+MODELS = "edgemodels"
+DEVICES = "edgedevices"
+FINALIZER = f"{GROUP}/withdrawal"
+Clock = Callable[[], datetime]
+log = logging.getLogger("edgefleet.operator.status")
+
+
+class OperatorMemo(kopf.Memo):
+    """What every handler shares, set once at start-up (see __main__.py)."""
+
+    settings: OperatorSettings
+    fleet: FleetChanges
+    status_api: client.CustomObjectsApi
+    clock: Clock
+
+
+def utc_now() -> datetime:
+    # Whole seconds, as Kubernetes writes its own timestamps.
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any) -> None:
+    # Idle watch streams can stall silently; time them out and re-list.
+    settings.watching.server_timeout = 120
+    settings.watching.client_timeout = 150
+    settings.persistence.finalizer = FINALIZER
+    # Handler progress in annotations keeps `status` ours alone.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.posting.level = logging.WARNING  # only kopf.event/warn calls become Events
+    settings.execution.max_workers = 4
+
+
+# ---------------------------------------------------------------- fleet index
+
+
+@kopf.index(GROUP, VERSION, DEVICES)
+def devices_by_namespace(
+    namespace: str, name: str, labels: Mapping[str, str], status: Mapping[str, Any], **_: Any
+) -> dict[str, planner.DeviceView]:
+    return {namespace: device_view(name, labels, status)}
+
+
+@kopf.on.event(GROUP, VERSION, DEVICES)
+@kopf.on.event(GROUP, VERSION, MODELS)
+async def fleet_changed(namespace: str, memo: OperatorMemo, **_: Any) -> None:
+    # kopf updates the index before calling event handlers, so waking the status loops
+    # now lets them see this very change.
+    await memo.fleet.notify(namespace)
+
+
+# ---------------------------------------------------------------- status writes
+
+
+async def write_status(
+    memo: OperatorMemo, plural: str, namespace: str, name: str, status: Mapping[str, Any]
+) -> None:
+    await asyncio.to_thread(
+        memo.status_api.patch_namespaced_custom_object_status,
+        GROUP, VERSION, namespace, plural, name, {"status": dict(status)},
+    )
+
+
+def dump(model: EdgeModelStatus | EdgeDeviceStatus) -> dict[str, Any]:
+    return model.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+async def run_status_loop(
+    *,
+    resource: str,
+    namespace: str,
+    name: str,
+    stopped: kopf.DaemonStopped,
+    memo: OperatorMemo,
+    reconcile: Callable[[], Any],
+    next_deadline: Callable[[], float | None] = lambda: None,
+) -> None:
+    """Runs `reconcile` at start, after every fleet change in the namespace (debounced)
+    and when `next_deadline()` seconds pass. Errors are counted, logged and retried."""
+    while not stopped:
+        seen = memo.fleet.generation(namespace)
+        started = time.perf_counter()
+        try:
+            outcome = "updated" if await reconcile() else "unchanged"
+        except client.ApiException as error:
+            if error.status == 404:  # the object is gone; kopf stops this loop
+                return
+            outcome = "error"
+            log.warning("status write failed resource=%s namespace=%s name=%s status=%s "
+                        "reason=%s; retrying", resource, namespace, name, error.status,
+                        error.reason)
+            seen = -1  # retry after the pause below, change or not
+            await asyncio.sleep(1)
+        metrics.RECONCILES.labels(resource, outcome).inc()
+        metrics.RECONCILE_SECONDS.labels(resource).observe(time.perf_counter() - started)
+        # Wake on the next change (one made during this reconcile counts: the wait
+        # returns at once), on the deadline, or on stop.
+        change = asyncio.ensure_future(memo.fleet.wait(namespace, seen, timeout=next_deadline()))
+        stop = asyncio.ensure_future(stopped.wait())
+        await asyncio.wait({change, stop}, return_when=asyncio.FIRST_COMPLETED)
+        change.cancel()
+        stop.cancel()
+        await asyncio.sleep(memo.settings.status_debounce_seconds)
+
+
+@kopf.daemon(GROUP, VERSION, MODELS, cancellation_timeout=1.0)
+async def keep_model_status(
+    name: str,
+    namespace: str,
+    body: kopf.Body,
+    stopped: kopf.DaemonStopped,
+    memo: OperatorMemo,
+    devices_by_namespace: kopf.Index[str, planner.DeviceView],
+    **_: Any,
+) -> None:
+    reported: set[tuple[int | None, str]] = set()  # (generation, problem) already in Events
+
+    def report_once(generation: int | None, problem: str) -> None:
+        if (generation, problem) not in reported:
+            reported.add((generation, problem))
+            kopf.warn(body, reason="InvalidSpec", message=problem)
+
+    async def reconcile() -> bool:
+        if body.meta.get("deletionTimestamp"):
+            return False
+        generation = body.meta.get("generation")
+        stored = dict(body.status)
+        try:
+            previous = EdgeModelStatus.model_validate(stored)
+        except ValidationError:
+            previous = EdgeModelStatus()
+        try:
+            spec = EdgeModelSpec.model_validate(dict(body.spec))
+        except ValidationError as error:
+            problem = f"spec does not parse: {error.errors()[0]['loc']}: {error.errors()[0]['msg']}"
+            desired = planner.invalid_model_status(generation=generation, problem=problem,
+                                                   previous=previous, now=memo.clock())
+            report_once(generation, problem)
+        else:
+            desired = planner.plan_model_status(
+                name=name, generation=generation, spec=spec,
+                devices=devices_by_namespace.get(namespace, []), previous=previous,
+                now=memo.clock(),
+            )
+            for problem in planner.spec_problems(spec):
+                report_once(generation, problem)
+        metrics.MODEL_PHASES.set(namespace, name, desired.phase)
+        if dump(desired) == stored:
+            return False
+        await write_status(memo, MODELS, namespace, name, dump(desired))
+        log.info("status resource=EdgeModel namespace=%s name=%s phase=%s ready=%s",
+                 namespace, name, desired.phase, desired.ready_summary)
+        return True
+
+    try:
+        await run_status_loop(resource="EdgeModel", namespace=namespace, name=name,
+                              stopped=stopped, memo=memo, reconcile=reconcile)
+    finally:
+        metrics.MODEL_PHASES.discard(namespace, name)
+
+
+@kopf.daemon(GROUP, VERSION, DEVICES, cancellation_timeout=1.0)
+async def keep_device_status(
+    name: str,
+    namespace: str,
+    body: kopf.Body,
+    stopped: kopf.DaemonStopped,
+    memo: OperatorMemo,
+    **_: Any,
+) -> None:
+    grace = timedelta(seconds=memo.settings.device_offline_after_seconds)
+
+    def last_seen() -> datetime | None:
+        return parse_time(body.status.get("lastSeen"))
+
+    async def reconcile() -> bool:
+        phase = planner.device_phase(last_seen(), memo.clock(), grace)
+        desired = {"phase": phase, "modelCount": len(body.status.get("models") or [])}
+        metrics.DEVICE_PHASES.set(namespace, name, phase)
+        if all(body.status.get(key) == value for key, value in desired.items()):
+            return False
+        await write_status(memo, DEVICES, namespace, name, desired)
+        log.info("status resource=EdgeDevice namespace=%s name=%s phase=%s", namespace, name,
+                 phase)
+        return True
+
+    def next_deadline() -> float | None:
+        remaining = planner.seconds_until_phase_change(last_seen(), memo.clock(), grace)
+        # Just past the deadline, so the device is judged Offline on waking.
+        return None if remaining is None else remaining + 0.05
+
+    try:
+        await run_status_loop(resource="EdgeDevice", namespace=namespace, name=name,
+                              stopped=stopped, memo=memo, reconcile=reconcile,
+                              next_deadline=next_deadline)
+    finally:
+        metrics.DEVICE_PHASES.discard(namespace, name)
+
+
+# ---------------------------------------------------------------- deletion
+
+
+@kopf.on.delete(GROUP, VERSION, MODELS)
+async def withdraw_model(
+    name: str,
+    namespace: str,
+    meta: kopf.Meta,
+    body: kopf.Body,
+    memo: OperatorMemo,
+    devices_by_namespace: kopf.Index[str, planner.DeviceView],
+    **_: Any,
+) -> None:
+    """Holds the finalizer until no device reports the model any more, for a bounded
+    time; then lets the object go and says in an Event which devices did not confirm."""
+    holding = planner.devices_holding(name, devices_by_namespace.get(namespace, []))
+    if not holding:
+        return
+    deleted_at = parse_time(meta.get("deletionTimestamp")) or memo.clock()
+    waited = (memo.clock() - deleted_at).total_seconds()
+    remaining = memo.settings.deletion_timeout_seconds - waited
+    if remaining > 0:
+        raise kopf.TemporaryError(
+            f"waiting for {len(holding)} devices to withdraw the model: {', '.join(holding)}",
+            delay=min(2.0, remaining),
+        )
+    kopf.warn(body, reason="WithdrawalUnconfirmed", message=(
+        f"deleted after {memo.settings.deletion_timeout_seconds:.0f}s without confirmation "
+        f"from {len(holding)} devices: {', '.join(holding)}"))

@@ -1,0 +1,200 @@
+"""Fixtures that start real things: the local control plane and operator processes.
+
+The control plane is the one `make cluster-up` starts (hack/localcluster.py), in a
+throwaway directory per test session. To run against an existing cluster instead, say
+so explicitly: EDGEFLEET_TEST_KUBECONFIG=/path/to/kubeconfig. Nothing else is ever used.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+
+import localcluster  # hack/ is on pytest's pythonpath
+from tests.helpers import eventually
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+GROUP, VERSION = "edgefleet.io", "v1alpha1"
+
+
+@dataclass
+class Kube:
+    """A connected cluster: its kubeconfig, kubectl and API clients."""
+
+    kubeconfig: Path
+    kubectl_bin: str
+    api: client.ApiClient
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+    def kubectl(self, *args: str, input: str | None = None,
+                check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([self.kubectl_bin, *args], input=input, capture_output=True,
+                                text=True, env=self.env, timeout=60)
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api)
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+
+    def create(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural,
+                                                           body)
+
+    def patch(self, plural: str, namespace: str, name: str, body: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, plural, name, body)
+
+    def patch_status(self, plural: str, namespace: str, name: str,
+                     status: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural,
+                                                          name, {"status": status})
+
+    def delete(self, plural: str, namespace: str, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+
+    def events(self, namespace: str, name: str) -> list[client.CoreV1Event]:
+        listed = self.core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={name}")
+        return list(listed.items)
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
+    existing = os.environ.get("EDGEFLEET_TEST_KUBECONFIG")
+    if existing:
+        kubeconfig, kubectl_bin, state_dir = Path(existing), "kubectl", None
+    else:
+        state_dir = tmp_path_factory.mktemp("cluster")
+        started = localcluster.up(state_dir)
+        kubeconfig, kubectl_bin = started.kubeconfig, str(started.kubectl)
+    try:
+        api = config.new_client_from_config(config_file=str(kubeconfig))
+        connected = Kube(kubeconfig=kubeconfig, kubectl_bin=kubectl_bin, api=api)
+        connected.kubectl("apply", "--server-side", "--force-conflicts",
+                          "-f", str(REPO_ROOT / "crds"))
+        connected.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                          "crd/edgemodels.edgefleet.io", "crd/edgedevices.edgefleet.io")
+        yield connected
+    finally:
+        if state_dir is not None:
+            localcluster.down(state_dir)
+
+
+@pytest.fixture
+def namespace(kube: Kube) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    kube.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    kube.core.delete_namespace(name)
+
+
+@dataclass
+class OperatorProcess:
+    """One `edgefleet-operator` process with its own metrics port."""
+
+    process: subprocess.Popen[bytes]
+    metrics_port: int
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}{path}"
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(self.url(path), timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+        except (urllib.error.URLError, OSError) as error:  # not listening (yet)
+            return 0, str(error)
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """The value of one sample on /metrics, or None if it is not exported."""
+        _, text = self.get("/metrics")
+        wanted = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+        for line in text.splitlines():
+            sample, _, value = line.rpartition(" ")
+            if sample == (f"{name}{{{wanted}}}" if labels else name):
+                return float(value)
+        return None
+
+    def is_ready(self) -> bool:
+        return self.get("/readyz")[0] == 200
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """Simulates a crash: no clean shutdown, no lease release."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+StartOperator = Callable[..., OperatorProcess]
+
+
+@pytest.fixture
+def start_operator(kube: Kube, namespace: str, tmp_path: Path) -> Iterator[StartOperator]:
+    """Starts operators serving the test's namespace; all are stopped afterwards.
+    By default each gets a Lease of its own, so tests never wait on each other's."""
+    started: list[OperatorProcess] = []
+    own_lease = f"edgefleet-test-{uuid.uuid4().hex[:8]}"
+
+    def start(*extra: str, lease: str = own_lease, wait_ready: bool = True) -> OperatorProcess:
+        port = localcluster.free_port()
+        log_path = tmp_path / f"operator-{len(started)}.log"
+        args = [
+            sys.executable, "-m", "edgefleet.operator",
+            "--listen-host", "127.0.0.1", "--metrics-port", str(port),
+            "--namespaces", namespace, "--lease-name", lease,
+            "--lease-duration-seconds", "3", "--lease-renew-seconds", "1",
+            "--status-debounce-seconds", "0.05", *extra,
+        ]
+        with open(log_path, "wb") as log_file:
+            process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
+                                       env=kube.env)
+        operator = OperatorProcess(process, port, log_path, args)
+        started.append(operator)
+        if wait_ready:
+            eventually(lambda: operator.process.poll() is None and operator.is_ready(),
+                       timeout=60, what=f"operator ready; log:\n{operator.log()[-3000:]}")
+        return operator
+
+    yield start
+    for operator in started:
+        operator.stop()

@@ -1,0 +1,46 @@
+"""The real API server judges the shared examples as the pydantic models do, and the
+CRDs give kubectl its columns, short names and category."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tests.conftest import Kube
+from tests.helpers import Example, load_examples
+
+pytestmark = pytest.mark.integration
+
+
+def dry_run(kube: Kube, namespace: str, example: Example) -> tuple[int, str]:
+    result = kube.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-",
+                          input=yaml.safe_dump(example.body), check=False)
+    return result.returncode, result.stderr
+
+
+@pytest.mark.parametrize("example", load_examples("valid"), ids=lambda e: e.name)
+def test_api_server_accepts_valid_example(kube: Kube, namespace: str, example: Example) -> None:
+    code, stderr = dry_run(kube, namespace, example)
+    assert code == 0, stderr
+
+
+@pytest.mark.parametrize("example", load_examples("invalid"), ids=lambda e: e.name)
+def test_api_server_rejects_invalid_example_naming_the_field(
+    kube: Kube, namespace: str, example: Example
+) -> None:
+    code, stderr = dry_run(kube, namespace, example)
+    assert code != 0
+    assert f"{example.error_at}" in stderr, stderr
+
+
+def test_kubectl_shows_columns_short_names_and_category(kube: Kube, namespace: str) -> None:
+    for example in load_examples("valid"):
+        if example.name in ("minimal", "device"):
+            kube.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(example.body))
+    models = kube.kubectl("get", "em", "-n", namespace).stdout.splitlines()
+    assert models[0].split() == ["NAME", "VERSION", "READY", "PHASE", "AGE"]
+    devices = kube.kubectl("get", "ed", "-n", namespace).stdout.splitlines()
+    assert devices[0].split() == ["NAME", "PHASE", "MODELS", "LAST-SEEN", "AGE"]
+    everything = kube.kubectl("get", "edgefleet", "-n", namespace, "-o", "name").stdout.split()
+    assert sorted(everything) == ["edgedevice.edgefleet.io/device",
+                                  "edgemodel.edgefleet.io/minimal"]

@@ -1,0 +1,70 @@
+"""Two operator processes on one API server: exactly one acts; when it dies, the other
+takes over."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from kubernetes import client
+
+from tests.conftest import Kube, OperatorProcess, StartOperator
+from tests.helpers import eventually
+from tests.integration.test_operator import device_body, model_body, wait_status
+
+pytestmark = pytest.mark.integration
+
+
+def reconciles(operator: OperatorProcess) -> float:
+    return sum(operator.metric("edgefleet_operator_reconciles_total", outcome=outcome,
+                               resource=resource) or 0
+               for outcome in ("updated", "unchanged", "error")
+               for resource in ("EdgeModel", "EdgeDevice"))
+
+
+def test_only_the_lease_holder_acts_and_a_standby_takes_over_when_it_dies(
+    kube: Kube, namespace: str, start_operator: StartOperator
+) -> None:
+    lease = f"edgefleet-shared-{uuid.uuid4().hex[:8]}"
+    first = start_operator(lease=lease)
+    second = start_operator(lease=lease, wait_ready=False)
+    eventually(lambda: second.get("/healthz")[0] == 200, what="standby serving /healthz")
+
+    kube.create("edgedevices", namespace, device_body("cam-1", site="plant-7"))
+    kube.create("edgemodels", namespace, model_body("digits"))
+    wait_status(kube, "edgemodels", namespace, "digits", {"readySummary": "0/1"})
+    assert first.metric("edgefleet_operator_leader") == 1
+    assert second.metric("edgefleet_operator_leader") == 0
+    assert reconciles(first) >= 2
+    assert reconciles(second) == 0
+    assert second.get("/readyz")[0] == 503
+    holder = kube.kubectl("get", "lease", lease, "-n", "default",
+                          "-o", "jsonpath={.spec.holderIdentity}").stdout
+    assert holder and holder in first.log()
+
+    first.kill()  # a crash: the lease is not released and must expire
+    eventually(second.is_ready, timeout=30, what=f"standby to lead; log:\n{second.log()}")
+    assert second.metric("edgefleet_operator_leader") == 1
+    kube.create("edgedevices", namespace, device_body("cam-2", site="plant-7"))
+    wait_status(kube, "edgemodels", namespace, "digits", {"readySummary": "0/2"})
+    assert reconciles(second) >= 1
+
+
+def test_a_cleanly_stopped_leader_releases_the_lease_at_once(
+    kube: Kube, namespace: str, start_operator: StartOperator
+) -> None:
+    lease = f"edgefleet-shared-{uuid.uuid4().hex[:8]}"
+    leader = start_operator("--lease-duration-seconds", "600", lease=lease)
+    standby = start_operator("--lease-duration-seconds", "600", lease=lease, wait_ready=False)
+    eventually(lambda: standby.get("/healthz")[0] == 200, what="standby serving /healthz")
+
+    def lease_spec() -> dict[str, object]:
+        return kube.api.sanitize_for_serialization(
+            client.CoordinationV1Api(kube.api).read_namespaced_lease(lease, "default").spec)
+
+    assert lease_spec()["leaseDurationSeconds"] == 600
+    leader_identity = lease_spec()["holderIdentity"]
+    assert leader.stop() == 0
+    # A 10-minute lease cannot have expired: the standby leads because it was released.
+    eventually(standby.is_ready, timeout=30, what="standby to lead after a clean stop")
+    assert lease_spec()["holderIdentity"] not in (None, "", leader_identity)

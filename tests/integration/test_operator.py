@@ -1,0 +1,265 @@
+"""The operator against the real API server: EdgeModel and EdgeDevice objects are
+created, changed and deleted through the API, and the test watches the operator react.
+
+Device reports (status.lastSeen, status.models) are written here the way the fleet
+gateway writes them, through the status subresource."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tests.conftest import Kube, StartOperator
+from tests.helpers import eventually
+
+pytestmark = pytest.mark.integration
+
+SHA = "0123456789abcdef" * 4
+
+
+def device_body(name: str, **labels: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "edgefleet.io/v1alpha1", "kind": "EdgeDevice",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"bootstrapTokenSecretRef": {"name": f"{name}-token"}},
+    }
+
+
+def model_body(name: str, version: str = "1.0.0", **selector: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "edgefleet.io/v1alpha1", "kind": "EdgeModel",
+        "metadata": {"name": name},
+        "spec": {
+            "version": version,
+            "source": {"uri": f"file:///models/{name}-{version}.onnx", "sha256": SHA},
+            "selector": selector or {"matchLabels": {"site": "plant-7"}},
+        },
+    }
+
+
+def timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def report(kube: Kube, namespace: str, device: str, *models: tuple[str, str, str],
+           seen: datetime | None = None) -> None:
+    """Writes a device's report as the gateway would: lastSeen and held models."""
+    kube.patch_status("edgedevices", namespace, device, {
+        "lastSeen": timestamp(seen or datetime.now(UTC)),
+        "models": [{"name": name, "version": version, "digest": f"sha256:{SHA}",
+                    "state": state} for name, version, state in models],
+    })
+
+
+def status_of(kube: Kube, plural: str, namespace: str, name: str) -> dict[str, Any]:
+    return kube.get(plural, namespace, name).get("status", {})
+
+
+def wait_status(kube: Kube, plural: str, namespace: str, name: str,
+                expected: dict[str, Any], timeout: float = 30) -> dict[str, Any]:
+    """Waits until every key of `expected` has that value in the object's status."""
+    def matches() -> dict[str, Any] | None:
+        status = status_of(kube, plural, namespace, name)
+        return status if all(status.get(k) == v for k, v in expected.items()) else None
+    return eventually(matches, timeout=timeout,
+                      what=f"{plural}/{name} status {expected} "
+                           f"(now {status_of(kube, plural, namespace, name)})")
+
+
+def ready_condition(status: dict[str, Any]) -> dict[str, Any]:
+    (condition,) = [c for c in status["conditions"] if c["type"] == "Ready"]
+    return condition
+
+
+def test_model_targets_devices_by_selector_and_follows_label_and_selector_changes(
+    kube: Kube, namespace: str, start_operator: StartOperator
+) -> None:
+    start_operator()
+    for name, site in (("cam-1", "plant-7"), ("cam-2", "plant-7"), ("cam-3", "plant-9")):
+        kube.create("edgedevices", namespace, device_body(name, site=site))
+    kube.create("edgemodels", namespace, model_body("digits"))
+
+    status = wait_status(kube, "edgemodels", namespace, "digits",
+                         {"phase": "Pending", "readySummary": "0/2"})
+    assert status["devices"] == {"targeted": 2, "updated": 0, "ready": 0, "failed": 0}
+    condition = ready_condition(status)
+    assert (condition["status"], condition["reason"]) == ("False", "DevicesNotReady")
+    assert condition["lastTransitionTime"] and condition["observedGeneration"] == 1
+
+    kube.patch("edgedevices", namespace, "cam-3", {"metadata": {"labels": {"site": "plant-7"}}})
+    wait_status(kube, "edgemodels", namespace, "digits", {"readySummary": "0/3"})
+
+    kube.patch("edgemodels", namespace, "digits",
+               {"spec": {"selector": {"matchLabels": {"site": "nowhere"}}}})
+    status = wait_status(kube, "edgemodels", namespace, "digits",
+                         {"readySummary": "0/0", "observedGeneration": 2})
+    assert ready_condition(status)["reason"] == "NoTargetedDevices"
+
+
+def test_model_turns_healthy_as_devices_report_it_ready(
+    kube: Kube, namespace: str, start_operator: StartOperator
+) -> None:
+    start_operator()
+    for name in ("cam-1", "cam-2"):
+        kube.create("edgedevices", namespace, device_body(name, site="plant-7"))
+    kube.create("edgemodels", namespace, model_body("digits", version="2.0.0"))
+    wait_status(kube, "edgemodels", namespace, "digits", {"readySummary": "0/2"})
+
+    report(kube, namespace, "cam-1", ("digits", "2.0.0", "Ready"))
+    report(kube, namespace, "cam-2", ("digits", "2.0.0", "Loading"))
+    wait_status(kube, "edgemodels", namespace, "digits",
+                {"phase": "Progressing", "readySummary": "1/2"})
+
+    report(kube, namespace, "cam-2", ("digits", "2.0.0", "Failed"))
+    status = wait_status(kube, "edgemodels", namespace, "digits", {"phase": "Degraded"})
+    assert status["devices"]["failed"] == 1 and "cam-2" in ready_condition(status)["message"]
+
+    report(kube, namespace, "cam-2", ("digits", "2.0.0", "Ready"))
+    status = wait_status(kube, "edgemodels", namespace, "digits",
+                         {"phase": "Healthy", "readySummary": "2/2", "stableVersion": "2.0.0"})
+    assert ready_condition(status)["status"] == "True"
+    printed = kube.kubectl("get", "em", "digits", "-n", namespace).stdout.splitlines()[1].split()
+    assert printed[:4] == ["digits", "2.0.0", "2/2", "Healthy"]
+
+
+def test_device_is_pending_until_seen_then_online_then_offline_after_grace(
+    kube: Kube, namespace: str, start_operator: StartOperator
+) -> None:
+    start_operator("--device-offline-after-seconds", "3")
+    kube.create("edgedevices", namespace, device_body("cam-1", site="plant-7"))
+    wait_status(kube, "edgedevices", namespace, "cam-1", {"phase": "Pending", "modelCount": 0})
+
+    report(kube, namespace, "cam-1", ("digits", "1.0.0", "Ready"), ("faces", "3", "Loading"))
+    wait_status(kube, "edgedevices", namespace, "cam-1", {"phase": "Online", "modelCount": 2})
+    # No further heartbeat: the operator's own deadline turns it Offline.
+    wait_status(kube, "edgedevices", namespace, "cam-1", {"phase": "Offline"}, timeout=20)
+
+    report(kube, namespace, "cam-1", seen=datetime.now(UTC))
+    wait_status(kube, "edgedevices", namespace, "cam-1", {"phase": "Online", "modelCount": 0})
+    report(kube, namespace, "cam-1", seen=datetime.now(UTC) - timedelta(hours=1))
+    wait_status(kube, "edgedevices", namespace, "cam-1", {"phase": "Offline"})
+
+
+def test_selector_that_can_never_match_gets_ready_false_and_an_event(
+    kube: Kube, namespace: str, start_operator: StartOperator
+) -> None:
+    operator = start_operator()
+    kube.create("edgedevices", namespace, device_body("cam-1", site="plant-7"))
+    kube.create("edgemodels", namespace, model_body(
+        "impossible", matchLabels={"site": "plant-7"},
+        matchExpressions=[{"key": "site", "operator": "NotIn", "values": ["plant-7"]}]))
+
+    status = wait_status(kube, "edgemodels", namespace, "impossible", {"phase": "Failed"})
+    condition = ready_condition(status)
+    assert (condition["status"], condition["reason"]) == ("False", "InvalidSpec")
+    assert "spec.selector can never match" in condition["message"]
+    event = eventually(lambda: [e for e in kube.events(namespace, "impossible")
+                                if e.reason == "InvalidSpec"], what="InvalidSpec event")[0]
+    assert event.type == "Warning" and "site" in event.message
+
+    # The operator keeps running and serving other models.
+    kube.create("edgemodels", namespace, model_body("digits"))
+    wait_status(kube, "edgemodels", namespace, "digits", {"readySummary": "0/1"})
+    assert operator.process.poll() is None
+
+
+def test_deleted_model_waits_until_devices_withdraw_it(
+    kube: Kube, namespace: str, start_operator: StartOperator
+) -> None:
+    start_operator()
+    kube.create("edgedevices", namespace, device_body("cam-1", site="plant-7"))
+    kube.create("edgemodels", namespace, model_body("digits"))
+    wait_status(kube, "edgemodels", namespace, "digits", {"readySummary": "0/1"})
+    eventually(lambda: "edgefleet.io/withdrawal" in
+               kube.get("edgemodels", namespace, "digits")["metadata"].get("finalizers", []),
+               what="withdrawal finalizer")
+    report(kube, namespace, "cam-1", ("digits", "1.0.0", "Ready"))
+
+    kube.delete("edgemodels", namespace, "digits")
+    held = kube.get("edgemodels", namespace, "digits")
+    assert held["metadata"]["deletionTimestamp"]
+
+    report(kube, namespace, "cam-1")  # the device confirms: it holds nothing any more
+    eventually(lambda: not kube.kubectl("get", "em", "digits", "-n", namespace,
+                                        check=False).returncode == 0,
+               what="EdgeModel gone after withdrawal")
+
+
+def test_deletion_never_hangs_and_names_devices_that_did_not_confirm(
+    kube: Kube, namespace: str, start_operator: StartOperator
+) -> None:
+    start_operator("--deletion-timeout-seconds", "2")
+    kube.create("edgedevices", namespace, device_body("cam-silent", site="plant-7"))
+    kube.create("edgemodels", namespace, model_body("digits"))
+    report(kube, namespace, "cam-silent", ("digits", "1.0.0", "Ready"))
+    wait_status(kube, "edgemodels", namespace, "digits", {"readySummary": "1/1"})
+
+    kube.delete("edgemodels", namespace, "digits")
+    eventually(lambda: kube.kubectl("get", "em", "digits", "-n", namespace,
+                                    check=False).returncode != 0,
+               what="EdgeModel released after the bounded wait")
+    event = eventually(lambda: [e for e in kube.events(namespace, "digits")
+                                if e.reason == "WithdrawalUnconfirmed"],
+                       what="WithdrawalUnconfirmed event")[0]
+    assert "cam-silent" in event.message
+
+
+def test_restarted_operator_rebuilds_the_same_statuses_from_the_api_server(
+    kube: Kube, namespace: str, start_operator: StartOperator
+) -> None:
+    first = start_operator()
+    for name in ("cam-1", "cam-2"):
+        kube.create("edgedevices", namespace, device_body(name, site="plant-7"))
+        report(kube, namespace, name, ("digits", "1.0.0", "Ready"))
+    kube.create("edgemodels", namespace, model_body("digits"))
+    wait_status(kube, "edgemodels", namespace, "digits", {"phase": "Healthy"})
+    wait_status(kube, "edgedevices", namespace, "cam-2", {"phase": "Online"})
+    before = {plural: {name: kube.get(plural, namespace, name) for name in names}
+              for plural, names in (("edgemodels", ["digits"]),
+                                    ("edgedevices", ["cam-1", "cam-2"]))}
+    first.kill()
+
+    second = start_operator()
+    # The new process has looked at every object and found nothing to change ...
+    eventually(lambda: (second.metric("edgefleet_operator_reconciles_total",
+                                      outcome="unchanged", resource="EdgeModel") or 0) >= 1
+               and (second.metric("edgefleet_operator_reconciles_total",
+                                  outcome="unchanged", resource="EdgeDevice") or 0) >= 2,
+               what="the restarted operator to reconcile everything")
+    assert second.metric("edgefleet_operator_reconciles_total",
+                         outcome="updated", resource="EdgeModel") is None
+    # ... so every status is identical and was not even rewritten.
+    for plural, objects in before.items():
+        for name, old in objects.items():
+            new = kube.get(plural, namespace, name)
+            assert new["status"] == old["status"]
+            assert new["metadata"]["resourceVersion"] == old["metadata"]["resourceVersion"]
+
+    # And it still reacts: a change made after the restart is reflected.
+    report(kube, namespace, "cam-2", ("digits", "1.0.0", "Failed"))
+    wait_status(kube, "edgemodels", namespace, "digits", {"phase": "Degraded"})
+
+
+def test_metrics_count_reconciles_and_objects_by_phase(
+    kube: Kube, namespace: str, start_operator: StartOperator
+) -> None:
+    operator = start_operator()
+    kube.create("edgedevices", namespace, device_body("cam-1", site="plant-7"))
+    kube.create("edgedevices", namespace, device_body("cam-2", site="plant-7"))
+    report(kube, namespace, "cam-1", ("digits", "1.0.0", "Ready"))
+    kube.create("edgemodels", namespace, model_body("digits"))
+    wait_status(kube, "edgemodels", namespace, "digits", {"phase": "Progressing"})
+
+    eventually(lambda: operator.metric("edgefleet_operator_devices", phase="Online") == 1
+               and operator.metric("edgefleet_operator_devices", phase="Pending") == 1,
+               what="devices by phase")
+    assert operator.metric("edgefleet_operator_models", phase="Progressing") == 1
+    assert operator.metric("edgefleet_operator_models", phase="Healthy") == 0
+    assert (operator.metric("edgefleet_operator_reconciles_total",
+                            outcome="updated", resource="EdgeModel") or 0) >= 1
+    assert (operator.metric("edgefleet_operator_reconcile_duration_seconds_count",
+                            resource="EdgeDevice") or 0) >= 2
+    assert operator.metric("edgefleet_operator_leader") == 1
+    assert operator.get("/healthz")[0] == 200
