@@ -140,7 +140,7 @@ def _tls_context(pki: Path) -> ssl.SSLContext:
     return context
 
 
-def _alive(state_dir: Path, name: str) -> bool:
+def alive(state_dir: Path, name: str) -> bool:
     pid_file = state_dir / f"{name}.pid"
     if not pid_file.exists():
         return False
@@ -155,7 +155,7 @@ def _wait_ready(state_dir: Path, name: str, url: str, context: ssl.SSLContext | 
     deadline = time.monotonic() + READY_TIMEOUT_S
     last_error = "no answer yet"
     while time.monotonic() < deadline:
-        if not _alive(state_dir, name):
+        if not alive(state_dir, name):
             tail = (state_dir / "logs" / f"{name}.log").read_text(errors="replace")[-3000:]
             raise RuntimeError(f"{name} exited during start-up; last log lines:\n{tail}")
         try:
@@ -171,7 +171,7 @@ def _wait_ready(state_dir: Path, name: str, url: str, context: ssl.SSLContext | 
 def up(state_dir: Path) -> Cluster:
     """Starts a fresh control plane in state_dir (which must not hold a running one)."""
     state_dir = state_dir.resolve()
-    if any(_alive(state_dir, name) for name in COMPONENTS):
+    if any(alive(state_dir, name) for name in COMPONENTS):
         raise RuntimeError(f"a control plane already runs from {state_dir}; run down first")
     bin_dir = ensure_binaries()
     shutil.rmtree(state_dir, ignore_errors=True)
