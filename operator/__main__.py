@@ -69,8 +69,12 @@ async def run(settings: OperatorSettings) -> int:
 
     exit_code = 0
     for task in done:
-        if task.get_name() == "lease" and isinstance(task.exception(), LeadershipLost):
-            logger.error("leadership lost, stopping: %s", task.exception())
+        error = task.exception()
+        if isinstance(error, LeadershipLost):
+            logger.error("leadership lost, stopping: %s", error)
+            exit_code = 1
+        elif error is not None:
+            logger.error("%s stopped with an error", task.get_name(), exc_info=error)
             exit_code = 1
     stop_flag.set()
     for task in pending:

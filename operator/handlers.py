@@ -29,6 +29,7 @@ from edgefleet.operator.resources import (
     EdgeDeviceStatus,
     EdgeModelSpec,
     EdgeModelStatus,
+    describe_validation_error,
 )
 from edgefleet.operator.settings import OperatorSettings
 
@@ -62,8 +63,6 @@ def configure(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any) -> 
     # Handler progress in annotations keeps `status` ours alone.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
-    settings.posting.level = logging.WARNING  # only kopf.event/warn calls become Events
-    settings.execution.max_workers = 4
 
 
 # ---------------------------------------------------------------- fleet index
@@ -167,7 +166,7 @@ async def keep_model_status(
         try:
             spec = EdgeModelSpec.model_validate(dict(body.spec))
         except ValidationError as error:
-            problem = f"spec does not parse: {error.errors()[0]['loc']}: {error.errors()[0]['msg']}"
+            problem = f"spec does not parse: {describe_validation_error(error)}"
             desired = planner.invalid_model_status(generation=generation, problem=problem,
                                                    previous=previous, now=memo.clock())
             report_once(generation, problem)

@@ -15,10 +15,13 @@ from datetime import UTC, datetime
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from edgefleet.operator.leader_policy import LeaseRecord, may_acquire
 
 logger = logging.getLogger(__name__)
+# What talking to the API server can raise: answers (ApiException) and no answer.
+API_ERRORS = (ApiException, HTTPError)
 
 
 class LeadershipLost(Exception):
@@ -48,7 +51,7 @@ class LeaderElector:
     async def acquire(self) -> None:
         """Returns once this replica holds the lease; waits as a standby until then."""
         logged_wait = False
-        while not await self._try_claim():
+        while not await self._try_claim_or_log():
             if not logged_wait:
                 holder = self._seen.holder if self._seen else None
                 logger.info("standing by: lease=%s/%s holder=%s", self._namespace, self._name,
@@ -64,13 +67,7 @@ class LeaderElector:
         last_renewed = time.monotonic()
         while True:
             await asyncio.sleep(self._renew_s)
-            try:
-                renewed = await self._try_claim()
-            except ApiException as error:
-                logger.warning("lease renewal failed: status=%s reason=%s", error.status,
-                               error.reason)
-                renewed = False
-            if renewed:
+            if await self._try_claim_or_log():
                 last_renewed = time.monotonic()
             elif time.monotonic() - last_renewed > self._duration_s:
                 raise LeadershipLost(f"could not renew lease {self._namespace}/{self._name} "
@@ -91,9 +88,16 @@ class LeaderElector:
             await asyncio.to_thread(self._api.replace_namespaced_lease, self._name,
                                     self._namespace, lease)
             logger.info("released lease %s/%s", self._namespace, self._name)
-        except ApiException as error:
-            logger.warning("could not release lease: status=%s reason=%s", error.status,
-                           error.reason)
+        except API_ERRORS as error:
+            logger.warning("could not release lease %s/%s: %s", self._namespace, self._name,
+                           error)
+
+    async def _try_claim_or_log(self) -> bool:
+        try:
+            return await self._try_claim()
+        except API_ERRORS as error:  # the API server is unreachable or refuses: retry
+            logger.warning("lease %s/%s: %s", self._namespace, self._name, error)
+            return False
 
     async def _try_claim(self) -> bool:
         now = datetime.now(UTC)

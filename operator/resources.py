@@ -12,7 +12,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 GROUP = "edgefleet.io"
@@ -236,3 +243,16 @@ class EdgeDeviceStatus(Resource):
     models: list[DeviceModelStatus] = Field(default_factory=list, max_length=64)
     model_count: Count = Field(default=0, description="len(models), for the printer column")
     conditions: list[Condition] = Field(default_factory=list, max_length=16)
+
+
+def field_path(loc: tuple[int | str, ...], root: str = "spec") -> str:
+    """A pydantic error location in the API server's notation: spec.steps[0].percent."""
+    path = root
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def describe_validation_error(error: ValidationError, root: str = "spec") -> str:
+    """Every problem in one line, each with its field: for conditions and Events."""
+    return "; ".join(f"{field_path(e['loc'], root)}: {e['msg']}" for e in error.errors())

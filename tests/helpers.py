@@ -39,14 +39,6 @@ def load_examples(kind: str) -> list[Example]:
     return examples
 
 
-def field_path(loc: tuple[int | str, ...]) -> str:
-    """A pydantic error location in the API server's notation: spec.steps[0].percent."""
-    path = "spec"
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return path
-
-
 def eventually(check: Callable[[], T | None], *, timeout: float = 30.0,
                interval: float = 0.2, what: str = "condition") -> T:
     """Polls `check` until it returns something truthy; fails with the last value seen.

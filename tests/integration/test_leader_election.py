@@ -68,3 +68,17 @@ def test_a_cleanly_stopped_leader_releases_the_lease_at_once(
     # A 10-minute lease cannot have expired: the standby leads because it was released.
     eventually(standby.is_ready, timeout=30, what="standby to lead after a clean stop")
     assert lease_spec()["holderIdentity"] not in (None, "", leader_identity)
+
+
+def test_a_leader_that_loses_its_lease_stops_acting_and_exits(
+    kube: Kube, namespace: str, start_operator: StartOperator
+) -> None:
+    lease = f"edgefleet-shared-{uuid.uuid4().hex[:8]}"
+    leader = start_operator("--lease-duration-seconds", "30", lease=lease)
+    coordination = client.CoordinationV1Api(kube.api)
+    taken = coordination.read_namespaced_lease(lease, "default")
+    taken.spec.holder_identity = "another-replica"
+    coordination.replace_namespaced_lease(lease, "default", taken)
+
+    assert leader.process.wait(timeout=30) == 1
+    assert "leadership lost" in leader.log()

@@ -166,3 +166,12 @@ def test_devices_holding_a_model_are_listed_for_withdrawal() -> None:
     devices = [device("b", digits=("1", "Removing")), device("a", digits=("1", "Ready")),
                device("c")]
     assert planner.devices_holding("digits", devices) == ["a", "b"]
+
+
+def test_unparseable_spec_fails_keeping_what_status_had() -> None:
+    previous = EdgeModelStatus(stable_version="1.0", ready_summary="3/3")
+    status = planner.invalid_model_status(generation=4, problem="spec.version: bad",
+                                          previous=previous, now=NOW)
+    assert (status.phase, status.stable_version, status.ready_summary) == ("Failed", "1.0", "3/3")
+    assert status.conditions[0].reason == "InvalidSpec"
+    assert status.conditions[0].message == "spec.version: bad"

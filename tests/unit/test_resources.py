@@ -6,8 +6,13 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from edgefleet.operator.resources import EdgeDeviceSpec, EdgeModelSpec
-from tests.helpers import Example, field_path, load_examples
+from edgefleet.operator.resources import (
+    EdgeDeviceSpec,
+    EdgeModelSpec,
+    describe_validation_error,
+    field_path,
+)
+from tests.helpers import Example, load_examples
 
 SPEC_MODELS = {"EdgeModel": EdgeModelSpec, "EdgeDevice": EdgeDeviceSpec}
 
@@ -32,3 +37,12 @@ def test_defaults_are_filled_for_an_omitted_rollout() -> None:
     assert spec.rollout.strategy == "AllAtOnce"
     assert spec.rollout.max_unavailable == "25%"
     assert spec.rollout.auto_rollback is True
+
+
+def test_validation_errors_are_described_with_their_fields() -> None:
+    with pytest.raises(ValidationError) as caught:
+        EdgeModelSpec.model_validate({"version": "1 2", "source": {"uri": "ftp://x"},
+                                      "selector": {}})
+    described = describe_validation_error(caught.value)
+    assert "spec.version: String should match pattern" in described
+    assert "spec.source.uri" in described and "spec.source.sha256: Field required" in described
