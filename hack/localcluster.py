@@ -140,15 +140,24 @@ def _tls_context(pki: Path) -> ssl.SSLContext:
     return context
 
 
-def alive(state_dir: Path, name: str) -> bool:
-    pid_file = state_dir / f"{name}.pid"
-    if not pid_file.exists():
-        return False
+def _running(pid: int) -> bool:
+    """Whether pid still runs; reaps it if it is our exited child (a zombie would
+    otherwise look alive)."""
     try:
-        os.kill(int(pid_file.read_text()), 0)
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:  # not our child: someone else reaps it
+        pass
+    try:
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     return True
+
+
+def alive(state_dir: Path, name: str) -> bool:
+    pid_file = state_dir / f"{name}.pid"
+    return pid_file.exists() and _running(int(pid_file.read_text()))
 
 
 def _wait_ready(state_dir: Path, name: str, url: str, context: ssl.SSLContext | None) -> None:
@@ -260,14 +269,12 @@ def stop(state_dir: Path) -> None:
         except ProcessLookupError:
             continue
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
+        while _running(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        else:
+        if _running(pid):
             os.kill(pid, signal.SIGKILL)
+            while _running(pid):
+                time.sleep(0.1)
         log(f"stopped {name} (pid {pid})")
         pid_file.unlink()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+import localcluster
 from tests.conftest import Kube
 from tests.helpers import eventually
 
@@ -39,3 +40,14 @@ def test_deleted_namespace_goes_away(kube: Kube) -> None:
     eventually(lambda: "doomed" not in {ns.metadata.name
                                         for ns in kube.core.list_namespace().items},
                what="the namespace controller to finish deleting it")
+
+
+def test_cluster_down_leaves_no_process_behind(tmp_path: Path) -> None:
+    started = localcluster.up(tmp_path / "cluster")
+    pids = [int((started.state_dir / f"{name}.pid").read_text())
+            for name in localcluster.COMPONENTS]
+    localcluster.down(started.state_dir)
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not started.state_dir.exists()
