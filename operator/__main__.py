@@ -15,23 +15,15 @@ import sys
 
 import kopf
 from aiohttp import web
-from kubernetes import client, config
+from kubernetes import client
 
 from edgefleet.operator import handlers, metrics
 from edgefleet.operator.fleet import FleetChanges
+from edgefleet.operator.kubeapi import load_kubernetes_config
 from edgefleet.operator.leader import LeaderElector, LeadershipLost
 from edgefleet.operator.settings import OperatorSettings
 
 logger = logging.getLogger("edgefleet.operator")
-
-
-def load_kubernetes_config() -> client.ApiClient:
-    """In-cluster credentials when running in a pod, otherwise KUBECONFIG."""
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
 
 
 async def run(settings: OperatorSettings) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from edgefleet.operator import metrics, planner
 from edgefleet.operator.fleet import FleetChanges, device_view, parse_time
+from edgefleet.operator.kubeapi import API_ERRORS
 from edgefleet.operator.resources import (
     GROUP,
     VERSION,
@@ -106,7 +107,7 @@ async def run_status_loop(
     name: str,
     stopped: kopf.DaemonStopped,
     memo: OperatorMemo,
-    reconcile: Callable[[], Any],
+    reconcile: Callable[[], Awaitable[bool]],
     next_deadline: Callable[[], float | None] = lambda: None,
 ) -> None:
     """Runs `reconcile` at start, after every fleet change in the namespace (debounced)
@@ -116,13 +117,12 @@ async def run_status_loop(
         started = time.perf_counter()
         try:
             outcome = "updated" if await reconcile() else "unchanged"
-        except client.ApiException as error:
-            if error.status == 404:  # the object is gone; kopf stops this loop
+        except API_ERRORS as error:
+            if getattr(error, "status", None) == 404:  # the object is gone; kopf stops us
                 return
             outcome = "error"
-            log.warning("status write failed resource=%s namespace=%s name=%s status=%s "
-                        "reason=%s; retrying", resource, namespace, name, error.status,
-                        error.reason)
+            log.warning("status write failed resource=%s namespace=%s name=%s error=%s; "
+                        "retrying", resource, namespace, name, error)
             seen = -1  # retry after the pause below, change or not
             await asyncio.sleep(1)
         metrics.RECONCILES.labels(resource, outcome).inc()

@@ -15,13 +15,11 @@ from datetime import UTC, datetime
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import HTTPError
 
+from edgefleet.operator.kubeapi import API_ERRORS
 from edgefleet.operator.leader_policy import LeaseRecord, may_acquire
 
 logger = logging.getLogger(__name__)
-# What talking to the API server can raise: answers (ApiException) and no answer.
-API_ERRORS = (ApiException, HTTPError)
 
 
 class LeadershipLost(Exception):
