@@ -20,7 +20,7 @@ ldflags+=" -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/ve
 
 mkdir -p "$out.partial"
 start=$(date +%s)
-echo ">> building Kubernetes ${version} test binaries into ${out} (first time only; ~10-20 min on 2 cores)" >&2
+echo ">> building Kubernetes ${version} test binaries into ${out} (first time only; about 5 minutes on 2 cores)" >&2
 # One go build for all commands so their shared packages compile once. -v prints
 # each package as it compiles: the progress of a long first build.
 CGO_ENABLED=0 go build -v -trimpath -ldflags "$ldflags" -o "$out.partial/" \
