@@ -4,7 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 CLUSTER_DIR := .cluster
-DEMO_DIR := .demo
+# Python would otherwise put the working directory first on sys.path, where the
+# top-level operator/ folder shadows the standard library's operator module.
+export PYTHONSAFEPATH := 1
 
 .PHONY: help venv test test-unit lint crds cluster-up cluster-down testbin demo demo-down clean
 

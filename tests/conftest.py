@@ -26,6 +26,9 @@ import localcluster  # hack/ is on pytest's pythonpath
 from tests.helpers import eventually
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Processes the tests start run from the repository root, where the operator/ folder
+# would shadow the standard library's operator module if '' led sys.path.
+os.environ["PYTHONSAFEPATH"] = "1"
 
 GROUP, VERSION = "edgefleet.io", "v1alpha1"
 
