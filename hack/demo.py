@@ -16,7 +16,10 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
+# Explicitly: under PYTHONSAFEPATH (see the Makefile) Python adds no script directory.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import localcluster
 
 REPO_ROOT = localcluster.REPO_ROOT
