@@ -1,0 +1,53 @@
+"""How a model is run on the device: ONNX Runtime options, batching and the version
+routing of a model. The same shape as the EdgeModel's `spec.runtime` (camelCase),
+read from `config.json` in a standalone model repository."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+
+class ConfigPart(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
+                              frozen=True)
+
+
+class BatchingConfig(ConfigPart):
+    max_batch_size: int = Field(default=1, ge=1, le=1024)
+    max_delay_micros: int = Field(default=0, ge=0, le=1_000_000)
+
+
+GraphOptimization = Literal["disabled", "basic", "extended", "all"]
+
+
+class RuntimeConfig(ConfigPart):
+    intra_op_threads: int = Field(default=0, ge=0, le=256, description="0: ONNX Runtime's choice")
+    inter_op_threads: int = Field(default=0, ge=0, le=256)
+    graph_optimization: GraphOptimization = "all"
+    # Busy-waiting worker threads answer a little sooner and burn idle CPU: off by
+    # default on devices that may run on battery.
+    allow_spinning: bool = False
+    # Wanted in order; the ones the device lacks are skipped with a logged reason and
+    # the CPU provider always comes last.
+    execution_providers: list[str] = Field(default_factory=list, max_length=8)
+    batching: BatchingConfig | None = None
+
+
+class ModelConfig(ConfigPart):
+    """config.json of a model in a standalone repository (every field optional)."""
+
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    default_version: str | None = None
+    # Unpinned requests split across versions by these weights.
+    version_weights: dict[str, float] = Field(default_factory=dict, max_length=16)
+
+    @model_validator(mode="after")
+    def _weights_are_usable(self) -> ModelConfig:
+        if any(weight < 0 for weight in self.version_weights.values()):
+            raise ValueError("versionWeights must not be negative")
+        if self.version_weights and not sum(self.version_weights.values()) > 0:
+            raise ValueError("versionWeights must give some version a positive weight")
+        return self

@@ -1,0 +1,333 @@
+"""The model registry and inference engine: ONNX Runtime sessions per model version,
+weighted routing of unpinned requests, hot swap with draining, and dynamic batching.
+
+Sessions run in a thread pool sized to the device; the event loop never blocks on
+ONNX Runtime. A request hops to the pool once (or once per batch when batched).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from edgefleet.edge_runtime import telemetry
+from edgefleet.edge_runtime.batching import Batcher, Tensors
+from edgefleet.edge_runtime.config import RuntimeConfig
+from edgefleet.edge_runtime.errors import InferenceError
+from edgefleet.edge_runtime.tensors import NUMPY_DTYPES, ONNX_TYPES, TensorSpec
+
+logger = logging.getLogger(__name__)
+PLATFORM = "onnxruntime_onnx"
+GRAPH_OPTIMIZATION = {
+    "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    model: str
+    version: str | None
+    inputs: dict[str, np.ndarray]
+    datatypes: dict[str, str]
+    outputs: Sequence[str] | None = None  # None: every output
+    id: str = ""
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    name: str
+    datatype: str
+    data: np.ndarray
+
+
+@dataclass(frozen=True)
+class InferResponse:
+    model: str
+    version: str
+    outputs: list[OutputTensor]
+    id: str = ""
+
+
+def _tensor_specs(args: Iterable[ort.NodeArg]) -> list[TensorSpec]:
+    specs = []
+    for arg in args:
+        datatype = ONNX_TYPES.get(arg.type)
+        if datatype is None:
+            raise ValueError(f"tensor {arg.name!r} has type {arg.type}, which the protocol "
+                             "cannot carry")
+        shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in arg.shape)
+        specs.append(TensorSpec(arg.name, datatype, shape))
+    return specs
+
+
+def session_options(runtime: RuntimeConfig) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = runtime.intra_op_threads
+    options.inter_op_num_threads = runtime.inter_op_threads
+    options.graph_optimization_level = GRAPH_OPTIMIZATION[runtime.graph_optimization]
+    spinning = "1" if runtime.allow_spinning else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
+    return options
+
+
+def choose_providers(wanted: Sequence[str], available: Sequence[str]) -> list[str]:
+    """The wanted providers the device has, in order, then CPU; each one skipped is logged."""
+    chosen = []
+    for provider in wanted:
+        if provider in available:
+            chosen.append(provider)
+        else:
+            logger.warning("execution provider %s is not available on this device (it has "
+                           "%s); falling back", provider, ", ".join(available))
+    return [*chosen, "CPUExecutionProvider"] if "CPUExecutionProvider" not in chosen else chosen
+
+
+def warmup_inputs(specs: Iterable[TensorSpec]) -> dict[str, np.ndarray]:
+    """Zeros of every input, variable dimensions set to 1."""
+    feeds = {}
+    for spec in specs:
+        shape = tuple(1 if dim == -1 else dim for dim in spec.shape)
+        if spec.datatype == "BYTES":
+            feeds[spec.name] = np.full(shape, "", dtype=object)
+        else:
+            feeds[spec.name] = np.zeros(shape, dtype=NUMPY_DTYPES[spec.datatype])
+    return feeds
+
+
+@dataclass
+class ModelVersion:
+    """One loaded version: its session, signature and in-flight accounting."""
+
+    name: str
+    version: str
+    digest: str
+    session: ort.InferenceSession
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    runtime: RuntimeConfig
+    batcher: Batcher | None = None
+    in_flight: int = 0
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def batchable(self) -> bool:
+        """Only models whose every tensor has a variable first dimension."""
+        return all(spec.shape and spec.shape[0] == -1 for spec in [*self.inputs, *self.outputs])
+
+    def validate(self, request: InferRequest) -> None:
+        """Every input present, none extra, datatypes and shapes as the model declares."""
+        expected = {spec.name: spec for spec in self.inputs}
+        missing = sorted(expected.keys() - request.inputs.keys())
+        extra = sorted(request.inputs.keys() - expected.keys())
+        if missing or extra:
+            raise InferenceError.invalid(
+                f"model {self.name!r} version {self.version!r} expects inputs "
+                f"{sorted(expected)}; missing {missing}, unexpected {extra}")
+        for name, array in request.inputs.items():
+            spec = expected[name]
+            if request.datatypes[name] != spec.datatype:
+                raise InferenceError.invalid(
+                    f"input {name!r}: expected datatype {spec.datatype}, got "
+                    f"{request.datatypes[name]}")
+            if not spec.accepts_shape(array.shape):
+                raise InferenceError.invalid(
+                    f"input {name!r}: expected shape {list(spec.shape)} (-1: any), got "
+                    f"{list(array.shape)}")
+        known = {spec.name for spec in self.outputs}
+        for name in request.outputs or ():
+            if name not in known:
+                raise InferenceError.invalid(
+                    f"requested output {name!r} is not an output of model {self.name!r}; "
+                    f"it has {sorted(known)}")
+
+
+class Engine:
+    def __init__(self, threads: int) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="onnxruntime")
+        self._versions: dict[str, dict[str, ModelVersion]] = {}
+        self._routes: dict[str, dict[str, float]] = {}
+
+    # ------------------------------------------------------------ registry
+
+    def models(self) -> list[str]:
+        return sorted(self._versions)
+
+    def versions(self, name: str) -> list[str]:
+        return sorted(self._versions.get(name, {}))
+
+    def routes(self, name: str) -> dict[str, float]:
+        return dict(self._routes.get(name, {}))
+
+    async def load(self, name: str, version: str, path: Path, runtime: RuntimeConfig,
+                   digest: str = "") -> ModelVersion:
+        """Creates the session and warms it up; only then may it take traffic."""
+        loaded = await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._create, name, version, path, runtime, digest)
+        if runtime.batching and runtime.batching.max_batch_size > 1 and loaded.batchable:
+            loaded.batcher = Batcher(
+                lambda feeds: self._run_in_pool(loaded, feeds),
+                runtime.batching.max_batch_size, runtime.batching.max_delay_micros / 1e6,
+                telemetry.BATCH_SIZE.labels(name, version).observe,
+            )
+        elif runtime.batching and runtime.batching.max_batch_size > 1:
+            logger.info("model=%s version=%s: batching off, its batch dimension is fixed",
+                        name, version)
+        self._versions.setdefault(name, {})[version] = loaded
+        telemetry.LOADED.labels(name, version, loaded.digest).set(1)
+        logger.info("loaded model=%s version=%s digest=%s providers=%s", name, version,
+                    loaded.digest, loaded.session.get_providers())
+        return loaded
+
+    def _create(self, name: str, version: str, path: Path, runtime: RuntimeConfig,
+                digest: str) -> ModelVersion:
+        data = path.read_bytes()
+        try:
+            session = ort.InferenceSession(
+                data, sess_options=session_options(runtime),
+                providers=choose_providers(runtime.execution_providers,
+                                           ort.get_available_providers()))
+            loaded = ModelVersion(
+                name=name, version=version,
+                digest=digest or f"sha256:{hashlib.sha256(data).hexdigest()}",
+                session=session, inputs=_tensor_specs(session.get_inputs()),
+                outputs=_tensor_specs(session.get_outputs()), runtime=runtime)
+            session.run(None, warmup_inputs(loaded.inputs))
+        except Exception as error:  # ONNX Runtime raises its own types for bad models
+            raise InferenceError.invalid(f"model {name!r} version {version!r} at {path} "
+                                         f"cannot be served: {error}") from error
+        return loaded
+
+    def route(self, name: str, weights: dict[str, float]) -> None:
+        """Sends unpinned requests to these loaded versions, split by weight."""
+        missing = [v for v in weights if v not in self._versions.get(name, {})]
+        if missing or not any(w > 0 for w in weights.values()):
+            raise ValueError(f"cannot route model {name!r} to {weights}: not loaded {missing}")
+        self._routes[name] = {v: w for v, w in weights.items() if w > 0}
+
+    async def unload(self, name: str, version: str) -> None:
+        """Takes the version out of routing at once; releases it when its requests end."""
+        versions = self._versions.get(name, {})
+        loaded = versions.pop(version, None)
+        if loaded is None:
+            return
+        route = self._routes.get(name, {})
+        route.pop(version, None)
+        if not route or not versions:
+            self._routes.pop(name, None)
+        if not versions:
+            self._versions.pop(name, None)
+        if loaded.in_flight:
+            loaded.drained.clear()
+            await loaded.drained.wait()
+        if loaded.batcher:
+            await loaded.batcher.close()
+        telemetry.LOADED.remove(name, version, loaded.digest)
+        logger.info("unloaded model=%s version=%s", name, version)
+
+    async def close(self) -> None:
+        for name in self.models():
+            for version in self.versions(name):
+                await self.unload(name, version)
+        self._pool.shutdown(wait=True)
+
+    # ------------------------------------------------------------ inference
+
+    def resolve(self, name: str, version: str | None) -> ModelVersion:
+        versions = self._versions.get(name)
+        if not versions:
+            raise InferenceError.not_found(f"model {name!r} is not loaded")
+        if version:
+            if version not in versions:
+                raise InferenceError.not_found(
+                    f"model {name!r} has no version {version!r}; loaded: {sorted(versions)}")
+            return versions[version]
+        route = self._routes.get(name)
+        if not route:
+            raise InferenceError.unavailable(f"model {name!r} has no routed version yet")
+        chosen = random.choices(list(route), weights=list(route.values()))[0]
+        return versions[chosen]
+
+    def is_ready(self, name: str, version: str | None) -> bool:
+        try:
+            self.resolve(name, version)
+        except InferenceError:
+            return False
+        return True
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        started = time.perf_counter()
+        model = self.resolve(request.model, request.version)
+        model.in_flight += 1  # counted before any await: unload waits for it
+        try:
+            model.validate(request)
+            feeds = {name: _to_onnx(name, array) for name, array in request.inputs.items()}
+            if model.batcher and feeds:
+                rows = next(iter(feeds.values())).shape[0]
+                if rows <= model.runtime.batching.max_batch_size:  # type: ignore[union-attr]
+                    outputs, queue_s, compute_s = await model.batcher.submit(feeds, rows)
+                else:
+                    outputs, compute_s = await self._run_in_pool(model, feeds)
+                    queue_s = time.perf_counter() - started - compute_s
+            else:
+                outputs, compute_s = await self._run_in_pool(model, feeds)
+                queue_s = time.perf_counter() - started - compute_s
+        finally:
+            model.in_flight -= 1
+            if model.in_flight == 0:
+                model.drained.set()
+        telemetry.QUEUE_SECONDS.labels(model.name, model.version).observe(max(queue_s, 0.0))
+        telemetry.COMPUTE_SECONDS.labels(model.name, model.version).observe(compute_s)
+        wanted = request.outputs or [spec.name for spec in model.outputs]
+        datatypes = {spec.name: spec.datatype for spec in model.outputs}
+        return InferResponse(
+            model=model.name, version=model.version, id=request.id,
+            outputs=[OutputTensor(name, datatypes[name], _from_onnx(outputs[name]))
+                     for name in wanted])
+
+    async def _run_in_pool(self, model: ModelVersion, feeds: Tensors) -> tuple[Tensors, float]:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, _run_session, model, feeds)
+
+
+def _run_session(model: ModelVersion, feeds: Tensors) -> tuple[Tensors, float]:
+    """Runs every output (a batch serves requests that asked for different ones)."""
+    started = time.perf_counter()
+    output_names = [spec.name for spec in model.outputs]
+    try:
+        results = model.session.run(output_names, feeds)
+    except Exception as error:  # ONNX Runtime's own exception types
+        raise InferenceError.internal(
+            f"model {model.name!r} version {model.version!r} failed: {error}") from error
+    return dict(zip(output_names, results, strict=True)), time.perf_counter() - started
+
+
+def _to_onnx(name: str, array: np.ndarray) -> np.ndarray:
+    """ONNX strings are text: BYTES elements are decoded as UTF-8."""
+    if array.dtype != object:
+        return array
+    try:
+        return np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(array)
+    except UnicodeDecodeError as error:
+        raise InferenceError.invalid(f"input {name!r}: a BYTES element is not UTF-8 text: "
+                                     f"{error}") from None
+
+
+def _from_onnx(array: np.ndarray) -> np.ndarray:
+    if array.dtype != object:
+        return array
+    return np.vectorize(lambda s: s if isinstance(s, bytes) else str(s).encode(),
+                        otypes=[object])(array)

@@ -1,0 +1,46 @@
+"""The one error type of the serving path. Each carries a code that the transports map
+to a gRPC status and an HTTP status, in one place: ErrorCode."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class ErrorCode(Enum):
+    # value: (gRPC status name, HTTP status)
+    INVALID_ARGUMENT = ("INVALID_ARGUMENT", 400)
+    NOT_FOUND = ("NOT_FOUND", 404)
+    RESOURCE_EXHAUSTED = ("RESOURCE_EXHAUSTED", 413)
+    UNAVAILABLE = ("UNAVAILABLE", 503)
+    INTERNAL = ("INTERNAL", 500)
+
+    @property
+    def grpc_status_name(self) -> str:
+        return self.value[0]
+
+    @property
+    def http_status(self) -> int:
+        return self.value[1]
+
+
+class InferenceError(Exception):
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @classmethod
+    def invalid(cls, message: str) -> InferenceError:
+        return cls(ErrorCode.INVALID_ARGUMENT, message)
+
+    @classmethod
+    def not_found(cls, message: str) -> InferenceError:
+        return cls(ErrorCode.NOT_FOUND, message)
+
+    @classmethod
+    def internal(cls, message: str) -> InferenceError:
+        return cls(ErrorCode.INTERNAL, message)
+
+    @classmethod
+    def unavailable(cls, message: str) -> InferenceError:
+        return cls(ErrorCode.UNAVAILABLE, message)

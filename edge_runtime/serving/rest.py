@@ -1,0 +1,106 @@
+"""The REST side of the Open Inference Protocol (`/v2/...`) on aiohttp, with the binary
+tensor data extension that stock clients use by default. Handlers convert, call the
+data plane and convert back; InferenceError becomes the matching HTTP status here."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from edgefleet.edge_runtime.errors import InferenceError
+from edgefleet.edge_runtime.serving import converters
+from edgefleet.edge_runtime.serving.dataplane import DataPlane
+
+logger = logging.getLogger(__name__)
+HEADER_LENGTH = "Inference-Header-Content-Length"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place where InferenceError becomes an HTTP status; every error is JSON."""
+    try:
+        return await handler(request)
+    except InferenceError as error:
+        return _error(error.code.http_status, error.message)
+    except web.HTTPException as error:  # 404 route, 405, 413 from aiohttp itself
+        return _error(error.status, error.reason)
+    except Exception:
+        logger.exception("unexpected error in %s %s", request.method, request.path)
+        return _error(500, "internal error; see the runtime log")
+
+
+def _version(request: web.Request) -> str | None:
+    return request.match_info.get("version") or None
+
+
+def create_app(dataplane: DataPlane, max_request_bytes: int) -> web.Application:
+    async def live(_: web.Request) -> web.Response:
+        return web.json_response({"live": dataplane.live()})
+
+    async def ready(_: web.Request) -> web.Response:
+        is_ready = dataplane.ready()
+        return web.json_response({"ready": is_ready}, status=200 if is_ready else 503)
+
+    async def server_metadata(_: web.Request) -> web.Response:
+        metadata = dataplane.server_metadata()
+        return web.json_response({"name": metadata.name, "version": metadata.version,
+                                  "extensions": metadata.extensions})
+
+    async def model_metadata(request: web.Request) -> web.Response:
+        metadata = dataplane.model_metadata(request.match_info["model"], _version(request))
+        return web.json_response(converters.metadata_to_json(metadata))
+
+    async def model_ready(request: web.Request) -> web.Response:
+        is_ready = dataplane.model_ready(request.match_info["model"], _version(request))
+        return web.json_response({"name": request.match_info["model"], "ready": is_ready},
+                                 status=200 if is_ready else 400)
+
+    async def infer(request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        model, version = request.match_info["model"], _version(request)
+        body = await request.read()
+        try:
+            header, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
+            decoded, all_binary, binary_outputs = converters.infer_request_from_json(
+                model, version, header, binary)
+        except InferenceError as error:
+            dataplane.count_failure(model, version, error)
+            raise
+        response = await dataplane.infer(decoded, started)
+        header, tail = converters.infer_response_to_json(response, all_binary, binary_outputs)
+        if not tail:
+            return web.Response(body=header, content_type="application/json")
+        return web.Response(body=header + tail, content_type="application/octet-stream",
+                            headers={HEADER_LENGTH: str(len(header))})
+
+    app = web.Application(client_max_size=max_request_bytes, middlewares=[errors_as_json])
+    for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        app.router.add_get(prefix, model_metadata)
+        app.router.add_get(f"{prefix}/ready", model_ready)
+        app.router.add_post(f"{prefix}/infer", infer)
+    app.router.add_get("/v2/health/live", live)
+    app.router.add_get("/v2/health/ready", ready)
+    app.router.add_get("/v2", server_metadata)
+    return app
+
+
+def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    if header_length is None:
+        return body, b""
+    try:
+        length = int(header_length)
+    except ValueError:
+        length = -1
+    if not 0 <= length <= len(body):
+        raise InferenceError.invalid(
+            f"{HEADER_LENGTH} is {header_length!r}; the body has {len(body)} bytes")
+    return body[:length], body[length:]
+

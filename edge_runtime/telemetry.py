@@ -1,0 +1,27 @@
+"""The edge runtime's Prometheus metrics. Label sets stay bounded: model and version
+come from what is loaded (requests for unknown models count under model="")."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 0.5, 1.0, 2.5)
+
+REQUESTS = Counter("edgefleet_inference_requests", "Inference requests by outcome",
+                   ["model", "version", "outcome"])
+REQUEST_SECONDS = Histogram("edgefleet_inference_request_duration_seconds",
+                            "Whole request time in the runtime, decode to encode",
+                            ["model", "version"], buckets=LATENCY_BUCKETS)
+QUEUE_SECONDS = Histogram("edgefleet_inference_queue_duration_seconds",
+                          "Time a request waited (batch queue and thread pool) before it ran",
+                          ["model", "version"], buckets=LATENCY_BUCKETS)
+COMPUTE_SECONDS = Histogram("edgefleet_inference_compute_duration_seconds",
+                            "ONNX Runtime time of the run (a batch's run for batched requests)",
+                            ["model", "version"], buckets=LATENCY_BUCKETS)
+BATCH_SIZE = Histogram("edgefleet_inference_batch_size", "Rows per dynamic batch",
+                       ["model", "version"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+LOADED = Gauge("edgefleet_model_loaded", "1 for each model version loaded and serving",
+               ["model", "version", "digest"])
+CLOUD_CONNECTED = Gauge("edgefleet_cloud_connected",
+                        "1 while the session to the fleet gateway is up (0 in standalone mode)")
