@@ -8,7 +8,8 @@ CLUSTER_DIR := .cluster
 # top-level operator/ folder shadows the standard library's operator module.
 export PYTHONSAFEPATH := 1
 
-.PHONY: help venv test test-unit lint crds cluster-up cluster-down testbin demo demo-down clean
+.PHONY: help venv test test-unit lint crds protos example-models cluster-up cluster-down testbin \
+	demo demo-down clean
 
 help:
 	@echo "make demo          local control plane + operator + examples, then kubectl get em,ed"
@@ -17,6 +18,8 @@ help:
 	@echo "make cluster-up    start etcd + kube-apiserver on loopback; kubeconfig in .cluster/"
 	@echo "make cluster-down  stop it and delete its state"
 	@echo "make crds          regenerate crds/ from operator/resources.py"
+	@echo "make protos        regenerate the Python code of protos/*.proto"
+	@echo "make example-models  rebuild the ONNX models in examples/models"
 
 # The virtual environment is rebuilt whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -32,6 +35,12 @@ testbin:
 
 crds: venv
 	$(PY) -m edgefleet.operator.crdgen crds
+
+protos: venv
+	$(PY) hack/gen_protos.py
+
+example-models: venv
+	$(PY) hack/testmodels.py examples/models
 
 lint: venv
 	$(VENV)/bin/ruff check operator edge_runtime tests hack

@@ -285,6 +285,9 @@ class Engine:
             else:
                 outputs, compute_s = await self._run_in_pool(model, feeds)
                 queue_s = time.perf_counter() - started - compute_s
+        except InferenceError as error:
+            error.version = model.version
+            raise
         finally:
             model.in_flight -= 1
             if model.in_flight == 0:

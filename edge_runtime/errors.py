@@ -28,6 +28,8 @@ class InferenceError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+        # The version that was serving the request when it failed, once one was chosen.
+        self.version: str | None = None
 
     @classmethod
     def invalid(cls, message: str) -> InferenceError:

@@ -201,3 +201,73 @@ def start_operator(kube: Kube, namespace: str, tmp_path: Path) -> Iterator[Start
     yield start
     for operator in started:
         operator.stop()
+
+
+@dataclass
+class EdgeProcess:
+    """One `edgefleet-edge serve` process on free loopback ports."""
+
+    process: subprocess.Popen[bytes]
+    grpc_port: int
+    http_port: int
+    metrics_port: int
+    log_path: Path
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+
+    def is_ready(self) -> bool:
+        try:
+            url = f"http://{self.http_url}/v2/health/ready"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+
+StartEdge = Callable[..., EdgeProcess]
+
+
+@pytest.fixture
+def start_edge(tmp_path: Path) -> Iterator[StartEdge]:
+    """Starts edge runtimes serving a model repository; all are stopped afterwards."""
+    started: list[EdgeProcess] = []
+
+    def start(repository: Path, *extra: str) -> EdgeProcess:
+        ports = [localcluster.free_port() for _ in range(3)]
+        log_path = tmp_path / f"edge-{len(started)}.log"
+        with open(log_path, "wb") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "edgefleet.edge_runtime", "serve",
+                 "--model-repository", str(repository), "--listen-host", "127.0.0.1",
+                 "--grpc-port", str(ports[0]), "--http-port", str(ports[1]),
+                 "--metrics-port", str(ports[2]), *extra],
+                stdout=log_file, stderr=subprocess.STDOUT)
+        edge = EdgeProcess(process, *ports, log_path)
+        started.append(edge)
+        eventually(lambda: edge.process.poll() is None and edge.is_ready(), timeout=60,
+                   what=f"edge runtime ready; log:\n{edge.log()[-3000:]}")
+        return edge
+
+    yield start
+    for edge in started:
+        if edge.process.poll() is None:
+            edge.process.send_signal(signal.SIGTERM)
+            try:
+                edge.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                edge.process.kill()
+                edge.process.wait()

@@ -71,6 +71,7 @@ class DataPlane:
     def count_failure(self, model: str, version: str | None, error: InferenceError) -> None:
         """Counts a failed request; names not loaded are counted as "" (bounded labels)."""
         known = model in self.engine.models()
+        version = error.version or version
         known_version = version if known and version in self.engine.versions(model) else ""
         telemetry.REQUESTS.labels(model if known else "", known_version,
                                   error.code.name.lower()).inc()

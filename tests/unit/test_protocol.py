@@ -1,0 +1,53 @@
+"""Our inference messages are wire-identical to the stock client's, and the generated
+code is current."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from google.protobuf.descriptor import Descriptor
+from tritonclient.grpc import service_pb2 as triton
+
+from edgefleet.protocol.inference import grpc_service_pb2 as ours
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MESSAGES = [name for name in ours.DESCRIPTOR.message_types_by_name]
+
+
+def wire_shape(descriptor: Descriptor) -> dict[int, tuple[object, ...]]:
+    """What decides the bytes on the wire: field numbers, names, types, cardinality,
+    and the same for nested messages and oneofs."""
+    shape: dict[int, tuple[object, ...]] = {}
+    for field in descriptor.fields:
+        nested = wire_shape(field.message_type) if field.message_type else None
+        oneof = field.containing_oneof.name if field.containing_oneof else None
+        shape[field.number] = (field.name, field.type, field.is_repeated, oneof,
+                               tuple(sorted(nested.items())) if nested else None)
+    return shape
+
+
+@pytest.mark.parametrize("name", MESSAGES)
+def test_message_matches_the_stock_client_field_for_field(name: str) -> None:
+    assert wire_shape(ours.DESCRIPTOR.message_types_by_name[name]) == wire_shape(
+        triton.DESCRIPTOR.message_types_by_name[name])
+
+
+def test_every_method_the_protocol_names_is_declared() -> None:
+    service = ours.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    assert {m.name for m in service.methods} == {
+        "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
+        "ModelInfer"}
+    for method in service.methods:
+        stock = triton.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name[
+            method.name]
+        assert method.input_type.name == stock.input_type.name
+        assert method.output_type.name == stock.output_type.name
+
+
+def test_generated_code_is_current() -> None:
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "hack" / "gen_protos.py"),
+                             "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
