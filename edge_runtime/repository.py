@@ -121,7 +121,11 @@ class RepositorySync:
             self._loaded[(entry.name, version)] = stamp
         weights = {v: w for v, w in entry.weights().items()
                    if v in self.engine.versions(entry.name)}
-        if weights and weights != self.engine.routes(entry.name):
+        if not weights:  # nothing it asks for could load: what serves keeps serving
+            logger.error("repository: model %s: no version it routes to is loaded; keeping "
+                         "%s", entry.name, self.engine.routes(entry.name) or "nothing")
+            return
+        if weights != self.engine.routes(entry.name):
             self.engine.route(entry.name, weights)
             logger.info("routing model=%s weights=%s", entry.name, weights)
         await self._retire(entry.name, set(self.engine.versions(entry.name)) - set(entry.versions))
