@@ -241,33 +241,45 @@ class EdgeProcess:
 StartEdge = Callable[..., EdgeProcess]
 
 
+def launch_edge(repository: Path, log_path: Path, *extra: str) -> EdgeProcess:
+    """Starts `edgefleet-edge serve` and waits until it is ready."""
+    ports = [localcluster.free_port() for _ in range(3)]
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edgefleet.edge_runtime", "serve",
+             "--model-repository", str(repository), "--listen-host", "127.0.0.1",
+             "--grpc-port", str(ports[0]), "--http-port", str(ports[1]),
+             "--metrics-port", str(ports[2]), *extra],
+            stdout=log_file, stderr=subprocess.STDOUT)
+    edge = EdgeProcess(process, *ports, log_path)
+    try:
+        eventually(lambda: edge.process.poll() is None and edge.is_ready(), timeout=60,
+                   what="edge runtime ready")
+    except AssertionError:
+        stop_edge(edge)
+        raise AssertionError(f"edge runtime did not start; log:\n{edge.log()[-3000:]}") from None
+    return edge
+
+
+def stop_edge(edge: EdgeProcess) -> None:
+    if edge.process.poll() is None:
+        edge.process.send_signal(signal.SIGTERM)
+        try:
+            edge.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            edge.process.kill()
+            edge.process.wait()
+
+
 @pytest.fixture
 def start_edge(tmp_path: Path) -> Iterator[StartEdge]:
     """Starts edge runtimes serving a model repository; all are stopped afterwards."""
     started: list[EdgeProcess] = []
 
     def start(repository: Path, *extra: str) -> EdgeProcess:
-        ports = [localcluster.free_port() for _ in range(3)]
-        log_path = tmp_path / f"edge-{len(started)}.log"
-        with open(log_path, "wb") as log_file:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "edgefleet.edge_runtime", "serve",
-                 "--model-repository", str(repository), "--listen-host", "127.0.0.1",
-                 "--grpc-port", str(ports[0]), "--http-port", str(ports[1]),
-                 "--metrics-port", str(ports[2]), *extra],
-                stdout=log_file, stderr=subprocess.STDOUT)
-        edge = EdgeProcess(process, *ports, log_path)
-        started.append(edge)
-        eventually(lambda: edge.process.poll() is None and edge.is_ready(), timeout=60,
-                   what=f"edge runtime ready; log:\n{edge.log()[-3000:]}")
-        return edge
+        started.append(launch_edge(repository, tmp_path / f"edge-{len(started)}.log", *extra))
+        return started[-1]
 
     yield start
     for edge in started:
-        if edge.process.poll() is None:
-            edge.process.send_signal(signal.SIGTERM)
-            try:
-                edge.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                edge.process.kill()
-                edge.process.wait()
+        stop_edge(edge)
