@@ -1,6 +1,7 @@
 """Dynamic batching: requests to one model version that wait in a queue up to
 `maxDelayMicros` are concatenated along the batch dimension (when their other
-dimensions agree), run once, and split back.
+dimensions agree), run once, and split back. One batch runs at a time per version;
+requests arriving meanwhile queue up for the next one.
 
 `take_batch`, `concatenate` and `split` are pure; `Batcher` is the queue and its worker.
 """
@@ -89,6 +90,7 @@ class Batcher:
         self._on_batch = on_batch
         self._queue: deque[Pending] = deque()
         self._arrived = asyncio.Event()
+        self._last_batch_requests = 1
         self._worker = asyncio.create_task(self._work(), name="batcher")
 
     async def submit(self, inputs: Tensors, rows: int) -> tuple[Tensors, float, float]:
@@ -112,8 +114,12 @@ class Batcher:
             await self._arrived.wait()
             self._arrived.clear()
             while self._queue:
-                await self._gather()
+                # Waiting only pays when requests overlap: a lone client is never
+                # delayed; under load (the last batch held several) the batch may fill.
+                if len(self._queue) > 1 or self._last_batch_requests > 1:
+                    await self._gather()
                 batch = take_batch(self._queue, self._max_rows)
+                self._last_batch_requests = len(batch)
                 await self._run_batch(batch)
 
     async def _gather(self) -> None:

@@ -33,6 +33,15 @@ def _model(graph: onnx.GraphProto) -> bytes:
     return model.SerializeToString()
 
 
+def identity(datatype: str) -> bytes:
+    """y = x on [-1, 3] of one datatype."""
+    element = ONNX_ELEMENT_TYPES[datatype]
+    return _model(helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], f"identity_{datatype.lower()}",
+        [helper.make_tensor_value_info("x", element, ["batch", 3])],
+        [helper.make_tensor_value_info("y", element, ["batch", 3])]))
+
+
 def identity_all_types() -> bytes:
     """One Identity per datatype: input `in_<TYPE>` [-1, 3] -> output `out_<TYPE>`."""
     inputs, outputs, nodes = [], [], []

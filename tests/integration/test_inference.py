@@ -17,6 +17,8 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
+from edgefleet.edge_runtime.serving.converters import CONTENTS_FIELD
+from edgefleet.edge_runtime.tensors import from_raw
 from edgefleet.protocol.inference import grpc_service_pb2 as pb
 from tests.conftest import EdgeProcess, StartEdge
 
@@ -98,14 +100,40 @@ def test_pinned_requests_hit_their_version_and_unpinned_follow_the_weights(
     examples: EdgeProcess,
 ) -> None:
     x = np.ones((1, 4), dtype=np.float32)
-    for version, factor in (("1", 1.0), ("2", 2.0)):
-        result = infer(examples, "grpc", "scaled", {"x": x}, version=version)
-        assert result.as_numpy("y")[0, 0] == factor
+    for kind in CLIENTS:
+        for version, factor in (("1", 1.0), ("2", 2.0)):
+            result = infer(examples, kind, "scaled", {"x": x}, version=version)
+            assert result.as_numpy("y")[0, 0] == factor
     answers = [infer(examples, "grpc", "scaled", {"x": x}).as_numpy("y")[0, 0]
                for _ in range(400)]
     share_v2 = answers.count(2.0) / len(answers)
     assert set(answers) == {1.0, 2.0}
     assert 0.04 < share_v2 < 0.18  # weights 90/10; 400 draws keep this 4 sigma wide
+
+
+def test_typed_contents_are_accepted_for_every_datatype_they_can_carry(
+    start_edge: StartEdge, tmp_path: Path
+) -> None:
+    """Stock clients send raw bytes; others send typed contents (FP16 has no such field)."""
+    typed = [d for d in DTYPES if d in CONTENTS_FIELD]
+    for datatype in typed:
+        testmodels.write_model(tmp_path, f"id_{datatype.lower()}", "1",
+                               testmodels.identity(datatype))
+    edge = start_edge(tmp_path)
+    with grpc.insecure_channel(edge.grpc_url) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                   request_serializer=pb.ModelInferRequest.SerializeToString,
+                                   response_deserializer=pb.ModelInferResponse.FromString)
+        for datatype in typed:
+            array = tensor(datatype)
+            request = pb.ModelInferRequest(model_name=f"id_{datatype.lower()}")
+            item = request.inputs.add(name="x", datatype=datatype, shape=[2, 3])
+            values = list(array.reshape(-1)) if datatype == "BYTES" else array.reshape(-1).tolist()
+            getattr(item.contents, CONTENTS_FIELD[datatype]).extend(values)
+            response = call(request, timeout=10)
+            answer = from_raw("y", datatype, response.outputs[0].shape,
+                              response.raw_output_contents[0])
+            assert np.array_equal(answer, array), datatype
 
 
 # ---------------------------------------------------------------- bad input

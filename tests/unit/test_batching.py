@@ -75,3 +75,17 @@ def test_queued_requests_run_as_one_batch_and_get_their_own_rows() -> None:
     outputs = asyncio.run(scenario())
     assert runs == [5]
     assert [int(o["y"][0, 0]) for o in outputs] == [1, 2, 3, 4, 5]
+
+
+def test_a_lone_request_does_not_wait_for_the_batch_delay() -> None:
+    async def run(feeds: Tensors) -> tuple[Tensors, float]:
+        return {"y": feeds["x"]}, 0.0
+
+    async def scenario() -> None:
+        # An hour of allowed delay: finishing at all proves it did not wait for it.
+        batcher = Batcher(run, max_batch_size=8, max_delay_s=3600, on_batch=lambda _: None)
+        for _ in range(3):  # one request at a time, as a single client sends them
+            await asyncio.wait_for(batcher.submit({"x": np.zeros((1, 2))}, 1), timeout=60)
+        await batcher.close()
+
+    asyncio.run(scenario())
