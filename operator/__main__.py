@@ -18,7 +18,11 @@ from aiohttp import web
 from kubernetes import client
 
 from edgefleet.operator import handlers, metrics
+from edgefleet.operator.artifacts import ArtifactCache
 from edgefleet.operator.fleet import FleetChanges
+from edgefleet.operator.gateway.directory import DeviceDirectory
+from edgefleet.operator.gateway.server import FleetGateway
+from edgefleet.operator.gateway.server import create_server as create_gateway_server
 from edgefleet.operator.kubeapi import load_kubernetes_config
 from edgefleet.operator.leader import LeaderElector, LeadershipLost
 from edgefleet.operator.settings import OperatorSettings
@@ -45,10 +49,22 @@ async def run(settings: OperatorSettings) -> int:
         await elector.acquire()
     metrics.LEADER.set(1)
 
+    directory = DeviceDirectory()
+    artifacts = ArtifactCache(settings.artifact_cache_dir, settings.artifact_cache_max_bytes,
+                              settings.artifact_max_bytes)
     memo = handlers.OperatorMemo(
         settings=settings, fleet=FleetChanges(),
         status_api=client.CustomObjectsApi(api_client), clock=handlers.utc_now,
+        artifacts=artifacts, directory=directory,
     )
+    tls = ((settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())
+           if settings.tls_key_file and settings.tls_cert_file else None)
+    gateway = create_gateway_server(
+        FleetGateway(directory, artifacts, api_client, settings.heartbeat_write_seconds),
+        f"{settings.listen_host}:{settings.grpc_port}", tls)
+    await gateway.start()
+    logger.info("fleet gateway on %s:%d (%s)", settings.listen_host, settings.grpc_port,
+                "TLS" if tls else "plaintext")
     stop_flag = asyncio.Event()
     tasks = {asyncio.create_task(kopf.operator(
         clusterwide=not settings.namespaces, namespaces=settings.namespaces,
@@ -75,6 +91,7 @@ async def run(settings: OperatorSettings) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     metrics.LEADER.set(0)
+    await gateway.stop(grace=2)
     if elector and exit_code == 0:
         await elector.release()
     await health.cleanup()

@@ -22,7 +22,9 @@ from kubernetes import client
 from pydantic import ValidationError
 
 from edgefleet.operator import metrics, planner
-from edgefleet.operator.fleet import FleetChanges, device_view, parse_time
+from edgefleet.operator.artifacts import ArtifactCache, ArtifactError
+from edgefleet.operator.fleet import FleetChanges, device_view, model_view, parse_time
+from edgefleet.operator.gateway.directory import DeviceDirectory
 from edgefleet.operator.kubeapi import API_ERRORS
 from edgefleet.operator.resources import (
     GROUP,
@@ -48,6 +50,8 @@ class OperatorMemo(kopf.Memo):
     fleet: FleetChanges
     status_api: client.CustomObjectsApi
     clock: Clock
+    artifacts: ArtifactCache
+    directory: DeviceDirectory
 
 
 def utc_now() -> datetime:
@@ -74,6 +78,15 @@ def devices_by_namespace(
     namespace: str, name: str, labels: Mapping[str, str], status: Mapping[str, Any], **_: Any
 ) -> dict[str, planner.DeviceView]:
     return {namespace: device_view(name, labels, status)}
+
+
+@kopf.index(GROUP, VERSION, MODELS)
+def models_by_namespace(
+    namespace: str, name: str, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status,
+    **_: Any,
+) -> dict[str, planner.ModelView] | None:
+    view = model_view(name, meta, spec, status)
+    return {namespace: view} if view else None
 
 
 @kopf.on.event(GROUP, VERSION, DEVICES)
@@ -137,6 +150,44 @@ async def run_status_loop(
         await asyncio.sleep(memo.settings.status_debounce_seconds)
 
 
+class ArtifactRetry:
+    """Fetches a model's artifact, backing off after failures (1 s doubling to 5 min) and
+    saying each distinct failure once in an Event."""
+
+    FIRST_DELAY_S, MAX_DELAY_S = 1.0, 300.0
+
+    def __init__(self, cache: ArtifactCache, body: kopf.Body) -> None:
+        self._cache = cache
+        self._body = body
+        self._digest = ""
+        self._failure: planner.ArtifactCheck | None = None
+        self._delay_s = self.FIRST_DELAY_S
+        self._retry_at = 0.0
+
+    def seconds_to_retry(self) -> float | None:
+        return max(0.0, self._retry_at - time.monotonic()) if self._failure else None
+
+    async def check(self, spec: EdgeModelSpec) -> planner.ArtifactCheck:
+        digest = f"sha256:{spec.source.sha256.lower()}"
+        if digest != self._digest:  # a new spec starts afresh
+            self._digest, self._failure, self._delay_s = digest, None, self.FIRST_DELAY_S
+        if self._failure and time.monotonic() < self._retry_at:
+            return self._failure
+        try:
+            artifact = await self._cache.ensure(spec.source.uri, spec.source.sha256)
+        except ArtifactError as error:
+            failure = planner.ArtifactCheck(False, error.reason, error.message)
+            if failure != self._failure:
+                kopf.warn(self._body, reason=f"Artifact{error.reason}", message=error.message)
+            self._failure = failure
+            self._retry_at = time.monotonic() + self._delay_s
+            self._delay_s = min(self._delay_s * 2, self.MAX_DELAY_S)
+            return failure
+        self._failure, self._delay_s = None, self.FIRST_DELAY_S
+        return planner.ArtifactCheck(True, "Verified", f"sha256 verified, {artifact.size} bytes",
+                                     digest=artifact.digest, size=artifact.size)
+
+
 @kopf.daemon(GROUP, VERSION, MODELS, cancellation_timeout=1.0)
 async def keep_model_status(
     name: str,
@@ -148,6 +199,7 @@ async def keep_model_status(
     **_: Any,
 ) -> None:
     reported: set[tuple[int | None, str]] = set()  # (generation, problem) already in Events
+    artifacts = ArtifactRetry(memo.artifacts, body)
 
     def report_once(generation: int | None, problem: str) -> None:
         if (generation, problem) not in reported:
@@ -171,13 +223,16 @@ async def keep_model_status(
                                                    previous=previous, now=memo.clock())
             report_once(generation, problem)
         else:
+            problems = planner.spec_problems(spec)
+            for problem in problems:
+                report_once(generation, problem)
+            artifact = (planner.ArtifactCheck(False, "InvalidSpec", "the spec is invalid")
+                        if problems else await artifacts.check(spec))
             desired = planner.plan_model_status(
                 name=name, generation=generation, spec=spec,
-                devices=devices_by_namespace.get(namespace, []), previous=previous,
-                now=memo.clock(),
+                devices=devices_by_namespace.get(namespace, []), artifact=artifact,
+                previous=previous, now=memo.clock(),
             )
-            for problem in planner.spec_problems(spec):
-                report_once(generation, problem)
         metrics.MODEL_PHASES.set(namespace, name, desired.phase)
         if dump(desired) == stored:
             return False
@@ -188,7 +243,8 @@ async def keep_model_status(
 
     try:
         await run_status_loop(resource="EdgeModel", namespace=namespace, name=name,
-                              stopped=stopped, memo=memo, reconcile=reconcile)
+                              stopped=stopped, memo=memo, reconcile=reconcile,
+                              next_deadline=artifacts.seconds_to_retry)
     finally:
         metrics.MODEL_PHASES.discard(namespace, name)
 
@@ -200,6 +256,7 @@ async def keep_device_status(
     body: kopf.Body,
     stopped: kopf.DaemonStopped,
     memo: OperatorMemo,
+    models_by_namespace: kopf.Index[str, planner.ModelView],
     **_: Any,
 ) -> None:
     grace = timedelta(seconds=memo.settings.device_offline_after_seconds)
@@ -208,6 +265,11 @@ async def keep_device_status(
         return parse_time(body.status.get("lastSeen"))
 
     async def reconcile() -> bool:
+        # What the device should serve goes to the gateway, not to the API server.
+        memo.directory.publish(
+            namespace, name, body.spec.get("bootstrapTokenSecretRef", {}).get("name", ""),
+            planner.desired_assignments(body.metadata.labels,
+                                        models_by_namespace.get(namespace, [])))
         phase = planner.device_phase(last_seen(), memo.clock(), grace)
         desired = {"phase": phase, "modelCount": len(body.status.get("models") or [])}
         metrics.DEVICE_PHASES.set(namespace, name, phase)
@@ -229,6 +291,7 @@ async def keep_device_status(
                               next_deadline=next_deadline)
     finally:
         metrics.DEVICE_PHASES.discard(namespace, name)
+        memo.directory.remove(namespace, name)
 
 
 # ---------------------------------------------------------------- deletion

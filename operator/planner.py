@@ -7,12 +7,16 @@ the watches and `now`, and get back values to write.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import itertools
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from edgefleet.operator.resources import (
+    ArtifactStatus,
     Condition,
     ConditionStatus,
     DeviceCounts,
@@ -24,6 +28,18 @@ from edgefleet.operator.resources import (
 )
 
 READY = "Ready"
+ARTIFACT_READY = "ArtifactReady"
+
+
+@dataclass(frozen=True)
+class ArtifactCheck:
+    """Whether the model's artifact is fetched and verified, and if not, why."""
+
+    ready: bool
+    reason: str
+    message: str = ""
+    digest: str = ""
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -155,9 +171,11 @@ def count_devices(model: str, version: str, targeted: Iterable[DeviceView]) -> D
     )
 
 
-def model_phase(problems: list[str], counts: DeviceCounts) -> ModelPhase:
+def model_phase(problems: list[str], counts: DeviceCounts, artifact_ready: bool) -> ModelPhase:
     if problems:
         return "Failed"
+    if not artifact_ready:
+        return "Pending"
     if counts.failed:
         return "Degraded"
     if counts.targeted and counts.ready == counts.targeted:
@@ -168,10 +186,13 @@ def model_phase(problems: list[str], counts: DeviceCounts) -> ModelPhase:
 
 
 def _ready_condition(
-    problems: list[str], counts: DeviceCounts, failed_devices: list[str]
+    problems: list[str], counts: DeviceCounts, failed_devices: list[str],
+    artifact: ArtifactCheck,
 ) -> tuple[ConditionStatus, str, str]:
     if problems:
         return "False", "InvalidSpec", "; ".join(problems)
+    if not artifact.ready:
+        return "False", "ArtifactNotReady", f"nothing is sent to devices: {artifact.message}"
     if counts.targeted == 0:
         return "False", "NoTargetedDevices", "the selector matches no EdgeDevice in the namespace"
     if counts.failed:
@@ -188,6 +209,7 @@ def plan_model_status(
     generation: int | None,
     spec: EdgeModelSpec,
     devices: Iterable[DeviceView],
+    artifact: ArtifactCheck,
     previous: EdgeModelStatus,
     now: datetime,
 ) -> EdgeModelStatus:
@@ -200,16 +222,23 @@ def plan_model_status(
         if (report := device.models.get(name)) and report.version == spec.version
         and report.state == "Failed"
     )
-    status, reason, message = _ready_condition(problems, counts, failed_devices)
-    phase = model_phase(problems, counts)
+    status, reason, message = _ready_condition(problems, counts, failed_devices, artifact)
+    phase = model_phase(problems, counts, artifact.ready)
+    conditions = set_condition(previous.conditions, type_=READY, status=status, reason=reason,
+                               message=message, now=now, generation=generation)
+    conditions = set_condition(conditions, type_=ARTIFACT_READY,
+                               status="True" if artifact.ready else "False",
+                               reason=artifact.reason, message=artifact.message, now=now,
+                               generation=generation)
     return EdgeModelStatus(
         phase=phase,
         observed_generation=generation,
         stable_version=spec.version if phase == "Healthy" else previous.stable_version,
         devices=counts,
         ready_summary=f"{counts.ready}/{counts.targeted}",
-        conditions=set_condition(previous.conditions, type_=READY, status=status, reason=reason,
-                                 message=message, now=now, generation=generation),
+        artifact=(ArtifactStatus(digest=artifact.digest, size_bytes=artifact.size)
+                  if artifact.ready else None),
+        conditions=conditions,
     )
 
 
@@ -249,3 +278,65 @@ def seconds_until_phase_change(
 def devices_holding(model: str, devices: Iterable[DeviceView]) -> list[str]:
     """Devices that still report the model: a deletion waits for them to withdraw it."""
     return sorted(device.name for device in devices if model in device.models)
+
+
+# ---------------------------------------------------------------- desired state
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """One EdgeModel as the fleet index keeps it: only what assignment needs."""
+
+    name: str
+    spec: EdgeModelSpec
+    # The artifact was fetched and verified for the current spec (status condition).
+    artifact_ready: bool = False
+    artifact_size: int = 0
+    deleting: bool = False
+
+    @property
+    def digest(self) -> str:
+        return f"sha256:{self.spec.source.sha256.lower()}"
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """A model a device should serve."""
+
+    name: str
+    version: str
+    digest: str
+    size_bytes: int
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    max_batch_size: int = 1
+    max_delay_micros: int = 0
+
+
+def desired_assignments(labels: Mapping[str, str],
+                        models: Iterable[ModelView]) -> list[Assignment]:
+    """What a device with these labels should serve: every model whose selector matches,
+    whose artifact is verified, that is not being deleted and whose spec can be acted on.
+    A pure function of the fleet: nothing is stored per device."""
+    assignments = []
+    for model in models:
+        if (model.deleting or not model.artifact_ready or spec_problems(model.spec)
+                or not selector_matches(model.spec.selector, labels)):
+            continue
+        runtime = model.spec.runtime
+        batching = runtime.batching if runtime else None
+        assignments.append(Assignment(
+            name=model.name, version=model.spec.version, digest=model.digest,
+            size_bytes=model.artifact_size,
+            intra_op_threads=runtime.intra_op_threads if runtime else 0,
+            inter_op_threads=runtime.inter_op_threads if runtime else 0,
+            max_batch_size=batching.max_batch_size if batching else 1,
+            max_delay_micros=batching.max_delay_micros if batching else 0,
+        ))
+    return sorted(assignments, key=lambda a: a.name)
+
+
+def revision(assignments: Iterable[Assignment]) -> str:
+    """A name for the content of a desired state: equal content, equal revision."""
+    canonical = json.dumps([dataclasses.astuple(a) for a in assignments], separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

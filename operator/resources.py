@@ -192,6 +192,11 @@ class DeviceCounts(Resource):
     failed: Count = 0
 
 
+class ArtifactStatus(Resource):
+    digest: ShortText
+    size_bytes: Count
+
+
 class EdgeModelStatus(Resource):
     phase: ModelPhase = "Pending"
     observed_generation: int | None = Field(default=None, ge=0)
@@ -199,6 +204,8 @@ class EdgeModelStatus(Resource):
     devices: DeviceCounts = Field(default_factory=DeviceCounts)
     # "3/5": printer columns cannot compute, so the operator writes it.
     ready_summary: ShortText = Field(default="0/0", description="ready/targeted devices")
+    # The verified artifact of the current spec, once fetched.
+    artifact: ArtifactStatus | None = None
     conditions: list[Condition] = Field(default_factory=list, max_length=16)
 
 

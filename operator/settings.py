@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
+from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,6 +24,18 @@ class OperatorSettings(BaseSettings):
 
     grpc_port: int = Field(default=50051, ge=1, le=65535,
                            description="port of the fleet gateway that edge runtimes dial")
+    tls_cert_file: Path | None = Field(
+        default=None, description="gateway TLS certificate (PEM); plaintext if unset")
+    tls_key_file: Path | None = Field(default=None, description="gateway TLS private key (PEM)")
+    heartbeat_write_seconds: float = Field(
+        default=30.0, gt=0, description="a quiet device's lastSeen is written at most this often")
+    artifact_cache_dir: Path = Field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / "edgefleet-artifacts",
+        description="where verified model artifacts are kept")
+    artifact_cache_max_bytes: int = Field(default=10 * 2**30, ge=2**20,
+                                          description="the cache evicts beyond this size")
+    artifact_max_bytes: int = Field(default=2 * 2**30, ge=1,
+                                    description="larger artifacts are refused (TooLarge)")
     metrics_port: int = Field(default=8080, ge=1, le=65535,
                               description="port serving /healthz, /readyz and /metrics")
     listen_host: str = Field(default="0.0.0.0", description="address the servers bind to")
@@ -44,3 +58,9 @@ class OperatorSettings(BaseSettings):
     identity: str = Field(default_factory=_default_identity,
                           description="this replica's name in the Lease")
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> OperatorSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("--tls-cert-file and --tls-key-file go together")
+        return self

@@ -6,17 +6,30 @@ gateway writes them, through the status subresource."""
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+import testmodels
 
 from tests.conftest import Kube, StartOperator
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
 
-SHA = "0123456789abcdef" * 4
+# A real (tiny) ONNX model: the operator fetches and verifies it like any artifact.
+ARTIFACT = testmodels.scaled(1.0)
+SHA = hashlib.sha256(ARTIFACT).hexdigest()
+ARTIFACT_PATH = Path(tempfile.gettempdir()) / "edgefleet-tests" / f"{SHA}.onnx"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def artifact_file() -> None:
+    ARTIFACT_PATH.parent.mkdir(exist_ok=True)
+    ARTIFACT_PATH.write_bytes(ARTIFACT)
 
 
 def device_body(name: str, **labels: str) -> dict[str, Any]:
@@ -33,7 +46,7 @@ def model_body(name: str, version: str = "1.0.0", **selector: Any) -> dict[str, 
         "metadata": {"name": name},
         "spec": {
             "version": version,
-            "source": {"uri": f"file:///models/{name}-{version}.onnx", "sha256": SHA},
+            "source": {"uri": ARTIFACT_PATH.as_uri(), "sha256": SHA},
             "selector": selector or {"matchLabels": {"site": "plant-7"}},
         },
     }

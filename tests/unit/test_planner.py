@@ -12,6 +12,8 @@ from edgefleet.operator.planner import DeviceView, ReportedModel
 from edgefleet.operator.resources import EdgeModelSpec, EdgeModelStatus, LabelSelector
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+VERIFIED = planner.ArtifactCheck(True, "Verified", "fetched and verified",
+                                 digest="sha256:" + "a" * 64, size=1234)
 
 
 def selector(**raw: Any) -> LabelSelector:
@@ -95,11 +97,12 @@ def test_counts_only_targeted_devices_on_the_spec_version() -> None:
         device("elsewhere", {"site": "plant-9"}, digits=("2.0", "Ready")),
     ]
     status = planner.plan_model_status(name="digits", generation=3, spec=spec(),
-                                       devices=devices, previous=EdgeModelStatus(), now=NOW)
+                                       devices=devices, artifact=VERIFIED,
+                                       previous=EdgeModelStatus(), now=NOW)
     assert status.devices.model_dump() == {"targeted": 4, "updated": 2, "ready": 1, "failed": 1}
     assert status.ready_summary == "1/4"
     assert status.phase == "Degraded"
-    (ready,) = status.conditions
+    ready = next(c for c in status.conditions if c.type == "Ready")
     assert (ready.type, ready.status, ready.reason) == ("Ready", "False", "DevicesFailed")
     assert "failed" in ready.message and ready.observed_generation == 3
 
@@ -113,16 +116,18 @@ def test_counts_only_targeted_devices_on_the_spec_version() -> None:
 def test_phase_follows_device_readiness(states: list[str], phase: str, reason: str) -> None:
     devices = [device(f"d{i}", digits=("2.0", state)) for i, state in enumerate(states)]
     status = planner.plan_model_status(name="digits", generation=1, spec=spec(),
-                                       devices=devices, previous=EdgeModelStatus(), now=NOW)
+                                       devices=devices, artifact=VERIFIED,
+                                       previous=EdgeModelStatus(), now=NOW)
     assert (status.phase, status.conditions[0].reason) == (phase, reason)
 
 
 def test_healthy_model_records_its_stable_version() -> None:
     healthy = planner.plan_model_status(
         name="digits", generation=1, spec=spec(), devices=[device("d", digits=("2.0", "Ready"))],
-        previous=EdgeModelStatus(stable_version="1.0"), now=NOW)
+        artifact=VERIFIED, previous=EdgeModelStatus(stable_version="1.0"), now=NOW)
     assert healthy.stable_version == "2.0"
     pending = planner.plan_model_status(name="digits", generation=1, spec=spec(), devices=[],
+                                        artifact=VERIFIED,
                                         previous=EdgeModelStatus(stable_version="1.0"), now=NOW)
     assert pending.stable_version == "1.0"
 
@@ -131,7 +136,7 @@ def test_invalid_spec_fails_with_reason_and_targets_nothing() -> None:
     bad = spec(selector={"matchLabels": {"site": "a"}, "matchExpressions": [
         {"key": "site", "operator": "NotIn", "values": ["a"]}]})
     status = planner.plan_model_status(name="digits", generation=2, spec=bad,
-                                       devices=[device("d", {"site": "a"})],
+                                       devices=[device("d", {"site": "a"})], artifact=VERIFIED,
                                        previous=EdgeModelStatus(), now=NOW)
     assert status.phase == "Failed"
     assert status.devices.targeted == 0
@@ -175,3 +180,34 @@ def test_unparseable_spec_fails_keeping_what_status_had() -> None:
     assert (status.phase, status.stable_version, status.ready_summary) == ("Failed", "1.0", "3/3")
     assert status.conditions[0].reason == "InvalidSpec"
     assert status.conditions[0].message == "spec.version: bad"
+
+
+def test_no_artifact_means_pending_and_the_reason_is_in_both_conditions() -> None:
+    missing = planner.ArtifactCheck(False, "DigestMismatch", "sha256 of file:///m.onnx is b…")
+    status = planner.plan_model_status(
+        name="digits", generation=1, spec=spec(), devices=[device("d", digits=("2.0", "Ready"))],
+        artifact=missing, previous=EdgeModelStatus(), now=NOW)
+    conditions = {c.type: c for c in status.conditions}
+    assert status.phase == "Pending" and status.artifact is None
+    assert conditions["ArtifactReady"].reason == "DigestMismatch"
+    assert conditions["Ready"].reason == "ArtifactNotReady"
+    verified = planner.plan_model_status(name="digits", generation=1, spec=spec(), devices=[],
+                                         artifact=VERIFIED, previous=status, now=NOW)
+    assert verified.artifact is not None and verified.artifact.size_bytes == 1234
+
+
+def test_devices_are_assigned_verified_matching_models_only() -> None:
+    verified = {"artifact_ready": True, "artifact_size": 9}
+    models = [
+        planner.ModelView(name="b", spec=spec(), **verified),
+        planner.ModelView(name="a", spec=spec(), **verified),
+        planner.ModelView(name="unverified", spec=spec()),
+        planner.ModelView(name="going", spec=spec(), deleting=True, **verified),
+        planner.ModelView(name="elsewhere", spec=spec(selector={"matchLabels": {"site": "x"}}),
+                          **verified),
+    ]
+    assigned = planner.desired_assignments({"site": "plant-7"}, models)
+    assert [a.name for a in assigned] == ["a", "b"]
+    assert assigned[0].digest == "sha256:" + "a" * 64 and assigned[0].size_bytes == 9
+    assert planner.revision(assigned) == planner.revision(list(assigned))
+    assert planner.revision(assigned) != planner.revision(assigned[:1])

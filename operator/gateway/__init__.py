@@ -1,0 +1,1 @@
+"""The fleet gateway: the gRPC server edge runtimes dial (edgefleet.v1.FleetGateway)."""

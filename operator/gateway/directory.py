@@ -1,0 +1,58 @@
+"""Who may connect and what each device should serve, as the device status loops
+derive it (handlers.py), for the gateway's sessions to push. In memory only: rebuilt
+from the watches on every start, like everything else the operator knows."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from edgefleet.operator.planner import Assignment, revision
+
+
+@dataclass
+class DeviceEntry:
+    namespace: str
+    name: str
+    secret_name: str
+    assignments: list[Assignment] = field(default_factory=list)
+    revision: str = ""
+    # Set whenever the desired state changes or the device goes away.
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    session: object | None = None
+    removed: bool = False
+
+
+class DeviceDirectory:
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], DeviceEntry] = {}
+
+    def get(self, namespace: str, name: str) -> DeviceEntry | None:
+        return self._entries.get((namespace, name))
+
+    def publish(self, namespace: str, name: str, secret_name: str,
+                assignments: list[Assignment]) -> None:
+        entry = self._entries.setdefault((namespace, name),
+                                         DeviceEntry(namespace, name, secret_name))
+        entry.secret_name = secret_name
+        new_revision = revision(assignments)
+        if new_revision != entry.revision:
+            entry.assignments, entry.revision = assignments, new_revision
+            entry.changed.set()
+
+    def remove(self, namespace: str, name: str) -> None:
+        entry = self._entries.pop((namespace, name), None)
+        if entry:
+            entry.removed = True
+            entry.changed.set()
+
+    def claim(self, entry: DeviceEntry, session: object) -> bool:
+        """One session per device: a second connection is refused while one is open."""
+        if entry.session is not None:
+            return False
+        entry.session = session
+        return True
+
+    def release(self, entry: DeviceEntry, session: object) -> None:
+        if entry.session is session:
+            entry.session = None

@@ -1,0 +1,156 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class DeviceMessage(_message.Message):
+    __slots__ = ("hello", "heartbeat", "report")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    hello: Hello
+    heartbeat: Heartbeat
+    report: StateReport
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., report: _Optional[_Union[StateReport, _Mapping]] = ...) -> None: ...
+
+class Hello(_message.Message):
+    __slots__ = ("capabilities", "models", "applied_revision", "runtime_version")
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_VERSION_FIELD_NUMBER: _ClassVar[int]
+    capabilities: Capabilities
+    models: _containers.RepeatedCompositeFieldContainer[ModelState]
+    applied_revision: str
+    runtime_version: str
+    def __init__(self, capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., models: _Optional[_Iterable[_Union[ModelState, _Mapping]]] = ..., applied_revision: _Optional[str] = ..., runtime_version: _Optional[str] = ...) -> None: ...
+
+class Capabilities(_message.Message):
+    __slots__ = ("arch", "cpus", "memory_bytes", "execution_providers")
+    ARCH_FIELD_NUMBER: _ClassVar[int]
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    arch: str
+    cpus: int
+    memory_bytes: int
+    execution_providers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, arch: _Optional[str] = ..., cpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., execution_providers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ModelState(_message.Message):
+    __slots__ = ("name", "version", "digest", "state", "message", "bytes_done", "bytes_total")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[ModelState.State]
+        PENDING: _ClassVar[ModelState.State]
+        DOWNLOADING: _ClassVar[ModelState.State]
+        VERIFYING: _ClassVar[ModelState.State]
+        LOADING: _ClassVar[ModelState.State]
+        READY: _ClassVar[ModelState.State]
+        FAILED: _ClassVar[ModelState.State]
+        REMOVING: _ClassVar[ModelState.State]
+    STATE_UNSPECIFIED: ModelState.State
+    PENDING: ModelState.State
+    DOWNLOADING: ModelState.State
+    VERIFYING: ModelState.State
+    LOADING: ModelState.State
+    READY: ModelState.State
+    FAILED: ModelState.State
+    REMOVING: ModelState.State
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    digest: str
+    state: ModelState.State
+    message: str
+    bytes_done: int
+    bytes_total: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., digest: _Optional[str] = ..., state: _Optional[_Union[ModelState.State, str]] = ..., message: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelState]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelState, _Mapping]]] = ...) -> None: ...
+
+class StateReport(_message.Message):
+    __slots__ = ("models", "applied_revision")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelState]
+    applied_revision: str
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelState, _Mapping]]] = ..., applied_revision: _Optional[str] = ...) -> None: ...
+
+class CloudMessage(_message.Message):
+    __slots__ = ("desired", "ping")
+    DESIRED_FIELD_NUMBER: _ClassVar[int]
+    PING_FIELD_NUMBER: _ClassVar[int]
+    desired: DesiredState
+    ping: Ping
+    def __init__(self, desired: _Optional[_Union[DesiredState, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ...) -> None: ...
+
+class Ping(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DesiredState(_message.Message):
+    __slots__ = ("revision", "models")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    revision: str
+    models: _containers.RepeatedCompositeFieldContainer[ModelAssignment]
+    def __init__(self, revision: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelAssignment, _Mapping]]] = ...) -> None: ...
+
+class ModelAssignment(_message.Message):
+    __slots__ = ("name", "version", "digest", "size_bytes", "runtime")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: str
+    digest: str
+    size_bytes: int
+    runtime: RuntimeSettings
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., runtime: _Optional[_Union[RuntimeSettings, _Mapping]] = ...) -> None: ...
+
+class RuntimeSettings(_message.Message):
+    __slots__ = ("intra_op_threads", "inter_op_threads", "max_batch_size", "max_delay_micros")
+    INTRA_OP_THREADS_FIELD_NUMBER: _ClassVar[int]
+    INTER_OP_THREADS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_DELAY_MICROS_FIELD_NUMBER: _ClassVar[int]
+    intra_op_threads: int
+    inter_op_threads: int
+    max_batch_size: int
+    max_delay_micros: int
+    def __init__(self, intra_op_threads: _Optional[int] = ..., inter_op_threads: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_delay_micros: _Optional[int] = ...) -> None: ...
+
+class ArtifactRequest(_message.Message):
+    __slots__ = ("digest", "offset")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    offset: int
+    def __init__(self, digest: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class ArtifactChunk(_message.Message):
+    __slots__ = ("offset", "data", "total_size")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    data: bytes
+    total_size: int
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_size: _Optional[int] = ...) -> None: ...
