@@ -4,10 +4,10 @@ bare grpc.aio echo server, all measured in one run on this machine.
     .venv/bin/python benchmarks/inference.py [--seconds 3]
 
 For an MLP and a CNN (both with a dynamic batch dimension), with the stock tritonclient
-gRPC client (also against the echo server, so both sides run the same client code): latency p50/p99 at concurrency 1 and throughput at concurrency 16 for raw
-`session.run`, the runtime, and the runtime with dynamic batching. Prints a table and
-the ratios the targets are stated in; timings on a shared machine are noisy, ratios
-less so.
+gRPC client (also against the echo server, so both sides run the same client code):
+latency p50/p99 at concurrency 1 and throughput at concurrency 16 for raw `session.run`,
+the runtime, and the runtime with dynamic batching. Prints a table and the ratios the
+targets are stated in; timings on a shared machine are noisy, ratios less so.
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ import tritonclient.grpc.aio as triton_aio
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "hack"))
 sys.path.insert(0, str(REPO_ROOT))
-import localcluster  # noqa: E402
 import testmodels  # noqa: E402
 
+import localcluster  # noqa: E402
 from tests.conftest import EdgeProcess, launch_edge, stop_edge  # noqa: E402
 
 CONCURRENCY = 16
@@ -168,13 +168,15 @@ def main() -> None:
             testmodels.write_model(root / "plain", name, "1", model)
             testmodels.write_model(root / "batched", name, "1", model, batching)
         (root / "empty").mkdir()
-        idle = launch_edge(root / "empty", root / "idle.log")
+        idle = launch_edge(root / "idle.log", "serve", "--model-repository", str(root / "empty"))
         time.sleep(1)
         idle_rss = rss_mb(idle.process.pid)
         stop_edge(idle)
 
-        plain = launch_edge(root / "plain", root / "plain.log")
-        batched = launch_edge(root / "batched", root / "batched.log")
+        plain = launch_edge(root / "plain.log", "serve", "--model-repository",
+                            str(root / "plain"))
+        batched = launch_edge(root / "batched.log", "serve", "--model-repository",
+                              str(root / "batched"))
         try:
             rows = []
             for name, (model, x) in models.items():

@@ -1,6 +1,8 @@
 """`edgefleet-edge`: the edge runtime's command line.
 
     edgefleet-edge serve --model-repository DIR [--grpc-port P] [--http-port Q] ...
+    edgefleet-edge run --cloud HOST:PORT --namespace NS --device NAME --token-file F \
+        --data-dir D [--grpc-port P] [--http-port Q] [--metrics-port M] ...
 """
 
 from __future__ import annotations
@@ -22,25 +24,46 @@ def main(argv: list[str] | None = None) -> None:
     # The subcommand's own flags (and its --help) come from its settings model.
     commands.add_parser("serve", add_help=False,
                         help="serve a local model repository, no cloud needed")
-    _, rest = parser.parse_known_args(argv)
+    commands.add_parser("run", add_help=False,
+                        help="serve what the cloud assigns, and keep serving without it")
+    args, rest = parser.parse_known_args(argv)
 
     # Imported here so that `--version` stays instant.
     from pydantic import ValidationError
 
     from edgefleet.edge_runtime.server import serve
-    from edgefleet.edge_runtime.settings import ServeSettings
+    from edgefleet.edge_runtime.settings import RunSettings, ServeSettings
 
+    settings_type = ServeSettings if args.command == "serve" else RunSettings
     try:
-        settings = ServeSettings(_cli_parse_args=rest)
+        settings = settings_type(_cli_parse_args=rest,
+                                 _cli_prog_name=f"edgefleet-edge {args.command}")
     except ValidationError as error:
-        parser.exit(2, f"edgefleet-edge serve: {error}\n")
+        parser.exit(2, f"edgefleet-edge {args.command}: {error}\n")
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="time=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
     )
-    if not settings.model_repository.is_dir():
-        parser.error(f"--model-repository {settings.model_repository}: not a directory")
-    asyncio.run(serve(settings))
+    if isinstance(settings, ServeSettings):
+        from edgefleet.edge_runtime.repository import RepositorySync
+
+        if not settings.model_repository.is_dir():
+            parser.error(f"--model-repository {settings.model_repository}: not a directory")
+        repository, poll = settings.model_repository, settings.poll_seconds
+        asyncio.run(serve(settings, lambda engine: RepositorySync(engine, repository, poll)))
+    else:
+        from edgefleet.edge_runtime.agent import CloudAgent
+        from edgefleet.edge_runtime.errors import InferenceError
+        from edgefleet.edge_runtime.store import Store
+
+        if not settings.token_file.is_file():
+            parser.error(f"--token-file {settings.token_file}: not a readable file")
+        run_settings = settings
+        try:
+            store = Store(settings.data_dir)
+        except InferenceError as error:
+            parser.error(f"--data-dir: {error.message}")
+        asyncio.run(serve(settings, lambda engine: CloudAgent(run_settings, engine, store)))
 
 
 if __name__ == "__main__":

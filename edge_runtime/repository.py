@@ -82,9 +82,10 @@ def scan(root: Path) -> tuple[dict[str, ModelEntry], list[str]]:
 
 
 class RepositorySync:
-    def __init__(self, engine: Engine, root: Path) -> None:
+    def __init__(self, engine: Engine, root: Path, poll_seconds: float = 0) -> None:
         self.engine = engine
         self.root = root
+        self.poll_seconds = poll_seconds
         self._loaded: dict[tuple[str, str], tuple[int, int]] = {}
         self._reported: set[str] = set()
         self._warned: set[tuple[str, str, tuple[int, int]]] = set()
@@ -135,7 +136,11 @@ class RepositorySync:
             self._loaded.pop((name, version), None)
             await self.engine.unload(name, version)
 
-    async def poll(self, every_s: float) -> None:
-        while True:
-            await asyncio.sleep(every_s)
+    async def start(self) -> None:
+        await self.sync()
+
+    async def run(self) -> None:
+        """Re-reads the repository every poll_seconds (never, if 0)."""
+        while self.poll_seconds:
+            await asyncio.sleep(self.poll_seconds)
             await self.sync()

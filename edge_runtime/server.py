@@ -7,17 +7,18 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from edgefleet.edge_runtime import telemetry
 from edgefleet.edge_runtime.engine import Engine
-from edgefleet.edge_runtime.repository import RepositorySync
 from edgefleet.edge_runtime.serving import grpc as grpc_server
 from edgefleet.edge_runtime.serving import rest
 from edgefleet.edge_runtime.serving.dataplane import DataPlane
-from edgefleet.edge_runtime.settings import ServeSettings
+from edgefleet.edge_runtime.settings import ServingSettings
 
 logger = logging.getLogger("edgefleet.edge_runtime")
 
@@ -32,12 +33,22 @@ def metrics_app() -> web.Application:
     return app
 
 
-async def serve(settings: ServeSettings) -> None:
+class ModelSource(Protocol):
+    """Where the models to serve come from: a local repository or the cloud."""
+
+    async def start(self) -> None:
+        """Loads what should serve from the start (before the servers listen)."""
+
+    async def run(self) -> None:
+        """Follows changes until cancelled."""
+
+
+async def serve(settings: ServingSettings, make_source: Callable[[Engine], ModelSource]) -> None:
     engine = Engine(threads=settings.inference_threads)
     dataplane = DataPlane(engine)
     telemetry.CLOUD_CONNECTED.set(0)
-    repository = RepositorySync(engine, settings.model_repository)
-    await repository.sync()
+    source = make_source(engine)
+    await source.start()
     dataplane.started = True
 
     grpc = grpc_server.create_server(dataplane, f"{settings.listen_host}:{settings.grpc_port}",
@@ -57,15 +68,13 @@ async def serve(settings: ServeSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    poller = (asyncio.create_task(repository.poll(settings.poll_seconds))
-              if settings.poll_seconds else None)
+    follower = asyncio.create_task(source.run(), name="model-source")
     await stop.wait()
 
     logger.info("stopping: draining requests")
-    if poller:
-        poller.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await poller
+    follower.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await follower
     await grpc.stop(grace=5)
     for runner in runners:
         await runner.cleanup()

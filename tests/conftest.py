@@ -121,6 +121,7 @@ class OperatorProcess:
 
     process: subprocess.Popen[bytes]
     metrics_port: int
+    grpc_port: int
     log_path: Path
     args: list[str] = field(default_factory=list)
 
@@ -179,11 +180,12 @@ def start_operator(kube: Kube, namespace: str, tmp_path: Path) -> Iterator[Start
     own_lease = f"edgefleet-test-{uuid.uuid4().hex[:8]}"
 
     def start(*extra: str, lease: str = own_lease, wait_ready: bool = True) -> OperatorProcess:
-        port = localcluster.free_port()
+        port, grpc_port = localcluster.free_port(), localcluster.free_port()
         log_path = tmp_path / f"operator-{len(started)}.log"
         args = [
             sys.executable, "-m", "edgefleet.operator",
             "--listen-host", "127.0.0.1", "--metrics-port", str(port),
+            "--grpc-port", str(grpc_port), "--artifact-cache-dir", str(tmp_path / "artifacts"),
             "--namespaces", namespace, "--lease-name", lease,
             "--lease-duration-seconds", "3", "--lease-renew-seconds", "1",
             "--status-debounce-seconds", "0.05", *extra,
@@ -191,7 +193,7 @@ def start_operator(kube: Kube, namespace: str, tmp_path: Path) -> Iterator[Start
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
                                        env=kube.env)
-        operator = OperatorProcess(process, port, log_path, args)
+        operator = OperatorProcess(process, port, grpc_port, log_path, args)
         started.append(operator)
         if wait_ready:
             eventually(lambda: operator.process.poll() is None and operator.is_ready(),
@@ -241,15 +243,14 @@ class EdgeProcess:
 StartEdge = Callable[..., EdgeProcess]
 
 
-def launch_edge(repository: Path, log_path: Path, *extra: str) -> EdgeProcess:
-    """Starts `edgefleet-edge serve` and waits until it is ready."""
+def launch_edge(log_path: Path, command: str, *args: str) -> EdgeProcess:
+    """Starts `edgefleet-edge COMMAND ARGS` on free ports and waits until it is ready."""
     ports = [localcluster.free_port() for _ in range(3)]
-    with open(log_path, "wb") as log_file:
+    with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "edgefleet.edge_runtime", "serve",
-             "--model-repository", str(repository), "--listen-host", "127.0.0.1",
-             "--grpc-port", str(ports[0]), "--http-port", str(ports[1]),
-             "--metrics-port", str(ports[2]), *extra],
+            [sys.executable, "-m", "edgefleet.edge_runtime", command, *args,
+             "--listen-host", "127.0.0.1", "--grpc-port", str(ports[0]),
+             "--http-port", str(ports[1]), "--metrics-port", str(ports[2])],
             stdout=log_file, stderr=subprocess.STDOUT)
     edge = EdgeProcess(process, *ports, log_path)
     try:
@@ -277,7 +278,8 @@ def start_edge(tmp_path: Path) -> Iterator[StartEdge]:
     started: list[EdgeProcess] = []
 
     def start(repository: Path, *extra: str) -> EdgeProcess:
-        started.append(launch_edge(repository, tmp_path / f"edge-{len(started)}.log", *extra))
+        started.append(launch_edge(tmp_path / f"edge-{len(started)}.log", "serve",
+                                   "--model-repository", str(repository), *extra))
         return started[-1]
 
     yield start

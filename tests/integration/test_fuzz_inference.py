@@ -89,7 +89,8 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EdgeProcess]:
     repository = tmp_path_factory.mktemp("repository")
     testmodels.write_model(repository, "scaled", "1", testmodels.scaled(1.0))
     testmodels.write_model(repository, "types", "1", testmodels.identity_all_types())
-    started = launch_edge(repository, repository / "edge.log")
+    started = launch_edge(repository / "edge.log", "serve", "--model-repository",
+                          str(repository))
     yield started
     stop_edge(started)
 

@@ -1,0 +1,286 @@
+"""The cloud agent: keeps one session to the fleet gateway, applies each desired state
+(download, verify, load, route), reports what the device holds, and keeps serving what
+it served whenever the cloud is away.
+
+The link changes *what* the device serves, never *whether* it serves: at start the
+last-known-good models are loaded from the store before any connection is tried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import platform
+import random
+import time
+from collections.abc import Iterable
+from importlib.metadata import version as package_version
+
+import grpc
+
+from edgefleet.edge_runtime import telemetry
+from edgefleet.edge_runtime.config import BatchingConfig, RuntimeConfig
+from edgefleet.edge_runtime.engine import Engine
+from edgefleet.edge_runtime.errors import InferenceError
+from edgefleet.edge_runtime.settings import RunSettings
+from edgefleet.edge_runtime.store import Store, StoredModel
+from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
+
+logger = logging.getLogger(__name__)
+SERVICE = "/edgefleet.v1.FleetGateway"
+State = pb.ModelState.State
+
+
+def runtime_config(model: StoredModel) -> RuntimeConfig:
+    batching = (BatchingConfig(max_batch_size=model.max_batch_size,
+                               max_delay_micros=model.max_delay_micros)
+                if model.max_batch_size > 1 else None)
+    return RuntimeConfig(intra_op_threads=model.intra_op_threads,
+                         inter_op_threads=model.inter_op_threads, batching=batching)
+
+
+def stored(assignment: pb.ModelAssignment) -> StoredModel:
+    runtime = assignment.runtime
+    return StoredModel(
+        name=assignment.name, version=assignment.version, digest=assignment.digest,
+        size_bytes=assignment.size_bytes, intra_op_threads=runtime.intra_op_threads,
+        inter_op_threads=runtime.inter_op_threads,
+        max_batch_size=max(1, runtime.max_batch_size),
+        max_delay_micros=runtime.max_delay_micros)
+
+
+def capabilities() -> pb.Capabilities:
+    providers: list[str] = []
+    try:
+        import onnxruntime
+
+        providers = list(onnxruntime.get_available_providers())
+    except ImportError:
+        pass
+    return pb.Capabilities(arch=platform.machine(), cpus=os.cpu_count() or 1,
+                           memory_bytes=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
+                           execution_providers=providers)
+
+
+class CloudAgent:
+    def __init__(self, settings: RunSettings, engine: Engine, store: Store) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.store = store
+        self.state = store.load_state()
+        self.models: dict[str, pb.ModelState] = {}  # what the device holds, as reported
+        self._changed = asyncio.Event()
+        self._apply_task: asyncio.Task[None] | None = None
+        self._channel: grpc.aio.Channel | None = None
+        self._token = settings.token_file.read_text().strip()
+
+    # ------------------------------------------------------------ start-up
+
+    async def start(self) -> None:
+        """Serves the last-known-good models from the store: no cloud needed."""
+        for model in self.state.last_known_good:
+            if not self.store.has(model.digest):
+                continue
+            try:
+                await self._load(model)
+            except InferenceError as error:
+                logger.error("last-known-good model=%s version=%s does not load: %s",
+                             model.name, model.version, error.message)
+        logger.info("restored last-known-good models=%s", sorted(self.models))
+
+    # ------------------------------------------------------------ the session
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self._token}"),
+                ("edgefleet-namespace", self.settings.namespace),
+                ("edgefleet-device", self.settings.device))
+
+    def _open_channel(self) -> grpc.aio.Channel:
+        options = [("grpc.max_receive_message_length", 16 * 2**20)]
+        if self.settings.tls_ca_file:
+            credentials = grpc.ssl_channel_credentials(self.settings.tls_ca_file.read_bytes())
+            return grpc.aio.secure_channel(self.settings.cloud, credentials, options=options)
+        return grpc.aio.insecure_channel(self.settings.cloud, options=options)
+
+    async def run(self) -> None:
+        """Connects, and reconnects with jittered exponential backoff, forever."""
+        failures = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await self._session()
+            except grpc.aio.AioRpcError as error:
+                logger.warning("cloud session ended: %s %s", error.code().name, error.details())
+            except (OSError, InferenceError) as error:
+                logger.warning("cloud session ended: %s", error)
+            finally:
+                telemetry.CLOUD_CONNECTED.set(0)
+                if self._channel:
+                    await self._channel.close()
+                    self._channel = None
+            if time.monotonic() - started > self.settings.backoff_max_seconds:
+                failures = 0  # it had been up a while: start over gently
+            failures += 1
+            ceiling = min(self.settings.backoff_max_seconds,
+                          self.settings.backoff_base_seconds * 2 ** min(failures, 16))
+            await asyncio.sleep(random.uniform(ceiling / 2, ceiling))
+
+    async def _session(self) -> None:
+        self._channel = self._open_channel()
+        connect = self._channel.stream_stream(
+            f"{SERVICE}/Connect", request_serializer=pb.DeviceMessage.SerializeToString,
+            response_deserializer=pb.CloudMessage.FromString)
+        call = connect(metadata=self._metadata())
+        await call.write(pb.DeviceMessage(hello=pb.Hello(
+            capabilities=capabilities(), models=self.models.values(),
+            applied_revision=self.state.revision,
+            runtime_version=package_version("edgefleet"))))
+        sender = asyncio.create_task(self._send_reports(call))
+        try:
+            async for message in call:
+                if message.WhichOneof("kind") == "desired":
+                    telemetry.CLOUD_CONNECTED.set(1)
+                    self._start_apply(message.desired)
+        finally:
+            sender.cancel()
+
+    async def _send_reports(self, call: grpc.aio.StreamStreamCall) -> None:
+        """A report whenever what the device holds changes; a heartbeat otherwise."""
+        while True:
+            try:
+                await asyncio.wait_for(self._changed.wait(), self.settings.heartbeat_seconds)
+                self._changed.clear()
+                await call.write(pb.DeviceMessage(report=pb.StateReport(
+                    models=self.models.values(), applied_revision=self.state.revision)))
+            except TimeoutError:
+                await call.write(pb.DeviceMessage(heartbeat=pb.Heartbeat(
+                    models=self.models.values())))
+
+    # ------------------------------------------------------------ applying
+
+    def _set(self, name: str, version: str, digest: str, state: State, message: str = "",
+             done: int = 0, total: int = 0) -> None:
+        self.models[name] = pb.ModelState(name=name, version=version, digest=digest,
+                                          state=state, message=message, bytes_done=done,
+                                          bytes_total=total)
+        self._changed.set()
+
+    def _start_apply(self, desired: pb.DesiredState) -> None:
+        """The newest desired state wins: an apply in progress is cancelled (downloads
+        resume from their offset next time). Applying is idempotent: what is already
+        Ready with the same digest is left alone."""
+        if self._apply_task and not self._apply_task.done():
+            self._apply_task.cancel()
+        self._apply_task = asyncio.create_task(self._apply(desired))
+
+    async def _apply(self, desired: pb.DesiredState) -> None:
+        wanted = [stored(a) for a in desired.models]
+        self.state.revision, self.state.desired = desired.revision, wanted
+        await asyncio.to_thread(self._save_state)
+        await self._remove_unassigned({m.name for m in wanted})
+        retry_s = self.settings.backoff_base_seconds
+        while pending := await self._apply_models(wanted):
+            logger.info("retrying models=%s in %.1fs", pending, retry_s)
+            await asyncio.sleep(retry_s)
+            retry_s = min(retry_s * 2, self.settings.backoff_max_seconds)
+        ready = {name for name, s in self.models.items() if s.state == State.READY}
+        self.state.last_known_good = [m for m in wanted if m.name in ready]
+        await asyncio.to_thread(self._save_state)
+        removed = await asyncio.to_thread(
+            self.store.collect_garbage, {m.digest for m in wanted},
+            self.settings.gc_grace_seconds)
+        if removed:
+            logger.info("garbage-collected blobs=%s", removed)
+        self._apply_task = None
+
+    async def _apply_models(self, wanted: list[StoredModel]) -> list[str]:
+        """Brings each model to Ready; returns those to retry (the link failed)."""
+        pending = []
+        for model in wanted:
+            current = self.models.get(model.name)
+            if current and current.digest == model.digest and current.state == State.READY:
+                continue
+            try:
+                await self._ensure(model)
+            except grpc.aio.AioRpcError as error:  # the link, not the model: try again
+                pending.append(model.name)
+                self._set(model.name, model.version, model.digest, State.DOWNLOADING,
+                          f"{error.code().name}: {error.details()}",
+                          self.store.partial_size(model.digest), model.size_bytes)
+            except InferenceError as error:
+                logger.error("model=%s version=%s failed: %s", model.name, model.version,
+                             error.message)
+                self._set(model.name, model.version, model.digest, State.FAILED, error.message)
+        return pending
+
+    def _save_state(self) -> None:
+        try:
+            self.store.save_state(self.state)
+        except OSError as error:  # serving goes on; the next apply tries again
+            logger.error("cannot persist state to %s: %s", self.store.state_path, error)
+
+    async def _ensure(self, model: StoredModel) -> None:
+        if not self.store.has(model.digest):
+            await self._download(model)
+        await self._load(model)
+
+    async def _download(self, model: StoredModel) -> None:
+        assert self._channel is not None
+        fetch = self._channel.unary_stream(
+            f"{SERVICE}/FetchArtifact", request_serializer=pb.ArtifactRequest.SerializeToString,
+            response_deserializer=pb.ArtifactChunk.FromString)
+        offset = self.store.partial_size(model.digest)
+        total = model.size_bytes
+        self._set(model.name, model.version, model.digest, State.DOWNLOADING, "", offset, total)
+        reported_at = time.monotonic()
+        try:
+            with open(self.store.partial_path(model.digest), "ab") as partial:
+                async for chunk in fetch(pb.ArtifactRequest(digest=model.digest, offset=offset),
+                                         metadata=self._metadata()):
+                    if chunk.offset != offset:
+                        raise InferenceError.invalid(
+                            f"artifact chunk at {chunk.offset}, expected {offset}")
+                    await asyncio.to_thread(partial.write, chunk.data)
+                    offset += len(chunk.data)
+                    total = chunk.total_size
+                    if time.monotonic() - reported_at > 0.5:  # progress, not a flood
+                        reported_at = time.monotonic()
+                        self._set(model.name, model.version, model.digest, State.DOWNLOADING,
+                                  "", offset, total)
+                partial.flush()
+                os.fsync(partial.fileno())
+        except OSError as error:
+            raise InferenceError.unavailable(
+                f"cannot write the download to {self.store.partial}: {error.strerror}"
+            ) from None
+        if offset != total:
+            raise InferenceError.unavailable(f"download ended at {offset} of {total} bytes; "
+                                             "it resumes from there")
+        self._set(model.name, model.version, model.digest, State.VERIFYING, "", offset, total)
+        await asyncio.to_thread(self.store.complete, model.digest)
+
+    async def _load(self, model: StoredModel) -> None:
+        """Loads and warms the new version, routes to it, then retires the others."""
+        self._set(model.name, model.version, model.digest, State.LOADING)
+        if model.version in self.engine.versions(model.name):
+            if self.engine.resolve(model.name, model.version).digest != model.digest:
+                # The same version with other bytes: it cannot be loaded beside itself.
+                await self.engine.unload(model.name, model.version)
+        if model.version not in self.engine.versions(model.name):
+            await self.engine.load(model.name, model.version,
+                                   self.store.blob_path(model.digest), runtime_config(model),
+                                   model.digest)
+        self.engine.route(model.name, {model.version: 1.0})
+        for other in self.engine.versions(model.name):
+            if other != model.version:
+                await self.engine.unload(model.name, other)
+        self._set(model.name, model.version, model.digest, State.READY)
+
+    async def _remove_unassigned(self, assigned: Iterable[str]) -> None:
+        for name in sorted(set(self.engine.models()) - set(assigned)):
+            for version in self.engine.versions(name):
+                await self.engine.unload(name, version)
+        for name in sorted(set(self.models) - set(assigned)):
+            del self.models[name]
+            self._changed.set()

@@ -1,0 +1,155 @@
+"""End to end: control plane, operator with its fleet gateway, and `edgefleet-edge run`
+processes on loopback. `kubectl apply` of an EdgeModel ends with the model verified,
+loaded and answering on every targeted device."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import testmodels
+import tritonclient.grpc as triton_grpc
+from kubernetes import client
+
+from tests.conftest import EdgeProcess, Kube, OperatorProcess, StartOperator, launch_edge
+from tests.helpers import eventually
+from tests.integration.test_operator import device_body, wait_status
+
+pytestmark = pytest.mark.integration
+
+
+class Fleet:
+    """Edge runtimes dialling one operator; all stopped at the end of the test."""
+
+    def __init__(self, kube: Kube, namespace: str, operator: OperatorProcess,
+                 root: Path) -> None:
+        self.kube, self.namespace, self.operator, self.root = kube, namespace, operator, root
+        self.edges: dict[str, EdgeProcess] = {}
+
+    def add_device(self, name: str, **labels: str) -> None:
+        token = f"token-{name}-{os.urandom(4).hex()}"
+        self.kube.core.create_namespaced_secret(self.namespace, client.V1Secret(
+            metadata=client.V1ObjectMeta(name=f"{name}-token"), string_data={"token": token}))
+        (self.root / f"{name}.token").write_text(token)
+        self.kube.create("edgedevices", self.namespace, device_body(name, **labels))
+
+    def start(self, name: str, *extra: str) -> EdgeProcess:
+        edge = launch_edge(
+            self.root / f"{name}.log", "run", "--cloud", f"127.0.0.1:{self.operator.grpc_port}",
+            "--namespace", self.namespace, "--device", name,
+            "--token-file", str(self.root / f"{name}.token"),
+            "--data-dir", str(self.root / f"{name}-data"), "--heartbeat-seconds", "1",
+            "--backoff-base-seconds", "0.2", "--backoff-max-seconds", "2", *extra)
+        self.edges[name] = edge
+        return edge
+
+    def stop(self) -> None:
+        for edge in self.edges.values():
+            if edge.process.poll() is None:
+                edge.process.send_signal(signal.SIGTERM)
+                try:
+                    edge.process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    edge.process.kill()
+
+
+@pytest.fixture
+def fleet(kube: Kube, namespace: str, start_operator: StartOperator,
+          tmp_path: Path) -> Any:
+    operator = start_operator("--heartbeat-write-seconds", "2",
+                              "--device-offline-after-seconds", "10")
+    started = Fleet(kube, namespace, operator, tmp_path)
+    yield started
+    started.stop()
+
+
+def publish(root: Path, model: bytes) -> tuple[str, str]:
+    """Puts an artifact where the operator can read it; returns (uri, sha256)."""
+    sha = hashlib.sha256(model).hexdigest()
+    path = root / f"{sha}.onnx"
+    path.write_bytes(model)
+    return path.as_uri(), sha
+
+
+def edge_model(name: str, version: str, uri: str, sha: str, **match: str) -> dict[str, Any]:
+    return {"apiVersion": "edgefleet.io/v1alpha1", "kind": "EdgeModel",
+            "metadata": {"name": name},
+            "spec": {"version": version, "source": {"uri": uri, "sha256": sha},
+                     "selector": {"matchLabels": match}}}
+
+
+def answer(edge: EdgeProcess, model: str) -> float:
+    stock = triton_grpc.InferenceServerClient(edge.grpc_url)
+    item = triton_grpc.InferInput("x", [1, 4], "FP32")
+    item.set_data_from_numpy(np.ones((1, 4), dtype=np.float32))
+    return float(stock.infer(model, [item]).as_numpy("y")[0, 0])
+
+
+def reported(kube: Kube, namespace: str, device: str) -> list[dict[str, Any]]:
+    return kube.get("edgedevices", namespace, device).get("status", {}).get("models", [])
+
+
+def test_apply_to_ready_on_targeted_devices_relabel_and_withdraw(fleet: Fleet) -> None:
+    kube, namespace = fleet.kube, fleet.namespace
+    for name, site in (("cam-1", "plant-7"), ("cam-2", "plant-7"), ("cam-3", "plant-9")):
+        fleet.add_device(name, site=site)
+        fleet.start(name)
+    uri, sha = publish(fleet.root, testmodels.scaled(3.0))
+    kube.create("edgemodels", namespace, edge_model("digits", "1.0.0", uri, sha,
+                                                    site="plant-7"))
+
+    wait_status(kube, "edgemodels", namespace, "digits",
+                {"phase": "Healthy", "readySummary": "2/2"}, timeout=60)
+    for device in ("cam-1", "cam-2"):
+        (held,) = reported(kube, namespace, device)
+        assert (held["name"], held["version"], held["state"]) == ("digits", "1.0.0", "Ready")
+        assert held["digest"] == f"sha256:{sha}"
+        assert answer(fleet.edges[device], "digits") == 3.0
+    assert reported(kube, namespace, "cam-3") == []
+    printed = kube.kubectl("get", "em", "digits", "-n", namespace).stdout.splitlines()[1]
+    assert printed.split()[1:4] == ["1.0.0", "2/2", "Healthy"]
+    devices = kube.kubectl("get", "ed", "-n", namespace).stdout
+    assert [line.split()[1:3] for line in devices.splitlines()[1:]] == [
+        ["Online", "1"], ["Online", "1"], ["Online", "0"]]
+
+    # Relabel: the model follows the label.
+    kube.patch("edgedevices", namespace, "cam-3", {"metadata": {"labels": {"site": "plant-7"}}})
+    kube.patch("edgedevices", namespace, "cam-1", {"metadata": {"labels": {"site": "plant-9"}}})
+    wait_status(kube, "edgemodels", namespace, "digits", {"readySummary": "2/2"}, timeout=60)
+    eventually(lambda: reported(kube, namespace, "cam-1") == [], timeout=30,
+               what="cam-1 to drop the model")
+    assert answer(fleet.edges["cam-3"], "digits") == 3.0
+
+    # Delete: it leaves every device, then the object goes.
+    kube.delete("edgemodels", namespace, "digits")
+    eventually(lambda: kube.kubectl("get", "em", "digits", "-n", namespace,
+                                    check=False).returncode != 0,
+               timeout=60, what="the EdgeModel to be withdrawn and gone")
+    for device in ("cam-1", "cam-2", "cam-3"):
+        assert reported(kube, namespace, device) == []
+        assert not triton_grpc.InferenceServerClient(
+            fleet.edges[device].grpc_url).is_model_ready("digits")
+
+
+def test_a_restarted_edge_serves_its_last_known_good_model_without_the_cloud(
+    fleet: Fleet,
+) -> None:
+    kube, namespace = fleet.kube, fleet.namespace
+    fleet.add_device("cam-1", site="plant-7")
+    edge = fleet.start("cam-1")
+    uri, sha = publish(fleet.root, testmodels.scaled(5.0))
+    kube.create("edgemodels", namespace, edge_model("digits", "2", uri, sha, site="plant-7"))
+    wait_status(kube, "edgemodels", namespace, "digits", {"readySummary": "1/1"}, timeout=60)
+
+    fleet.operator.kill()  # the cloud goes away
+    edge.process.send_signal(signal.SIGTERM)
+    edge.process.wait(timeout=20)
+    restarted = fleet.start("cam-1")  # ready means serving, with no cloud to ask
+    assert answer(restarted, "digits") == 5.0
+    assert "edgefleet_cloud_connected 0.0" in restarted.metrics()
