@@ -63,6 +63,12 @@ def capabilities() -> pb.Capabilities:
                            execution_providers=providers)
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """No apply may fail silently: what escaped the per-model handling is logged."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("applying the desired state failed", exc_info=task.exception())
+
+
 class CloudAgent:
     def __init__(self, settings: RunSettings, engine: Engine, store: Store) -> None:
         self.settings = settings
@@ -173,6 +179,7 @@ class CloudAgent:
         if self._apply_task and not self._apply_task.done():
             self._apply_task.cancel()
         self._apply_task = asyncio.create_task(self._apply(desired))
+        self._apply_task.add_done_callback(_log_failure)
 
     async def _apply(self, desired: pb.DesiredState) -> None:
         wanted = [stored(a) for a in desired.models]
@@ -212,6 +219,11 @@ class CloudAgent:
                 logger.error("model=%s version=%s failed: %s", model.name, model.version,
                              error.message)
                 self._set(model.name, model.version, model.digest, State.FAILED, error.message)
+            except OSError as error:  # the device's storage
+                message = f"storage: {error.strerror}: {error.filename}"
+                logger.error("model=%s version=%s failed: %s", model.name, model.version,
+                             message)
+                self._set(model.name, model.version, model.digest, State.FAILED, message)
         return pending
 
     def _save_state(self) -> None:
@@ -243,6 +255,7 @@ class CloudAgent:
                             f"artifact chunk at {chunk.offset}, expected {offset}")
                     await asyncio.to_thread(partial.write, chunk.data)
                     offset += len(chunk.data)
+                    telemetry.ARTIFACT_BYTES.inc(len(chunk.data))
                     total = chunk.total_size
                     if time.monotonic() - reported_at > 0.5:  # progress, not a flood
                         reported_at = time.monotonic()

@@ -85,9 +85,10 @@ class Store:
         return self.partial / f"{digest.removeprefix('sha256:')}.partial"
 
     def partial_size(self, digest: str) -> int:
+        """Bytes already downloaded (0 when there is no readable partial file)."""
         try:
             return self.partial_path(digest).stat().st_size
-        except FileNotFoundError:
+        except OSError:
             return 0
 
     def complete(self, digest: str) -> Path:
@@ -114,10 +115,15 @@ class Store:
         removed = []
         keep = {digest.removeprefix("sha256:") for digest in referenced}
         cutoff = time.time() - grace_s
-        for path in [*self.blobs.iterdir(), *self.partial.iterdir()]:
-            if path.name.split(".")[0] not in keep and path.stat().st_mtime < cutoff:
-                path.unlink(missing_ok=True)
-                removed.append(path.name)
+        for directory in (self.blobs, self.partial):
+            try:
+                paths = list(directory.iterdir())
+            except OSError:  # unreadable storage: nothing to collect, nothing lost
+                continue
+            for path in paths:
+                if path.name.split(".")[0] not in keep and path.stat().st_mtime < cutoff:
+                    path.unlink(missing_ok=True)
+                    removed.append(path.name)
         return removed
 
     # ------------------------------------------------------------ state

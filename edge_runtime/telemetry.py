@@ -25,3 +25,5 @@ LOADED = Gauge("edgefleet_model_loaded", "1 for each model version loaded and se
                ["model", "version", "digest"])
 CLOUD_CONNECTED = Gauge("edgefleet_cloud_connected",
                         "1 while the session to the fleet gateway is up (0 in standalone mode)")
+ARTIFACT_BYTES = Counter("edgefleet_artifact_received_bytes",
+                         "Artifact bytes received from the fleet gateway")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -18,8 +17,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edgefleet.operator.planner import ARTIFACT_READY, DeviceView, ModelView, ReportedModel
-from edgefleet.operator.resources import EdgeModelSpec
+from edgefleet.operator.planner import DeviceView, ModelView, ReportedModel
+from edgefleet.operator.resources import ArtifactStatus, EdgeModelSpec
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -44,22 +43,17 @@ def device_view(name: str, labels: Mapping[str, str], status: Mapping[str, Any])
 def model_view(name: str, meta: Mapping[str, Any], spec: Mapping[str, Any],
                status: Mapping[str, Any]) -> ModelView | None:
     """An EdgeModel as the index keeps it; None for a spec that does not parse (its
-    status loop reports why). The artifact counts as ready only when the status says
-    so for this very generation and digest."""
+    status loop reports why)."""
     try:
         parsed = EdgeModelSpec.model_validate(dict(spec))
     except ValidationError:
         return None
-    generation = meta.get("generation")
-    artifact = status.get("artifact") or {}
-    verified = any(
-        c.get("type") == ARTIFACT_READY and c.get("status") == "True"
-        and c.get("observedGeneration") == generation for c in status.get("conditions") or [])
-    view = ModelView(name=name, spec=parsed, deleting=bool(meta.get("deletionTimestamp")))
-    if verified and artifact.get("digest") == view.digest:
-        return dataclasses.replace(view, artifact_ready=True,
-                                   artifact_size=int(artifact.get("sizeBytes") or 0))
-    return view
+    try:
+        artifact = ArtifactStatus.model_validate(status["artifact"])
+    except (KeyError, ValidationError):
+        artifact = None
+    return ModelView(name=name, spec=parsed, artifact=artifact,
+                     deleting=bool(meta.get("deletionTimestamp")))
 
 
 class FleetChanges:

@@ -236,8 +236,9 @@ def plan_model_status(
         stable_version=spec.version if phase == "Healthy" else previous.stable_version,
         devices=counts,
         ready_summary=f"{counts.ready}/{counts.targeted}",
-        artifact=(ArtifactStatus(digest=artifact.digest, size_bytes=artifact.size)
-                  if artifact.ready else None),
+        artifact=(ArtifactStatus(version=spec.version, digest=artifact.digest,
+                                 size_bytes=artifact.size)
+                  if artifact.ready else previous.artifact),
         conditions=conditions,
     )
 
@@ -289,14 +290,9 @@ class ModelView:
 
     name: str
     spec: EdgeModelSpec
-    # The artifact was fetched and verified for the current spec (status condition).
-    artifact_ready: bool = False
-    artifact_size: int = 0
+    # The newest verified artifact (status.artifact); None until one is verified.
+    artifact: ArtifactStatus | None = None
     deleting: bool = False
-
-    @property
-    def digest(self) -> str:
-        return f"sha256:{self.spec.source.sha256.lower()}"
 
 
 @dataclass(frozen=True)
@@ -316,18 +312,20 @@ class Assignment:
 def desired_assignments(labels: Mapping[str, str],
                         models: Iterable[ModelView]) -> list[Assignment]:
     """What a device with these labels should serve: every model whose selector matches,
-    whose artifact is verified, that is not being deleted and whose spec can be acted on.
-    A pure function of the fleet: nothing is stored per device."""
+    that has a verified artifact, is not being deleted and whose spec can be acted on.
+    A new version's artifact replaces the old one only once it is verified. A pure
+    function of the fleet: nothing is stored per device."""
     assignments = []
     for model in models:
-        if (model.deleting or not model.artifact_ready or spec_problems(model.spec)
+        artifact = model.artifact
+        if (artifact is None or model.deleting or spec_problems(model.spec)
                 or not selector_matches(model.spec.selector, labels)):
             continue
         runtime = model.spec.runtime
         batching = runtime.batching if runtime else None
         assignments.append(Assignment(
-            name=model.name, version=model.spec.version, digest=model.digest,
-            size_bytes=model.artifact_size,
+            name=model.name, version=artifact.version, digest=artifact.digest,
+            size_bytes=artifact.size_bytes,
             intra_op_threads=runtime.intra_op_threads if runtime else 0,
             inter_op_threads=runtime.inter_op_threads if runtime else 0,
             max_batch_size=batching.max_batch_size if batching else 1,

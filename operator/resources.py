@@ -193,6 +193,10 @@ class DeviceCounts(Resource):
 
 
 class ArtifactStatus(Resource):
+    """The newest verified artifact: what devices are sent (an older version's until the
+    current spec's artifact is verified)."""
+
+    version: ShortText
     digest: ShortText
     size_bytes: Count
 
@@ -204,7 +208,6 @@ class EdgeModelStatus(Resource):
     devices: DeviceCounts = Field(default_factory=DeviceCounts)
     # "3/5": printer columns cannot compute, so the operator writes it.
     ready_summary: ShortText = Field(default="0/0", description="ready/targeted devices")
-    # The verified artifact of the current spec, once fetched.
     artifact: ArtifactStatus | None = None
     conditions: list[Condition] = Field(default_factory=list, max_length=16)
 

@@ -36,6 +36,8 @@ class OperatorSettings(BaseSettings):
                                           description="the cache evicts beyond this size")
     artifact_max_bytes: int = Field(default=2 * 2**30, ge=1,
                                     description="larger artifacts are refused (TooLarge)")
+    artifact_http_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="an artifact server silent this long is Unreachable")
     metrics_port: int = Field(default=8080, ge=1, le=65535,
                               description="port serving /healthz, /readyz and /metrics")
     listen_host: str = Field(default="0.0.0.0", description="address the servers bind to")

@@ -179,8 +179,10 @@ def start_operator(kube: Kube, namespace: str, tmp_path: Path) -> Iterator[Start
     started: list[OperatorProcess] = []
     own_lease = f"edgefleet-test-{uuid.uuid4().hex[:8]}"
 
-    def start(*extra: str, lease: str = own_lease, wait_ready: bool = True) -> OperatorProcess:
-        port, grpc_port = localcluster.free_port(), localcluster.free_port()
+    def start(*extra: str, lease: str = own_lease, wait_ready: bool = True,
+              grpc_port: int | None = None) -> OperatorProcess:
+        port = localcluster.free_port()
+        grpc_port = grpc_port or localcluster.free_port()
         log_path = tmp_path / f"operator-{len(started)}.log"
         args = [
             sys.executable, "-m", "edgefleet.operator",
@@ -285,3 +287,59 @@ def start_edge(tmp_path: Path) -> Iterator[StartEdge]:
     yield start
     for edge in started:
         stop_edge(edge)
+
+
+class Fleet:
+    """An operator and the edge runtimes dialling its gateway; all stopped at the end."""
+
+    OPERATOR_FLAGS = ("--heartbeat-write-seconds", "2", "--device-offline-after-seconds", "10")
+
+    def __init__(self, kube: Kube, namespace: str, start_operator: StartOperator,
+                 root: Path) -> None:
+        self.kube, self.namespace, self.root = kube, namespace, root
+        self._start_operator = start_operator
+        self.operator = start_operator(*self.OPERATOR_FLAGS)
+        self.edges: dict[str, EdgeProcess] = {}
+
+    def restart_operator(self, *extra: str) -> None:
+        """A crash and a new operator on the same gateway address (edges reconnect)."""
+        self.operator.kill()
+        self.operator = self._start_operator(*self.OPERATOR_FLAGS, *extra,
+                                             grpc_port=self.operator.grpc_port)
+
+    def add_device(self, name: str, **labels: str) -> None:
+        token = f"token-{name}-{os.urandom(4).hex()}"
+        self.kube.core.create_namespaced_secret(self.namespace, client.V1Secret(
+            metadata=client.V1ObjectMeta(name=f"{name}-token"), string_data={"token": token}))
+        (self.root / f"{name}.token").write_text(token)
+        self.kube.create("edgedevices", self.namespace, {
+            "apiVersion": "edgefleet.io/v1alpha1", "kind": "EdgeDevice",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"bootstrapTokenSecretRef": {"name": f"{name}-token"}}})
+
+    def start(self, name: str, *extra: str) -> EdgeProcess:
+        edge = launch_edge(
+            self.root / f"{name}.log", "run", "--cloud", f"127.0.0.1:{self.operator.grpc_port}",
+            "--namespace", self.namespace, "--device", name,
+            "--token-file", str(self.root / f"{name}.token"),
+            "--data-dir", str(self.root / f"{name}-data"), "--heartbeat-seconds", "1",
+            "--backoff-base-seconds", "0.2", "--backoff-max-seconds", "2", *extra)
+        self.edges[name] = edge
+        return edge
+
+    def stop(self) -> None:
+        for edge in self.edges.values():
+            if edge.process.poll() is None:
+                edge.process.send_signal(signal.SIGTERM)
+                try:
+                    edge.process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    edge.process.kill()
+
+
+@pytest.fixture
+def fleet(kube: Kube, namespace: str, start_operator: StartOperator,
+          tmp_path: Path) -> Iterator[Fleet]:
+    started = Fleet(kube, namespace, start_operator, tmp_path)
+    yield started
+    started.stop()

@@ -5,9 +5,7 @@ loaded and answering on every targeted device."""
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,58 +13,12 @@ import numpy as np
 import pytest
 import testmodels
 import tritonclient.grpc as triton_grpc
-from kubernetes import client
 
-from tests.conftest import EdgeProcess, Kube, OperatorProcess, StartOperator, launch_edge
+from tests.conftest import EdgeProcess, Fleet, Kube
 from tests.helpers import eventually
-from tests.integration.test_operator import device_body, wait_status
+from tests.integration.test_operator import wait_status
 
 pytestmark = pytest.mark.integration
-
-
-class Fleet:
-    """Edge runtimes dialling one operator; all stopped at the end of the test."""
-
-    def __init__(self, kube: Kube, namespace: str, operator: OperatorProcess,
-                 root: Path) -> None:
-        self.kube, self.namespace, self.operator, self.root = kube, namespace, operator, root
-        self.edges: dict[str, EdgeProcess] = {}
-
-    def add_device(self, name: str, **labels: str) -> None:
-        token = f"token-{name}-{os.urandom(4).hex()}"
-        self.kube.core.create_namespaced_secret(self.namespace, client.V1Secret(
-            metadata=client.V1ObjectMeta(name=f"{name}-token"), string_data={"token": token}))
-        (self.root / f"{name}.token").write_text(token)
-        self.kube.create("edgedevices", self.namespace, device_body(name, **labels))
-
-    def start(self, name: str, *extra: str) -> EdgeProcess:
-        edge = launch_edge(
-            self.root / f"{name}.log", "run", "--cloud", f"127.0.0.1:{self.operator.grpc_port}",
-            "--namespace", self.namespace, "--device", name,
-            "--token-file", str(self.root / f"{name}.token"),
-            "--data-dir", str(self.root / f"{name}-data"), "--heartbeat-seconds", "1",
-            "--backoff-base-seconds", "0.2", "--backoff-max-seconds", "2", *extra)
-        self.edges[name] = edge
-        return edge
-
-    def stop(self) -> None:
-        for edge in self.edges.values():
-            if edge.process.poll() is None:
-                edge.process.send_signal(signal.SIGTERM)
-                try:
-                    edge.process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    edge.process.kill()
-
-
-@pytest.fixture
-def fleet(kube: Kube, namespace: str, start_operator: StartOperator,
-          tmp_path: Path) -> Any:
-    operator = start_operator("--heartbeat-write-seconds", "2",
-                              "--device-offline-after-seconds", "10")
-    started = Fleet(kube, namespace, operator, tmp_path)
-    yield started
-    started.stop()
 
 
 def publish(root: Path, model: bytes) -> tuple[str, str]:

@@ -9,7 +9,12 @@ import pytest
 
 from edgefleet.operator import planner
 from edgefleet.operator.planner import DeviceView, ReportedModel
-from edgefleet.operator.resources import EdgeModelSpec, EdgeModelStatus, LabelSelector
+from edgefleet.operator.resources import (
+    ArtifactStatus,
+    EdgeModelSpec,
+    EdgeModelStatus,
+    LabelSelector,
+)
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 VERIFIED = planner.ArtifactCheck(True, "Verified", "fetched and verified",
@@ -194,20 +199,33 @@ def test_no_artifact_means_pending_and_the_reason_is_in_both_conditions() -> Non
     verified = planner.plan_model_status(name="digits", generation=1, spec=spec(), devices=[],
                                          artifact=VERIFIED, previous=status, now=NOW)
     assert verified.artifact is not None and verified.artifact.size_bytes == 1234
+    assert verified.artifact.version == "2.0"
 
 
 def test_devices_are_assigned_verified_matching_models_only() -> None:
-    verified = {"artifact_ready": True, "artifact_size": 9}
+    verified = ArtifactStatus(version="2.0", digest="sha256:" + "a" * 64, size_bytes=9)
     models = [
-        planner.ModelView(name="b", spec=spec(), **verified),
-        planner.ModelView(name="a", spec=spec(), **verified),
+        planner.ModelView(name="b", spec=spec(), artifact=verified),
+        planner.ModelView(name="a", spec=spec(), artifact=verified),
         planner.ModelView(name="unverified", spec=spec()),
-        planner.ModelView(name="going", spec=spec(), deleting=True, **verified),
+        planner.ModelView(name="going", spec=spec(), deleting=True, artifact=verified),
         planner.ModelView(name="elsewhere", spec=spec(selector={"matchLabels": {"site": "x"}}),
-                          **verified),
+                          artifact=verified),
     ]
     assigned = planner.desired_assignments({"site": "plant-7"}, models)
     assert [a.name for a in assigned] == ["a", "b"]
     assert assigned[0].digest == "sha256:" + "a" * 64 and assigned[0].size_bytes == 9
     assert planner.revision(assigned) == planner.revision(list(assigned))
     assert planner.revision(assigned) != planner.revision(assigned[:1])
+
+
+def test_a_new_version_is_assigned_only_once_its_artifact_is_verified() -> None:
+    old = ArtifactStatus(version="1.0", digest="sha256:" + "b" * 64, size_bytes=5)
+    upgrading = planner.ModelView(name="digits", spec=spec(version="2.0"), artifact=old)
+    (assigned,) = planner.desired_assignments({"site": "plant-7"}, [upgrading])
+    assert (assigned.version, assigned.digest) == ("1.0", old.digest)
+    failing = planner.ArtifactCheck(False, "Unreachable", "404")
+    status = planner.plan_model_status(
+        name="digits", generation=2, spec=spec(version="2.0"), devices=[], artifact=failing,
+        previous=EdgeModelStatus(artifact=old), now=NOW)
+    assert status.artifact == old  # the verified one stays until a new one is verified

@@ -1,0 +1,233 @@
+"""Bad input and faults on the edge-cloud link, with real processes on loopback."""
+
+from __future__ import annotations
+
+import http.server
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import testmodels
+from onnx import TensorProto, helper, numpy_helper
+
+from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
+from tests.conftest import Fleet, Kube
+from tests.helpers import eventually
+from tests.integration.test_edge_cloud_link import answer, edge_model, publish, reported
+from tests.integration.test_operator import wait_status
+
+pytestmark = pytest.mark.integration
+
+
+def connect(fleet: Fleet, device: str, token: str, namespace: str | None = None
+            ) -> grpc.RpcError:
+    """A hand-made session: hello, then whatever the gateway answers."""
+    with grpc.insecure_channel(f"127.0.0.1:{fleet.operator.grpc_port}") as channel:
+        call = channel.stream_stream("/edgefleet.v1.FleetGateway/Connect",
+                                     request_serializer=pb.DeviceMessage.SerializeToString,
+                                     response_deserializer=pb.CloudMessage.FromString)
+        metadata = (("authorization", f"Bearer {token}"),
+                    ("edgefleet-namespace", namespace or fleet.namespace),
+                    ("edgefleet-device", device))
+        responses = call(iter([pb.DeviceMessage(hello=pb.Hello())]), metadata=metadata,
+                         timeout=10)
+        with pytest.raises(grpc.RpcError) as caught:
+            for _ in responses:
+                pass
+    return caught.value
+
+
+def test_unknown_device_wrong_token_and_a_second_session_are_refused(fleet: Fleet) -> None:
+    fleet.add_device("cam-1", site="plant-7")
+    token = (fleet.root / "cam-1.token").read_text()
+    eventually(lambda: connect(fleet, "cam-1", "wrong").code()
+               == grpc.StatusCode.UNAUTHENTICATED, what="the device to be known")
+    error = connect(fleet, "cam-1", "wrong")
+    assert "wrong or missing token for EdgeDevice" in error.details()
+    error = connect(fleet, "cam-9", token)
+    assert error.code() == grpc.StatusCode.NOT_FOUND and "cam-9" in error.details()
+
+    fleet.start("cam-1")
+    wait_status(fleet.kube, "edgedevices", fleet.namespace, "cam-1", {"phase": "Online"})
+    error = connect(fleet, "cam-1", token)
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    # Nothing else happened: the real session is still the one that is online.
+    assert fleet.edges["cam-1"].process.poll() is None
+
+
+@pytest.fixture
+def http_server(tmp_path: Path) -> Iterator[str]:
+    """Serves tmp_path/www over HTTP on loopback; returns its base URL."""
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """Accepts connections and never answers: an artifact URL that hangs."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/model.onnx"
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    listener.close()
+
+
+def artifact_condition(kube: Kube, namespace: str, name: str) -> dict[str, Any] | None:
+    status = kube.get("edgemodels", namespace, name).get("status", {})
+    for condition in status.get("conditions", []):
+        if condition["type"] == "ArtifactReady" and condition["status"] == "False":
+            return condition
+    return None
+
+
+def test_artifacts_that_cannot_be_verified_reach_no_device(
+    fleet: Fleet, http_server: str, silent_server: str,
+) -> None:
+    kube, namespace = fleet.kube, fleet.namespace
+    fleet.restart_operator("--artifact-max-bytes", str(2**20),
+                           "--artifact-http-timeout-seconds", "2")
+    fleet.add_device("cam-1", site="plant-7")
+    fleet.start("cam-1")
+    uri, sha = publish(fleet.root, testmodels.scaled(1.0))
+    cases = {
+        "mismatch": (uri, "f" * 64, "DigestMismatch", "the spec says sha256:fff"),
+        "missing": (f"{http_server}/missing.onnx", sha, "Unreachable", "answered HTTP 404"),
+        "hangs": (silent_server, sha, "Unreachable", silent_server),
+        "oversized": (uri.replace(".onnx", ".big"), "0" * 64, "TooLarge", "larger than"),
+    }
+    big = fleet.root / Path(uri.replace(".onnx", ".big").removeprefix("file://")).name
+    big.write_bytes(b"\0" * (3 * 2**20))
+    for name, (source, digest, _, _) in cases.items():
+        kube.create("edgemodels", namespace, edge_model(name, "1", source, digest,
+                                                        site="plant-7"))
+    for name, (_, _, reason, message) in cases.items():
+        condition = eventually(lambda n=name: artifact_condition(kube, namespace, n),
+                               timeout=60, what=f"{name}: ArtifactReady=False")
+        assert condition["reason"] == reason, condition
+        assert message in condition["message"], condition
+        events = eventually(lambda n=name, r=reason: [
+            e for e in kube.events(namespace, n) if e.reason == f"Artifact{r}"],
+            what=f"{name}: an Artifact{reason} Event")
+        assert events[0].type == "Warning"
+        status = kube.get("edgemodels", namespace, name)["status"]
+        assert status["phase"] == "Pending"
+    assert reported(kube, namespace, "cam-1") == []
+
+
+def test_a_model_that_is_not_onnx_fails_at_loading_and_never_replaces_the_working_one(
+    fleet: Fleet,
+) -> None:
+    kube, namespace = fleet.kube, fleet.namespace
+    fleet.add_device("cam-1", site="plant-7")
+    edge = fleet.start("cam-1")
+    uri, sha = publish(fleet.root, testmodels.scaled(2.0))
+    kube.create("edgemodels", namespace, edge_model("digits", "1", uri, sha, site="plant-7"))
+    wait_status(kube, "edgemodels", namespace, "digits", {"phase": "Healthy"}, timeout=60)
+
+    bad_uri, bad_sha = publish(fleet.root, b"this is not an ONNX model")
+    kube.patch("edgemodels", namespace, "digits", {"spec": {
+        "version": "2", "source": {"uri": bad_uri, "sha256": bad_sha}}})
+    status = wait_status(kube, "edgemodels", namespace, "digits", {"phase": "Degraded"},
+                         timeout=60)
+    assert status["devices"]["failed"] == 1
+    (held,) = reported(kube, namespace, "cam-1")
+    assert (held["version"], held["state"]) == ("2", "Failed")
+    assert "cannot be served" in held["message"]
+    assert answer(edge, "digits") == 2.0  # version 1 still answers
+
+
+def test_an_unwritable_data_dir_fails_the_download_with_its_reason_and_serving_goes_on(
+    fleet: Fleet,
+) -> None:
+    kube, namespace = fleet.kube, fleet.namespace
+    fleet.add_device("cam-1", site="plant-7")
+    edge = fleet.start("cam-1")
+    uri, sha = publish(fleet.root, testmodels.scaled(2.0))
+    kube.create("edgemodels", namespace, edge_model("digits", "1", uri, sha, site="plant-7"))
+    wait_status(kube, "edgemodels", namespace, "digits", {"phase": "Healthy"}, timeout=60)
+
+    # Root ignores permissions; a file where the downloads directory was cannot be
+    # written into by anyone.
+    partial = fleet.root / "cam-1-data" / "partial"
+    partial.rmdir()
+    partial.write_text("")
+    other_uri, other_sha = publish(fleet.root, testmodels.scaled(7.0))
+    kube.create("edgemodels", namespace, edge_model("other", "1", other_uri, other_sha,
+                                                    site="plant-7"))
+    failed = eventually(lambda: [m for m in reported(kube, namespace, "cam-1")
+                                 if m["name"] == "other" and m["state"] == "Failed"],
+                        timeout=60, what="the download to fail")
+    assert "cannot write the download" in failed[0]["message"]
+    assert answer(edge, "digits") == 2.0
+
+
+def large_model(megabytes: int) -> bytes:
+    """An ONNX model carrying a large initializer it uses (so no optimizer drops it)."""
+    weights = np.zeros(megabytes * 2**20 // 4, dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["w"], ["s"], keepdims=0),
+         helper.make_node("Add", ["x", "s"], ["y"])], "large",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[numpy_helper.from_array(weights, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def received_bytes(metrics: str) -> float:
+    found = re.search(r"^edgefleet_artifact_received_bytes_total (\S+)$", metrics, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_a_download_cut_by_a_gateway_crash_resumes_from_its_offset(fleet: Fleet) -> None:
+    kube, namespace = fleet.kube, fleet.namespace
+    model = large_model(300)
+    uri, sha = publish(fleet.root, model)
+    kube.create("edgemodels", namespace, edge_model("large", "1", uri, sha, site="plant-7"))
+    wait_status(kube, "edgemodels", namespace, "large", {"readySummary": "0/0"}, timeout=120)
+    fleet.add_device("cam-1", site="plant-7")
+    edge = fleet.start("cam-1")
+    partial = fleet.root / "cam-1-data" / "partial" / f"{sha}.partial"
+    eventually(lambda: partial.exists() and partial.stat().st_size > 2**20, interval=0.005,
+               timeout=60, what="the download to start")
+    fleet.restart_operator()
+    cut_at = partial.stat().st_size
+    assert 0 < cut_at < len(model), "the download finished before the cut; no resume tested"
+    eventually(lambda: [m for m in reported(kube, namespace, "cam-1")
+                        if m["state"] == "Ready"], timeout=120, what="the model Ready")
+    total = received_bytes(edge.metrics())
+    assert total < 1.5 * len(model), f"{total} bytes received for {len(model)}"
