@@ -1,5 +1,6 @@
-"""`make demo` / `make demo-down`: the local control plane, the operator, and the
-example EdgeDevices and EdgeModel, ending with `kubectl get em,ed`.
+"""`make demo` / `make demo-down`: the local control plane, the operator with its fleet
+gateway, three edge runtimes, the example EdgeDevices and an EdgeModel rolled out to
+the two that match, answering inference; ends with `kubectl get em,ed`.
 
     python hack/demo.py up     # idempotent: reuses a running control plane
     python hack/demo.py down   # stops the operator and the control plane
@@ -8,7 +9,10 @@ example EdgeDevices and EdgeModel, ending with `kubectl get em,ed`.
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,8 +29,8 @@ import localcluster
 REPO_ROOT = localcluster.REPO_ROOT
 CLUSTER_DIR = REPO_ROOT / ".cluster"
 DEMO_DIR = REPO_ROOT / ".demo"
-OPERATOR_PID = DEMO_DIR / "operator.pid"
 NAMESPACE = "fleet"
+DEVICES = ("cam-0001", "cam-0002", "cam-0003")
 
 
 def step(message: str) -> None:
@@ -57,18 +61,24 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 60.0) -> N
     raise SystemExit(f"demo: timed out waiting for {what}")
 
 
-def start_operator(cluster: localcluster.Cluster) -> int:
+def spawn(name: str, argv: list[str],
+          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A background process of the demo, with its log and pid file in .demo/."""
+    with open(DEMO_DIR / f"{name}.log", "ab") as log_file:
+        process = subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    (DEMO_DIR / f"{name}.pid").write_text(str(process.pid))
+    return process
+
+
+def start_operator(cluster: localcluster.Cluster, grpc_port: int) -> int:
     DEMO_DIR.mkdir(exist_ok=True)
     port = localcluster.free_port()
     log_path = DEMO_DIR / "operator.log"
-    with open(log_path, "ab") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "edgefleet.operator", "--listen-host", "127.0.0.1",
-             "--metrics-port", str(port)],
-            env=cluster.env(), stdout=log_file, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    OPERATOR_PID.write_text(str(process.pid))
+    process = spawn("operator", [
+        sys.executable, "-m", "edgefleet.operator", "--listen-host", "127.0.0.1",
+        "--metrics-port", str(port), "--grpc-port", str(grpc_port),
+        "--artifact-cache-dir", str(DEMO_DIR / "artifacts")], env=cluster.env())
 
     def ready() -> bool:
         if process.poll() is not None:
@@ -83,10 +93,11 @@ def start_operator(cluster: localcluster.Cluster) -> int:
     return port
 
 
-def stop_operator() -> None:
-    if not OPERATOR_PID.exists():
+def stop(name: str) -> None:
+    pid_file = DEMO_DIR / f"{name}.pid"
+    if not pid_file.exists():
         return
-    pid = int(OPERATOR_PID.read_text())
+    pid = int(pid_file.read_text())
     try:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 15
@@ -96,8 +107,48 @@ def stop_operator() -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    OPERATOR_PID.unlink()
-    print(f">> stopped the operator (pid {pid})", file=sys.stderr)
+    pid_file.unlink()
+    print(f">> stopped {name} (pid {pid})", file=sys.stderr)
+
+
+def stop_all() -> None:
+    for name in (*DEVICES, "operator"):
+        stop(name)
+
+
+def start_edges(cluster: localcluster.Cluster, grpc_port: int) -> dict[str, int]:
+    """One `edgefleet-edge run` per example device; returns their gRPC inference ports."""
+    ports = {}
+    for device in DEVICES:
+        secret = kubectl(cluster, "get", "secret", f"{device}-token", "-n", NAMESPACE,
+                         "-o", "jsonpath={.data.token}")
+        token_file = DEMO_DIR / f"{device}.token"
+        token_file.write_bytes(base64.b64decode(secret))
+        ports[device] = localcluster.free_port()
+        spawn(device, [
+            sys.executable, "-m", "edgefleet.edge_runtime", "run",
+            "--cloud", f"127.0.0.1:{grpc_port}", "--namespace", NAMESPACE,
+            "--device", device, "--token-file", str(token_file),
+            "--data-dir", str(DEMO_DIR / f"{device}-data"), "--listen-host", "127.0.0.1",
+            "--grpc-port", str(ports[device]), "--http-port", str(localcluster.free_port()),
+            "--metrics-port", str(localcluster.free_port()), "--heartbeat-seconds", "2"])
+    return ports
+
+
+def apply_model(cluster: localcluster.Cluster) -> None:
+    """examples/edgemodel.yaml with its source pointed at a model built here."""
+    import testmodels  # needs onnx: installed with the project's dev extra
+
+    model = testmodels.mlp()  # 64 inputs (8x8 pixels) to 10 classes; untrained weights
+    path = DEMO_DIR / "digits-1.2.0.onnx"
+    path.write_bytes(model)
+    manifest = (REPO_ROOT / "examples" / "edgemodel.yaml").read_text()
+    manifest = manifest.replace("https://models.example/digits-1.2.0.onnx", path.as_uri())
+    manifest = re.sub(r'sha256: "[0-9a-f]{64}"',
+                      f'sha256: "{hashlib.sha256(model).hexdigest()}"', manifest)
+    print(subprocess.run([str(cluster.kubectl), "apply", "-f", "-"], input=manifest,
+                         env=cluster.env(), check=True, capture_output=True,
+                         text=True).stdout, end="")
 
 
 def up() -> None:
@@ -111,31 +162,56 @@ def up() -> None:
     kubectl(cluster, "wait", "--for=condition=Established", "--timeout=60s",
             "crd/edgemodels.edgefleet.io", "crd/edgedevices.edgefleet.io")
 
-    step("The operator")
-    stop_operator()
-    port = start_operator(cluster)
-    print(f"leading; metrics at http://127.0.0.1:{port}/metrics, log in .demo/operator.log")
+    step("The operator and its fleet gateway")
+    stop_all()
+    grpc_port = localcluster.free_port()
+    port = start_operator(cluster, grpc_port)
+    print(f"leading; gateway on 127.0.0.1:{grpc_port}; metrics at "
+          f"http://127.0.0.1:{port}/metrics; log in .demo/operator.log")
 
-    step("Example EdgeDevices and EdgeModel from examples/")
-    print(kubectl(cluster, "apply", "-f", str(REPO_ROOT / "examples")), end="")
+    step("Example EdgeDevices and their token Secrets (examples/devices.yaml)")
+    print(kubectl(cluster, "apply", "-f", str(REPO_ROOT / "examples" / "devices.yaml")), end="")
+
+    step("Three edge runtimes dial the gateway (edgefleet-edge run)")
+    ports = start_edges(cluster, grpc_port)
+    wait_until(lambda: kubectl(cluster, "get", "ed", "-n", NAMESPACE, "-o",
+                               "jsonpath={.items[*].status.phase}").split() == ["Online"] * 3,
+               "the three devices to come online")
+    print(kubectl(cluster, "get", "ed", "-n", NAMESPACE), end="")
+
+    step("The EdgeModel (examples/edgemodel.yaml, with a model built here)")
+    apply_model(cluster)
     wait_until(lambda: kubectl(cluster, "get", "em", "digits", "-n", NAMESPACE, "-o",
-                               "jsonpath={.status.readySummary}") == "0/2",
-               "the operator to target the two plant-7 cameras")
+                               "jsonpath={.status.readySummary}") == "2/2",
+               "the model to be Ready on the two plant-7 cameras")
 
     step(f"kubectl get em,ed -n {NAMESPACE}")
     print(kubectl(cluster, "get", "em,ed", "-n", NAMESPACE), end="")
+
+    step("Inference on each targeted device (tritonclient, gRPC)")
+    import numpy as np
+    import tritonclient.grpc as triton_grpc
+
+    pixels = np.random.default_rng(0).random((1, 64), dtype=np.float32)
+    for device in ("cam-0001", "cam-0002"):
+        client = triton_grpc.InferenceServerClient(f"127.0.0.1:{ports[device]}")
+        inputs = [triton_grpc.InferInput("x", [1, 64], "FP32")]
+        inputs[0].set_data_from_numpy(pixels)
+        logits = client.infer("digits", inputs).as_numpy("logits")
+        print(f"{device}: class {int(logits.argmax())} "
+              f"(127.0.0.1:{ports[device]}, model digits 1.2.0)")
     print(f"""
-The EdgeModel targets the two cameras at plant-7 and stays Pending until their edge
-runtimes connect and report it Ready. Look around with:
+The model reached the two cameras at plant-7 (cam-0003 is at plant-9) and answers
+there; the weights are untrained, so the class is arbitrary. Look around with:
   export KUBECONFIG={cluster.kubeconfig}
   export PATH={cluster.bin_dir}:$PATH
   kubectl describe em digits -n {NAMESPACE}
-  kubectl label ed cam-0003 -n {NAMESPACE} site=plant-7 --overwrite   # READY becomes 0/3
-Stop everything with: make demo-down""")
+  kubectl label ed cam-0003 -n {NAMESPACE} site=plant-7 --overwrite   # then READY 3/3
+Logs are in .demo/. Stop everything with: make demo-down""")
 
 
 def down() -> None:
-    stop_operator()
+    stop_all()
     localcluster.down(CLUSTER_DIR)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +107,23 @@ def test_a_restarted_edge_serves_its_last_known_good_model_without_the_cloud(
     restarted = fleet.start("cam-1")  # ready means serving, with no cloud to ask
     assert answer(restarted, "digits") == 5.0
     assert "edgefleet_cloud_connected 0.0" in restarted.metrics()
+
+
+def test_twenty_edge_runtimes_converge_on_one_model(fleet: Fleet) -> None:
+    kube, namespace = fleet.kube, fleet.namespace
+    names = [f"cam-{i:02d}" for i in range(20)]
+    for name in names:
+        fleet.add_device(name, site="plant-7")
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(fleet.start, names))
+    eventually(lambda: all(kube.get("edgedevices", namespace, n).get("status", {}).get("phase")
+                           == "Online" for n in names), timeout=120, what="all 20 online")
+
+    uri, sha = publish(fleet.root, testmodels.mlp())
+    started = time.monotonic()
+    kube.create("edgemodels", namespace, edge_model("mlp", "1", uri, sha, site="plant-7"))
+    wait_status(kube, "edgemodels", namespace, "mlp", {"readySummary": "20/20"}, timeout=180)
+    elapsed = time.monotonic() - started
+    print(f"\n20 edge runtimes converged on one EdgeModel in {elapsed:.1f} s "
+          "(apply to READY 20/20)")
+    assert all(reported(kube, namespace, n)[0]["digest"] == f"sha256:{sha}" for n in names)
