@@ -141,6 +141,17 @@ def faulty() -> bytes:
         initializer=[table]))
 
 
+def large(megabytes: int) -> bytes:
+    """y = x + sum(w) with a `megabytes`-sized w: a big artifact that still loads."""
+    weights = numpy_helper.from_array(np.zeros(megabytes * 2**20 // 4, dtype=np.float32), "w")
+    return _model(helper.make_graph(
+        [helper.make_node("ReduceSum", ["w"], ["s"], keepdims=0),
+         helper.make_node("Add", ["x", "s"], ["y"])], "large",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[weights]))
+
+
 def write_model(root: Path, name: str, version: str, model: bytes,
                 config: dict[str, object] | None = None) -> Path:
     path = root / name / version / "model.onnx"

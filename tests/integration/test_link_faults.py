@@ -11,10 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 import pytest
 import testmodels
-from onnx import TensorProto, helper, numpy_helper
 
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 from tests.conftest import Fleet, Kube
@@ -194,20 +192,6 @@ def test_an_unwritable_data_dir_fails_the_download_with_its_reason_and_serving_g
     assert answer(edge, "digits") == 2.0
 
 
-def large_model(megabytes: int) -> bytes:
-    """An ONNX model carrying a large initializer it uses (so no optimizer drops it)."""
-    weights = np.zeros(megabytes * 2**20 // 4, dtype=np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("ReduceSum", ["w"], ["s"], keepdims=0),
-         helper.make_node("Add", ["x", "s"], ["y"])], "large",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-        initializer=[numpy_helper.from_array(weights, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
-
-
 def received_bytes(metrics: str) -> float:
     found = re.search(r"^edgefleet_artifact_received_bytes_total (\S+)$", metrics, re.M)
     return float(found.group(1)) if found else 0.0
@@ -215,7 +199,7 @@ def received_bytes(metrics: str) -> float:
 
 def test_a_download_cut_by_a_gateway_crash_resumes_from_its_offset(fleet: Fleet) -> None:
     kube, namespace = fleet.kube, fleet.namespace
-    model = large_model(300)
+    model = testmodels.large(300)
     uri, sha = publish(fleet.root, model)
     kube.create("edgemodels", namespace, edge_model("large", "1", uri, sha, site="plant-7"))
     wait_status(kube, "edgemodels", namespace, "large", {"readySummary": "0/0"}, timeout=120)
