@@ -51,3 +51,12 @@ def test_generated_code_is_current() -> None:
     result = subprocess.run([sys.executable, str(REPO_ROOT / "hack" / "gen_protos.py"),
                              "--check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_control_protocol_loads_beside_the_stock_client() -> None:
+    from edgefleet.protocol.edgefleet.v1 import fleet_pb2
+
+    message = fleet_pb2.DesiredState(revision="r1")
+    message.models.add(name="digits", digest="sha256:" + "0" * 64, size_bytes=3)
+    assert fleet_pb2.DesiredState.FromString(message.SerializeToString()) == message
+    assert triton.ModelInferRequest.DESCRIPTOR.full_name == "inference.ModelInferRequest"
