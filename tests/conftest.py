@@ -33,6 +33,18 @@ os.environ["PYTHONSAFEPATH"] = "1"
 GROUP, VERSION = "edgefleet.io", "v1alpha1"
 
 
+def terminate(process: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, a grace period for a clean shutdown, then SIGKILL; the exit status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 @dataclass
 class Kube:
     """A connected cluster: its kubeconfig, kubectl and API clients."""
@@ -159,14 +171,7 @@ class OperatorProcess:
         self.process.wait(timeout=10)
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return terminate(self.process)
 
 
 StartOperator = Callable[..., OperatorProcess]
@@ -265,13 +270,7 @@ def launch_edge(log_path: Path, command: str, *args: str) -> EdgeProcess:
 
 
 def stop_edge(edge: EdgeProcess) -> None:
-    if edge.process.poll() is None:
-        edge.process.send_signal(signal.SIGTERM)
-        try:
-            edge.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            edge.process.kill()
-            edge.process.wait()
+    terminate(edge.process)
 
 
 @pytest.fixture
@@ -329,12 +328,7 @@ class Fleet:
 
     def stop(self) -> None:
         for edge in self.edges.values():
-            if edge.process.poll() is None:
-                edge.process.send_signal(signal.SIGTERM)
-                try:
-                    edge.process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    edge.process.kill()
+            stop_edge(edge)
 
 
 @pytest.fixture

@@ -46,6 +46,18 @@ def answer(edge: EdgeProcess, model: str) -> float:
     return float(stock.infer(model, [item]).as_numpy("y")[0, 0])
 
 
+def one_device_serving(fleet: Fleet, factor: float, version: str = "1") -> EdgeProcess:
+    """Device cam-1 at plant-7 serving EdgeModel digits (y = factor * x), Healthy."""
+    fleet.add_device("cam-1", site="plant-7")
+    edge = fleet.start("cam-1")
+    uri, sha = publish(fleet.root, testmodels.scaled(factor))
+    fleet.kube.create("edgemodels", fleet.namespace,
+                      edge_model("digits", version, uri, sha, site="plant-7"))
+    wait_status(fleet.kube, "edgemodels", fleet.namespace, "digits", {"phase": "Healthy"},
+                timeout=60)
+    return edge
+
+
 def reported(kube: Kube, namespace: str, device: str) -> list[dict[str, Any]]:
     return kube.get("edgedevices", namespace, device).get("status", {}).get("models", [])
 
@@ -95,13 +107,7 @@ def test_apply_to_ready_on_targeted_devices_relabel_and_withdraw(fleet: Fleet) -
 def test_a_restarted_edge_serves_its_last_known_good_model_without_the_cloud(
     fleet: Fleet,
 ) -> None:
-    kube, namespace = fleet.kube, fleet.namespace
-    fleet.add_device("cam-1", site="plant-7")
-    edge = fleet.start("cam-1")
-    uri, sha = publish(fleet.root, testmodels.scaled(5.0))
-    kube.create("edgemodels", namespace, edge_model("digits", "2", uri, sha, site="plant-7"))
-    wait_status(kube, "edgemodels", namespace, "digits", {"readySummary": "1/1"}, timeout=60)
-
+    edge = one_device_serving(fleet, 5.0, version="2")
     fleet.operator.kill()  # the cloud goes away
     edge.process.send_signal(signal.SIGTERM)
     edge.process.wait(timeout=20)

@@ -17,7 +17,13 @@ import testmodels
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 from tests.conftest import Fleet, Kube
 from tests.helpers import eventually
-from tests.integration.test_edge_cloud_link import answer, edge_model, publish, reported
+from tests.integration.test_edge_cloud_link import (
+    answer,
+    edge_model,
+    one_device_serving,
+    publish,
+    reported,
+)
 from tests.integration.test_operator import wait_status
 
 pytestmark = pytest.mark.integration
@@ -149,12 +155,7 @@ def test_a_model_that_is_not_onnx_fails_at_loading_and_never_replaces_the_workin
     fleet: Fleet,
 ) -> None:
     kube, namespace = fleet.kube, fleet.namespace
-    fleet.add_device("cam-1", site="plant-7")
-    edge = fleet.start("cam-1")
-    uri, sha = publish(fleet.root, testmodels.scaled(2.0))
-    kube.create("edgemodels", namespace, edge_model("digits", "1", uri, sha, site="plant-7"))
-    wait_status(kube, "edgemodels", namespace, "digits", {"phase": "Healthy"}, timeout=60)
-
+    edge = one_device_serving(fleet, 2.0)
     bad_uri, bad_sha = publish(fleet.root, b"this is not an ONNX model")
     kube.patch("edgemodels", namespace, "digits", {"spec": {
         "version": "2", "source": {"uri": bad_uri, "sha256": bad_sha}}})
@@ -171,12 +172,7 @@ def test_an_unwritable_data_dir_fails_the_download_with_its_reason_and_serving_g
     fleet: Fleet,
 ) -> None:
     kube, namespace = fleet.kube, fleet.namespace
-    fleet.add_device("cam-1", site="plant-7")
-    edge = fleet.start("cam-1")
-    uri, sha = publish(fleet.root, testmodels.scaled(2.0))
-    kube.create("edgemodels", namespace, edge_model("digits", "1", uri, sha, site="plant-7"))
-    wait_status(kube, "edgemodels", namespace, "digits", {"phase": "Healthy"}, timeout=60)
-
+    edge = one_device_serving(fleet, 2.0)
     # Root ignores permissions; a file where the downloads directory was cannot be
     # written into by anyone.
     partial = fleet.root / "cam-1-data" / "partial"
