@@ -28,6 +28,7 @@ from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 
 logger = logging.getLogger(__name__)
 SERVICE = "edgefleet.v1.FleetGateway"
+HELLO_TIMEOUT_S = 30.0
 CHUNK_BYTES = 256 * 1024  # large enough for ~0.5 GB/s on loopback, small enough to resume
 STATE_NAMES = {value: name.capitalize() for name, value in pb.ModelState.State.items()
                if value != pb.ModelState.STATE_UNSPECIFIED}
@@ -137,10 +138,14 @@ class FleetGateway:
         writer = DeviceStatusWriter(self._custom, entry, self._heartbeat_write_s)
         reader: asyncio.Task[None] | None = None
         try:
-            first = await anext(aiter(requests), None)
+            try:
+                first = await asyncio.wait_for(anext(aiter(requests), None), HELLO_TIMEOUT_S)
+            except TimeoutError:
+                first = None
             if first is None or first.WhichOneof("kind") != "hello":
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                    "the first message of a session must be hello")
+                                    "the first message of a session must be hello, within "
+                                    f"{HELLO_TIMEOUT_S:.0f} s")
             await writer.hello(first.hello)
             logger.info("device connected device=%s/%s", entry.namespace, entry.name)
             reader = asyncio.create_task(self._read(requests, writer))
