@@ -198,13 +198,13 @@ async def keep_model_status(
     devices_by_namespace: kopf.Index[str, planner.DeviceView],
     **_: Any,
 ) -> None:
-    reported: set[tuple[int | None, str]] = set()  # (generation, problem) already in Events
+    reported: set[tuple[int | None, str, str]] = set()  # already in Events
     artifacts = ArtifactRetry(memo.artifacts, body)
 
-    def report_once(generation: int | None, problem: str) -> None:
-        if (generation, problem) not in reported:
-            reported.add((generation, problem))
-            kopf.warn(body, reason="InvalidSpec", message=problem)
+    def report_once(generation: int | None, reason: str, message: str) -> None:
+        if (generation, reason, message) not in reported:
+            reported.add((generation, reason, message))
+            kopf.warn(body, reason=reason, message=message)
 
     async def reconcile() -> bool:
         if body.meta.get("deletionTimestamp"):
@@ -221,11 +221,11 @@ async def keep_model_status(
             problem = f"spec does not parse: {describe_validation_error(error)}"
             desired = planner.invalid_model_status(generation=generation, problem=problem,
                                                    previous=previous, now=memo.clock())
-            report_once(generation, problem)
+            report_once(generation, "InvalidSpec", problem)
         else:
             problems = planner.spec_problems(spec)
             for problem in problems:
-                report_once(generation, problem)
+                report_once(generation, "InvalidSpec", problem)
             artifact = (planner.ArtifactCheck(False, "InvalidSpec", "the spec is invalid")
                         if problems else await artifacts.check(spec))
             desired = planner.plan_model_status(
@@ -233,6 +233,9 @@ async def keep_model_status(
                 devices=devices_by_namespace.get(namespace, []), artifact=artifact,
                 previous=previous, now=memo.clock(),
             )
+            ready = next(c for c in desired.conditions if c.type == planner.READY)
+            if ready.reason == "DevicesFailed":  # which devices failed, and why, once
+                report_once(generation, "DevicesFailed", ready.message)
         metrics.MODEL_PHASES.set(namespace, name, desired.phase)
         if dump(desired) == stored:
             return False

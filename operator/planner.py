@@ -29,6 +29,7 @@ from edgefleet.operator.resources import (
 
 READY = "Ready"
 ARTIFACT_READY = "ArtifactReady"
+MAX_MESSAGE = 2048  # Condition.message's bound in the CRD
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,8 @@ def set_condition(
         else:
             kept.append(condition)
     changed_at = previous.last_transition_time if previous and previous.status == status else now
+    if len(message) > MAX_MESSAGE:  # many failed devices: say that it goes on
+        message = message[:MAX_MESSAGE - 1] + "…"
     return [*kept, Condition(type=type_, status=status, reason=reason, message=message,
                              last_transition_time=changed_at, observed_generation=generation)]
 
@@ -197,7 +200,7 @@ def _ready_condition(
         return "False", "NoTargetedDevices", "the selector matches no EdgeDevice in the namespace"
     if counts.failed:
         return "False", "DevicesFailed", (
-            f"{counts.failed} of {counts.targeted} devices failed: {', '.join(failed_devices)}")
+            f"{counts.failed} of {counts.targeted} devices failed: {'; '.join(failed_devices)}")
     if counts.ready == counts.targeted:
         return "True", "AllDevicesReady", f"all {counts.targeted} targeted devices are ready"
     return "False", "DevicesNotReady", f"{counts.ready} of {counts.targeted} devices are ready"
@@ -218,7 +221,8 @@ def plan_model_status(
     targeted = [] if problems else targeted_devices(spec.selector, devices)
     counts = count_devices(name, spec.version, targeted)
     failed_devices = sorted(
-        device.name for device in targeted
+        f"{device.name} ({report.message})" if report.message else device.name
+        for device in targeted
         if (report := device.models.get(name)) and report.version == spec.version
         and report.state == "Failed"
     )

@@ -166,6 +166,9 @@ def test_a_model_that_is_not_onnx_fails_at_loading_and_never_replaces_the_workin
     assert (held["version"], held["state"]) == ("2", "Failed")
     assert "cannot be served" in held["message"]
     assert answer(edge, "digits") == 2.0  # version 1 still answers
+    event = eventually(lambda: [e for e in kube.events(namespace, "digits")
+                                if e.reason == "DevicesFailed"], what="a DevicesFailed Event")
+    assert "cam-1" in event[0].message and "cannot be served" in event[0].message
 
 
 def test_an_unwritable_data_dir_fails_the_download_with_its_reason_and_serving_goes_on(

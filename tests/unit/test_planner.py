@@ -229,3 +229,9 @@ def test_a_new_version_is_assigned_only_once_its_artifact_is_verified() -> None:
         name="digits", generation=2, spec=spec(version="2.0"), devices=[], artifact=failing,
         previous=EdgeModelStatus(artifact=old), now=NOW)
     assert status.artifact == old  # the verified one stays until a new one is verified
+
+
+def test_long_condition_messages_are_cut_to_what_the_crd_allows() -> None:
+    (condition,) = planner.set_condition([], type_="Ready", status="False", reason="Many",
+                                         message="x" * 5000, now=NOW)
+    assert len(condition.message) == planner.MAX_MESSAGE and condition.message.endswith("…")
