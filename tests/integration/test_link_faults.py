@@ -214,3 +214,29 @@ def test_a_download_cut_by_a_gateway_crash_resumes_from_its_offset(fleet: Fleet)
                         if m["state"] == "Ready"], timeout=120, what="the model Ready")
     total = received_bytes(edge.metrics())
     assert total < 1.5 * len(model), f"{total} bytes received for {len(model)}"
+
+
+def test_an_edge_killed_mid_download_resumes_from_its_offset_after_restart(
+    fleet: Fleet,
+) -> None:
+    kube, namespace = fleet.kube, fleet.namespace
+    model = testmodels.large(300)
+    uri, sha = publish(fleet.root, model)
+    kube.create("edgemodels", namespace, edge_model("large", "1", uri, sha, site="plant-7"))
+    eventually(lambda: kube.get("edgemodels", namespace, "large").get("status", {}).get(
+        "artifact"), timeout=120, what="the operator to verify the artifact")
+    fleet.add_device("cam-1", site="plant-7")
+    edge = fleet.start("cam-1")
+    partial = fleet.root / "cam-1-data" / "partial" / f"{sha}.partial"
+    eventually(lambda: partial.exists() and partial.stat().st_size > 2**20, interval=0.005,
+               timeout=60, what="the download to start")
+    edge.process.kill()
+    edge.process.wait()
+    cut_at = partial.stat().st_size
+    assert 0 < cut_at < len(model), "the download finished before the cut; no resume tested"
+
+    restarted = fleet.start("cam-1")
+    eventually(lambda: [m for m in reported(kube, namespace, "cam-1")
+                        if m["state"] == "Ready"], timeout=120, what="the model Ready")
+    # The new process asked from the offset on disk: it received only the rest.
+    assert received_bytes(restarted.metrics()) == len(model) - cut_at
