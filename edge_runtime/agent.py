@@ -63,6 +63,10 @@ def capabilities() -> pb.Capabilities:
                            execution_providers=providers)
 
 
+class LinkInterrupted(Exception):
+    """The download stopped short or went astray: the link's fault, so retried."""
+
+
 def _log_failure(task: asyncio.Task[None]) -> None:
     """No apply may fail silently: what escaped the per-model handling is logged."""
     if not task.cancelled() and task.exception() is not None:
@@ -210,10 +214,11 @@ class CloudAgent:
                 continue
             try:
                 await self._ensure(model)
-            except grpc.aio.AioRpcError as error:  # the link, not the model: try again
+            except (grpc.aio.AioRpcError, LinkInterrupted) as error:  # the link: try again
                 pending.append(model.name)
-                self._set(model.name, model.version, model.digest, State.DOWNLOADING,
-                          f"{error.code().name}: {error.details()}",
+                reason = (f"{error.code().name}: {error.details()}"
+                          if isinstance(error, grpc.aio.AioRpcError) else str(error))
+                self._set(model.name, model.version, model.digest, State.DOWNLOADING, reason,
                           self.store.partial_size(model.digest), model.size_bytes)
             except InferenceError as error:
                 logger.error("model=%s version=%s failed: %s", model.name, model.version,
@@ -251,8 +256,8 @@ class CloudAgent:
                 async for chunk in fetch(pb.ArtifactRequest(digest=model.digest, offset=offset),
                                          metadata=self._metadata()):
                     if chunk.offset != offset:
-                        raise InferenceError.invalid(
-                            f"artifact chunk at {chunk.offset}, expected {offset}")
+                        raise LinkInterrupted(f"artifact chunk at {chunk.offset}, expected "
+                                              f"{offset}")
                     await asyncio.to_thread(partial.write, chunk.data)
                     offset += len(chunk.data)
                     telemetry.ARTIFACT_BYTES.inc(len(chunk.data))
@@ -268,8 +273,8 @@ class CloudAgent:
                 f"cannot write the download to {self.store.partial}: {error.strerror}"
             ) from None
         if offset != total:
-            raise InferenceError.unavailable(f"download ended at {offset} of {total} bytes; "
-                                             "it resumes from there")
+            raise LinkInterrupted(f"download ended at {offset} of {total} bytes; it resumes "
+                                  "from there")
         self._set(model.name, model.version, model.digest, State.VERIFYING, "", offset, total)
         await asyncio.to_thread(self.store.complete, model.digest)
 

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import re
 import socket
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 import testmodels
 
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
-from tests.conftest import Fleet, Kube
+from tests.conftest import Fleet, Kube, launch_edge, stop_edge
 from tests.helpers import eventually
 from tests.integration.test_edge_cloud_link import (
     answer,
@@ -24,6 +27,7 @@ from tests.integration.test_edge_cloud_link import (
     publish,
     reported,
 )
+from tests.integration.test_inference import infer
 from tests.integration.test_operator import wait_status
 
 pytestmark = pytest.mark.integration
@@ -240,3 +244,63 @@ def test_an_edge_killed_mid_download_resumes_from_its_offset_after_restart(
                         if m["state"] == "Ready"], timeout=120, what="the model Ready")
     # The new process asked from the offset on disk: it received only the rest.
     assert received_bytes(restarted.metrics()) == len(model) - cut_at
+
+
+class TruncatingGateway:
+    """A stand-in gateway on loopback whose first artifact stream ends halfway."""
+
+    def __init__(self, model: bytes) -> None:
+        self.model = model
+        self.digest = f"sha256:{hashlib.sha256(model).hexdigest()}"
+        self.fetches: list[int] = []  # offsets asked for
+        self.states: list[str] = []
+        self.server = grpc.server(ThreadPoolExecutor(8))
+        handlers = {
+            "Connect": grpc.stream_stream_rpc_method_handler(
+                self.connect, request_deserializer=pb.DeviceMessage.FromString,
+                response_serializer=pb.CloudMessage.SerializeToString),
+            "FetchArtifact": grpc.unary_stream_rpc_method_handler(
+                self.fetch, request_deserializer=pb.ArtifactRequest.FromString,
+                response_serializer=pb.ArtifactChunk.SerializeToString),
+        }
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            "edgefleet.v1.FleetGateway", handlers),))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def connect(self, requests: Iterator[pb.DeviceMessage], _: Any) -> Iterator[pb.CloudMessage]:
+        next(requests)  # hello
+        desired = pb.DesiredState(revision="r1")
+        desired.models.add(name="digits", version="1", digest=self.digest,
+                           size_bytes=len(self.model))
+        yield pb.CloudMessage(desired=desired)
+        for message in requests:
+            kind = message.WhichOneof("kind")
+            for model in getattr(message, kind).models:
+                self.states.append(pb.ModelState.State.Name(model.state))
+
+    def fetch(self, request: pb.ArtifactRequest, _: Any) -> Iterator[pb.ArtifactChunk]:
+        self.fetches.append(request.offset)
+        end = len(self.model) // 2 if len(self.fetches) == 1 else len(self.model)
+        for start in range(request.offset, end, 4096):
+            yield pb.ArtifactChunk(offset=start, data=self.model[start:min(start + 4096, end)],
+                                   total_size=len(self.model))
+
+
+def test_a_truncated_chunk_stream_is_resumed_not_trusted(tmp_path: Path) -> None:
+    gateway = TruncatingGateway(testmodels.scaled(6.0, width=4096))
+    (tmp_path / "token").write_text("t")
+    edge = launch_edge(tmp_path / "edge.log", "run", "--cloud", f"127.0.0.1:{gateway.port}",
+                       "--namespace", "fleet", "--device", "cam-1",
+                       "--token-file", str(tmp_path / "token"), "--data-dir",
+                       str(tmp_path / "data"), "--heartbeat-seconds", "0.5",
+                       "--backoff-base-seconds", "0.1")
+    try:
+        eventually(lambda: "READY" in gateway.states, timeout=60, what="the model Ready")
+        half = len(gateway.model) // 2
+        assert gateway.fetches[:2] == [0, half]  # the second asked from where the first ended
+        x = np.ones((1, 4096), dtype=np.float32)
+        assert infer(edge, "grpc", "digits", {"x": x}).as_numpy("y")[0, 0] == 6.0
+    finally:
+        stop_edge(edge)
+        gateway.server.stop(0)
