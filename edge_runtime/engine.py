@@ -324,7 +324,7 @@ class Engine:
 
     async def _run(self, model: ModelVersion, feeds: Tensors) -> tuple[Tensors, float]:
         """Runs in the thread pool, or, when the run is estimated to cost less than the
-        hop to the pool and back (~0.1 ms), right here on the event loop."""
+        hop to the pool and back (inlineBelowMicros), right here on the event loop."""
         elements = sum(array.size for array in feeds.values())
         estimate_s = model.warmup_s * max(1.0, elements / model.warmup_elements)
         if estimate_s * 1e6 < model.runtime.inline_below_micros:

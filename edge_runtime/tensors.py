@@ -58,10 +58,17 @@ def element_count(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
+# No tensor a request can carry comes near this; numpy refuses shapes beyond it even
+# when they hold no element (a zero dimension).
+MAX_SHAPE_PRODUCT = 2**40
+
+
 def check_shape(name: str, shape: Sequence[int]) -> tuple[int, ...]:
     if any(dim < 0 for dim in shape):
         raise InferenceError.invalid(f"input {name!r}: shape {list(shape)} has a negative "
                                      "dimension")
+    if math.prod(dim for dim in shape if dim) > MAX_SHAPE_PRODUCT:
+        raise InferenceError.invalid(f"input {name!r}: shape {list(shape)} is too large")
     return tuple(int(dim) for dim in shape)
 
 

@@ -82,6 +82,13 @@ def test_negative_dimensions_are_refused() -> None:
     assert "negative" in invalid(lambda: from_raw("x", "FP32", [-1, 2], b""))
 
 
+def test_absurd_shapes_are_refused_even_when_they_hold_no_element() -> None:
+    # Found by the fuzz test: numpy cannot even describe this empty tensor.
+    shape = [0, 257, 189432980, 189452793]
+    assert "too large" in invalid(lambda: from_raw("x", "BOOL", shape, b""))
+    assert "too large" in invalid(lambda: from_values("x", "BOOL", shape, []))
+
+
 def test_spec_accepts_variable_dimensions_only() -> None:
     spec = TensorSpec("x", "FP32", (-1, 3))
     assert spec.accepts_shape((5, 3))
