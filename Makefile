@@ -9,6 +9,7 @@ CLUSTER_DIR := .cluster
 export PYTHONSAFEPATH := 1
 
 .PHONY: help venv test test-unit lint crds protos example-models cluster-up cluster-down testbin \
+	prometheus \
 	demo demo-down clean
 
 help:
@@ -33,6 +34,9 @@ venv: $(VENV)/.installed
 testbin:
 	bash hack/testbin/build.sh >/dev/null
 
+prometheus:
+	bash hack/ensure-prometheus.sh
+
 crds: venv
 	$(PY) -m edgefleet.operator.crdgen crds
 
@@ -49,7 +53,7 @@ lint: venv
 test-unit: venv
 	$(PY) -m pytest tests/unit -q
 
-test: venv testbin lint
+test: venv testbin prometheus lint
 	$(PY) -m pytest tests -q -ra
 
 cluster-up: venv

@@ -7,11 +7,14 @@ so explicitly: EDGEFLEET_TEST_KUBECONFIG=/path/to/kubeconfig. Nothing else is ev
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -337,3 +340,59 @@ def fleet(kube: Kube, namespace: str, start_operator: StartOperator,
     started = Fleet(kube, namespace, start_operator, tmp_path)
     yield started
     started.stop()
+
+
+@dataclass
+class Prometheus:
+    """A real Prometheus scraping the given targets every second."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """The instant vector of a PromQL query (empty when nothing matches yet)."""
+        address = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
+        with urllib.request.urlopen(address, timeout=10) as response:
+            answer = json.loads(response.read())
+        assert answer["status"] == "success", answer
+        return list(answer["data"]["result"])
+
+    def value(self, promql: str) -> float | None:
+        result = self.query(promql)
+        return float(result[0]["value"][1]) if result else None
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Callable[[list[str]], Prometheus]]:
+    started: list[Prometheus] = []
+    binary = shutil.which("prometheus")
+    assert binary, "prometheus is not installed: run `make prometheus` (make test does)"
+
+    def start(targets: list[str]) -> Prometheus:
+        config = tmp_path / "prometheus.yml"
+        config.write_text(json.dumps({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [{"job_name": "edgefleet",
+                                "static_configs": [{"targets": targets}]}],
+        }))
+        port = localcluster.free_port()
+        with open(tmp_path / "prometheus.log", "wb") as log:
+            process = subprocess.Popen(
+                [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                 f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log)
+        server = Prometheus(process, f"http://127.0.0.1:{port}")
+        started.append(server)
+
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"{server.url}/-/ready", timeout=2) as response:
+                    return response.status == 200
+            except (urllib.error.URLError, OSError):
+                return False
+
+        eventually(ready, timeout=60, what="prometheus ready")
+        return server
+
+    yield start
+    for server in started:
+        terminate(server.process)
