@@ -9,7 +9,6 @@ at once instead of polling.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -56,29 +55,45 @@ def model_view(name: str, meta: Mapping[str, Any], spec: Mapping[str, Any],
                      deleting=bool(meta.get("deletionTimestamp")))
 
 
+def placement_key(namespace: str) -> str:
+    """Changes that can move a model's placement or counts: models, device labels and
+    what devices report they hold."""
+    return f"placement/{namespace}"
+
+
+def device_key(namespace: str, name: str) -> str:
+    """Any change of one device (its heartbeats included)."""
+    return f"device/{namespace}/{name}"
+
+
 class FleetChanges:
-    """A change counter per namespace that status loops can wait on."""
+    """Change counters by key that status loops wait on. A notification wakes only the
+    loops waiting on its key, so a device's heartbeat does not wake every model."""
 
     def __init__(self) -> None:
         self._generations: defaultdict[str, int] = defaultdict(int)
-        self._changed = asyncio.Condition()
+        self._events: dict[str, asyncio.Event] = {}
 
-    def generation(self, namespace: str) -> int:
-        return self._generations[namespace]
+    def generations(self, keys: Iterable[str]) -> dict[str, int]:
+        return {key: self._generations[key] for key in keys}
 
-    async def notify(self, namespace: str) -> None:
-        async with self._changed:
-            self._generations[namespace] += 1
-            self._changed.notify_all()
+    def notify(self, key: str) -> None:
+        self._generations[key] += 1
+        event = self._events.pop(key, None)
+        if event:
+            event.set()
 
-    async def wait(self, namespace: str, seen: int, timeout: float | None) -> None:
-        """Returns when the namespace moved past generation `seen`, or after timeout."""
-        async with self._changed:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: self._generations[namespace] != seen),
-                    timeout,
-                )
+    async def wait(self, seen: Mapping[str, int], timeout: float | None) -> None:
+        """Returns when any key moved past its generation in `seen`, or after timeout."""
+        if any(self._generations[key] != generation for key, generation in seen.items()):
+            return
+        waiters = [asyncio.ensure_future(self._events.setdefault(key, asyncio.Event()).wait())
+                   for key in seen]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
 
 class PhaseTally:

@@ -23,7 +23,14 @@ from pydantic import ValidationError
 
 from edgefleet.operator import metrics, planner
 from edgefleet.operator.artifacts import ArtifactCache, ArtifactError
-from edgefleet.operator.fleet import FleetChanges, device_view, model_view, parse_time
+from edgefleet.operator.fleet import (
+    FleetChanges,
+    device_key,
+    device_view,
+    model_view,
+    parse_time,
+    placement_key,
+)
 from edgefleet.operator.gateway.directory import DeviceDirectory
 from edgefleet.operator.kubeapi import API_ERRORS
 from edgefleet.operator.resources import (
@@ -48,6 +55,7 @@ class OperatorMemo(kopf.Memo):
 
     settings: OperatorSettings
     fleet: FleetChanges
+    device_placements: dict[tuple[str, str], object]  # what placement last saw per device
     status_api: client.CustomObjectsApi
     clock: Clock
     artifacts: ArtifactCache
@@ -89,12 +97,29 @@ def models_by_namespace(
     return {namespace: view} if view else None
 
 
-@kopf.on.event(GROUP, VERSION, DEVICES)
+# kopf updates the indexes before it calls event handlers, so the status loops woken
+# here see this very change.
+
+
 @kopf.on.event(GROUP, VERSION, MODELS)
-async def fleet_changed(namespace: str, memo: OperatorMemo, **_: Any) -> None:
-    # kopf updates the index before calling event handlers, so waking the status loops
-    # now lets them see this very change.
-    await memo.fleet.notify(namespace)
+def model_changed(namespace: str, memo: OperatorMemo, **_: Any) -> None:
+    memo.fleet.notify(placement_key(namespace))
+
+
+@kopf.on.event(GROUP, VERSION, DEVICES)
+def device_changed(
+    namespace: str, name: str, type: str | None, labels: Mapping[str, str],
+    status: Mapping[str, Any], memo: OperatorMemo, **_: Any,
+) -> None:
+    memo.fleet.notify(device_key(namespace, name))
+    # Only labels and reported models matter to placement; a heartbeat changes neither.
+    placement = None if type == "DELETED" else (
+        tuple(sorted(labels.items())),
+        tuple((m.get("name"), m.get("version"), m.get("state"), m.get("message"))
+              for m in status.get("models") or [] if isinstance(m, Mapping)))
+    if memo.device_placements.get((namespace, name)) != placement:
+        memo.device_placements[(namespace, name)] = placement
+        memo.fleet.notify(placement_key(namespace))
 
 
 # ---------------------------------------------------------------- status writes
@@ -118,15 +143,16 @@ async def run_status_loop(
     resource: str,
     namespace: str,
     name: str,
+    keys: list[str],
     stopped: kopf.DaemonStopped,
     memo: OperatorMemo,
     reconcile: Callable[[], Awaitable[bool]],
     next_deadline: Callable[[], float | None] = lambda: None,
 ) -> None:
-    """Runs `reconcile` at start, after every fleet change in the namespace (debounced)
-    and when `next_deadline()` seconds pass. Errors are counted, logged and retried."""
+    """Runs `reconcile` at start, after every change notified on `keys` (debounced) and
+    when `next_deadline()` seconds pass. Errors are counted, logged and retried."""
     while not stopped:
-        seen = memo.fleet.generation(namespace)
+        seen = memo.fleet.generations(keys)
         started = time.perf_counter()
         try:
             outcome = "updated" if await reconcile() else "unchanged"
@@ -136,13 +162,13 @@ async def run_status_loop(
             outcome = "error"
             log.warning("status write failed resource=%s namespace=%s name=%s error=%s; "
                         "retrying", resource, namespace, name, error)
-            seen = -1  # retry after the pause below, change or not
+            seen = dict.fromkeys(keys, -1)  # retry after the pause below, change or not
             await asyncio.sleep(1)
         metrics.RECONCILES.labels(resource, outcome).inc()
         metrics.RECONCILE_SECONDS.labels(resource).observe(time.perf_counter() - started)
         # Wake on the next change (one made during this reconcile counts: the wait
         # returns at once), on the deadline, or on stop.
-        change = asyncio.ensure_future(memo.fleet.wait(namespace, seen, timeout=next_deadline()))
+        change = asyncio.ensure_future(memo.fleet.wait(seen, timeout=next_deadline()))
         stop = asyncio.ensure_future(stopped.wait())
         await asyncio.wait({change, stop}, return_when=asyncio.FIRST_COMPLETED)
         change.cancel()
@@ -246,6 +272,7 @@ async def keep_model_status(
 
     try:
         await run_status_loop(resource="EdgeModel", namespace=namespace, name=name,
+                              keys=[placement_key(namespace)],
                               stopped=stopped, memo=memo, reconcile=reconcile,
                               next_deadline=artifacts.seconds_to_retry)
     finally:
@@ -290,6 +317,7 @@ async def keep_device_status(
 
     try:
         await run_status_loop(resource="EdgeDevice", namespace=namespace, name=name,
+                              keys=[placement_key(namespace), device_key(namespace, name)],
                               stopped=stopped, memo=memo, reconcile=reconcile,
                               next_deadline=next_deadline)
     finally:
