@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -61,21 +59,11 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 60.0) -> N
     raise SystemExit(f"demo: timed out waiting for {what}")
 
 
-def spawn(name: str, argv: list[str],
-          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """A background process of the demo, with its log and pid file in .demo/."""
-    with open(DEMO_DIR / f"{name}.log", "ab") as log_file:
-        process = subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    (DEMO_DIR / f"{name}.pid").write_text(str(process.pid))
-    return process
-
-
 def start_operator(cluster: localcluster.Cluster, grpc_port: int) -> int:
     DEMO_DIR.mkdir(exist_ok=True)
     port = localcluster.free_port()
-    log_path = DEMO_DIR / "operator.log"
-    process = spawn("operator", [
+    log_path = DEMO_DIR / "logs" / "operator.log"
+    process = localcluster.spawn(DEMO_DIR, "operator", [
         sys.executable, "-m", "edgefleet.operator", "--listen-host", "127.0.0.1",
         "--metrics-port", str(port), "--grpc-port", str(grpc_port),
         "--artifact-cache-dir", str(DEMO_DIR / "artifacts")], env=cluster.env())
@@ -93,27 +81,9 @@ def start_operator(cluster: localcluster.Cluster, grpc_port: int) -> int:
     return port
 
 
-def stop(name: str) -> None:
-    pid_file = DEMO_DIR / f"{name}.pid"
-    if not pid_file.exists():
-        return
-    pid = int(pid_file.read_text())
-    try:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            os.kill(pid, 0)
-            time.sleep(0.2)
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    pid_file.unlink()
-    print(f">> stopped {name} (pid {pid})", file=sys.stderr)
-
-
 def stop_all() -> None:
     for name in (*DEVICES, "operator"):
-        stop(name)
+        localcluster.stop_process(DEMO_DIR, name, grace_s=15)
 
 
 def start_edges(cluster: localcluster.Cluster, grpc_port: int) -> dict[str, int]:
@@ -125,7 +95,7 @@ def start_edges(cluster: localcluster.Cluster, grpc_port: int) -> dict[str, int]
         token_file = DEMO_DIR / f"{device}.token"
         token_file.write_bytes(base64.b64decode(secret))
         ports[device] = localcluster.free_port()
-        spawn(device, [
+        localcluster.spawn(DEMO_DIR, device, [
             sys.executable, "-m", "edgefleet.edge_runtime", "run",
             "--cloud", f"127.0.0.1:{grpc_port}", "--namespace", NAMESPACE,
             "--device", device, "--token-file", str(token_file),
@@ -167,7 +137,7 @@ def up() -> None:
     grpc_port = localcluster.free_port()
     port = start_operator(cluster, grpc_port)
     print(f"leading; gateway on 127.0.0.1:{grpc_port}; metrics at "
-          f"http://127.0.0.1:{port}/metrics; log in .demo/operator.log")
+          f"http://127.0.0.1:{port}/metrics; log in .demo/logs/operator.log")
 
     step("Example EdgeDevices and their token Secrets (examples/devices.yaml)")
     print(kubectl(cluster, "apply", "-f", str(REPO_ROOT / "examples" / "devices.yaml")), end="")
@@ -207,7 +177,7 @@ there; the weights are untrained, so the class is arbitrary. Look around with:
   export PATH={cluster.bin_dir}:$PATH
   kubectl describe em digits -n {NAMESPACE}
   kubectl label ed cam-0003 -n {NAMESPACE} site=plant-7 --overwrite   # then READY 3/3
-Logs are in .demo/. Stop everything with: make demo-down""")
+Logs are in .demo/logs/. Stop everything with: make demo-down""")
 
 
 def down() -> None:

@@ -121,17 +121,21 @@ def write_kubeconfig(path: Path, server: str, pki: Path) -> None:
     path.write_text(json.dumps(config, indent=2) + "\n")
 
 
-def _spawn(state_dir: Path, name: str, argv: list[str]) -> None:
+def spawn(state_dir: Path, name: str, argv: list[str],
+          env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Starts a background process with its log in state_dir/logs/NAME.log and its pid
+    in state_dir/NAME.pid, for stop_process to find later (also from another process)."""
     logs = state_dir / "logs"
-    logs.mkdir(exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
     with open(logs / f"{name}.log", "ab") as log_file:
         # A session of its own: the process outlives `make cluster-up` and a Ctrl-C
         # in the terminal that started it.
         process = subprocess.Popen(
-            argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            argv, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
         )
     (state_dir / f"{name}.pid").write_text(str(process.pid))
+    return process
 
 
 def _tls_context(pki: Path) -> ssl.SSLContext:
@@ -200,7 +204,7 @@ def _start(state_dir: Path, bin_dir: Path) -> Cluster:
     etcd_port, etcd_peer_port, api_port, kcm_port = (free_port() for _ in range(4))
     etcd_url = f"http://127.0.0.1:{etcd_port}"
     log(f"starting etcd on {etcd_url}")
-    _spawn(state_dir, "etcd", [
+    spawn(state_dir, "etcd", [
         str(bin_dir / "etcd"), "--name", "edgefleet-local",
         "--data-dir", str(state_dir / "etcd-data"),
         "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
@@ -215,7 +219,7 @@ def _start(state_dir: Path, bin_dir: Path) -> Cluster:
 
     server = f"https://127.0.0.1:{api_port}"
     log(f"starting kube-apiserver on {server}")
-    _spawn(state_dir, "kube-apiserver", [
+    spawn(state_dir, "kube-apiserver", [
         str(bin_dir / "kube-apiserver"),
         "--etcd-servers", etcd_url,
         "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
@@ -239,7 +243,7 @@ def _start(state_dir: Path, bin_dir: Path) -> Cluster:
     kubeconfig = state_dir / "kubeconfig"
     write_kubeconfig(kubeconfig, server, pki)
     log("starting kube-controller-manager (namespace and garbage-collector controllers)")
-    _spawn(state_dir, "kube-controller-manager", [
+    spawn(state_dir, "kube-controller-manager", [
         str(bin_dir / "kube-controller-manager"),
         "--kubeconfig", str(kubeconfig),
         "--authentication-kubeconfig", str(kubeconfig),
@@ -257,26 +261,32 @@ def _start(state_dir: Path, bin_dir: Path) -> Cluster:
     return Cluster(state_dir=state_dir, server=server, kubeconfig=kubeconfig, bin_dir=bin_dir)
 
 
+def stop_process(state_dir: Path, name: str, grace_s: float = 10.0) -> None:
+    """Stops a process spawn() started: SIGTERM, the grace period, then SIGKILL."""
+    pid_file = state_dir / f"{name}.pid"
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text())
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pid_file.unlink()
+        return
+    deadline = time.monotonic() + grace_s
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _running(pid):
+        os.kill(pid, signal.SIGKILL)
+        while _running(pid):
+            time.sleep(0.1)
+    log(f"stopped {name} (pid {pid})")
+    pid_file.unlink()
+
+
 def stop(state_dir: Path) -> None:
     """Stops every component started from state_dir; keeps its files (logs)."""
     for name in reversed(COMPONENTS):
-        pid_file = state_dir / f"{name}.pid"
-        if not pid_file.exists():
-            continue
-        pid = int(pid_file.read_text())
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            continue
-        deadline = time.monotonic() + 10
-        while _running(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _running(pid):
-            os.kill(pid, signal.SIGKILL)
-            while _running(pid):
-                time.sleep(0.1)
-        log(f"stopped {name} (pid {pid})")
-        pid_file.unlink()
+        stop_process(state_dir, name)
 
 
 def down(state_dir: Path) -> None:
