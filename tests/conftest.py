@@ -13,9 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +24,7 @@ import pytest
 from kubernetes import client, config
 
 import localcluster  # hack/ is on pytest's pythonpath
-from tests.helpers import eventually
+from tests.helpers import eventually, http_get
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Processes the tests start run from the repository root, where the operator/ folder
@@ -144,13 +142,7 @@ class OperatorProcess:
         return f"http://127.0.0.1:{self.metrics_port}{path}"
 
     def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(self.url(path), timeout=5) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read().decode()
-        except (urllib.error.URLError, OSError) as error:  # not listening (yet)
-            return 0, str(error)
+        return http_get(self.url(path))
 
     def metric(self, name: str, **labels: str) -> float | None:
         """The value of one sample on /metrics, or None if it is not exported."""
@@ -237,17 +229,12 @@ class EdgeProcess:
         return self.log_path.read_text(errors="replace")
 
     def metrics(self) -> str:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.read().decode()
+        status, text = http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")
+        assert status == 200, f"/metrics answered {status}: {text}"
+        return text
 
     def is_ready(self) -> bool:
-        try:
-            url = f"http://{self.http_url}/v2/health/ready"
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return http_get(f"http://{self.http_url}/v2/health/ready", timeout=2)[0] == 200
 
 
 StartEdge = Callable[..., EdgeProcess]
@@ -352,8 +339,8 @@ class Prometheus:
     def query(self, promql: str) -> list[dict[str, Any]]:
         """The instant vector of a PromQL query (empty when nothing matches yet)."""
         address = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
-        with urllib.request.urlopen(address, timeout=10) as response:
-            answer = json.loads(response.read())
+        status, body = http_get(address, timeout=10)
+        answer = json.loads(body) if status else {"status": "unreachable", "error": body}
         assert answer["status"] == "success", answer
         return list(answer["data"]["result"])
 
@@ -383,14 +370,8 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[list[str]], Prometheus]]:
         server = Prometheus(process, f"http://127.0.0.1:{port}")
         started.append(server)
 
-        def ready() -> bool:
-            try:
-                with urllib.request.urlopen(f"{server.url}/-/ready", timeout=2) as response:
-                    return response.status == 200
-            except (urllib.error.URLError, OSError):
-                return False
-
-        eventually(ready, timeout=60, what="prometheus ready")
+        eventually(lambda: http_get(f"{server.url}/-/ready", timeout=2)[0] == 200,
+                   timeout=60, what="prometheus ready")
         return server
 
     yield start

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,17 @@ def load_examples(kind: str) -> list[Example]:
         error_at = first.removeprefix(marker).strip() if first.startswith(marker) else None
         examples.append(Example(path.stem, yaml.safe_load(text), error_at))
     return examples
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    """(status, body) of a GET; status 0 when nothing answers (not listening yet)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except (urllib.error.URLError, OSError) as error:
+        return 0, str(error)
 
 
 def eventually(check: Callable[[], T | None], *, timeout: float = 30.0,
