@@ -113,10 +113,8 @@ def device_changed(
 ) -> None:
     memo.fleet.notify(device_key(namespace, name))
     # Only labels and reported models matter to placement; a heartbeat changes neither.
-    placement = None if type == "DELETED" else (
-        tuple(sorted(labels.items())),
-        tuple((m.get("name"), m.get("version"), m.get("state"), m.get("message"))
-              for m in status.get("models") or [] if isinstance(m, Mapping)))
+    view = device_view(name, labels, status)
+    placement = None if type == "DELETED" else (view.labels, view.models)
     if memo.device_placements.get((namespace, name)) != placement:
         memo.device_placements[(namespace, name)] = placement
         memo.fleet.notify(placement_key(namespace))
