@@ -35,6 +35,10 @@ class RuntimeConfig(ConfigPart):
     # ~150 us a request here (194 us in-process with it, 48 us without). 0 sends every
     # run to the pool.
     inline_below_micros: int = Field(default=150, ge=0, le=10_000)
+    # The same, for a run that is the runtime's only request in flight: nothing else
+    # waits for the loop then, so a longer run may skip the hop too. A request that
+    # arrives meanwhile waits at most this long. 0 turns it off.
+    inline_alone_below_micros: int = Field(default=2000, ge=0, le=100_000)
     # Wanted in order; the ones the device lacks are skipped with a logged reason and
     # the CPU provider always comes last.
     execution_providers: list[str] = Field(default_factory=list, max_length=8)

@@ -131,6 +131,7 @@ class ModelVersion:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     runtime: RuntimeConfig
+    metrics: telemetry.VersionMetrics
     batcher: Batcher | None = None
     in_flight: int = 0
     # Warm-up timing: the cheapest run seen and the input elements it had, to estimate
@@ -176,6 +177,7 @@ class Engine:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="onnxruntime")
         self._versions: dict[str, dict[str, ModelVersion]] = {}
         self._routes: dict[str, dict[str, float]] = {}
+        self._in_flight = 0  # requests in the engine, all models
 
     # ------------------------------------------------------------ registry
 
@@ -197,7 +199,7 @@ class Engine:
             loaded.batcher = Batcher(
                 lambda feeds: self._run(loaded, feeds),
                 runtime.batching.max_batch_size, runtime.batching.max_delay_micros / 1e6,
-                telemetry.BATCH_SIZE.labels(name, version).observe,
+                loaded.metrics.batch_size.observe,
             )
         elif runtime.batching and runtime.batching.max_batch_size > 1:
             logger.info("model=%s version=%s: batching off, its batch dimension is fixed",
@@ -221,7 +223,8 @@ class Engine:
                 name=name, version=version,
                 digest=digest or f"sha256:{hashlib.sha256(data).hexdigest()}",
                 session=session, inputs=_tensor_specs(session.get_inputs()),
-                outputs=_tensor_specs(session.get_outputs()), runtime=runtime)
+                outputs=_tensor_specs(session.get_outputs()), runtime=runtime,
+                metrics=telemetry.VersionMetrics.of(name, version))
             feeds = warmup_inputs(loaded.inputs)
             # First runs are slow (cold caches, threads starting): keep the fastest of up
             # to WARMUP_RUNS, within a small time budget so large models load promptly.
@@ -285,6 +288,8 @@ class Engine:
         route = self._routes.get(name)
         if not route:
             raise InferenceError.unavailable(f"model {name!r} has no routed version yet")
+        if len(route) == 1:
+            return versions[next(iter(route))]
         chosen = random.choices(list(route), weights=list(route.values()))[0]
         return versions[chosen]
 
@@ -295,10 +300,12 @@ class Engine:
             return False
         return True
 
-    async def infer(self, request: InferRequest) -> InferResponse:
-        started = time.perf_counter()
+    async def infer(self, request: InferRequest, started: float) -> InferResponse:
+        """Runs a decoded request; `started` is when its bytes arrived (perf_counter).
+        Counts its success and times; failures are the caller's to count."""
         model = self.resolve(request.model, request.version)
         model.in_flight += 1  # counted before any await: unload waits for it
+        self._in_flight += 1
         try:
             model.validate(request)
             feeds = {name: _to_onnx(name, array) for name, array in request.inputs.items()}
@@ -316,11 +323,15 @@ class Engine:
             error.version = model.version
             raise
         finally:
+            self._in_flight -= 1
             model.in_flight -= 1
             if model.in_flight == 0:
                 model.drained.set()
-        telemetry.QUEUE_SECONDS.labels(model.name, model.version).observe(max(queue_s, 0.0))
-        telemetry.COMPUTE_SECONDS.labels(model.name, model.version).observe(compute_s)
+        metrics = model.metrics
+        metrics.queue_seconds.observe(max(queue_s, 0.0))
+        metrics.compute_seconds.observe(compute_s)
+        metrics.succeeded.inc()
+        metrics.request_seconds.observe(time.perf_counter() - started)
         wanted = request.outputs or [spec.name for spec in model.outputs]
         datatypes = {spec.name: spec.datatype for spec in model.outputs}
         return InferResponse(
@@ -329,14 +340,22 @@ class Engine:
                      for name in wanted])
 
     async def _run(self, model: ModelVersion, feeds: Tensors) -> tuple[Tensors, float]:
-        """Runs in the thread pool, or, when the run is estimated to cost less than the
-        hop to the pool and back (inlineBelowMicros), right here on the event loop."""
+        """Runs in the thread pool or, where `runs_inline` says so, on the event loop."""
         elements = sum(array.size for array in feeds.values())
         estimate_s = model.warmup_s * max(1.0, elements / model.warmup_elements)
-        if estimate_s * 1e6 < model.runtime.inline_below_micros:
+        if runs_inline(estimate_s, model.runtime, alone=self._in_flight <= 1):
             return _run_session(model, feeds)
         return await asyncio.get_running_loop().run_in_executor(
             self._pool, _run_session, model, feeds)
+
+
+def runs_inline(estimate_s: float, runtime: RuntimeConfig, alone: bool) -> bool:
+    """A run skips the thread pool when it is estimated to cost less than the hop there
+    and back (inlineBelowMicros), or, when it is the runtime's only request in flight,
+    less than inlineAloneBelowMicros: then nothing else is waiting for the loop."""
+    limit_micros = max(runtime.inline_below_micros,
+                       runtime.inline_alone_below_micros if alone else 0)
+    return estimate_s * 1e6 < limit_micros
 
 
 def _run_session(model: ModelVersion, feeds: Tensors) -> tuple[Tensors, float]:

@@ -3,7 +3,6 @@ request metrics. The gRPC and REST servers only convert and call these."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 
@@ -59,14 +58,10 @@ class DataPlane:
     async def infer(self, request: InferRequest, started: float) -> InferResponse:
         """Runs a decoded request; `started` is when its bytes arrived (perf_counter)."""
         try:
-            response = await self.engine.infer(request)
+            return await self.engine.infer(request, started)
         except InferenceError as error:
             self.count_failure(request.model, request.version, error)
             raise
-        telemetry.REQUESTS.labels(response.model, response.version, "success").inc()
-        telemetry.REQUEST_SECONDS.labels(response.model, response.version).observe(
-            time.perf_counter() - started)
-        return response
 
     def count_failure(self, model: str, version: str | None, error: InferenceError) -> None:
         """Counts a failed request; names not loaded are counted as "" (bounded labels)."""
