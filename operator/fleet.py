@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edgefleet.operator.planner import DeviceView, ModelView, ReportedModel
-from edgefleet.operator.resources import ArtifactStatus, EdgeModelSpec
+from edgefleet.operator.resources import EdgeModelSpec, EdgeModelStatus
+from edgefleet.operator.views import DeviceView, ModelView, ReportedModel
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -48,10 +48,10 @@ def model_view(name: str, meta: Mapping[str, Any], spec: Mapping[str, Any],
     except ValidationError:
         return None
     try:
-        artifact = ArtifactStatus.model_validate(status["artifact"])
-    except (KeyError, ValidationError):
-        artifact = None
-    return ModelView(name=name, spec=parsed, artifact=artifact,
+        parsed_status = EdgeModelStatus.model_validate(dict(status))
+    except ValidationError:  # written by an older operator: as if never written
+        parsed_status = EdgeModelStatus()
+    return ModelView(name=name, spec=parsed, status=parsed_status,
                      deleting=bool(meta.get("deletionTimestamp")))
 
 

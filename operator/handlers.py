@@ -21,7 +21,7 @@ import kopf
 from kubernetes import client
 from pydantic import ValidationError
 
-from edgefleet.operator import metrics, planner
+from edgefleet.operator import metrics, planner, rollout
 from edgefleet.operator.artifacts import ArtifactCache, ArtifactError
 from edgefleet.operator.fleet import (
     FleetChanges,
@@ -42,6 +42,7 @@ from edgefleet.operator.resources import (
     describe_validation_error,
 )
 from edgefleet.operator.settings import OperatorSettings
+from edgefleet.operator.views import ArtifactCheck, DeviceView, ModelView
 
 MODELS = "edgemodels"
 DEVICES = "edgedevices"
@@ -84,7 +85,7 @@ def configure(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any) -> 
 @kopf.index(GROUP, VERSION, DEVICES)
 def devices_by_namespace(
     namespace: str, name: str, labels: Mapping[str, str], status: Mapping[str, Any], **_: Any
-) -> dict[str, planner.DeviceView]:
+) -> dict[str, DeviceView]:
     return {namespace: device_view(name, labels, status)}
 
 
@@ -92,7 +93,7 @@ def devices_by_namespace(
 def models_by_namespace(
     namespace: str, name: str, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status,
     **_: Any,
-) -> dict[str, planner.ModelView] | None:
+) -> dict[str, ModelView] | None:
     view = model_view(name, meta, spec, status)
     return {namespace: view} if view else None
 
@@ -184,14 +185,14 @@ class ArtifactRetry:
         self._cache = cache
         self._body = body
         self._digest = ""
-        self._failure: planner.ArtifactCheck | None = None
+        self._failure: ArtifactCheck | None = None
         self._delay_s = self.FIRST_DELAY_S
         self._retry_at = 0.0
 
     def seconds_to_retry(self) -> float | None:
         return max(0.0, self._retry_at - time.monotonic()) if self._failure else None
 
-    async def check(self, spec: EdgeModelSpec) -> planner.ArtifactCheck:
+    async def check(self, spec: EdgeModelSpec) -> ArtifactCheck:
         digest = f"sha256:{spec.source.sha256.lower()}"
         if digest != self._digest:  # a new spec starts afresh
             self._digest, self._failure, self._delay_s = digest, None, self.FIRST_DELAY_S
@@ -200,7 +201,7 @@ class ArtifactRetry:
         try:
             artifact = await self._cache.ensure(spec.source.uri, spec.source.sha256)
         except ArtifactError as error:
-            failure = planner.ArtifactCheck(False, error.reason, error.message)
+            failure = ArtifactCheck(False, error.reason, error.message)
             if failure != self._failure:
                 kopf.warn(self._body, reason=f"Artifact{error.reason}", message=error.message)
             self._failure = failure
@@ -208,7 +209,7 @@ class ArtifactRetry:
             self._delay_s = min(self._delay_s * 2, self.MAX_DELAY_S)
             return failure
         self._failure, self._delay_s = None, self.FIRST_DELAY_S
-        return planner.ArtifactCheck(True, "Verified", f"sha256 verified, {artifact.size} bytes",
+        return ArtifactCheck(True, "Verified", f"sha256 verified, {artifact.size} bytes",
                                      digest=artifact.digest, size=artifact.size)
 
 
@@ -219,20 +220,25 @@ async def keep_model_status(
     body: kopf.Body,
     stopped: kopf.DaemonStopped,
     memo: OperatorMemo,
-    devices_by_namespace: kopf.Index[str, planner.DeviceView],
+    devices_by_namespace: kopf.Index[str, DeviceView],
     **_: Any,
 ) -> None:
     reported: set[tuple[int | None, str, str]] = set()  # already in Events
     artifacts = ArtifactRetry(memo.artifacts, body)
+    recheck_at: float | None = None  # monotonic time the rollout asked to be looked at
 
-    def report_once(generation: int | None, reason: str, message: str) -> None:
+    def report_once(generation: int | None, reason: str, message: str,
+                    warning: bool = True) -> None:
         if (generation, reason, message) not in reported:
             reported.add((generation, reason, message))
-            kopf.warn(body, reason=reason, message=message)
+            post = kopf.warn if warning else kopf.info
+            post(body, reason=reason, message=message)
 
     async def reconcile() -> bool:
+        nonlocal recheck_at
         if body.meta.get("deletionTimestamp"):
             return False
+        events: list[rollout.RolloutEvent] = []
         generation = body.meta.get("generation")
         stored = dict(body.status)
         try:
@@ -250,13 +256,17 @@ async def keep_model_status(
             problems = planner.spec_problems(spec)
             for problem in problems:
                 report_once(generation, "InvalidSpec", problem)
-            artifact = (planner.ArtifactCheck(False, "InvalidSpec", "the spec is invalid")
+            artifact = (ArtifactCheck(False, "InvalidSpec", "the spec is invalid")
                         if problems else await artifacts.check(spec))
-            desired = planner.plan_model_status(
-                name=name, generation=generation, spec=spec,
+            plan = planner.plan_model_status(
+                namespace=namespace, name=name, generation=generation, spec=spec,
                 devices=devices_by_namespace.get(namespace, []), artifact=artifact,
-                previous=previous, now=memo.clock(),
+                previous=previous, approved_step=rollout.approved_step(body.meta.annotations),
+                now=memo.clock(),
             )
+            desired, events = plan.status, plan.events
+            recheck_at = (None if plan.recheck_after_s is None
+                          else time.monotonic() + plan.recheck_after_s)
             ready = next(c for c in desired.conditions if c.type == planner.READY)
             if ready.reason == "DevicesFailed":  # which devices failed, and why, once
                 report_once(generation, "DevicesFailed", ready.message)
@@ -264,15 +274,25 @@ async def keep_model_status(
         if dump(desired) == stored:
             return False
         await write_status(memo, MODELS, namespace, name, dump(desired))
-        log.info("status resource=EdgeModel namespace=%s name=%s phase=%s ready=%s",
-                 namespace, name, desired.phase, desired.ready_summary)
+        # Rollout Events tell of transitions, which always change the status: posted
+        # after the write, so a restart (which recomputes the same status) repeats none.
+        for event in events:
+            report_once(generation, event.reason, event.message, event.type == "Warning")
+        log.info("status resource=EdgeModel namespace=%s name=%s phase=%s ready=%s step=%s",
+                 namespace, name, desired.phase, desired.ready_summary, desired.step_summary)
         return True
+
+    def next_deadline() -> float | None:
+        deadlines = [artifacts.seconds_to_retry()]
+        if recheck_at is not None:
+            deadlines.append(max(0.0, recheck_at - time.monotonic()) + 0.05)
+        return min((d for d in deadlines if d is not None), default=None)
 
     try:
         await run_status_loop(resource="EdgeModel", namespace=namespace, name=name,
                               keys=[placement_key(namespace)],
                               stopped=stopped, memo=memo, reconcile=reconcile,
-                              next_deadline=artifacts.seconds_to_retry)
+                              next_deadline=next_deadline)
     finally:
         metrics.MODEL_PHASES.discard(namespace, name)
 
@@ -284,7 +304,7 @@ async def keep_device_status(
     body: kopf.Body,
     stopped: kopf.DaemonStopped,
     memo: OperatorMemo,
-    models_by_namespace: kopf.Index[str, planner.ModelView],
+    models_by_namespace: kopf.Index[str, ModelView],
     **_: Any,
 ) -> None:
     grace = timedelta(seconds=memo.settings.device_offline_after_seconds)
@@ -296,7 +316,7 @@ async def keep_device_status(
         # What the device should serve goes to the gateway, not to the API server.
         memo.directory.publish(
             namespace, name, body.spec.get("bootstrapTokenSecretRef", {}).get("name", ""),
-            planner.desired_assignments(body.metadata.labels,
+            planner.desired_assignments(namespace, name, body.metadata.labels,
                                         models_by_namespace.get(namespace, [])))
         phase = planner.device_phase(last_seen(), memo.clock(), grace)
         desired = {"phase": phase, "modelCount": len(body.status.get("models") or [])}
@@ -333,7 +353,7 @@ async def withdraw_model(
     meta: kopf.Meta,
     body: kopf.Body,
     memo: OperatorMemo,
-    devices_by_namespace: kopf.Index[str, planner.DeviceView],
+    devices_by_namespace: kopf.Index[str, DeviceView],
     **_: Any,
 ) -> None:
     """Holds the finalizer until no device reports the model any more, for a bounded

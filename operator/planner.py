@@ -12,9 +12,10 @@ import hashlib
 import itertools
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from edgefleet.operator import rollout
 from edgefleet.operator.resources import (
     ArtifactStatus,
     Condition,
@@ -26,41 +27,11 @@ from edgefleet.operator.resources import (
     LabelSelector,
     ModelPhase,
 )
+from edgefleet.operator.views import ArtifactCheck, DeviceView, ModelView
 
 READY = "Ready"
 ARTIFACT_READY = "ArtifactReady"
 MAX_MESSAGE = 2048  # Condition.message's bound in the CRD
-
-
-@dataclass(frozen=True)
-class ArtifactCheck:
-    """Whether the model's artifact is fetched and verified, and if not, why."""
-
-    ready: bool
-    reason: str
-    message: str = ""
-    digest: str = ""
-    size: int = 0
-
-
-@dataclass(frozen=True)
-class ReportedModel:
-    """What a device says it holds of one model."""
-
-    version: str
-    state: str
-    message: str = ""
-
-
-@dataclass(frozen=True)
-class DeviceView:
-    """One EdgeDevice as the fleet index keeps it: only what planning needs."""
-
-    name: str
-    labels: Mapping[str, str]
-    models: Mapping[str, ReportedModel] = field(default_factory=dict)
-    phase: DevicePhase = "Pending"
-    last_seen: datetime | None = None
 
 
 # ---------------------------------------------------------------- selectors
@@ -162,25 +133,40 @@ def set_condition(
 # ---------------------------------------------------------------- EdgeModel status
 
 
-def count_devices(model: str, version: str, targeted: Iterable[DeviceView]) -> DeviceCounts:
+def count_devices(namespace: str, model: str, target_version: str, status: EdgeModelStatus,
+                  targeted: Iterable[DeviceView]) -> DeviceCounts:
+    """`updated`: devices on the spec's version; `ready` and `failed`: devices serving,
+    or failing, the version assigned to them (the stable one outside a rollout's cohort)."""
     targeted = list(targeted)
-    reports = [device.models.get(model) for device in targeted]
-    on_version = [r for r in reports if r is not None and r.version == version]
-    return DeviceCounts(
-        targeted=len(targeted),
-        updated=sum(1 for r in on_version if r.state != "Failed"),
-        ready=sum(1 for r in on_version if r.state == "Ready"),
-        failed=sum(1 for r in on_version if r.state == "Failed"),
-    )
+    updated = ready = failed = 0
+    for device in targeted:
+        report = device.models.get(model)
+        if report is None:
+            continue
+        if report.version == target_version and report.state != "Failed":
+            updated += 1
+        assigned = rollout.assigned_artifact(namespace, model, device.name, status)
+        if assigned and report.version == assigned.version:
+            ready += report.state == "Ready"
+            failed += report.state == "Failed"
+    return DeviceCounts(targeted=len(targeted), updated=updated, ready=ready, failed=failed)
 
 
-def model_phase(problems: list[str], counts: DeviceCounts, artifact_ready: bool) -> ModelPhase:
+def model_phase(problems: list[str], counts: DeviceCounts, status: EdgeModelStatus,
+                paused: bool) -> ModelPhase:
+    current = status.rollout
     if problems:
         return "Failed"
-    if not artifact_ready:
+    if current and current.state == "RolledBack":
+        return "RolledBack"
+    if current and (current.state == "Halted" or paused):
+        return "Paused"
+    if status.stable_artifact is None and status.artifact is None:
         return "Pending"
     if counts.failed:
         return "Degraded"
+    if current:
+        return "Progressing"
     if counts.targeted and counts.ready == counts.targeted:
         return "Healthy"
     if counts.ready == 0:
@@ -190,11 +176,11 @@ def model_phase(problems: list[str], counts: DeviceCounts, artifact_ready: bool)
 
 def _ready_condition(
     problems: list[str], counts: DeviceCounts, failed_devices: list[str],
-    artifact: ArtifactCheck,
+    artifact: ArtifactCheck, status: EdgeModelStatus,
 ) -> tuple[ConditionStatus, str, str]:
     if problems:
         return "False", "InvalidSpec", "; ".join(problems)
-    if not artifact.ready:
+    if status.stable_artifact is None and status.artifact is None:
         return "False", "ArtifactNotReady", f"nothing is sent to devices: {artifact.message}"
     if counts.targeted == 0:
         return "False", "NoTargetedDevices", "the selector matches no EdgeDevice in the namespace"
@@ -202,49 +188,83 @@ def _ready_condition(
         return "False", "DevicesFailed", (
             f"{counts.failed} of {counts.targeted} devices failed: {'; '.join(failed_devices)}")
     if counts.ready == counts.targeted:
-        return "True", "AllDevicesReady", f"all {counts.targeted} targeted devices are ready"
-    return "False", "DevicesNotReady", f"{counts.ready} of {counts.targeted} devices are ready"
+        return "True", "AllDevicesReady", (
+            f"all {counts.targeted} targeted devices serve their assigned version")
+    return "False", "DevicesNotReady", (
+        f"{counts.ready} of {counts.targeted} devices serve their assigned version")
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    status: EdgeModelStatus
+    events: list[rollout.RolloutEvent]
+    recheck_after_s: float | None
 
 
 def plan_model_status(
     *,
+    namespace: str,
     name: str,
     generation: int | None,
     spec: EdgeModelSpec,
     devices: Iterable[DeviceView],
     artifact: ArtifactCheck,
     previous: EdgeModelStatus,
+    approved_step: int,
     now: datetime,
-) -> EdgeModelStatus:
-    """The EdgeModel status the operator should write, given the fleet as seen now."""
+) -> ModelPlan:
+    """The EdgeModel status the operator should write given the fleet as seen now, the
+    Events that tell what changed, and when to look again if nothing else happens."""
     problems = spec_problems(spec)
     targeted = [] if problems else targeted_devices(spec.selector, devices)
-    counts = count_devices(name, spec.version, targeted)
+    verified = (ArtifactStatus(version=spec.version, digest=artifact.digest,
+                               size_bytes=artifact.size) if artifact.ready else None)
+    if problems:  # nothing moves while the spec cannot be acted on
+        decision = rollout.RolloutDecision(previous.stable_artifact, previous.rollout,
+                                           previous.history, ("False", "InvalidSpec",
+                                                              "; ".join(problems)))
+    else:
+        decision = rollout.decide(namespace=namespace, name=name, spec=spec,
+                                  targeted=targeted, verified=verified, previous=previous,
+                                  approved=approved_step, now=now)
+    current = decision.rollout
+    status = previous.model_copy(update={
+        "stable_artifact": decision.stable,
+        "stable_version": decision.stable.version if decision.stable else None,
+        "rollout": current,
+        "history": decision.history,
+        "artifact": verified or previous.artifact,
+    })
+    counts = count_devices(namespace, name, spec.version, status, targeted)
     failed_devices = sorted(
         f"{device.name} ({report.message})" if report.message else device.name
         for device in targeted
-        if (report := device.models.get(name)) and report.version == spec.version
-        and report.state == "Failed"
+        if (report := device.models.get(name)) and report.state == "Failed"
+        and (assigned := rollout.assigned_artifact(namespace, name, device.name, status))
+        and report.version == assigned.version
     )
-    status, reason, message = _ready_condition(problems, counts, failed_devices, artifact)
-    phase = model_phase(problems, counts, artifact.ready)
-    conditions = set_condition(previous.conditions, type_=READY, status=status, reason=reason,
-                               message=message, now=now, generation=generation)
+    ready_status, reason, message = _ready_condition(problems, counts, failed_devices,
+                                                     artifact, status)
+    conditions = set_condition(previous.conditions, type_=READY, status=ready_status,
+                               reason=reason, message=message, now=now, generation=generation)
     conditions = set_condition(conditions, type_=ARTIFACT_READY,
                                status="True" if artifact.ready else "False",
                                reason=artifact.reason, message=artifact.message, now=now,
                                generation=generation)
-    return EdgeModelStatus(
-        phase=phase,
-        observed_generation=generation,
-        stable_version=spec.version if phase == "Healthy" else previous.stable_version,
-        devices=counts,
-        ready_summary=f"{counts.ready}/{counts.targeted}",
-        artifact=(ArtifactStatus(version=spec.version, digest=artifact.digest,
-                                 size_bytes=artifact.size)
-                  if artifact.ready else previous.artifact),
-        conditions=conditions,
-    )
+    progressing_status, reason, message = decision.progressing
+    conditions = set_condition(conditions, type_=rollout.PROGRESSING, status=progressing_status,
+                               reason=reason, message=message, now=now, generation=generation)
+    active = current is not None and current.state == "Progressing"
+    status = status.model_copy(update={
+        "phase": model_phase(problems, counts, status, spec.rollout.paused),
+        "observed_generation": generation,
+        "devices": counts,
+        "ready_summary": f"{counts.ready}/{counts.targeted}",
+        "updated_summary": f"{counts.updated}/{counts.targeted}",
+        "step_summary": f"{current.step}/{current.steps}" if current and active else None,
+        "conditions": conditions,
+    })
+    return ModelPlan(status, decision.events, decision.recheck_after_s)
 
 
 def invalid_model_status(
@@ -289,17 +309,6 @@ def devices_holding(model: str, devices: Iterable[DeviceView]) -> list[str]:
 
 
 @dataclass(frozen=True)
-class ModelView:
-    """One EdgeModel as the fleet index keeps it: only what assignment needs."""
-
-    name: str
-    spec: EdgeModelSpec
-    # The newest verified artifact (status.artifact); None until one is verified.
-    artifact: ArtifactStatus | None = None
-    deleting: bool = False
-
-
-@dataclass(frozen=True)
 class Assignment:
     """A model a device should serve."""
 
@@ -313,17 +322,19 @@ class Assignment:
     max_delay_micros: int = 0
 
 
-def desired_assignments(labels: Mapping[str, str],
+def desired_assignments(namespace: str, device: str, labels: Mapping[str, str],
                         models: Iterable[ModelView]) -> list[Assignment]:
-    """What a device with these labels should serve: every model whose selector matches,
-    that has a verified artifact, is not being deleted and whose spec can be acted on.
-    A new version's artifact replaces the old one only once it is verified. A pure
-    function of the fleet: nothing is stored per device."""
+    """What a device should serve: of every model whose selector matches its labels,
+    that is not being deleted and whose spec can be acted on, the version its rollout
+    assigns to it (see rollout.assigned_artifact). A pure function of the fleet:
+    nothing is stored per device."""
     assignments = []
     for model in models:
-        artifact = model.artifact
-        if (artifact is None or model.deleting or spec_problems(model.spec)
+        if (model.deleting or spec_problems(model.spec)
                 or not selector_matches(model.spec.selector, labels)):
+            continue
+        artifact = rollout.assigned_artifact(namespace, model.name, device, model.status)
+        if artifact is None:
             continue
         runtime = model.spec.runtime
         batching = runtime.batching if runtime else None

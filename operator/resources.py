@@ -120,9 +120,18 @@ class RuntimeSettings(Resource):
     batching: BatchingSettings | None = None
 
 
+APPROVAL_ANNOTATION = f"{GROUP}/approved-step"
+
+
 class RolloutStep(Resource):
     percent: int = Field(ge=0, le=100, description="Share of targeted devices on the new version")
-    pause_seconds: int | None = Field(default=None, ge=0, le=7 * 24 * 3600)
+    pause_seconds: int | None = Field(
+        default=None, ge=0, le=7 * 24 * 3600,
+        description="Once the step's devices are ready, wait this long before the next step")
+    manual_approval: bool = Field(
+        default=False,
+        description=f"Once the step's devices are ready, wait until the annotation "
+                    f"{APPROVAL_ANNOTATION} is set to this step's number (1-based) or more")
 
 
 class RolloutAnalysis(Resource):
@@ -150,6 +159,10 @@ class Rollout(Resource):
     paused: bool = False
     auto_rollback: bool = True
     analysis: RolloutAnalysis | None = None
+    offline_timeout_seconds: int = Field(
+        default=300, ge=0, le=7 * 24 * 3600,
+        description="A device of a step that stays offline this long no longer holds the "
+                    "step back; it is named in an Event")
 
     @model_validator(mode="after")
     def _steps_match_strategy(self) -> Rollout:
@@ -193,21 +206,60 @@ class DeviceCounts(Resource):
 
 
 class ArtifactStatus(Resource):
-    """The newest verified artifact: what devices are sent (an older version's until the
-    current spec's artifact is verified)."""
+    """A verified artifact: the spec's newest (status.artifact) or the stable version's."""
 
     version: ShortText
     digest: ShortText
     size_bytes: Count
 
 
+class RolloutStatus(Resource):
+    """The rollout in progress (or stopped) from the stable version to the spec's."""
+
+    target: ArtifactStatus
+    step: int = Field(ge=1, description="The current step, 1-based")
+    steps: int = Field(ge=1, description="Steps in all (a last 100% step is implied)")
+    # Devices whose rank key (see rollout.py) is at most this are on the target; "" is
+    # none. A key, not a count, so that devices joining or leaving never reshuffle it.
+    cohort_limit: Annotated[str, StringConstraints(max_length=16)] = ""
+    started_at: datetime
+    step_started_at: datetime
+    step_ready_at: datetime | None = Field(
+        default=None, description="When every device of the step was ready")
+    # Progressing, or stopped by a breach: RolledBack (everyone back on the stable
+    # version) or Halted (frozen where it stood, autoRollback being off).
+    state: Literal["Progressing", "RolledBack", "Halted"] = "Progressing"
+    message: Message = ""
+
+
+HistoryOutcome = Literal["Promoted", "RolledBack", "Superseded"]
+
+
+class HistoryEntry(Resource):
+    version: ShortText
+    digest: ShortText
+    outcome: HistoryOutcome
+    at: datetime
+    message: Message = ""
+
+
 class EdgeModelStatus(Resource):
     phase: ModelPhase = "Pending"
     observed_generation: int | None = Field(default=None, ge=0)
     stable_version: ShortText | None = None
+    stable_artifact: ArtifactStatus | None = Field(
+        default=None, description="What devices outside the rollout's cohort serve")
+    rollout: RolloutStatus | None = None
+    # "2/3": printer columns cannot compute, so the operator writes it.
+    step_summary: ShortText | None = Field(default=None,
+                                           description="rollout step/steps, while one runs")
+    history: list[HistoryEntry] = Field(default_factory=list, max_length=10,
+                                        description="Recent versions, newest last")
     devices: DeviceCounts = Field(default_factory=DeviceCounts)
     # "3/5": printer columns cannot compute, so the operator writes it.
     ready_summary: ShortText = Field(default="0/0", description="ready/targeted devices")
+    updated_summary: ShortText = Field(default="0/0",
+                                       description="devices on the spec's version/targeted")
     artifact: ArtifactStatus | None = None
     conditions: list[Condition] = Field(default_factory=list, max_length=16)
 

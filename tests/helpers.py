@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import urllib.error
 import urllib.request
@@ -64,3 +65,13 @@ def eventually(check: Callable[[], T | None], *, timeout: float = 30.0,
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+def printed_row(table: str, row: int = 0) -> dict[str, str]:
+    """A row of `kubectl get` output by column header. Cells are cut at the headers'
+    offsets: a printer column with no value prints as an empty cell."""
+    header, line = table.splitlines()[0], table.splitlines()[1 + row]
+    starts = [match.start() for match in re.finditer(r"\S+", header)]
+    bounds = [*starts[1:], None]
+    return {header[start:end].strip(): line[start:end].strip()
+            for start, end in zip(starts, bounds, strict=True)}

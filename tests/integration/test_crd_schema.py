@@ -38,7 +38,8 @@ def test_kubectl_shows_columns_short_names_and_category(kube: Kube, namespace: s
         if example.name in ("minimal", "device"):
             kube.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(example.body))
     models = kube.kubectl("get", "em", "-n", namespace).stdout.splitlines()
-    assert models[0].split() == ["NAME", "VERSION", "READY", "PHASE", "AGE"]
+    assert models[0].split() == ["NAME", "VERSION", "STABLE", "STEP", "UPDATED", "READY",
+                                 "PHASE", "AGE"]
     devices = kube.kubectl("get", "ed", "-n", namespace).stdout.splitlines()
     assert devices[0].split() == ["NAME", "PHASE", "MODELS", "LAST-SEEN", "AGE"]
     everything = kube.kubectl("get", "edgefleet", "-n", namespace, "-o", "name").stdout.split()

@@ -18,7 +18,7 @@ import testmodels
 import tritonclient.grpc as triton_grpc
 
 from tests.conftest import EdgeProcess, Fleet, Kube
-from tests.helpers import eventually
+from tests.helpers import eventually, printed_row
 from tests.integration.test_operator import wait_status
 
 pytestmark = pytest.mark.integration
@@ -79,8 +79,8 @@ def test_apply_to_ready_on_targeted_devices_relabel_and_withdraw(fleet: Fleet) -
         assert held["digest"] == f"sha256:{sha}"
         assert answer(fleet.edges[device], "digits") == 3.0
     assert reported(kube, namespace, "cam-3") == []
-    printed = kube.kubectl("get", "em", "digits", "-n", namespace).stdout.splitlines()[1]
-    assert printed.split()[1:4] == ["1.0.0", "2/2", "Healthy"]
+    printed = printed_row(kube.kubectl("get", "em", "digits", "-n", namespace).stdout)
+    assert (printed["VERSION"], printed["READY"], printed["PHASE"]) == ("1.0.0", "2/2", "Healthy")
     devices = kube.kubectl("get", "ed", "-n", namespace).stdout
     assert [line.split()[1:3] for line in devices.splitlines()[1:]] == [
         ["Online", "1"], ["Online", "1"], ["Online", "0"]]

@@ -16,7 +16,7 @@ import pytest
 import testmodels
 
 from tests.conftest import Kube, StartOperator
-from tests.helpers import eventually
+from tests.helpers import eventually, printed_row
 
 pytestmark = pytest.mark.integration
 
@@ -133,8 +133,10 @@ def test_model_turns_healthy_as_devices_report_it_ready(
     status = wait_status(kube, "edgemodels", namespace, "digits",
                          {"phase": "Healthy", "readySummary": "2/2", "stableVersion": "2.0.0"})
     assert ready_condition(status)["status"] == "True"
-    printed = kube.kubectl("get", "em", "digits", "-n", namespace).stdout.splitlines()[1].split()
-    assert printed[:4] == ["digits", "2.0.0", "2/2", "Healthy"]
+    printed = printed_row(kube.kubectl("get", "em", "digits", "-n", namespace).stdout)
+    assert printed | {"AGE": ""} == {"NAME": "digits", "VERSION": "2.0.0", "STABLE": "2.0.0",
+                                     "STEP": "", "UPDATED": "2/2", "READY": "2/2",
+                                     "PHASE": "Healthy", "AGE": ""}
 
 
 def test_device_is_pending_until_seen_then_online_then_offline_after_grace(

@@ -8,17 +8,21 @@ from typing import Any
 import pytest
 
 from edgefleet.operator import planner
-from edgefleet.operator.planner import DeviceView, ReportedModel
 from edgefleet.operator.resources import (
     ArtifactStatus,
     EdgeModelSpec,
     EdgeModelStatus,
     LabelSelector,
 )
+from edgefleet.operator.views import ArtifactCheck, DeviceView, ModelView, ReportedModel
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-VERIFIED = planner.ArtifactCheck(True, "Verified", "fetched and verified",
+VERIFIED = ArtifactCheck(True, "Verified", "fetched and verified",
                                  digest="sha256:" + "a" * 64, size=1234)
+
+
+def plan(**kwargs: Any) -> EdgeModelStatus:
+    return planner.plan_model_status(namespace="fleet", approved_step=0, **kwargs).status
 
 
 def selector(**raw: Any) -> LabelSelector:
@@ -101,7 +105,7 @@ def test_counts_only_targeted_devices_on_the_spec_version() -> None:
         device("failed", digits=("2.0", "Failed")),
         device("elsewhere", {"site": "plant-9"}, digits=("2.0", "Ready")),
     ]
-    status = planner.plan_model_status(name="digits", generation=3, spec=spec(),
+    status = plan(name="digits", generation=3, spec=spec(),
                                        devices=devices, artifact=VERIFIED,
                                        previous=EdgeModelStatus(), now=NOW)
     assert status.devices.model_dump() == {"targeted": 4, "updated": 2, "ready": 1, "failed": 1}
@@ -120,27 +124,27 @@ def test_counts_only_targeted_devices_on_the_spec_version() -> None:
 ])
 def test_phase_follows_device_readiness(states: list[str], phase: str, reason: str) -> None:
     devices = [device(f"d{i}", digits=("2.0", state)) for i, state in enumerate(states)]
-    status = planner.plan_model_status(name="digits", generation=1, spec=spec(),
+    status = plan(name="digits", generation=1, spec=spec(),
                                        devices=devices, artifact=VERIFIED,
                                        previous=EdgeModelStatus(), now=NOW)
     assert (status.phase, status.conditions[0].reason) == (phase, reason)
 
 
-def test_healthy_model_records_its_stable_version() -> None:
-    healthy = planner.plan_model_status(
-        name="digits", generation=1, spec=spec(), devices=[device("d", digits=("2.0", "Ready"))],
-        artifact=VERIFIED, previous=EdgeModelStatus(stable_version="1.0"), now=NOW)
-    assert healthy.stable_version == "2.0"
-    pending = planner.plan_model_status(name="digits", generation=1, spec=spec(), devices=[],
-                                        artifact=VERIFIED,
-                                        previous=EdgeModelStatus(stable_version="1.0"), now=NOW)
-    assert pending.stable_version == "1.0"
+def test_first_deployment_becomes_stable_once_every_device_serves_it() -> None:
+    pending = plan(name="digits", generation=1, spec=spec(), devices=[], artifact=VERIFIED,
+                   previous=EdgeModelStatus(), now=NOW)
+    assert pending.stable_version is None and pending.stable_artifact is None
+    healthy = plan(name="digits", generation=1, spec=spec(),
+                   devices=[device("d", digits=("2.0", "Ready"))], artifact=VERIFIED,
+                   previous=pending, now=NOW)
+    assert healthy.stable_version == "2.0" and healthy.phase == "Healthy"
+    assert [(h.version, h.outcome) for h in healthy.history] == [("2.0", "Promoted")]
 
 
 def test_invalid_spec_fails_with_reason_and_targets_nothing() -> None:
     bad = spec(selector={"matchLabels": {"site": "a"}, "matchExpressions": [
         {"key": "site", "operator": "NotIn", "values": ["a"]}]})
-    status = planner.plan_model_status(name="digits", generation=2, spec=bad,
+    status = plan(name="digits", generation=2, spec=bad,
                                        devices=[device("d", {"site": "a"})], artifact=VERIFIED,
                                        previous=EdgeModelStatus(), now=NOW)
     assert status.phase == "Failed"
@@ -188,15 +192,15 @@ def test_unparseable_spec_fails_keeping_what_status_had() -> None:
 
 
 def test_no_artifact_means_pending_and_the_reason_is_in_both_conditions() -> None:
-    missing = planner.ArtifactCheck(False, "DigestMismatch", "sha256 of file:///m.onnx is b…")
-    status = planner.plan_model_status(
+    missing = ArtifactCheck(False, "DigestMismatch", "sha256 of file:///m.onnx is b…")
+    status = plan(
         name="digits", generation=1, spec=spec(), devices=[device("d", digits=("2.0", "Ready"))],
         artifact=missing, previous=EdgeModelStatus(), now=NOW)
     conditions = {c.type: c for c in status.conditions}
     assert status.phase == "Pending" and status.artifact is None
     assert conditions["ArtifactReady"].reason == "DigestMismatch"
     assert conditions["Ready"].reason == "ArtifactNotReady"
-    verified = planner.plan_model_status(name="digits", generation=1, spec=spec(), devices=[],
+    verified = plan(name="digits", generation=1, spec=spec(), devices=[],
                                          artifact=VERIFIED, previous=status, now=NOW)
     assert verified.artifact is not None and verified.artifact.size_bytes == 1234
     assert verified.artifact.version == "2.0"
@@ -205,14 +209,15 @@ def test_no_artifact_means_pending_and_the_reason_is_in_both_conditions() -> Non
 def test_devices_are_assigned_verified_matching_models_only() -> None:
     verified = ArtifactStatus(version="2.0", digest="sha256:" + "a" * 64, size_bytes=9)
     models = [
-        planner.ModelView(name="b", spec=spec(), artifact=verified),
-        planner.ModelView(name="a", spec=spec(), artifact=verified),
-        planner.ModelView(name="unverified", spec=spec()),
-        planner.ModelView(name="going", spec=spec(), deleting=True, artifact=verified),
-        planner.ModelView(name="elsewhere", spec=spec(selector={"matchLabels": {"site": "x"}}),
-                          artifact=verified),
+        ModelView(name="b", spec=spec(), status=EdgeModelStatus(artifact=verified)),
+        ModelView(name="a", spec=spec(), status=EdgeModelStatus(artifact=verified)),
+        ModelView(name="unverified", spec=spec()),
+        ModelView(name="going", spec=spec(), deleting=True,
+                  status=EdgeModelStatus(artifact=verified)),
+        ModelView(name="elsewhere", spec=spec(selector={"matchLabels": {"site": "x"}}),
+                  status=EdgeModelStatus(artifact=verified)),
     ]
-    assigned = planner.desired_assignments({"site": "plant-7"}, models)
+    assigned = planner.desired_assignments("fleet", "d", {"site": "plant-7"}, models)
     assert [a.name for a in assigned] == ["a", "b"]
     assert assigned[0].digest == "sha256:" + "a" * 64 and assigned[0].size_bytes == 9
     assert planner.revision(assigned) == planner.revision(list(assigned))
@@ -221,11 +226,12 @@ def test_devices_are_assigned_verified_matching_models_only() -> None:
 
 def test_a_new_version_is_assigned_only_once_its_artifact_is_verified() -> None:
     old = ArtifactStatus(version="1.0", digest="sha256:" + "b" * 64, size_bytes=5)
-    upgrading = planner.ModelView(name="digits", spec=spec(version="2.0"), artifact=old)
-    (assigned,) = planner.desired_assignments({"site": "plant-7"}, [upgrading])
+    upgrading = ModelView(name="digits", spec=spec(version="2.0"),
+                          status=EdgeModelStatus(artifact=old))
+    (assigned,) = planner.desired_assignments("fleet", "d", {"site": "plant-7"}, [upgrading])
     assert (assigned.version, assigned.digest) == ("1.0", old.digest)
-    failing = planner.ArtifactCheck(False, "Unreachable", "404")
-    status = planner.plan_model_status(
+    failing = ArtifactCheck(False, "Unreachable", "404")
+    status = plan(
         name="digits", generation=2, spec=spec(version="2.0"), devices=[], artifact=failing,
         previous=EdgeModelStatus(artifact=old), now=NOW)
     assert status.artifact == old  # the verified one stays until a new one is verified

@@ -1,0 +1,325 @@
+"""Staged rollouts, decided purely from a model's spec, its last status, the devices it
+targets and the clock.
+
+A rollout moves the targeted devices from the stable version to the spec's, step by
+step. Which devices go first is fixed by a rank key per device (a hash of the model's
+identity and the device's name), so restarts and re-evaluations never reshuffle
+cohorts. The status stores only the highest key in the cohort (`cohortLimit`); what
+each device serves follows from it (`assigned_artifact`), so a step costs one status
+write however many devices it moves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from edgefleet.operator.resources import (
+    APPROVAL_ANNOTATION,
+    ArtifactStatus,
+    ConditionStatus,
+    EdgeModelSpec,
+    EdgeModelStatus,
+    HistoryEntry,
+    HistoryOutcome,
+    Rollout,
+    RolloutStatus,
+    RolloutStep,
+)
+from edgefleet.operator.views import DeviceView
+
+PROGRESSING = "Progressing"  # the condition type, as Deployments name it
+HISTORY_LENGTH = 10
+RANK_KEY_LENGTH = 16
+
+
+@dataclass(frozen=True)
+class RolloutEvent:
+    type: str  # "Normal" or "Warning"
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class RolloutDecision:
+    stable: ArtifactStatus | None
+    rollout: RolloutStatus | None
+    history: list[HistoryEntry]
+    # The Progressing condition: status, reason, message.
+    progressing: tuple[ConditionStatus, str, str]
+    events: list[RolloutEvent] = field(default_factory=list)
+    # When the decision may change with no change in the fleet (a pause or an offline
+    # timeout ends); None when only a change can move it.
+    recheck_after_s: float | None = None
+
+
+# ---------------------------------------------------------------- cohorts
+
+
+def rank_key(namespace: str, model: str, device: str) -> str:
+    return hashlib.sha256(f"{namespace}/{model}/{device}".encode()).hexdigest()[:RANK_KEY_LENGTH]
+
+
+def in_cohort(key: str, limit: str) -> bool:
+    return bool(limit) and key <= limit
+
+
+def assigned_artifact(namespace: str, model: str, device: str,
+                      status: EdgeModelStatus) -> ArtifactStatus | None:
+    """What the device should serve of the model: the rollout's target inside its
+    cohort, the stable version elsewhere. Before any version was ever stable (the
+    first deployment), the newest verified artifact, everywhere."""
+    stable = status.stable_artifact
+    if stable is None:
+        return status.artifact
+    rollout = status.rollout
+    if (rollout and rollout.state != "RolledBack"
+            and in_cohort(rank_key(namespace, model, device), rollout.cohort_limit)):
+        return rollout.target
+    return stable
+
+
+# ---------------------------------------------------------------- spec helpers
+
+
+def effective_steps(rollout: Rollout) -> list[RolloutStep]:
+    """AllAtOnce is one step to 100%; a Canary whose last step stops short of 100% ends
+    with an implied 100% step."""
+    if rollout.strategy == "AllAtOnce":
+        return [RolloutStep(percent=100)]
+    steps = list(rollout.steps)
+    if steps[-1].percent < 100:
+        steps.append(RolloutStep(percent=100))
+    return steps
+
+
+def max_unavailable(value: int | str, targeted: int) -> int:
+    """maxUnavailable as a device count: a percent rounds down but allows at least one."""
+    if isinstance(value, int):
+        return value
+    percent = int(value.rstrip("%"))
+    return max(1, targeted * percent // 100) if percent else 0
+
+
+def approved_step(annotations: Mapping[str, str]) -> int:
+    """The step number the user approved with the annotation; 0 when none (or not a
+    number: the AwaitingApproval message shows the command to write)."""
+    try:
+        return int(annotations.get(APPROVAL_ANNOTATION, "0"))
+    except ValueError:
+        return 0
+
+
+def spec_digest(spec: EdgeModelSpec) -> str:
+    return f"sha256:{spec.source.sha256.lower()}"
+
+
+def _history(history: list[HistoryEntry], artifact: ArtifactStatus, outcome: HistoryOutcome,
+             now: datetime, message: str = "") -> list[HistoryEntry]:
+    entry = HistoryEntry(version=artifact.version, digest=artifact.digest, outcome=outcome,
+                         at=now, message=message)
+    return [*history, entry][-HISTORY_LENGTH:]
+
+
+# ---------------------------------------------------------------- deciding
+
+
+def decide(*, namespace: str, name: str, spec: EdgeModelSpec, targeted: list[DeviceView],
+           verified: ArtifactStatus | None, previous: EdgeModelStatus, approved: int,
+           now: datetime) -> RolloutDecision:
+    """The rollout's next state. `verified` is the spec's artifact once verified."""
+    stable, history = previous.stable_artifact, list(previous.history)
+    if stable is None:
+        return _first_deployment(name, targeted, verified, previous, now)
+    current = previous.rollout
+    if (spec.version, spec_digest(spec)) == (stable.version, stable.digest):
+        events = []
+        if current and current.state == "Progressing":  # the spec went back mid-rollout
+            history = _history(history, current.target, "Superseded", now,
+                               f"spec returned to {stable.version} at step {current.step}")
+            events.append(RolloutEvent("Normal", "RolloutStopped", (
+                f"the spec returned to stable version {stable.version}; the rollout of "
+                f"{current.target.version} stopped at step {current.step}/{current.steps}")))
+        return RolloutDecision(stable, None, history, (
+            "True", "RolloutComplete", f"devices serve stable version {stable.version}"),
+            events)
+    if verified is None:
+        waiting = current if current and current.target.version == spec.version else None
+        return RolloutDecision(stable, waiting, history, (
+            "True", "WaitingForArtifact",
+            f"version {spec.version}'s artifact is not verified yet; devices keep serving "
+            f"{stable.version}"))
+    events: list[RolloutEvent] = []
+    steps = effective_steps(spec.rollout)
+    if current is None or (current.target.version, current.target.digest) != (
+            verified.version, verified.digest):
+        if current and current.state == "Progressing":
+            history = _history(history, current.target, "Superseded", now,
+                               f"replaced by {verified.version} at step {current.step}")
+        current = RolloutStatus(target=verified, step=1, steps=len(steps),
+                                step_started_at=now, started_at=now)
+        events.append(RolloutEvent("Normal", "RolloutStarted", (
+            f"rolling out {verified.version} to replace {stable.version} in {len(steps)} "
+            f"steps: {', '.join(f'{s.percent}%' for s in steps)}")))
+    if current.state == "RolledBack":
+        return RolloutDecision(stable, current, history, ("False", "RolledBack", current.message),
+                               events)
+    if current.state == "Halted":
+        return RolloutDecision(stable, current, history, ("False", "Halted", current.message),
+                               events)
+    if spec.rollout.paused:
+        return RolloutDecision(stable, current, history, (
+            "Unknown", "Paused",
+            f"paused at step {current.step}/{current.steps}; set spec.rollout.paused to "
+            "false to continue"), events)
+    return _progress(namespace, name, spec, steps, targeted, stable, current, history,
+                     events, approved, now)
+
+
+def _first_deployment(name: str, targeted: list[DeviceView], verified: ArtifactStatus | None,
+                      previous: EdgeModelStatus, now: datetime) -> RolloutDecision:
+    """Nothing serves yet, so nothing needs protecting: every device gets the newest
+    verified artifact at once, and it becomes stable when all of them serve it."""
+    artifact = verified or previous.artifact
+    if artifact is None:
+        return RolloutDecision(None, None, [], ("True", "WaitingForArtifact",
+                                                "no version's artifact is verified yet"))
+    ready = [d for d in targeted if _ready_on(d, name, artifact)]
+    if targeted and len(ready) == len(targeted):
+        return RolloutDecision(
+            artifact, None, _history(list(previous.history), artifact, "Promoted", now),
+            ("True", "RolloutComplete", f"devices serve stable version {artifact.version}"),
+            [RolloutEvent("Normal", "Promoted",
+                          f"version {artifact.version} is stable: all {len(targeted)} "
+                          "targeted devices serve it")])
+    return RolloutDecision(None, None, list(previous.history), (
+        "True", "FirstDeployment",
+        f"{len(ready)} of {len(targeted)} devices serve {artifact.version}"))
+
+
+def _ready_on(device: DeviceView, model: str, artifact: ArtifactStatus) -> bool:
+    report = device.models.get(model)
+    return report is not None and report.version == artifact.version and report.state == "Ready"
+
+
+def _failed_on(device: DeviceView, model: str, artifact: ArtifactStatus) -> bool:
+    report = device.models.get(model)
+    return report is not None and report.version == artifact.version and report.state == "Failed"
+
+
+def _progress(namespace: str, name: str, spec: EdgeModelSpec, steps: list[RolloutStep],
+              targeted: list[DeviceView], stable: ArtifactStatus, current: RolloutStatus,
+              history: list[HistoryEntry], events: list[RolloutEvent], approved: int,
+              now: datetime) -> RolloutDecision:
+    """Moves the cohort forward within maxUnavailable, and through the step's gates."""
+    target = current.target
+    keys = {device.name: rank_key(namespace, name, device.name) for device in targeted}
+    ranked = sorted(targeted, key=lambda device: keys[device.name])
+    budget = max_unavailable(spec.rollout.max_unavailable, len(ranked))
+    timeout_s = spec.rollout.offline_timeout_seconds
+    # The steps may have been edited mid-rollout: keep the step number within them.
+    current = current.model_copy(update={"steps": len(steps),
+                                         "step": min(current.step, len(steps))})
+
+    for _ in range(len(steps)):  # a step whose gates are open hands over at once
+        step = steps[current.step - 1]
+        where = f"step {current.step}/{current.steps}"
+        goal = math.ceil(step.percent * len(ranked) / 100)
+        cohort = [d for d in ranked if in_cohort(keys[d.name], current.cohort_limit)]
+        failed = [d for d in cohort if _failed_on(d, name, target)]
+        if failed:
+            return _breach(spec, stable, current, history, events, now, where, failed, name)
+        away_s = {d.name: _away_for(d, current.started_at, now) for d in ranked}
+        skipped = [d for d in cohort
+                   if not _ready_on(d, name, target) and away_s[d.name] > timeout_s]
+        switching = [d for d in cohort
+                     if not _ready_on(d, name, target) and d not in skipped]
+        room = min(budget - len(switching), goal - len(cohort))
+        if room > 0:
+            added = [d for d in ranked if not in_cohort(keys[d.name], current.cohort_limit)]
+            added = added[:room]
+            current = current.model_copy(update={"cohort_limit": keys[added[-1].name]})
+            cohort += added
+            switching += added
+        if len(cohort) < goal or switching:
+            waits = [timeout_s - away_s[d.name] for d in switching if away_s[d.name] > 0]
+            ready = len(cohort) - len(switching) - len(skipped)
+            return RolloutDecision(stable, current, history, (
+                "True", "StepInProgress",
+                f"{where}: {ready} of {goal} devices serve {target.version}"
+                + (f"; waiting for {_names(switching)}" if len(switching) <= 5 else "")),
+                events, min(waits) if waits else None)
+
+        if current.step_ready_at is None:
+            current = current.model_copy(update={"step_ready_at": now})
+            if skipped:
+                events.append(RolloutEvent("Warning", "DevicesSkipped", (
+                    f"{where} goes on without {len(skipped)} devices offline for more than "
+                    f"{timeout_s}s: {_names(skipped)}")))
+        assert current.step_ready_at is not None
+        if step.pause_seconds:
+            remaining = (current.step_ready_at - now).total_seconds() + step.pause_seconds
+            if remaining > 0:
+                return RolloutDecision(stable, current, history, (
+                    "True", "PauseInProgress",
+                    f"{where} is ready; the next step starts in {math.ceil(remaining)}s"),
+                    events, remaining)
+        if step.manual_approval and approved < current.step:
+            events.append(RolloutEvent("Normal", "AwaitingApproval",
+                                       f"{where} is ready and waits for approval"))
+            return RolloutDecision(stable, current, history, (
+                "True", "AwaitingApproval",
+                f"{where} is ready; approve it with: kubectl annotate edgemodel {name} "
+                f"-n {namespace} {APPROVAL_ANNOTATION}={current.step} --overwrite"), events)
+
+        if current.step == len(steps):
+            return RolloutDecision(
+                target, None, _history(history, target, "Promoted", now),
+                ("True", "RolloutComplete", f"devices serve stable version {target.version}"),
+                [*events, RolloutEvent("Normal", "Promoted", (
+                    f"version {target.version} is stable, replacing {stable.version}"))])
+        current = current.model_copy(update={
+            "step": current.step + 1, "step_started_at": now, "step_ready_at": None})
+        next_step = steps[current.step - 1]
+        events.append(RolloutEvent("Normal", "StepStarted", (
+            f"step {current.step}/{current.steps}: {next_step.percent}% of devices "
+            f"({math.ceil(next_step.percent * len(ranked) / 100)} of {len(ranked)}) "
+            f"to {target.version}")))
+    raise AssertionError("unreachable: the last step promotes or waits")
+
+
+def _away_for(device: DeviceView, rollout_started: datetime, now: datetime) -> float:
+    """Seconds a device has been away during this rollout; 0 while it is online."""
+    if device.phase == "Online":
+        return 0.0
+    since = max(device.last_seen or rollout_started, rollout_started)
+    return (now - since).total_seconds()
+
+
+def _breach(spec: EdgeModelSpec, stable: ArtifactStatus, current: RolloutStatus,
+            history: list[HistoryEntry], events: list[RolloutEvent], now: datetime,
+            where: str, failed: list[DeviceView], name: str) -> RolloutDecision:
+    reports = [f"{d.name} ({d.models[name].message})" if d.models[name].message else d.name
+               for d in failed]
+    cause = (f"{where}: {len(failed)} devices failed on {current.target.version}: "
+             f"{'; '.join(reports)}")
+    if spec.rollout.auto_rollback:
+        message = f"{cause}; rolled back to {stable.version}"
+        current = current.model_copy(update={"state": "RolledBack", "message": message})
+        return RolloutDecision(stable, current,
+                               _history(history, current.target, "RolledBack", now, cause),
+                               ("False", "RolledBack", message),
+                               [*events, RolloutEvent("Warning", "RolledBack", message)])
+    message = (f"{cause}; halted where it stands (autoRollback is off): set spec.version "
+               f"back to {stable.version} or to a fixed version")
+    current = current.model_copy(update={"state": "Halted", "message": message})
+    return RolloutDecision(stable, current, history, ("False", "Halted", message),
+                           [*events, RolloutEvent("Warning", "Halted", message)])
+
+
+def _names(devices: list[DeviceView]) -> str:
+    shown = ", ".join(d.name for d in devices[:10])
+    return shown + (f" and {len(devices) - 10} more" if len(devices) > 10 else "")

@@ -1,0 +1,52 @@
+"""What the operator knows of the fleet, as plain values: the planner and the rollout
+logic decide on these; fleet.py builds them from the watched objects."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from edgefleet.operator.resources import DevicePhase, EdgeModelSpec, EdgeModelStatus
+
+
+@dataclass(frozen=True)
+class ArtifactCheck:
+    """Whether the model's artifact is fetched and verified, and if not, why."""
+
+    ready: bool
+    reason: str
+    message: str = ""
+    digest: str = ""
+    size: int = 0
+
+
+@dataclass(frozen=True)
+class ReportedModel:
+    """What a device says it holds of one model."""
+
+    version: str
+    state: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    """One EdgeDevice as the fleet index keeps it: only what planning needs."""
+
+    name: str
+    labels: Mapping[str, str]
+    models: Mapping[str, ReportedModel] = field(default_factory=dict)
+    phase: DevicePhase = "Pending"
+    last_seen: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """One EdgeModel as the fleet index keeps it: only what assignment needs."""
+
+    name: str
+    spec: EdgeModelSpec
+    # Its status as last written (what devices serve follows from it); empty until then.
+    status: EdgeModelStatus = field(default_factory=EdgeModelStatus)
+    deleting: bool = False

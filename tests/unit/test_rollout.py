@@ -1,0 +1,229 @@
+"""Rollout decisions over simulated fleets: cohorts, steps, gates, breaches."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from edgefleet.operator import planner, rollout
+from edgefleet.operator.resources import ArtifactStatus, EdgeModelSpec, EdgeModelStatus
+from edgefleet.operator.views import ArtifactCheck, DeviceView, ReportedModel
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+NAMESPACE, MODEL = "fleet", "digits"
+OLD = ArtifactStatus(version="1.0", digest="sha256:" + "b" * 64, size_bytes=5)
+NEW_SHA = "a" * 64
+NEW = ArtifactCheck(True, "Verified", "verified", digest="sha256:" + NEW_SHA, size=7)
+STABLE = EdgeModelStatus(stable_version="1.0", stable_artifact=OLD, artifact=OLD)
+DEVICES = [f"cam-{i:02d}" for i in range(10)]
+
+
+def spec(**rollout_fields: Any) -> EdgeModelSpec:
+    return EdgeModelSpec.model_validate({
+        "version": "2.0", "source": {"uri": "file:///m.onnx", "sha256": NEW_SHA},
+        "selector": {}, "rollout": rollout_fields})
+
+
+CANARY = {"strategy": "Canary", "maxUnavailable": "100%",
+          "steps": [{"percent": 10}, {"percent": 50}, {"percent": 100}]}
+
+
+def ranked(names: list[str] = DEVICES) -> list[str]:
+    return sorted(names, key=lambda name: rollout.rank_key(NAMESPACE, MODEL, name))
+
+
+def fleet(status: EdgeModelStatus, names: list[str] = DEVICES, *, state: str = "Ready",
+          failing: frozenset[str] = frozenset(), away: frozenset[str] = frozenset(),
+          stale: frozenset[str] = frozenset()) -> list[DeviceView]:
+    """Devices that report what the status assigns them (in `state`); `stale` ones
+    still report the stable version, `failing` ones fail on the target, `away` ones
+    are offline and report the stable version."""
+    views = []
+    for name in names:
+        assigned = rollout.assigned_artifact(NAMESPACE, MODEL, name, status)
+        assert assigned is not None
+        report = ReportedModel(assigned.version, state)
+        if name in stale or name in away:
+            report = ReportedModel(OLD.version, "Ready")
+        elif name in failing and assigned.version == "2.0":
+            report = ReportedModel("2.0", "Failed", "wrong output shape")
+        views.append(DeviceView(name=name, labels={}, models={MODEL: report},
+                                phase="Offline" if name in away else "Online",
+                                last_seen=NOW - timedelta(hours=1) if name in away else NOW))
+    return views
+
+
+def reconcile(model_spec: EdgeModelSpec, previous: EdgeModelStatus, devices: list[DeviceView],
+              now: datetime = NOW, approved: int = 0) -> planner.ModelPlan:
+    return planner.plan_model_status(
+        namespace=NAMESPACE, name=MODEL, generation=2, spec=model_spec, devices=devices,
+        artifact=NEW, previous=previous, approved_step=approved, now=now)
+
+
+def on_target(status: EdgeModelStatus, names: list[str] = DEVICES) -> list[str]:
+    return [name for name in names
+            if rollout.assigned_artifact(NAMESPACE, MODEL, name, status) != OLD]
+
+
+def condition(status: EdgeModelStatus, type_: str) -> tuple[str, str, str]:
+    found = next(c for c in status.conditions if c.type == type_)
+    return found.status, found.reason, found.message
+
+
+def test_a_good_version_passes_a_three_step_canary_in_rank_order() -> None:
+    model_spec, status = spec(**CANARY), STABLE
+    order, seen_steps, reasons = ranked(), [], []
+    for _ in range(10):
+        plan = reconcile(model_spec, status, fleet(status))
+        status = plan.status
+        reasons += [event.reason for event in plan.events]
+        if status.rollout is None:
+            break
+        seen_steps.append(status.step_summary)
+        # The cohort is always a prefix of the ranking, of the step's size.
+        percent = CANARY["steps"][status.rollout.step - 1]["percent"]  # type: ignore[index]
+        assert sorted(on_target(status)) == sorted(order[:math.ceil(percent * 10 / 100)])
+    assert status.rollout is None and status.stable_version == "2.0"
+    assert status.phase == "Healthy" and on_target(status) == DEVICES
+    assert seen_steps[0] == "1/3" and "3/3" in seen_steps
+    assert reasons[0] == "RolloutStarted" and reasons[-1] == "Promoted"
+    assert reasons.count("StepStarted") == 2
+    assert [(h.version, h.outcome) for h in status.history] == [("2.0", "Promoted")]
+
+
+def test_reconciling_again_changes_nothing() -> None:
+    """A restarted operator recomputes the same status from the same fleet."""
+    first = reconcile(spec(**CANARY), STABLE, fleet(STABLE, stale=frozenset(DEVICES)))
+    again = reconcile(spec(**CANARY), first.status, fleet(first.status,
+                                                          stale=frozenset(DEVICES)))
+    assert again.status == first.status and again.events == []
+    assert first.status.step_summary == "1/3"
+
+
+def test_devices_joining_never_reshuffle_the_cohort() -> None:
+    status = reconcile(spec(**CANARY), STABLE, fleet(STABLE)).status
+    cohort = on_target(status)
+    more = [*DEVICES, *(f"late-{i}" for i in range(5))]
+    assert [name for name in on_target(status, more) if name in DEVICES] == cohort
+
+
+def test_max_unavailable_bounds_devices_switching_at_once() -> None:
+    model_spec = spec(strategy="AllAtOnce", maxUnavailable=3)
+    status, done = STABLE, frozenset[str]()
+    for _ in range(10):
+        switching = [n for n in on_target(status) if n not in done]
+        assert len(switching) <= 3
+        done |= set(switching[:2])  # two devices finish between reconciles
+        devices = fleet(status, stale=frozenset(on_target(status)) - done)
+        status = reconcile(model_spec, status, devices).status
+        if status.rollout is None:
+            break
+    assert status.stable_version == "2.0"
+
+
+def test_a_failed_device_rolls_the_fleet_back_and_says_why() -> None:
+    status = reconcile(spec(**CANARY), STABLE, fleet(STABLE, state="Loading")).status
+    (first,) = on_target(status)
+    plan = reconcile(spec(**CANARY), status, fleet(status, failing=frozenset([first])))
+    status = plan.status
+    assert status.phase == "RolledBack" and on_target(status) == []
+    assert status.stable_version == "1.0"
+    _, reason, message = condition(status, "Progressing")
+    assert reason == "RolledBack"
+    assert first in message and "wrong output shape" in message and "1.0" in message
+    assert [e.reason for e in plan.events] == ["RolledBack"]
+    assert status.history[-1].outcome == "RolledBack"
+    # It stays rolled back until the spec changes.
+    assert reconcile(spec(**CANARY), status, fleet(status)).status.phase == "RolledBack"
+
+
+def test_without_auto_rollback_a_breach_halts_where_it_stands() -> None:
+    model_spec = spec(**CANARY, autoRollback=False)
+    status = reconcile(model_spec, STABLE, fleet(STABLE, state="Loading")).status
+    cohort = on_target(status)
+    status = reconcile(model_spec, status, fleet(status, failing=frozenset(cohort))).status
+    assert status.phase == "Paused" and on_target(status) == cohort
+    assert condition(status, "Progressing")[1] == "Halted"
+
+
+def test_a_pause_step_waits_its_seconds_and_asks_to_be_woken() -> None:
+    model_spec = spec(strategy="Canary", steps=[{"percent": 10, "pauseSeconds": 60},
+                                                {"percent": 100}])
+    status = reconcile(model_spec, STABLE, fleet(STABLE)).status
+    plan = reconcile(model_spec, status, fleet(status))
+    assert condition(plan.status, "Progressing")[1] == "PauseInProgress"
+    assert plan.recheck_after_s == 60
+    later = reconcile(model_spec, plan.status, fleet(plan.status),
+                      now=NOW + timedelta(seconds=61))
+    assert later.status.rollout is not None and later.status.rollout.step == 2
+
+
+def test_a_manual_gate_waits_for_the_annotation() -> None:
+    model_spec = spec(strategy="Canary", steps=[{"percent": 10, "manualApproval": True},
+                                                {"percent": 100}])
+    status = reconcile(model_spec, STABLE, fleet(STABLE)).status
+    status = reconcile(model_spec, status, fleet(status)).status
+    _, reason, message = condition(status, "Progressing")
+    assert reason == "AwaitingApproval"
+    assert "kubectl annotate edgemodel digits -n fleet edgefleet.io/approved-step=1" in message
+    assert reconcile(model_spec, status, fleet(status), approved=0).status == status
+    approved = reconcile(model_spec, status, fleet(status), approved=1).status
+    assert approved.rollout is not None and approved.rollout.step == 2
+
+
+def test_paused_freezes_the_cohort_and_unpausing_continues() -> None:
+    status = reconcile(spec(**CANARY), STABLE, fleet(STABLE)).status
+    cohort = on_target(status)
+    paused = reconcile(spec(**CANARY, paused=True), status, fleet(status)).status
+    assert paused.phase == "Paused" and on_target(paused) == cohort
+    assert condition(paused, "Progressing")[:2] == ("Unknown", "Paused")
+    resumed = reconcile(spec(**CANARY), paused, fleet(paused)).status
+    assert len(on_target(resumed)) > len(cohort)
+
+
+def test_offline_devices_hold_a_step_only_until_the_timeout() -> None:
+    model_spec = spec(**CANARY, offlineTimeoutSeconds=120)
+    status = reconcile(model_spec, STABLE, fleet(STABLE)).status
+    (first,) = on_target(status)
+    away = frozenset([first])
+    plan = reconcile(model_spec, status, fleet(status, away=away),
+                     now=NOW + timedelta(seconds=60))
+    assert plan.status.rollout is not None and plan.status.rollout.step == 1
+    assert plan.recheck_after_s == 60
+    plan = reconcile(model_spec, plan.status, fleet(plan.status, away=away),
+                     now=NOW + timedelta(seconds=121))
+    assert plan.status.rollout is not None and plan.status.rollout.step == 2
+    skipped = next(e for e in plan.events if e.reason == "DevicesSkipped")
+    assert first in skipped.message and skipped.type == "Warning"
+
+
+def test_returning_the_spec_to_the_stable_version_stops_the_rollout() -> None:
+    status = reconcile(spec(**CANARY), STABLE, fleet(STABLE)).status
+    back = EdgeModelSpec.model_validate({
+        "version": "1.0", "source": {"uri": "file:///m.onnx", "sha256": "b" * 64},
+        "selector": {}, "rollout": CANARY})
+    plan = planner.plan_model_status(
+        namespace=NAMESPACE, name=MODEL, generation=3, spec=back, devices=fleet(status),
+        artifact=ArtifactCheck(True, "Verified", "", digest=OLD.digest, size=5),
+        previous=status, approved_step=0, now=NOW)
+    assert plan.status.rollout is None and on_target(plan.status) == []
+    assert plan.status.history[-1].outcome == "Superseded"
+    assert [e.reason for e in plan.events] == ["RolloutStopped"]
+
+
+def test_percent_max_unavailable_rounds_down_but_lets_one_through() -> None:
+    assert rollout.max_unavailable("25%", 10) == 2
+    assert rollout.max_unavailable("10%", 3) == 1
+    assert rollout.max_unavailable("0%", 10) == 0
+    assert rollout.max_unavailable(4, 10) == 4
+
+
+def test_a_canary_short_of_100_percent_ends_with_an_implied_full_step() -> None:
+    steps = rollout.effective_steps(spec(strategy="Canary", steps=[{"percent": 20}]).rollout)
+    assert [s.percent for s in steps] == [20, 100]
+
+
+def test_an_unreadable_approval_annotation_approves_nothing() -> None:
+    assert rollout.approved_step({"edgefleet.io/approved-step": "two"}) == 0
+    assert rollout.approved_step({"edgefleet.io/approved-step": "2"}) == 2
