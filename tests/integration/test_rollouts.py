@@ -1,0 +1,190 @@
+"""Staged rollouts end to end: a real control plane, the operator and `edgefleet-edge run`
+processes. Six devices serve version 1 (y = x); each test rolls out version 2
+(y = 2x, or a broken one) and watches the devices move."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import testmodels
+
+from tests.conftest import Fleet
+from tests.helpers import eventually, printed_row
+from tests.integration.test_edge_cloud_link import answer, edge_model, publish, reported
+from tests.integration.test_operator import status_of, wait_status
+
+pytestmark = pytest.mark.integration
+
+DEVICES = [f"cam-{i}" for i in range(6)]
+
+
+def ranked(namespace: str) -> list[str]:
+    """The documented cohort order: devices by sha256 of namespace/model/device."""
+    return sorted(DEVICES, key=lambda device: hashlib.sha256(
+        f"{namespace}/digits/{device}".encode()).hexdigest())
+
+
+def serving_version_1(fleet: Fleet) -> None:
+    for name in DEVICES:
+        fleet.add_device(name, site="plant-7")
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(fleet.start, DEVICES))
+    uri, sha = publish(fleet.root, testmodels.scaled(1.0))
+    fleet.kube.create("edgemodels", fleet.namespace,
+                      edge_model("digits", "1", uri, sha, site="plant-7"))
+    wait_status(fleet.kube, "edgemodels", fleet.namespace, "digits",
+                {"phase": "Healthy", "stableVersion": "1", "readySummary": "6/6"}, timeout=90)
+
+
+def roll_out(fleet: Fleet, model: bytes, rollout: dict[str, Any]) -> None:
+    uri, sha = publish(fleet.root, model)
+    fleet.kube.patch("edgemodels", fleet.namespace, "digits", {"spec": {
+        "version": "2", "source": {"uri": uri, "sha256": sha}, "rollout": rollout}})
+
+
+def versions(fleet: Fleet) -> dict[str, tuple[str, str]]:
+    """What each device reports it holds of the model: (version, state)."""
+    held = {}
+    for name in DEVICES:
+        (model,) = reported(fleet.kube, fleet.namespace, name) or [{"version": "", "state": ""}]
+        held[name] = (model["version"], model["state"])
+    return held
+
+
+def on_version_2(fleet: Fleet) -> list[str]:
+    return sorted(n for n, (version, state) in versions(fleet).items()
+                  if (version, state) == ("2", "Ready"))
+
+
+def approve(fleet: Fleet, step: int) -> None:
+    """The command the AwaitingApproval message and the README give."""
+    fleet.kube.kubectl("annotate", "edgemodel", "digits", "-n", fleet.namespace,
+                       f"edgefleet.io/approved-step={step}", "--overwrite")
+
+
+def rollout_status(fleet: Fleet) -> dict[str, Any]:
+    return dict(status_of(fleet.kube, "edgemodels", fleet.namespace, "digits").get("rollout")
+                or {})
+
+
+def reasons(fleet: Fleet) -> list[str]:
+    return [event.reason for event in fleet.kube.events(fleet.namespace, "digits")]
+
+
+def test_a_good_version_passes_a_three_step_canary_in_ranked_cohorts(fleet: Fleet) -> None:
+    serving_version_1(fleet)
+    steps = [{"percent": 20, "manualApproval": True}, {"percent": 50, "manualApproval": True},
+             {"percent": 100}]
+    roll_out(fleet, testmodels.scaled(2.0), {"strategy": "Canary", "steps": steps,
+                                             "maxUnavailable": "100%"})
+    order = ranked(fleet.namespace)
+    for step, percent in ((1, 20), (2, 50)):
+        cohort = sorted(order[:math.ceil(percent * len(DEVICES) / 100)])
+        eventually(lambda c=cohort: on_version_2(fleet) == c, timeout=60,
+                   what=f"step {step}: {cohort} on version 2 (now {versions(fleet)})")
+        wait_status(fleet.kube, "edgemodels", fleet.namespace, "digits",
+                    {"phase": "Progressing", "stepSummary": f"{step}/3"})
+        printed = printed_row(fleet.kube.kubectl("get", "em", "digits", "-n",
+                                                 fleet.namespace).stdout)
+        assert (printed["STEP"], printed["UPDATED"]) == (f"{step}/3", f"{len(cohort)}/6")
+        for name in DEVICES:  # the cohort answers with version 2, the rest with 1
+            assert answer(fleet.edges[name], "digits") == (2.0 if name in cohort else 1.0)
+        time.sleep(2)  # a gate holds: nothing moves until it is approved
+        assert on_version_2(fleet) == cohort
+        approve(fleet, step)
+
+    status = wait_status(fleet.kube, "edgemodels", fleet.namespace, "digits",
+                         {"phase": "Healthy", "stableVersion": "2", "readySummary": "6/6"},
+                         timeout=60)
+    assert on_version_2(fleet) == sorted(DEVICES)
+    assert [(h["version"], h["outcome"]) for h in status["history"]] == [
+        ("1", "Promoted"), ("2", "Promoted")]
+    seen = reasons(fleet)
+    for reason in ("RolloutStarted", "AwaitingApproval", "StepStarted", "Promoted"):
+        assert reason in seen
+
+
+def test_a_version_that_fails_on_devices_is_rolled_back_at_the_first_step(
+    fleet: Fleet,
+) -> None:
+    serving_version_1(fleet)
+    broken = b"not an onnx model"  # verifies (its sha256 is right) but cannot load
+    roll_out(fleet, broken, {"strategy": "Canary", "maxUnavailable": "100%",
+                             "steps": [{"percent": 34}, {"percent": 100}]})
+    status = wait_status(fleet.kube, "edgemodels", fleet.namespace, "digits",
+                         {"phase": "RolledBack"}, timeout=60)
+    (progressing,) = [c for c in status["conditions"] if c["type"] == "Progressing"]
+    assert progressing["reason"] == "RolledBack" and "step 1/2" in progressing["message"]
+    assert "rolled back to 1" in progressing["message"]
+    assert status["history"][-1]["outcome"] == "RolledBack"
+    assert "RolledBack" in reasons(fleet)
+    # Every device ends on the stable version and answers with it.
+    eventually(lambda: set(versions(fleet).values()) == {("1", "Ready")}, timeout=60,
+               what=f"every device back on version 1 (now {versions(fleet)})")
+    for name in DEVICES:
+        assert answer(fleet.edges[name], "digits") == 1.0
+
+
+def test_paused_holds_the_rollout_and_unpausing_completes_it(fleet: Fleet) -> None:
+    serving_version_1(fleet)
+    roll_out(fleet, testmodels.scaled(2.0), {"strategy": "Canary", "paused": True,
+                                             "steps": [{"percent": 50}, {"percent": 100}]})
+    wait_status(fleet.kube, "edgemodels", fleet.namespace, "digits", {"phase": "Paused"})
+    time.sleep(3)
+    assert on_version_2(fleet) == []
+    fleet.kube.patch("edgemodels", fleet.namespace, "digits",
+                     {"spec": {"rollout": {"paused": False}}})
+    wait_status(fleet.kube, "edgemodels", fleet.namespace, "digits",
+                {"phase": "Healthy", "stableVersion": "2"}, timeout=90)
+    assert on_version_2(fleet) == sorted(DEVICES)
+
+
+def test_a_restarted_operator_resumes_at_the_same_step_with_the_same_cohort(
+    fleet: Fleet,
+) -> None:
+    serving_version_1(fleet)
+    roll_out(fleet, testmodels.scaled(2.0), {
+        "strategy": "Canary", "maxUnavailable": "100%",
+        "steps": [{"percent": 50, "manualApproval": True}, {"percent": 100}]})
+    cohort = sorted(ranked(fleet.namespace)[:3])
+    eventually(lambda: on_version_2(fleet) == cohort, timeout=60,
+               what=f"{cohort} on version 2 (now {versions(fleet)})")
+    wait_status(fleet.kube, "edgemodels", fleet.namespace, "digits", {"stepSummary": "1/2"})
+    before = rollout_status(fleet)
+
+    fleet.restart_operator()
+    eventually(lambda: all(fleet.kube.get("edgedevices", fleet.namespace, n)["status"]
+                           .get("phase") == "Online" for n in DEVICES),
+               timeout=60, what="devices reconnected")
+    time.sleep(3)  # the new operator has reconciled everything by now
+    assert rollout_status(fleet) == before
+    assert on_version_2(fleet) == cohort
+
+    approve(fleet, 1)
+    wait_status(fleet.kube, "edgemodels", fleet.namespace, "digits",
+                {"phase": "Healthy", "stableVersion": "2"}, timeout=60)
+
+
+def test_max_unavailable_is_never_exceeded(fleet: Fleet) -> None:
+    serving_version_1(fleet)
+    roll_out(fleet, testmodels.scaled(2.0), {"strategy": "AllAtOnce", "maxUnavailable": 1})
+    most_switching, samples = 0, 0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        held = versions(fleet)
+        switching = [n for n, (version, state) in held.items()
+                     if version == "2" and state != "Ready"]
+        most_switching, samples = max(most_switching, len(switching)), samples + 1
+        if all(value == ("2", "Ready") for value in held.values()):
+            break
+        time.sleep(0.05)
+    print(f"\nmaxUnavailable 1: at most {most_switching} devices switching in {samples} samples")
+    assert on_version_2(fleet) == sorted(DEVICES), versions(fleet)
+    assert samples > 10 and most_switching <= 1
+    wait_status(fleet.kube, "edgemodels", fleet.namespace, "digits",
+                {"phase": "Healthy", "stableVersion": "2"}, timeout=30)
