@@ -24,6 +24,7 @@ from edgefleet.edge_runtime.config import BatchingConfig, RuntimeConfig
 from edgefleet.edge_runtime.engine import Engine
 from edgefleet.edge_runtime.errors import InferenceError
 from edgefleet.edge_runtime.settings import RunSettings
+from edgefleet.edge_runtime.stats import LATENCY_BOUNDS_S, VersionStats
 from edgefleet.edge_runtime.store import Store, StoredModel
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 
@@ -48,6 +49,13 @@ def stored(assignment: pb.ModelAssignment) -> StoredModel:
         inter_op_threads=runtime.inter_op_threads,
         max_batch_size=max(1, runtime.max_batch_size),
         max_delay_micros=runtime.max_delay_micros)
+
+
+def stats_message(model: str, version: str, stats: VersionStats) -> pb.VersionStats:
+    return pb.VersionStats(
+        model=model, version=version, requests=stats.requests, errors=stats.errors,
+        latency_bounds_seconds=LATENCY_BOUNDS_S, latency_counts=stats.latency_counts,
+        top_class_counts=stats.top_class_counts.tolist() if stats.classifies else [])
 
 
 def capabilities() -> pb.Capabilities:
@@ -162,10 +170,14 @@ class CloudAgent:
                 await asyncio.wait_for(self._changed.wait(), self.settings.heartbeat_seconds)
                 self._changed.clear()
                 await call.write(pb.DeviceMessage(report=pb.StateReport(
-                    models=self.models.values(), applied_revision=self.state.revision)))
+                    models=self.models.values(), applied_revision=self.state.revision,
+                    stats=self._stats())))
             except TimeoutError:
                 await call.write(pb.DeviceMessage(heartbeat=pb.Heartbeat(
-                    models=self.models.values())))
+                    models=self.models.values(), stats=self._stats())))
+
+    def _stats(self) -> list[pb.VersionStats]:
+        return [stats_message(*entry) for entry in self.engine.stats()]
 
     # ------------------------------------------------------------ applying
 

@@ -24,7 +24,8 @@ import numpy as np
 from edgefleet.edge_runtime import telemetry
 from edgefleet.edge_runtime.batching import Batcher, Tensors
 from edgefleet.edge_runtime.config import RuntimeConfig
-from edgefleet.edge_runtime.errors import InferenceError
+from edgefleet.edge_runtime.errors import ErrorCode, InferenceError
+from edgefleet.edge_runtime.stats import VersionStats
 from edgefleet.edge_runtime.tensors import NUMPY_DTYPES, ONNX_TYPES, TensorSpec
 
 if TYPE_CHECKING:
@@ -132,6 +133,7 @@ class ModelVersion:
     outputs: list[TensorSpec]
     runtime: RuntimeConfig
     metrics: telemetry.VersionMetrics
+    stats: VersionStats = field(default_factory=VersionStats)
     batcher: Batcher | None = None
     in_flight: int = 0
     # Warm-up timing: the cheapest run seen and the input elements it had, to estimate
@@ -189,6 +191,11 @@ class Engine:
 
     def routes(self, name: str) -> dict[str, float]:
         return dict(self._routes.get(name, {}))
+
+    def stats(self) -> list[tuple[str, str, VersionStats]]:
+        """(model, version, statistics) of every loaded version."""
+        return [(name, version, loaded.stats) for name, versions in sorted(self._versions.items())
+                for version, loaded in sorted(versions.items())]
 
     async def load(self, name: str, version: str, path: Path, runtime: RuntimeConfig,
                    digest: str = "") -> ModelVersion:
@@ -321,6 +328,8 @@ class Engine:
                 queue_s = time.perf_counter() - started - compute_s
         except InferenceError as error:
             error.version = model.version
+            if error.code is ErrorCode.INTERNAL:
+                model.stats.failed()
             raise
         finally:
             self._in_flight -= 1
@@ -331,7 +340,9 @@ class Engine:
         metrics.queue_seconds.observe(max(queue_s, 0.0))
         metrics.compute_seconds.observe(compute_s)
         metrics.succeeded.inc()
-        metrics.request_seconds.observe(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        metrics.request_seconds.observe(seconds)
+        model.stats.answered(seconds, outputs[model.outputs[0].name])
         wanted = request.outputs or [spec.name for spec in model.outputs]
         datatypes = {spec.name: spec.datatype for spec in model.outputs}
         return InferResponse(

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge, Histogram
 
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                   0.25, 0.5, 1.0, 2.5)
+from edgefleet.edge_runtime.stats import LATENCY_BOUNDS_S
+
+LATENCY_BUCKETS = LATENCY_BOUNDS_S
 
 REQUESTS = Counter("edgefleet_inference_requests", "Inference requests by outcome",
                    ["model", "version", "outcome"])

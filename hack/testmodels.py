@@ -62,6 +62,47 @@ def scaled(factor: float, width: int = 4) -> bytes:
         initializer=[k]))
 
 
+def flaky_scaled(factor: float) -> bytes:
+    """y = x * factor on [-1, 4] FP32, like `scaled`, except that a row whose first
+    element is 4 or more fails inside ONNX Runtime (it indexes a 4-row table)."""
+    table = numpy_helper.from_array(np.ones((4, 4), dtype=np.float32), "table")
+    k = numpy_helper.from_array(np.array(factor, dtype=np.float32), "k")
+    first = numpy_helper.from_array(np.array([0], dtype=np.int64), "first")
+    return _model(helper.make_graph([
+        helper.make_node("Gather", ["x", "first"], ["column"], axis=1),  # [batch, 1]
+        helper.make_node("Cast", ["column"], ["index"], to=TensorProto.INT64),
+        helper.make_node("Squeeze", ["index", "one"], ["rows"]),
+        helper.make_node("Gather", ["table", "rows"], ["ones"], axis=0),  # [batch, 4]
+        helper.make_node("Mul", ["x", "ones"], ["same"]),
+        helper.make_node("Mul", ["same", "k"], ["y"]),
+    ], "flaky_scaled",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[table, k, first,
+                     numpy_helper.from_array(np.array([1], dtype=np.int64), "one")]))
+
+
+def slow_scaled(factor: float, width: int = 2048, matmuls: int = 400) -> bytes:
+    """y = x * factor on [-1, 4] FP32, like `scaled`, after `matmuls` products of a
+    `width`-wide row by a square matrix, whose result is added times zero: the same
+    answers, much later (about 50 ms a row on the development machine)."""
+    weights = numpy_helper.from_array(np.eye(width, dtype=np.float32), "w")
+    k = numpy_helper.from_array(np.array(factor, dtype=np.float32), "k")
+    zero = numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero")
+    repeats = numpy_helper.from_array(np.array([1, width // 4], dtype=np.int64), "repeats")
+    nodes = [helper.make_node("Tile", ["x", "repeats"], ["h0"])]
+    nodes += [helper.make_node("MatMul", [f"h{i}", "w"], [f"h{i + 1}"]) for i in range(matmuls)]
+    nodes += [helper.make_node("ReduceMean", [f"h{matmuls}"], ["mean"], axes=[1]),
+              helper.make_node("Mul", ["mean", "zero"], ["nothing"]),
+              helper.make_node("Mul", ["x", "k"], ["scaled"]),
+              helper.make_node("Add", ["scaled", "nothing"], ["y"])]
+    return _model(helper.make_graph(
+        nodes, "slow_scaled",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        initializer=[weights, k, zero, repeats]))
+
+
 def mlp(features: int = 64, hidden: int = 128, classes: int = 10, seed: int = 0) -> bytes:
     """A two-layer perceptron with a dynamic batch dimension."""
     rng = np.random.default_rng(seed)

@@ -53,7 +53,7 @@ async def run(settings: OperatorSettings) -> int:
     artifacts = ArtifactCache(settings.artifact_cache_dir, settings.artifact_cache_max_bytes,
                               settings.artifact_max_bytes, settings.artifact_http_timeout_seconds)
     memo = handlers.OperatorMemo(
-        settings=settings, fleet=FleetChanges(), device_placements={},
+        settings=settings, fleet=FleetChanges(), device_placements={}, device_traffic={},
         status_api=client.CustomObjectsApi(api_client), clock=handlers.utc_now,
         artifacts=artifacts, directory=directory,
     )

@@ -16,7 +16,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edgefleet.operator.resources import EdgeModelSpec, EdgeModelStatus
+from edgefleet.operator.analysis import TrafficStats
+from edgefleet.operator.resources import EdgeModelSpec, EdgeModelStatus, VersionInference
 from edgefleet.operator.views import DeviceView, ModelView, ReportedModel
 
 
@@ -33,9 +34,19 @@ def device_view(name: str, labels: Mapping[str, str], status: Mapping[str, Any])
                 version=str(entry.get("version", "")), state=str(entry.get("state", "")),
                 message=str(entry.get("message", "")),
             )
+    traffic: dict[tuple[str, str], TrafficStats] = {}
+    for entry in status.get("inference") or []:
+        try:
+            seen = VersionInference.model_validate(entry)
+        except ValidationError:
+            continue
+        traffic[(seen.model, seen.version)] = TrafficStats(
+            seen.requests, seen.errors, tuple(seen.latency_bounds_seconds),
+            tuple(seen.latency_counts), tuple(seen.top_class_counts))
     return DeviceView(
         name=name, labels=dict(labels), models=models,
         phase=status.get("phase") or "Pending", last_seen=parse_time(status.get("lastSeen")),
+        traffic=traffic,
     )
 
 
@@ -59,6 +70,11 @@ def placement_key(namespace: str) -> str:
     """Changes that can move a model's placement or counts: models, device labels and
     what devices report they hold."""
     return f"placement/{namespace}"
+
+
+def traffic_key(namespace: str) -> str:
+    """Inference statistics reported by devices: what rollout analysis reads."""
+    return f"traffic/{namespace}"
 
 
 def device_key(namespace: str, name: str) -> str:

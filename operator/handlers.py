@@ -30,6 +30,7 @@ from edgefleet.operator.fleet import (
     model_view,
     parse_time,
     placement_key,
+    traffic_key,
 )
 from edgefleet.operator.gateway.directory import DeviceDirectory
 from edgefleet.operator.kubeapi import API_ERRORS
@@ -57,6 +58,7 @@ class OperatorMemo(kopf.Memo):
     settings: OperatorSettings
     fleet: FleetChanges
     device_placements: dict[tuple[str, str], object]  # what placement last saw per device
+    device_traffic: dict[tuple[str, str], object]  # the statistics last seen per device
     status_api: client.CustomObjectsApi
     clock: Clock
     artifacts: ArtifactCache
@@ -119,6 +121,10 @@ def device_changed(
     if memo.device_placements.get((namespace, name)) != placement:
         memo.device_placements[(namespace, name)] = placement
         memo.fleet.notify(placement_key(namespace))
+    traffic = None if type == "DELETED" else view.traffic
+    if memo.device_traffic.get((namespace, name)) != traffic:
+        memo.device_traffic[(namespace, name)] = traffic
+        memo.fleet.notify(traffic_key(namespace))
 
 
 # ---------------------------------------------------------------- status writes
@@ -127,9 +133,23 @@ def device_changed(
 async def write_status(
     memo: OperatorMemo, plural: str, namespace: str, name: str, status: Mapping[str, Any]
 ) -> None:
+    """Merges these fields into the status (EdgeDevice status has other writers)."""
     await asyncio.to_thread(
         memo.status_api.patch_namespaced_custom_object_status,
         GROUP, VERSION, namespace, plural, name, {"status": dict(status)},
+    )
+
+
+async def replace_status(
+    memo: OperatorMemo, plural: str, namespace: str, name: str, status: Mapping[str, Any]
+) -> None:
+    """Replaces the whole status (EdgeModel status is the model loop's alone): a merge
+    patch would keep the fields that became empty, such as a finished rollout."""
+    await asyncio.to_thread(
+        memo.status_api.patch_namespaced_custom_object_status,
+        GROUP, VERSION, namespace, plural, name,
+        [{"op": "add", "path": "/status", "value": dict(status)}],
+        _content_type="application/json-patch+json",
     )
 
 
@@ -273,7 +293,7 @@ async def keep_model_status(
         metrics.MODEL_PHASES.set(namespace, name, desired.phase)
         if dump(desired) == stored:
             return False
-        await write_status(memo, MODELS, namespace, name, dump(desired))
+        await replace_status(memo, MODELS, namespace, name, dump(desired))
         # Rollout Events tell of transitions, which always change the status: posted
         # after the write, so a restart (which recomputes the same status) repeats none.
         for event in events:
@@ -290,7 +310,7 @@ async def keep_model_status(
 
     try:
         await run_status_loop(resource="EdgeModel", namespace=namespace, name=name,
-                              keys=[placement_key(namespace)],
+                              keys=[placement_key(namespace), traffic_key(namespace)],
                               stopped=stopped, memo=memo, reconcile=reconcile,
                               next_deadline=next_deadline)
     finally:

@@ -213,6 +213,17 @@ class ArtifactStatus(Resource):
     size_bytes: Count
 
 
+class AnalysisStatus(Resource):
+    """The last judgement of the candidate version's traffic (see analysis.py)."""
+
+    verdict: Literal["Pass", "Wait", "Fail"]
+    requests: Count
+    error_rate: float = Field(ge=0, le=1)
+    p99_latency_ms: float | None = Field(default=None, ge=0)
+    drift: float | None = Field(default=None, ge=0, description="Population stability index")
+    message: Message = ""
+
+
 class RolloutStatus(Resource):
     """The rollout in progress (or stopped) from the stable version to the spec's."""
 
@@ -230,6 +241,10 @@ class RolloutStatus(Resource):
     # version) or Halted (frozen where it stood, autoRollback being off).
     state: Literal["Progressing", "RolledBack", "Halted"] = "Progressing"
     message: Message = ""
+    analysis: AnalysisStatus | None = None
+    # The candidate's requests when the step began: each step waits for minRequests
+    # more of its own.
+    step_start_requests: Count = 0
 
 
 HistoryOutcome = Literal["Promoted", "RolledBack", "Superseded"]
@@ -295,6 +310,37 @@ class DeviceModelStatus(Resource):
     message: Message = ""
 
 
+LATENCY_COUNTS_RULE = ("size(self.latencyCounts) == 0 || "
+                       "size(self.latencyCounts) == size(self.latencyBoundsSeconds) + 1")
+
+
+class VersionInference(Resource):
+    """How one loaded model version answered on the device since it was loaded (the
+    device's heartbeats carry it; rollout analysis sums it over a cohort)."""
+
+    model_config = ConfigDict(json_schema_extra=cel(
+        LATENCY_COUNTS_RULE, "latencyCounts needs one count per bound and one above them"))
+
+    model: ObjectName
+    version: ShortText
+    requests: Count
+    errors: Count = Field(description="Requests that failed inside the model")
+    latency_bounds_seconds: list[float] = Field(default_factory=list, max_length=32)
+    latency_counts: list[Count] = Field(
+        default_factory=list, max_length=33,
+        description="Per bucket up to each bound; the last, above every bound")
+    top_class_counts: list[Count] = Field(
+        default_factory=list, max_length=64,
+        description="Answered rows per top class of the primary output")
+
+    @model_validator(mode="after")
+    def _one_count_per_bucket(self) -> VersionInference:
+        if self.latency_counts and len(self.latency_counts) != len(
+                self.latency_bounds_seconds) + 1:
+            raise ValueError("latencyCounts needs one count per bound and one above them")
+        return self
+
+
 DevicePhase = Literal["Pending", "Online", "Offline"]
 
 
@@ -303,6 +349,7 @@ class EdgeDeviceStatus(Resource):
     last_seen: datetime | None = None
     capabilities: Capabilities | None = None
     models: list[DeviceModelStatus] = Field(default_factory=list, max_length=64)
+    inference: list[VersionInference] = Field(default_factory=list, max_length=64)
     model_count: Count = Field(default=0, description="len(models), for the printer column")
     conditions: list[Condition] = Field(default_factory=list, max_length=16)
 

@@ -11,14 +11,18 @@ write however many devices it moves.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from edgefleet.operator import analysis
+from edgefleet.operator.analysis import TrafficStats
 from edgefleet.operator.resources import (
     APPROVAL_ANNOTATION,
+    AnalysisStatus,
     ArtifactStatus,
     ConditionStatus,
     EdgeModelSpec,
@@ -231,7 +235,20 @@ def _progress(namespace: str, name: str, spec: EdgeModelSpec, steps: list[Rollou
         cohort = [d for d in ranked if in_cohort(keys[d.name], current.cohort_limit)]
         failed = [d for d in cohort if _failed_on(d, name, target)]
         if failed:
-            return _breach(spec, stable, current, history, events, now, where, failed, name)
+            reports = [f"{d.name} ({d.models[name].message})" if d.models[name].message
+                       else d.name for d in failed]
+            return _breach(spec, stable, current, history, events, now, (
+                f"{where}: {len(failed)} devices failed on {target.version}: "
+                f"{'; '.join(reports)}"))
+        verdict = _judge(spec, name, stable, current, ranked, cohort)
+        if verdict:
+            current = current.model_copy(update={"analysis": AnalysisStatus(
+                verdict=verdict.outcome, requests=verdict.requests,
+                error_rate=verdict.error_rate, p99_latency_ms=verdict.p99_latency_ms,
+                drift=verdict.drift, message=verdict.message)})
+            if verdict.outcome == "Fail":
+                return _breach(spec, stable, current, history, events, now, (
+                    f"{where}: the analysis of {target.version} failed: {verdict.message}"))
         away_s = {d.name: _away_for(d, current.started_at, now) for d in ranked}
         skipped = [d for d in cohort
                    if not _ready_on(d, name, target) and away_s[d.name] > timeout_s]
@@ -267,6 +284,9 @@ def _progress(namespace: str, name: str, spec: EdgeModelSpec, steps: list[Rollou
                     "True", "PauseInProgress",
                     f"{where} is ready; the next step starts in {math.ceil(remaining)}s"),
                     events, remaining)
+        if verdict and verdict.outcome == "Wait":
+            return RolloutDecision(stable, current, history, (
+                "True", "AnalysisInProgress", f"{where} is ready; {verdict.message}"), events)
         if step.manual_approval and approved < current.step:
             events.append(RolloutEvent("Normal", "AwaitingApproval",
                                        f"{where} is ready and waits for approval"))
@@ -282,7 +302,8 @@ def _progress(namespace: str, name: str, spec: EdgeModelSpec, steps: list[Rollou
                 [*events, RolloutEvent("Normal", "Promoted", (
                     f"version {target.version} is stable, replacing {stable.version}"))])
         current = current.model_copy(update={
-            "step": current.step + 1, "step_started_at": now, "step_ready_at": None})
+            "step": current.step + 1, "step_started_at": now, "step_ready_at": None,
+            "step_start_requests": verdict.requests if verdict else 0})
         next_step = steps[current.step - 1]
         events.append(RolloutEvent("Normal", "StepStarted", (
             f"step {current.step}/{current.steps}: {next_step.percent}% of devices "
@@ -299,13 +320,30 @@ def _away_for(device: DeviceView, rollout_started: datetime, now: datetime) -> f
     return (now - since).total_seconds()
 
 
+def _judge(spec: EdgeModelSpec, name: str, stable: ArtifactStatus, current: RolloutStatus,
+           ranked: list[DeviceView], cohort: list[DeviceView]) -> analysis.Verdict | None:
+    """The analysis of the target's traffic on the cohort against the stable version's
+    on the whole fleet; None when the spec asks for none. A step waits for minRequests
+    requests of its own; error rate, latency and drift cover all the target's traffic."""
+    thresholds = spec.rollout.analysis
+    if thresholds is None:
+        return None
+    candidate = analysis.total(d.traffic.get((name, current.target.version), TrafficStats())
+                               for d in cohort)
+    baseline = analysis.total(d.traffic.get((name, stable.version), TrafficStats())
+                              for d in ranked)
+    verdict = analysis.analyze(thresholds, candidate, baseline)
+    step_requests = max(0, verdict.requests - current.step_start_requests)
+    if verdict.outcome == "Pass" and step_requests < thresholds.min_requests:
+        return dataclasses.replace(verdict, outcome="Wait", message=(
+            f"{step_requests} of the {thresholds.min_requests} requests this step needs; "
+            f"so far {verdict.message}"))
+    return verdict
+
+
 def _breach(spec: EdgeModelSpec, stable: ArtifactStatus, current: RolloutStatus,
             history: list[HistoryEntry], events: list[RolloutEvent], now: datetime,
-            where: str, failed: list[DeviceView], name: str) -> RolloutDecision:
-    reports = [f"{d.name} ({d.models[name].message})" if d.models[name].message else d.name
-               for d in failed]
-    cause = (f"{where}: {len(failed)} devices failed on {current.target.version}: "
-             f"{'; '.join(reports)}")
+            cause: str) -> RolloutDecision:
     if spec.rollout.auto_rollback:
         message = f"{cause}; rolled back to {stable.version}"
         current = current.model_copy(update={"state": "RolledBack", "message": message})

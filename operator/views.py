@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from edgefleet.operator.analysis import TrafficStats
 from edgefleet.operator.resources import DevicePhase, EdgeModelSpec, EdgeModelStatus
 
 
@@ -39,6 +40,8 @@ class DeviceView:
     models: Mapping[str, ReportedModel] = field(default_factory=dict)
     phase: DevicePhase = "Pending"
     last_seen: datetime | None = None
+    # What each loaded (model, version) has answered, as last reported.
+    traffic: Mapping[tuple[str, str], TrafficStats] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,17 @@ from typing import Any
 
 import grpc
 from kubernetes import client
+from pydantic import ValidationError
 
 from edgefleet.operator.artifacts import ArtifactCache
 from edgefleet.operator.gateway.directory import DeviceDirectory, DeviceEntry
 from edgefleet.operator.kubeapi import API_ERRORS
-from edgefleet.operator.resources import GROUP, VERSION
+from edgefleet.operator.resources import (
+    GROUP,
+    VERSION,
+    VersionInference,
+    describe_validation_error,
+)
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -41,14 +47,35 @@ def models_status(models: Any) -> list[dict[str, Any]]:
             for m in models]
 
 
+def inference_status(stats: Any, device: str) -> list[dict[str, Any]]:
+    """VersionStats messages as EdgeDevice status.inference entries. What does not fit
+    the schema (a buggy or hostile device) is dropped and logged, never written."""
+    entries = []
+    for item in list(stats)[:64]:
+        entry = {"model": item.model, "version": item.version, "requests": item.requests,
+                 "errors": item.errors,
+                 "latencyBoundsSeconds": list(item.latency_bounds_seconds),
+                 "latencyCounts": list(item.latency_counts),
+                 "topClassCounts": list(item.top_class_counts)}
+        try:
+            VersionInference.model_validate(entry)
+        except ValidationError as error:
+            logger.warning("device=%s: dropped inference stats of model=%s version=%s: %s",
+                           device, item.model[:64], item.version[:64],
+                           describe_validation_error(error, "stats"))
+            continue
+        entries.append(entry)
+    return entries
+
+
 def timestamp() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class DeviceStatusWriter:
     """Coalesces one device's reports into status writes: a change of what it holds is
-    written at once; a heartbeat that changes nothing refreshes lastSeen at most once
-    per interval."""
+    written at once; heartbeats refresh lastSeen and the inference statistics at most
+    once per interval."""
 
     def __init__(self, api: client.CustomObjectsApi, entry: DeviceEntry,
                  heartbeat_write_s: float) -> None:
@@ -56,6 +83,7 @@ class DeviceStatusWriter:
         self._entry = entry
         self._interval = heartbeat_write_s
         self._models: list[dict[str, Any]] | None = None
+        self._inference: list[dict[str, Any]] | None = None
         self._written_at = 0.0
 
     async def hello(self, message: pb.Hello) -> None:
@@ -65,19 +93,24 @@ class DeviceStatusWriter:
             "executionProviders": list(caps.execution_providers)[:16]}},
             models_status(message.models))
 
-    async def models(self, models: Any) -> None:
+    async def models(self, models: Any, stats: Any) -> None:
         status = models_status(models)
         if status != self._models or time.monotonic() - self._written_at >= self._interval:
-            await self._write({}, status)
+            await self._write({}, status, inference_status(stats, self._entry.name))
 
-    async def _write(self, fields: dict[str, Any], models: list[dict[str, Any]]) -> None:
+    async def _write(self, fields: dict[str, Any], models: list[dict[str, Any]],
+                     inference: list[dict[str, Any]] | None = None) -> None:
         body = {**fields, "lastSeen": timestamp()}
         if models != self._models:
             body["models"] = models
+        if inference is not None and inference != self._inference:
+            body["inference"] = inference
         await asyncio.to_thread(
             self._api.patch_namespaced_custom_object_status, GROUP, VERSION,
             self._entry.namespace, "edgedevices", self._entry.name, {"status": body})
         self._models, self._written_at = models, time.monotonic()
+        if inference is not None:
+            self._inference = inference
 
 
 def desired_message(entry: DeviceEntry) -> pb.CloudMessage:
@@ -175,9 +208,9 @@ class FleetGateway:
         async for message in requests:
             kind = message.WhichOneof("kind")
             if kind == "heartbeat":
-                await writer.models(message.heartbeat.models)
+                await writer.models(message.heartbeat.models, message.heartbeat.stats)
             elif kind == "report":
-                await writer.models(message.report.models)
+                await writer.models(message.report.models, message.report.stats)
 
     async def FetchArtifact(self, request: pb.ArtifactRequest,
                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ArtifactChunk]:

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import pytest
 import testmodels
+import tritonclient.grpc as triton_grpc
+from tritonclient.utils import InferenceServerException
 
 from tests.conftest import Fleet
 from tests.helpers import eventually, printed_row
@@ -72,8 +76,52 @@ def rollout_status(fleet: Fleet) -> dict[str, Any]:
                 or {})
 
 
+def progressing(fleet: Fleet) -> dict[str, Any]:
+    status = status_of(fleet.kube, "edgemodels", fleet.namespace, "digits")
+    (condition,) = [c for c in status.get("conditions", []) if c["type"] == "Progressing"]
+    return dict(condition)
+
+
 def reasons(fleet: Fleet) -> list[str]:
     return [event.reason for event in fleet.kube.events(fleet.namespace, "digits")]
+
+
+class Traffic:
+    """A client per device sending unpinned requests until stopped; the first element
+    of each row cycles through 0..7 (`flaky_scaled` fails on 4 and above)."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self._stop = threading.Event()
+        self.answered = self.failed = 0
+        self._threads = [threading.Thread(target=self._send, args=(fleet.edges[name].grpc_url,))
+                         for name in DEVICES]
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _send(self, url: str) -> None:
+        stock = triton_grpc.InferenceServerClient(url)
+        for i in range(10**9):
+            if self._stop.is_set():
+                return
+            item = triton_grpc.InferInput("x", [1, 4], "FP32")
+            item.set_data_from_numpy(np.array([[i % 8, 1, 1, 1]], dtype=np.float32))
+            try:
+                stock.infer("digits", [item])
+                self.answered += 1
+            except InferenceServerException:
+                self.failed += 1
+            time.sleep(0.02)
+
+
+ANALYSIS = {"minRequests": 30, "maxErrorRate": 0.1, "maxP99LatencyMs": 25, "maxDrift": 0.2}
 
 
 def test_a_good_version_passes_a_three_step_canary_in_ranked_cohorts(fleet: Fleet) -> None:
@@ -154,8 +202,10 @@ def test_a_restarted_operator_resumes_at_the_same_step_with_the_same_cohort(
     cohort = sorted(ranked(fleet.namespace)[:3])
     eventually(lambda: on_version_2(fleet) == cohort, timeout=60,
                what=f"{cohort} on version 2 (now {versions(fleet)})")
-    wait_status(fleet.kube, "edgemodels", fleet.namespace, "digits", {"stepSummary": "1/2"})
+    eventually(lambda: progressing(fleet)["reason"] == "AwaitingApproval", timeout=30,
+               what="step 1 to wait for approval")
     before = rollout_status(fleet)
+    assert before["step"] == 1 and before["stepReadyAt"]
 
     fleet.restart_operator()
     eventually(lambda: all(fleet.kube.get("edgedevices", fleet.namespace, n)["status"]
@@ -188,3 +238,50 @@ def test_max_unavailable_is_never_exceeded(fleet: Fleet) -> None:
     assert samples > 10 and most_switching <= 1
     wait_status(fleet.kube, "edgemodels", fleet.namespace, "digits",
                 {"phase": "Healthy", "stableVersion": "2"}, timeout=30)
+
+
+def test_a_good_version_is_promoted_once_each_step_saw_its_requests(fleet: Fleet) -> None:
+    serving_version_1(fleet)
+    with Traffic(fleet) as traffic:
+        roll_out(fleet, testmodels.scaled(2.0), {
+            "strategy": "Canary", "maxUnavailable": "100%", "analysis": ANALYSIS,
+            "steps": [{"percent": 34}, {"percent": 100}]})
+        waiting = eventually(lambda: (rollout_status(fleet).get("analysis") or {}).get(
+            "verdict") == "Wait" and rollout_status(fleet), timeout=60,
+            what="the first step to wait for requests")
+        assert waiting["step"] == 1 and "of the 30 requests" in waiting["analysis"]["message"]
+        status = wait_status(fleet.kube, "edgemodels", fleet.namespace, "digits",
+                             {"phase": "Healthy", "stableVersion": "2"}, timeout=120)
+    assert traffic.failed == 0 and traffic.answered > 60
+    assert status["history"][-1]["outcome"] == "Promoted"
+    assert on_version_2(fleet) == sorted(DEVICES)
+
+
+@pytest.mark.parametrize(("bad", "breach", "threshold"), [
+    ("erring", "error rate above the threshold", "(max 0.1)"),
+    ("slow", "p99 latency above the threshold", "(max 25.0 ms)"),
+])
+def test_canary_rolls_back_a_version_that_answers_worse_at_the_first_step(
+    fleet: Fleet, bad: str, breach: str, threshold: str,
+) -> None:
+    serving_version_1(fleet)
+    model = testmodels.flaky_scaled(2.0) if bad == "erring" else testmodels.slow_scaled(2.0)
+    with Traffic(fleet):
+        roll_out(fleet, model, {"strategy": "Canary", "maxUnavailable": "100%",
+                                "analysis": ANALYSIS,
+                                "steps": [{"percent": 34}, {"percent": 100}]})
+        status = wait_status(fleet.kube, "edgemodels", fleet.namespace, "digits",
+                             {"phase": "RolledBack"}, timeout=120)
+    (progressing,) = [c for c in status["conditions"] if c["type"] == "Progressing"]
+    message = progressing["message"]
+    assert "step 1/2" in message and breach in message and threshold in message
+    assert "rolled back to 1" in message
+    assert status["rollout"]["analysis"]["verdict"] == "Fail"
+    assert status["rollout"]["analysis"]["requests"] >= ANALYSIS["minRequests"]
+    (event,) = [e for e in fleet.kube.events(fleet.namespace, "digits")
+                if e.reason == "RolledBack"]
+    assert breach in event.message and threshold in event.message
+    eventually(lambda: set(versions(fleet).values()) == {("1", "Ready")}, timeout=60,
+               what=f"every device back on version 1 (now {versions(fleet)})")
+    for name in DEVICES:
+        assert answer(fleet.edges[name], "digits") == 1.0

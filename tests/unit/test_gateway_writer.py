@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from edgefleet.operator.gateway.directory import DeviceEntry
-from edgefleet.operator.gateway.server import DeviceStatusWriter
+from edgefleet.operator.gateway.server import DeviceStatusWriter, inference_status
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 
 
@@ -30,10 +30,10 @@ def test_changes_are_written_at_once_and_quiet_heartbeats_at_most_once_per_inter
 
     async def scenario() -> None:
         await writer.hello(pb.Hello(capabilities=pb.Capabilities(arch="x86_64", cpus=2)))
-        await writer.models(state(pb.ModelState.LOADING))
+        await writer.models(state(pb.ModelState.LOADING), [])
         for _ in range(5):  # nothing changes: no writes within the interval
-            await writer.models(state(pb.ModelState.LOADING))
-        await writer.models(state(pb.ModelState.READY))
+            await writer.models(state(pb.ModelState.LOADING), [])
+        await writer.models(state(pb.ModelState.READY), [])
 
     asyncio.run(scenario())
     assert len(api.writes) == 3
@@ -48,9 +48,41 @@ def test_a_quiet_heartbeat_after_the_interval_refreshes_only_last_seen() -> None
                                 heartbeat_write_s=0)
 
     async def scenario() -> None:
-        await writer.models(state(pb.ModelState.READY))
-        await writer.models(state(pb.ModelState.READY))
+        await writer.models(state(pb.ModelState.READY), [])
+        await writer.models(state(pb.ModelState.READY), [])
 
     asyncio.run(scenario())
     assert len(api.writes) == 2
     assert "models" in api.writes[0] and set(api.writes[1]) == {"lastSeen"}
+
+
+def stats(requests: int, **fields: Any) -> pb.VersionStats:
+    return pb.VersionStats(model="digits", version="1", requests=requests, errors=1,
+                           latency_bounds_seconds=[0.001, 0.01], latency_counts=[3, 1, 0],
+                           **fields)
+
+
+def test_statistics_ride_on_interval_writes_and_only_when_they_changed() -> None:
+    api = RecordingApi()
+    writer = DeviceStatusWriter(api, DeviceEntry("fleet", "cam-1", "cam-1-token"),  # type: ignore[arg-type]
+                                heartbeat_write_s=0)
+
+    async def scenario() -> None:
+        await writer.models(state(pb.ModelState.READY), [stats(4)])
+        await writer.models(state(pb.ModelState.READY), [stats(4)])
+        await writer.models(state(pb.ModelState.READY), [stats(9)])
+
+    asyncio.run(scenario())
+    assert [w.get("inference", [{}])[0].get("requests") for w in api.writes] == [4, None, 9]
+    assert api.writes[0]["inference"][0]["latencyCounts"] == [3, 1, 0]
+
+
+def test_statistics_that_do_not_fit_the_schema_are_dropped() -> None:
+    bad_counts = stats(4)
+    del bad_counts.latency_counts[:]
+    bad_counts.latency_counts.extend([1, 2])  # two counts for two bounds: one is missing
+    bad_name = stats(4)
+    bad_name.model = "Not A Name!"
+    good = stats(5, top_class_counts=[2, 3])
+    entries = inference_status([bad_counts, bad_name, good], "cam-1")
+    assert [(e["requests"], e["topClassCounts"]) for e in entries] == [(5, [2, 3])]

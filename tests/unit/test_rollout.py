@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from edgefleet.operator import planner, rollout
+from edgefleet.operator.analysis import TrafficStats
 from edgefleet.operator.resources import ArtifactStatus, EdgeModelSpec, EdgeModelStatus
 from edgefleet.operator.views import ArtifactCheck, DeviceView, ReportedModel
 
@@ -35,10 +36,12 @@ def ranked(names: list[str] = DEVICES) -> list[str]:
 
 def fleet(status: EdgeModelStatus, names: list[str] = DEVICES, *, state: str = "Ready",
           failing: frozenset[str] = frozenset(), away: frozenset[str] = frozenset(),
-          stale: frozenset[str] = frozenset()) -> list[DeviceView]:
+          stale: frozenset[str] = frozenset(),
+          traffic: dict[str, TrafficStats] | None = None) -> list[DeviceView]:
     """Devices that report what the status assigns them (in `state`); `stale` ones
     still report the stable version, `failing` ones fail on the target, `away` ones
-    are offline and report the stable version."""
+    are offline and report the stable version. Each reports `traffic[version]` for the
+    version it holds."""
     views = []
     for name in names:
         assigned = rollout.assigned_artifact(NAMESPACE, MODEL, name, status)
@@ -48,9 +51,11 @@ def fleet(status: EdgeModelStatus, names: list[str] = DEVICES, *, state: str = "
             report = ReportedModel(OLD.version, "Ready")
         elif name in failing and assigned.version == "2.0":
             report = ReportedModel("2.0", "Failed", "wrong output shape")
+        served = (traffic or {}).get(report.version)
         views.append(DeviceView(name=name, labels={}, models={MODEL: report},
                                 phase="Offline" if name in away else "Online",
-                                last_seen=NOW - timedelta(hours=1) if name in away else NOW))
+                                last_seen=NOW - timedelta(hours=1) if name in away else NOW,
+                                traffic={(MODEL, report.version): served} if served else {}))
     return views
 
 
@@ -227,3 +232,69 @@ def test_a_canary_short_of_100_percent_ends_with_an_implied_full_step() -> None:
 def test_an_unreadable_approval_annotation_approves_nothing() -> None:
     assert rollout.approved_step({"edgefleet.io/approved-step": "two"}) == 0
     assert rollout.approved_step({"edgefleet.io/approved-step": "2"}) == 2
+
+
+BOUNDS = (0.001, 0.01, 0.1)
+ANALYSED = {**CANARY, "analysis": {"minRequests": 100, "maxErrorRate": 0.05,
+                                   "maxP99LatencyMs": 20, "maxDrift": 0.2}}
+
+
+def served(requests: int, errors: int = 0, slow: bool = False) -> TrafficStats:
+    """One device's statistics: fast (under 1 ms) or slow (10-100 ms) answers spread
+    evenly over two classes."""
+    latency = (0, 0, requests, 0) if slow else (requests, 0, 0, 0)
+    return TrafficStats(requests, errors, BOUNDS, latency, (requests // 2, requests // 2))
+
+
+def test_a_step_waits_for_its_own_minimum_requests_then_goes_on() -> None:
+    status = reconcile(spec(**ANALYSED), STABLE, fleet(STABLE)).status
+    quiet = {"1.0": served(500), "2.0": served(40)}
+    status = reconcile(spec(**ANALYSED), status, fleet(status, traffic=quiet)).status
+    _, reason, message = condition(status, "Progressing")
+    assert reason == "AnalysisInProgress" and "40 of the 100 requests" in message
+    assert status.rollout is not None and status.rollout.analysis is not None
+    assert status.rollout.analysis.verdict == "Wait"
+    busy = {"1.0": served(500), "2.0": served(120)}
+    status = reconcile(spec(**ANALYSED), status, fleet(status, traffic=busy)).status
+    assert status.rollout is not None and status.rollout.step == 2
+    # Step 2 counts from 120: its five devices answering 24 each (120 in all) is not
+    # enough; 48 each is.
+    same = {"1.0": served(500), "2.0": served(24)}
+    status = reconcile(spec(**ANALYSED), status, fleet(status, traffic=same)).status
+    _, reason, message = condition(status, "Progressing")
+    assert reason == "AnalysisInProgress" and "0 of the 100 requests this step" in message
+    assert status.rollout is not None and status.rollout.step == 2
+    more = {"1.0": served(500), "2.0": served(48)}
+    status = reconcile(spec(**ANALYSED), status, fleet(status, traffic=more)).status
+    assert status.rollout is not None and status.rollout.step == 3
+
+
+def test_canary_rolls_back_when_its_error_rate_exceeds_the_threshold() -> None:
+    status = reconcile(spec(**ANALYSED), STABLE, fleet(STABLE)).status
+    erring = {"1.0": served(500), "2.0": served(80, errors=40)}
+    plan = reconcile(spec(**ANALYSED), status, fleet(status, traffic=erring))
+    assert plan.status.phase == "RolledBack" and on_target(plan.status) == []
+    (event,) = plan.events
+    assert event.reason == "RolledBack"
+    assert "step 1/3" in event.message and "error rate 0.333 (max 0.05)" in event.message
+    analysed = plan.status.rollout.analysis  # type: ignore[union-attr]
+    assert analysed is not None and analysed.verdict == "Fail" and analysed.requests == 120
+
+
+def test_canary_rolls_back_when_p99_exceeds_threshold() -> None:
+    status = reconcile(spec(**ANALYSED), STABLE, fleet(STABLE)).status
+    slow = {"1.0": served(500), "2.0": served(150, slow=True)}
+    plan = reconcile(spec(**ANALYSED), status, fleet(status, traffic=slow))
+    assert plan.status.phase == "RolledBack"
+    _, reason, message = condition(plan.status, "Progressing")
+    assert reason == "RolledBack" and "p99 latency above the threshold" in message
+    assert "(max 20.0 ms)" in message
+
+
+def test_canary_rolls_back_when_its_outputs_drift() -> None:
+    status = reconcile(spec(**ANALYSED), STABLE, fleet(STABLE)).status
+    drifted = TrafficStats(150, 0, BOUNDS, (150, 0, 0, 0), (145, 5))
+    plan = reconcile(spec(**ANALYSED), status,
+                     fleet(status, traffic={"1.0": served(500), "2.0": drifted}))
+    assert plan.status.phase == "RolledBack"
+    assert "drift PSI" in condition(plan.status, "Progressing")[2]

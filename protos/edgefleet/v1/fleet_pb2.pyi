@@ -78,18 +78,40 @@ class ModelState(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., digest: _Optional[str] = ..., state: _Optional[_Union[ModelState.State, str]] = ..., message: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("models",)
+    __slots__ = ("models", "stats")
     MODELS_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelState]
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelState, _Mapping]]] = ...) -> None: ...
+    stats: _containers.RepeatedCompositeFieldContainer[VersionStats]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelState, _Mapping]]] = ..., stats: _Optional[_Iterable[_Union[VersionStats, _Mapping]]] = ...) -> None: ...
 
 class StateReport(_message.Message):
-    __slots__ = ("models", "applied_revision")
+    __slots__ = ("models", "applied_revision", "stats")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     APPLIED_REVISION_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelState]
     applied_revision: str
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelState, _Mapping]]] = ..., applied_revision: _Optional[str] = ...) -> None: ...
+    stats: _containers.RepeatedCompositeFieldContainer[VersionStats]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelState, _Mapping]]] = ..., applied_revision: _Optional[str] = ..., stats: _Optional[_Iterable[_Union[VersionStats, _Mapping]]] = ...) -> None: ...
+
+class VersionStats(_message.Message):
+    __slots__ = ("model", "version", "requests", "errors", "latency_bounds_seconds", "latency_counts", "top_class_counts")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_BOUNDS_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    TOP_CLASS_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: str
+    requests: int
+    errors: int
+    latency_bounds_seconds: _containers.RepeatedScalarFieldContainer[float]
+    latency_counts: _containers.RepeatedScalarFieldContainer[int]
+    top_class_counts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., latency_bounds_seconds: _Optional[_Iterable[float]] = ..., latency_counts: _Optional[_Iterable[int]] = ..., top_class_counts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CloudMessage(_message.Message):
     __slots__ = ("desired", "ping")

@@ -1,0 +1,40 @@
+"""Inference statistics per loaded model version for the cloud's rollout analysis:
+counted since the version was loaded and sent in every heartbeat (see VersionStats in
+protos/edgefleet/v1/fleet.proto). Prometheus metrics tell the same story to a local
+scraper; these travel over the device's own session, through any NAT."""
+
+from __future__ import annotations
+
+import bisect
+
+import numpy as np
+
+# Bucket bounds of every request-latency histogram of the runtime, in seconds.
+LATENCY_BOUNDS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                    0.25, 0.5, 1.0, 2.5)
+# Top-class bins: indices at or past the last bin share it.
+TOP_CLASS_BINS = 32
+
+
+class VersionStats:
+    def __init__(self) -> None:
+        self.requests = 0
+        self.errors = 0
+        self.latency_counts = [0] * (len(LATENCY_BOUNDS_S) + 1)
+        self.top_class_counts = np.zeros(TOP_CLASS_BINS, dtype=np.int64)
+        self.classifies = False  # whether the primary output was ever class scores
+
+    def answered(self, seconds: float, primary: np.ndarray) -> None:
+        """Counts an answered request and the top class of each row of its primary
+        output, when that output is a vector of scores per row."""
+        self.requests += 1
+        self.latency_counts[bisect.bisect_left(LATENCY_BOUNDS_S, seconds)] += 1
+        if primary.ndim >= 2 and primary.shape[-1] > 1 and primary.dtype.kind in "fiu":
+            top = primary.reshape(-1, primary.shape[-1]).argmax(axis=1)
+            self.top_class_counts += np.bincount(np.minimum(top, TOP_CLASS_BINS - 1),
+                                                 minlength=TOP_CLASS_BINS)
+            self.classifies = True
+
+    def failed(self) -> None:
+        """Counts a request that failed inside the model."""
+        self.errors += 1
