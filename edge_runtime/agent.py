@@ -14,7 +14,6 @@ import os
 import platform
 import random
 import time
-from collections.abc import Iterable
 from importlib.metadata import version as package_version
 
 import grpc
@@ -48,7 +47,7 @@ def stored(assignment: pb.ModelAssignment) -> StoredModel:
         size_bytes=assignment.size_bytes, intra_op_threads=runtime.intra_op_threads,
         inter_op_threads=runtime.inter_op_threads,
         max_batch_size=max(1, runtime.max_batch_size),
-        max_delay_micros=runtime.max_delay_micros)
+        max_delay_micros=runtime.max_delay_micros, weight=assignment.weight or 100)
 
 
 def stats_message(model: str, version: str, stats: VersionStats) -> pb.VersionStats:
@@ -87,7 +86,8 @@ class CloudAgent:
         self.engine = engine
         self.store = store
         self.state = store.load_state()
-        self.models: dict[str, pb.ModelState] = {}  # what the device holds, as reported
+        # What the device holds, as reported, by (model, version).
+        self.models: dict[tuple[str, str], pb.ModelState] = {}
         self._changed = asyncio.Event()
         self._apply_task: asyncio.Task[None] | None = None
         self._channel: grpc.aio.Channel | None = None
@@ -101,7 +101,7 @@ class CloudAgent:
             if not self.store.has(model.digest):
                 continue
             try:
-                await self._load(model)
+                await self._load(model, self.state.last_known_good)
             except InferenceError as error:
                 logger.error("last-known-good model=%s version=%s does not load: %s",
                              model.name, model.version, error.message)
@@ -183,7 +183,7 @@ class CloudAgent:
 
     def _set(self, name: str, version: str, digest: str, state: State, message: str = "",
              done: int = 0, total: int = 0) -> None:
-        self.models[name] = pb.ModelState(name=name, version=version, digest=digest,
+        self.models[(name, version)] = pb.ModelState(name=name, version=version, digest=digest,
                                           state=state, message=message, bytes_done=done,
                                           bytes_total=total)
         self._changed.set()
@@ -201,14 +201,16 @@ class CloudAgent:
         wanted = [stored(a) for a in desired.models]
         self.state.revision, self.state.desired = desired.revision, wanted
         await asyncio.to_thread(self._save_state)
-        await self._remove_unassigned({m.name for m in wanted})
+        await self._forget_unwanted(wanted)
         retry_s = self.settings.backoff_base_seconds
         while pending := await self._apply_models(wanted):
             logger.info("retrying models=%s in %.1fs", pending, retry_s)
             await asyncio.sleep(retry_s)
             retry_s = min(retry_s * 2, self.settings.backoff_max_seconds)
-        ready = {name for name, s in self.models.items() if s.state == State.READY}
-        self.state.last_known_good = [m for m in wanted if m.name in ready]
+        for name in sorted({m.name for m in wanted}):  # new weights, versions retired
+            await self._route(name, wanted)
+        ready = {key for key, s in self.models.items() if s.state == State.READY}
+        self.state.last_known_good = [m for m in wanted if (m.name, m.version) in ready]
         await asyncio.to_thread(self._save_state)
         removed = await asyncio.to_thread(
             self.store.collect_garbage, {m.digest for m in wanted},
@@ -221,11 +223,11 @@ class CloudAgent:
         """Brings each model to Ready; returns those to retry (the link failed)."""
         pending = []
         for model in wanted:
-            current = self.models.get(model.name)
+            current = self.models.get((model.name, model.version))
             if current and current.digest == model.digest and current.state == State.READY:
                 continue
             try:
-                await self._ensure(model)
+                await self._ensure(model, wanted)
             except (grpc.aio.AioRpcError, LinkInterrupted) as error:  # the link: try again
                 pending.append(model.name)
                 reason = (f"{error.code().name}: {error.details()}"
@@ -249,10 +251,10 @@ class CloudAgent:
         except OSError as error:  # serving goes on; the next apply tries again
             logger.error("cannot persist state to %s: %s", self.store.state_path, error)
 
-    async def _ensure(self, model: StoredModel) -> None:
+    async def _ensure(self, model: StoredModel, wanted: list[StoredModel]) -> None:
         if not self.store.has(model.digest):
             await self._download(model)
-        await self._load(model)
+        await self._load(model, wanted)
 
     async def _download(self, model: StoredModel) -> None:
         assert self._channel is not None
@@ -290,8 +292,8 @@ class CloudAgent:
         self._set(model.name, model.version, model.digest, State.VERIFYING, "", offset, total)
         await asyncio.to_thread(self.store.complete, model.digest)
 
-    async def _load(self, model: StoredModel) -> None:
-        """Loads and warms the new version, routes to it, then retires the others."""
+    async def _load(self, model: StoredModel, wanted: list[StoredModel]) -> None:
+        """Loads and warms the version, then routes its model anew among `wanted`."""
         self._set(model.name, model.version, model.digest, State.LOADING)
         if model.version in self.engine.versions(model.name):
             if self.engine.resolve(model.name, model.version).digest != model.digest:
@@ -301,16 +303,34 @@ class CloudAgent:
             await self.engine.load(model.name, model.version,
                                    self.store.blob_path(model.digest), runtime_config(model),
                                    model.digest)
-        self.engine.route(model.name, {model.version: 1.0})
-        for other in self.engine.versions(model.name):
-            if other != model.version:
-                await self.engine.unload(model.name, other)
         self._set(model.name, model.version, model.digest, State.READY)
+        await self._route(model.name, wanted)
 
-    async def _remove_unassigned(self, assigned: Iterable[str]) -> None:
-        for name in sorted(set(self.engine.models()) - set(assigned)):
+    async def _route(self, name: str, wanted: list[StoredModel]) -> None:
+        """Splits the model's unpinned requests by weight over its wanted versions that
+        are loaded, then retires the versions no longer wanted. Until a wanted version
+        is loaded, the model keeps its route: it never stops answering."""
+        weights = {m.version: m.weight for m in wanted
+                   if m.name == name and m.version in self.engine.versions(name)}
+        if not weights:
+            return
+        self.engine.route(name, weights)
+        for other in self.engine.versions(name):
+            if other not in weights:
+                await self.engine.unload(name, other)
+                self.models.pop((name, other), None)
+                self._changed.set()
+
+    async def _forget_unwanted(self, wanted: list[StoredModel]) -> None:
+        """Unloads the models no longer assigned at all, and stops reporting versions
+        that are neither wanted nor loaded (a version that failed, once replaced).
+        Versions still serving stay until a wanted one replaces them (_route)."""
+        names = {m.name for m in wanted}
+        for name in sorted(set(self.engine.models()) - names):
             for version in self.engine.versions(name):
                 await self.engine.unload(name, version)
-        for name in sorted(set(self.models) - set(assigned)):
-            del self.models[name]
-            self._changed.set()
+        keep = {(m.name, m.version) for m in wanted}
+        for key in sorted(self.models):
+            if key not in keep and key[1] not in self.engine.versions(key[0]):
+                del self.models[key]
+                self._changed.set()

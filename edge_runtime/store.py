@@ -33,6 +33,8 @@ class StoredModel:
     inter_op_threads: int = 0
     max_batch_size: int = 1
     max_delay_micros: int = 0
+    # Share of the model's unpinned requests (an A/B test lists two versions).
+    weight: int = 100
 
 
 @dataclass

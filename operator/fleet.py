@@ -27,10 +27,10 @@ def parse_time(value: str | None) -> datetime | None:
 
 def device_view(name: str, labels: Mapping[str, str], status: Mapping[str, Any]) -> DeviceView:
     """Reads an EdgeDevice body leniently: a malformed status entry is skipped, never fatal."""
-    models: dict[str, ReportedModel] = {}
+    models: dict[tuple[str, str], ReportedModel] = {}
     for entry in status.get("models") or []:
         if isinstance(entry, Mapping) and entry.get("name"):
-            models[str(entry["name"])] = ReportedModel(
+            models[(str(entry["name"]), str(entry.get("version", "")))] = ReportedModel(
                 version=str(entry.get("version", "")), state=str(entry.get("state", "")),
                 message=str(entry.get("message", "")),
             )

@@ -37,6 +37,7 @@ from edgefleet.operator.kubeapi import API_ERRORS
 from edgefleet.operator.resources import (
     GROUP,
     VERSION,
+    ArtifactSource,
     EdgeDeviceStatus,
     EdgeModelSpec,
     EdgeModelStatus,
@@ -212,14 +213,14 @@ class ArtifactRetry:
     def seconds_to_retry(self) -> float | None:
         return max(0.0, self._retry_at - time.monotonic()) if self._failure else None
 
-    async def check(self, spec: EdgeModelSpec) -> ArtifactCheck:
-        digest = f"sha256:{spec.source.sha256.lower()}"
+    async def check(self, source: ArtifactSource) -> ArtifactCheck:
+        digest = f"sha256:{source.sha256.lower()}"
         if digest != self._digest:  # a new spec starts afresh
             self._digest, self._failure, self._delay_s = digest, None, self.FIRST_DELAY_S
         if self._failure and time.monotonic() < self._retry_at:
             return self._failure
         try:
-            artifact = await self._cache.ensure(spec.source.uri, spec.source.sha256)
+            artifact = await self._cache.ensure(source.uri, source.sha256)
         except ArtifactError as error:
             failure = ArtifactCheck(False, error.reason, error.message)
             if failure != self._failure:
@@ -245,6 +246,7 @@ async def keep_model_status(
 ) -> None:
     reported: set[tuple[int | None, str, str]] = set()  # already in Events
     artifacts = ArtifactRetry(memo.artifacts, body)
+    experiment_artifacts = ArtifactRetry(memo.artifacts, body)  # spec.experiment's
     recheck_at: float | None = None  # monotonic time the rollout asked to be looked at
 
     def report_once(generation: int | None, reason: str, message: str,
@@ -277,14 +279,17 @@ async def keep_model_status(
             for problem in problems:
                 report_once(generation, "InvalidSpec", problem)
             artifact = (ArtifactCheck(False, "InvalidSpec", "the spec is invalid")
-                        if problems else await artifacts.check(spec))
+                        if problems else await artifacts.check(spec.source))
+            experiment = (await experiment_artifacts.check(spec.experiment.source)
+                          if spec.experiment and not problems else None)
             plan = planner.plan_model_status(
                 namespace=namespace, name=name, generation=generation, spec=spec,
                 devices=devices_by_namespace.get(namespace, []), artifact=artifact,
                 previous=previous, approved_step=rollout.approved_step(body.meta.annotations),
-                now=memo.clock(),
+                now=memo.clock(), experiment=experiment,
             )
             desired, events = plan.status, plan.events
+            metrics.ROLLOUTS.set(namespace, name, desired, plan.device_states)
             recheck_at = (None if plan.recheck_after_s is None
                           else time.monotonic() + plan.recheck_after_s)
             ready = next(c for c in desired.conditions if c.type == planner.READY)
@@ -303,7 +308,7 @@ async def keep_model_status(
         return True
 
     def next_deadline() -> float | None:
-        deadlines = [artifacts.seconds_to_retry()]
+        deadlines = [artifacts.seconds_to_retry(), experiment_artifacts.seconds_to_retry()]
         if recheck_at is not None:
             deadlines.append(max(0.0, recheck_at - time.monotonic()) + 0.05)
         return min((d for d in deadlines if d is not None), default=None)
@@ -315,6 +320,7 @@ async def keep_model_status(
                               next_deadline=next_deadline)
     finally:
         metrics.MODEL_PHASES.discard(namespace, name)
+        metrics.ROLLOUTS.discard(namespace, name)
 
 
 @kopf.daemon(GROUP, VERSION, DEVICES, cancellation_timeout=1.0)

@@ -12,7 +12,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from edgefleet.operator.fleet import PhaseTally
-from edgefleet.operator.resources import DevicePhase, ModelPhase
+from edgefleet.operator.resources import DevicePhase, EdgeModelStatus, ModelPhase
 
 RECONCILES = Counter(
     "edgefleet_operator_reconciles", "Status reconciliations by resource and outcome",
@@ -42,7 +42,71 @@ class PhaseCollector(Collector):
             yield family
 
 
+class RolloutTally:
+    """The last status written for each EdgeModel and how many of its devices hold
+    each version in each state, for the rollout gauges."""
+
+    def __init__(self) -> None:
+        self.by_model: dict[tuple[str, str],
+                            tuple[EdgeModelStatus, dict[tuple[str, str], int]]] = {}
+
+    def set(self, namespace: str, name: str, status: EdgeModelStatus,
+            device_states: dict[tuple[str, str], int]) -> None:
+        self.by_model[(namespace, name)] = (status, device_states)
+
+    def discard(self, namespace: str, name: str) -> None:
+        self.by_model.pop((namespace, name), None)
+
+
+ROLLOUTS = RolloutTally()
+
+
+class RolloutCollector(Collector):
+    """Devices per model, version and state; each rollout's step and its last analysis."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        model_labels = ["namespace", "model"]
+        devices = GaugeMetricFamily(
+            "edgefleet_operator_model_devices",
+            "Targeted devices holding a model version, by the state they report",
+            labels=[*model_labels, "version", "state"])
+        step = GaugeMetricFamily("edgefleet_operator_rollout_step",
+                                 "The running rollout's step (0: none runs)", labels=model_labels)
+        steps = GaugeMetricFamily("edgefleet_operator_rollout_steps",
+                                  "Steps of the running rollout (0: none runs)",
+                                  labels=model_labels)
+        requests = GaugeMetricFamily("edgefleet_operator_rollout_analysis_requests",
+                                     "Requests of the rollout's target in its last analysis",
+                                     labels=model_labels)
+        errors = GaugeMetricFamily("edgefleet_operator_rollout_analysis_error_ratio",
+                                   "Error rate of the rollout's target in its last analysis",
+                                   labels=model_labels)
+        p99 = GaugeMetricFamily("edgefleet_operator_rollout_analysis_p99_latency_seconds",
+                                "p99 latency of the rollout's target in its last analysis",
+                                labels=model_labels)
+        drift = GaugeMetricFamily("edgefleet_operator_rollout_analysis_drift",
+                                  "PSI of the target's top classes against the stable version",
+                                  labels=model_labels)
+        for (namespace, name), (status, device_states) in sorted(ROLLOUTS.by_model.items()):
+            for (version, state), count in sorted(device_states.items()):
+                devices.add_metric([namespace, name, version, state], count)
+            rollout = status.rollout
+            running = rollout is not None and rollout.state == "Progressing"
+            step.add_metric([namespace, name], rollout.step if rollout and running else 0)
+            steps.add_metric([namespace, name], rollout.steps if rollout and running else 0)
+            last = rollout.analysis if rollout else None
+            if last:
+                requests.add_metric([namespace, name], last.requests)
+                errors.add_metric([namespace, name], last.error_rate)
+                if last.p99_latency_ms is not None:
+                    p99.add_metric([namespace, name], last.p99_latency_ms / 1000)
+                if last.drift is not None:
+                    drift.add_metric([namespace, name], last.drift)
+        yield from (devices, step, steps, requests, errors, p99, drift)
+
+
 REGISTRY.register(PhaseCollector())
+REGISTRY.register(RolloutCollector())
 
 
 def health_app(is_ready: Callable[[], bool]) -> web.Application:

@@ -11,11 +11,13 @@ import dataclasses
 import hashlib
 import itertools
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from edgefleet.operator import rollout
+from edgefleet.operator import analysis, rollout
+from edgefleet.operator.analysis import TrafficStats
 from edgefleet.operator.resources import (
     ArtifactStatus,
     Condition,
@@ -24,13 +26,16 @@ from edgefleet.operator.resources import (
     DevicePhase,
     EdgeModelSpec,
     EdgeModelStatus,
+    ExperimentStatus,
     LabelSelector,
     ModelPhase,
+    TrafficSummary,
 )
 from edgefleet.operator.views import ArtifactCheck, DeviceView, ModelView
 
 READY = "Ready"
 ARTIFACT_READY = "ArtifactReady"
+EXPERIMENT = "Experiment"
 MAX_MESSAGE = 2048  # Condition.message's bound in the CRD
 
 
@@ -96,9 +101,12 @@ def spec_problems(spec: EdgeModelSpec) -> list[str]:
     percents = [step.percent for step in spec.rollout.steps]
     if any(later < earlier for earlier, later in itertools.pairwise(percents)):
         problems.append(f"spec.rollout.steps: percents must not decrease, got {percents}")
-    if spec.rollout.max_unavailable in (0, "0%") and spec.rollout.strategy == "AllAtOnce":
+    if spec.rollout.max_unavailable in (0, "0%"):
         problems.append("spec.rollout.maxUnavailable: 0 lets no device switch, "
-                        "so an AllAtOnce rollout could never progress")
+                        "so a rollout could never progress")
+    if spec.experiment and spec.experiment.version == spec.version:
+        problems.append(f"spec.experiment.version: {spec.version} is spec.version already; "
+                        "an A/B test needs another version")
     return problems
 
 
@@ -140,15 +148,13 @@ def count_devices(namespace: str, model: str, target_version: str, status: EdgeM
     targeted = list(targeted)
     updated = ready = failed = 0
     for device in targeted:
-        report = device.models.get(model)
-        if report is None:
-            continue
-        if report.version == target_version and report.state != "Failed":
+        if device.state_of(model, target_version) not in (None, "Failed"):
             updated += 1
         assigned = rollout.assigned_artifact(namespace, model, device.name, status)
-        if assigned and report.version == assigned.version:
-            ready += report.state == "Ready"
-            failed += report.state == "Failed"
+        if assigned:
+            state = device.state_of(model, assigned.version)
+            ready += state == "Ready"
+            failed += state == "Failed"
     return DeviceCounts(targeted=len(targeted), updated=updated, ready=ready, failed=failed)
 
 
@@ -199,6 +205,8 @@ class ModelPlan:
     status: EdgeModelStatus
     events: list[rollout.RolloutEvent]
     recheck_after_s: float | None
+    # Targeted devices by (version, state) they report of the model, for the metrics.
+    device_states: dict[tuple[str, str], int]
 
 
 def plan_model_status(
@@ -212,6 +220,7 @@ def plan_model_status(
     previous: EdgeModelStatus,
     approved_step: int,
     now: datetime,
+    experiment: ArtifactCheck | None = None,
 ) -> ModelPlan:
     """The EdgeModel status the operator should write given the fleet as seen now, the
     Events that tell what changed, and when to look again if nothing else happens."""
@@ -239,9 +248,9 @@ def plan_model_status(
     failed_devices = sorted(
         f"{device.name} ({report.message})" if report.message else device.name
         for device in targeted
-        if (report := device.models.get(name)) and report.state == "Failed"
-        and (assigned := rollout.assigned_artifact(namespace, name, device.name, status))
-        and report.version == assigned.version
+        if (assigned := rollout.assigned_artifact(namespace, name, device.name, status))
+        and (report := device.models.get((name, assigned.version)))
+        and report.state == "Failed"
     )
     ready_status, reason, message = _ready_condition(problems, counts, failed_devices,
                                                      artifact, status)
@@ -254,6 +263,15 @@ def plan_model_status(
     progressing_status, reason, message = decision.progressing
     conditions = set_condition(conditions, type_=rollout.PROGRESSING, status=progressing_status,
                                reason=reason, message=message, now=now, generation=generation)
+    running, experiment_condition = plan_experiment(name, spec, experiment, status, targeted,
+                                                    problems)
+    if experiment_condition:
+        experiment_status, reason, message = experiment_condition
+        conditions = set_condition(conditions, type_=EXPERIMENT, status=experiment_status,
+                                   reason=reason, message=message, now=now,
+                                   generation=generation)
+    else:
+        conditions = [c for c in conditions if c.type != EXPERIMENT]
     active = current is not None and current.state == "Progressing"
     status = status.model_copy(update={
         "phase": model_phase(problems, counts, status, spec.rollout.paused),
@@ -263,8 +281,54 @@ def plan_model_status(
         "updated_summary": f"{counts.updated}/{counts.targeted}",
         "step_summary": f"{current.step}/{current.steps}" if current and active else None,
         "conditions": conditions,
+        "experiment": running,
     })
-    return ModelPlan(status, decision.events, decision.recheck_after_s)
+    device_states = Counter((version, report.state) for device in targeted
+                            for (model, version), report in device.models.items()
+                            if model == name)
+    return ModelPlan(status, decision.events, decision.recheck_after_s, dict(device_states))
+
+
+def plan_experiment(
+    name: str, spec: EdgeModelSpec, check: ArtifactCheck | None, status: EdgeModelStatus,
+    targeted: list[DeviceView], problems: list[str],
+) -> tuple[ExperimentStatus | None, tuple[ConditionStatus, str, str] | None]:
+    """The A/B test of spec.experiment, and its condition (None without one). It runs
+    only while the spec's version is the stable one and no rollout moves devices."""
+    wanted = spec.experiment
+    if wanted is None:
+        return None, None
+    stable = status.stable_artifact
+    if problems:
+        return None, ("False", "InvalidSpec", "the spec is invalid")
+    if (stable is None or (stable.version, stable.digest) != (spec.version,
+                                                              rollout.spec_digest(spec))
+            or (status.rollout and status.rollout.state == "Progressing")):
+        return None, ("False", "WaitingForStableVersion", (
+            f"the A/B test starts once version {spec.version} is stable on the devices"))
+    if check is None or not check.ready:
+        return None, ("False", "ArtifactNotReady",
+                      check.message if check else "not verified yet")
+    both = sum(1 for d in targeted if d.state_of(name, stable.version) == "Ready"
+               and d.state_of(name, wanted.version) == "Ready")
+    running = ExperimentStatus(
+        artifact=ArtifactStatus(version=wanted.version, digest=check.digest,
+                                size_bytes=check.size),
+        weight=wanted.weight, ready=both,
+        control=_summary(d.traffic.get((name, stable.version)) for d in targeted),
+        candidate=_summary(d.traffic.get((name, wanted.version)) for d in targeted))
+    return running, ("True", "Running", (
+        f"{wanted.weight}% of unpinned requests go to {wanted.version} and "
+        f"{100 - wanted.weight}% to {stable.version}; {both} of {len(targeted)} devices "
+        "serve both"))
+
+
+def _summary(reports: Iterable[TrafficStats | None]) -> TrafficSummary:
+    summed = analysis.total(report for report in reports if report)
+    p99_s = analysis.quantile_s(summed, 0.99)
+    return TrafficSummary(requests=summed.requests + summed.errors,
+                          error_rate=analysis.error_rate(summed),
+                          p99_latency_ms=None if p99_s is None else p99_s * 1000)
 
 
 def invalid_model_status(
@@ -302,7 +366,7 @@ def seconds_until_phase_change(
 
 def devices_holding(model: str, devices: Iterable[DeviceView]) -> list[str]:
     """Devices that still report the model: a deletion waits for them to withdraw it."""
-    return sorted(device.name for device in devices if model in device.models)
+    return sorted(device.name for device in devices if device.holds(model))
 
 
 # ---------------------------------------------------------------- desired state
@@ -316,6 +380,7 @@ class Assignment:
     version: str
     digest: str
     size_bytes: int
+    weight: int = 100  # percent of the model's unpinned requests
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     max_batch_size: int = 1
@@ -325,28 +390,27 @@ class Assignment:
 def desired_assignments(namespace: str, device: str, labels: Mapping[str, str],
                         models: Iterable[ModelView]) -> list[Assignment]:
     """What a device should serve: of every model whose selector matches its labels,
-    that is not being deleted and whose spec can be acted on, the version its rollout
-    assigns to it (see rollout.assigned_artifact). A pure function of the fleet:
-    nothing is stored per device."""
+    that is not being deleted and whose spec can be acted on, the versions its rollout
+    and A/B test assign to it (see rollout.assigned_versions). A pure function of the
+    fleet: nothing is stored per device."""
     assignments = []
     for model in models:
         if (model.deleting or spec_problems(model.spec)
                 or not selector_matches(model.spec.selector, labels)):
             continue
-        artifact = rollout.assigned_artifact(namespace, model.name, device, model.status)
-        if artifact is None:
-            continue
         runtime = model.spec.runtime
         batching = runtime.batching if runtime else None
-        assignments.append(Assignment(
-            name=model.name, version=artifact.version, digest=artifact.digest,
-            size_bytes=artifact.size_bytes,
-            intra_op_threads=runtime.intra_op_threads if runtime else 0,
-            inter_op_threads=runtime.inter_op_threads if runtime else 0,
-            max_batch_size=batching.max_batch_size if batching else 1,
-            max_delay_micros=batching.max_delay_micros if batching else 0,
-        ))
-    return sorted(assignments, key=lambda a: a.name)
+        for artifact, weight in rollout.assigned_versions(namespace, model.name, device,
+                                                          model.status):
+            assignments.append(Assignment(
+                name=model.name, version=artifact.version, digest=artifact.digest,
+                size_bytes=artifact.size_bytes, weight=weight,
+                intra_op_threads=runtime.intra_op_threads if runtime else 0,
+                inter_op_threads=runtime.inter_op_threads if runtime else 0,
+                max_batch_size=batching.max_batch_size if batching else 1,
+                max_delay_micros=batching.max_delay_micros if batching else 0,
+            ))
+    return sorted(assignments, key=lambda a: (a.name, a.version))
 
 
 def revision(assignments: Iterable[Assignment]) -> str:

@@ -171,13 +171,26 @@ class Rollout(Resource):
         return self
 
 
+ModelVersion = Annotated[str, StringConstraints(min_length=1, max_length=64,
+                                                pattern=VERSION_PATTERN)]
+
+
+class Experiment(Resource):
+    """An A/B test: a second version served beside the stable one on every targeted
+    device, taking `weight` percent of the unpinned requests."""
+
+    version: ModelVersion
+    source: ArtifactSource
+    weight: int = Field(ge=1, le=99, description="Percent of unpinned requests it takes")
+
+
 class EdgeModelSpec(Resource):
-    version: Annotated[str, StringConstraints(min_length=1, max_length=64,
-                                              pattern=VERSION_PATTERN)]
+    version: ModelVersion
     source: ArtifactSource
     selector: LabelSelector = Field(description="Which EdgeDevices in the namespace serve it")
     runtime: RuntimeSettings | None = None
     rollout: Rollout = Field(default_factory=Rollout)
+    experiment: Experiment | None = None
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -258,6 +271,24 @@ class HistoryEntry(Resource):
     message: Message = ""
 
 
+class TrafficSummary(Resource):
+    """What devices reported for one version, summed over them."""
+
+    requests: Count
+    error_rate: float = Field(ge=0, le=1)
+    p99_latency_ms: float | None = Field(default=None, ge=0)
+
+
+class ExperimentStatus(Resource):
+    """The A/B test running on the devices (see spec.experiment)."""
+
+    artifact: ArtifactStatus
+    weight: int = Field(ge=1, le=99)
+    ready: Count = Field(description="Devices serving both versions")
+    control: TrafficSummary | None = None
+    candidate: TrafficSummary | None = None
+
+
 class EdgeModelStatus(Resource):
     phase: ModelPhase = "Pending"
     observed_generation: int | None = Field(default=None, ge=0)
@@ -270,6 +301,7 @@ class EdgeModelStatus(Resource):
                                            description="rollout step/steps, while one runs")
     history: list[HistoryEntry] = Field(default_factory=list, max_length=10,
                                         description="Recent versions, newest last")
+    experiment: ExperimentStatus | None = None
     devices: DeviceCounts = Field(default_factory=DeviceCounts)
     # "3/5": printer columns cannot compute, so the operator writes it.
     ready_summary: ShortText = Field(default="0/0", description="ready/targeted devices")

@@ -86,6 +86,21 @@ def assigned_artifact(namespace: str, model: str, device: str,
     return stable
 
 
+def assigned_versions(namespace: str, model: str, device: str,
+                      status: EdgeModelStatus) -> list[tuple[ArtifactStatus, int]]:
+    """Every version the device should serve of the model, with its percent of the
+    unpinned requests: the assigned artifact alone, or, during an A/B test (which runs
+    only while every device serves the stable version), the stable version and the
+    experiment's."""
+    primary = assigned_artifact(namespace, model, device, status)
+    if primary is None:
+        return []
+    experiment = status.experiment
+    if experiment and primary == status.stable_artifact:
+        return [(primary, 100 - experiment.weight), (experiment.artifact, experiment.weight)]
+    return [(primary, 100)]
+
+
 # ---------------------------------------------------------------- spec helpers
 
 
@@ -205,13 +220,11 @@ def _first_deployment(name: str, targeted: list[DeviceView], verified: ArtifactS
 
 
 def _ready_on(device: DeviceView, model: str, artifact: ArtifactStatus) -> bool:
-    report = device.models.get(model)
-    return report is not None and report.version == artifact.version and report.state == "Ready"
+    return device.state_of(model, artifact.version) == "Ready"
 
 
 def _failed_on(device: DeviceView, model: str, artifact: ArtifactStatus) -> bool:
-    report = device.models.get(model)
-    return report is not None and report.version == artifact.version and report.state == "Failed"
+    return device.state_of(model, artifact.version) == "Failed"
 
 
 def _progress(namespace: str, name: str, spec: EdgeModelSpec, steps: list[RolloutStep],
@@ -235,8 +248,9 @@ def _progress(namespace: str, name: str, spec: EdgeModelSpec, steps: list[Rollou
         cohort = [d for d in ranked if in_cohort(keys[d.name], current.cohort_limit)]
         failed = [d for d in cohort if _failed_on(d, name, target)]
         if failed:
-            reports = [f"{d.name} ({d.models[name].message})" if d.models[name].message
-                       else d.name for d in failed]
+            reports = [f"{d.name} ({message})"
+                       if (message := d.models[(name, target.version)].message) else d.name
+                       for d in failed]
             return _breach(spec, stable, current, history, events, now, (
                 f"{where}: {len(failed)} devices failed on {target.version}: "
                 f"{'; '.join(reports)}"))

@@ -37,11 +37,20 @@ class DeviceView:
 
     name: str
     labels: Mapping[str, str]
-    models: Mapping[str, ReportedModel] = field(default_factory=dict)
+    # What it holds, by (model, version): during a switch, or an A/B test, a device
+    # holds two versions of one model.
+    models: Mapping[tuple[str, str], ReportedModel] = field(default_factory=dict)
     phase: DevicePhase = "Pending"
     last_seen: datetime | None = None
     # What each loaded (model, version) has answered, as last reported.
     traffic: Mapping[tuple[str, str], TrafficStats] = field(default_factory=dict)
+
+    def holds(self, model: str) -> bool:
+        return any(name == model for name, _ in self.models)
+
+    def state_of(self, model: str, version: str) -> str | None:
+        report = self.models.get((model, version))
+        return report.state if report else None
 
 
 @dataclass(frozen=True)

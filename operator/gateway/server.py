@@ -117,7 +117,7 @@ def desired_message(entry: DeviceEntry) -> pb.CloudMessage:
     state = pb.DesiredState(revision=entry.revision)
     for a in entry.assignments:
         state.models.add(name=a.name, version=a.version, digest=a.digest,
-                         size_bytes=a.size_bytes, runtime=pb.RuntimeSettings(
+                         size_bytes=a.size_bytes, weight=a.weight, runtime=pb.RuntimeSettings(
                              intra_op_threads=a.intra_op_threads,
                              inter_op_threads=a.inter_op_threads,
                              max_batch_size=a.max_batch_size,

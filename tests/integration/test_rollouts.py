@@ -8,6 +8,7 @@ import hashlib
 import math
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -17,7 +18,7 @@ import testmodels
 import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import Fleet
+from tests.conftest import Fleet, Prometheus
 from tests.helpers import eventually, printed_row
 from tests.integration.test_edge_cloud_link import answer, edge_model, publish, reported
 from tests.integration.test_operator import status_of, wait_status
@@ -51,18 +52,22 @@ def roll_out(fleet: Fleet, model: bytes, rollout: dict[str, Any]) -> None:
         "version": "2", "source": {"uri": uri, "sha256": sha}, "rollout": rollout}})
 
 
-def versions(fleet: Fleet) -> dict[str, tuple[str, str]]:
-    """What each device reports it holds of the model: (version, state)."""
-    held = {}
-    for name in DEVICES:
-        (model,) = reported(fleet.kube, fleet.namespace, name) or [{"version": "", "state": ""}]
-        held[name] = (model["version"], model["state"])
-    return held
+def held(fleet: Fleet, device: str) -> set[tuple[str, str]]:
+    """What the device reports it holds of the model: (version, state) of each version
+    (two while it switches, or during an A/B test)."""
+    return {(m["version"], m["state"]) for m in reported(fleet.kube, fleet.namespace, device)}
+
+
+def versions(fleet: Fleet) -> dict[str, set[tuple[str, str]]]:
+    return {name: held(fleet, name) for name in DEVICES}
 
 
 def on_version_2(fleet: Fleet) -> list[str]:
-    return sorted(n for n, (version, state) in versions(fleet).items()
-                  if (version, state) == ("2", "Ready"))
+    return sorted(n for n, holding in versions(fleet).items() if ("2", "Ready") in holding)
+
+
+def all_on(fleet: Fleet, version: str) -> bool:
+    return all(holding == {(version, "Ready")} for holding in versions(fleet).values())
 
 
 def approve(fleet: Fleet, step: int) -> None:
@@ -124,8 +129,11 @@ class Traffic:
 ANALYSIS = {"minRequests": 30, "maxErrorRate": 0.1, "maxP99LatencyMs": 25, "maxDrift": 0.2}
 
 
-def test_a_good_version_passes_a_three_step_canary_in_ranked_cohorts(fleet: Fleet) -> None:
+def test_a_good_version_passes_a_three_step_canary_in_ranked_cohorts(
+    fleet: Fleet, prometheus: Callable[[list[str]], Prometheus],
+) -> None:
     serving_version_1(fleet)
+    server = prometheus([f"127.0.0.1:{fleet.operator.metrics_port}"])
     steps = [{"percent": 20, "manualApproval": True}, {"percent": 50, "manualApproval": True},
              {"percent": 100}]
     roll_out(fleet, testmodels.scaled(2.0), {"strategy": "Canary", "steps": steps,
@@ -142,6 +150,12 @@ def test_a_good_version_passes_a_three_step_canary_in_ranked_cohorts(fleet: Flee
         assert (printed["STEP"], printed["UPDATED"]) == (f"{step}/3", f"{len(cohort)}/6")
         for name in DEVICES:  # the cohort answers with version 2, the rest with 1
             assert answer(fleet.edges[name], "digits") == (2.0 if name in cohort else 1.0)
+        gauges = {'edgefleet_operator_rollout_step{model="digits"}': step,
+                  'edgefleet_operator_model_devices{model="digits",version="2",state="Ready"}':
+                      len(cohort)}
+        for promql, expected in gauges.items():
+            eventually(lambda q=promql, e=expected: server.value(q) == e, timeout=30,
+                       what=f"{promql} == {expected} (now {server.value(promql)})")
         time.sleep(2)  # a gate holds: nothing moves until it is approved
         assert on_version_2(fleet) == cohort
         approve(fleet, step)
@@ -152,9 +166,8 @@ def test_a_good_version_passes_a_three_step_canary_in_ranked_cohorts(fleet: Flee
     assert on_version_2(fleet) == sorted(DEVICES)
     assert [(h["version"], h["outcome"]) for h in status["history"]] == [
         ("1", "Promoted"), ("2", "Promoted")]
-    seen = reasons(fleet)
-    for reason in ("RolloutStarted", "AwaitingApproval", "StepStarted", "Promoted"):
-        assert reason in seen
+    told = {"RolloutStarted", "AwaitingApproval", "StepStarted", "Promoted"}
+    eventually(lambda: told <= set(reasons(fleet)), what=f"Events {told}")
 
 
 def test_a_version_that_fails_on_devices_is_rolled_back_at_the_first_step(
@@ -170,9 +183,9 @@ def test_a_version_that_fails_on_devices_is_rolled_back_at_the_first_step(
     assert progressing["reason"] == "RolledBack" and "step 1/2" in progressing["message"]
     assert "rolled back to 1" in progressing["message"]
     assert status["history"][-1]["outcome"] == "RolledBack"
-    assert "RolledBack" in reasons(fleet)
+    eventually(lambda: "RolledBack" in reasons(fleet), what="a RolledBack Event")
     # Every device ends on the stable version and answers with it.
-    eventually(lambda: set(versions(fleet).values()) == {("1", "Ready")}, timeout=60,
+    eventually(lambda: all_on(fleet, "1"), timeout=60,
                what=f"every device back on version 1 (now {versions(fleet)})")
     for name in DEVICES:
         assert answer(fleet.edges[name], "digits") == 1.0
@@ -226,11 +239,11 @@ def test_max_unavailable_is_never_exceeded(fleet: Fleet) -> None:
     most_switching, samples = 0, 0
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        held = versions(fleet)
-        switching = [n for n, (version, state) in held.items()
-                     if version == "2" and state != "Ready"]
+        holding = versions(fleet)
+        switching = [n for n, versions_held in holding.items()
+                     if any(v == "2" and state != "Ready" for v, state in versions_held)]
         most_switching, samples = max(most_switching, len(switching)), samples + 1
-        if all(value == ("2", "Ready") for value in held.values()):
+        if all(versions_held == {("2", "Ready")} for versions_held in holding.values()):
             break
         time.sleep(0.05)
     print(f"\nmaxUnavailable 1: at most {most_switching} devices switching in {samples} samples")
@@ -278,10 +291,54 @@ def test_canary_rolls_back_a_version_that_answers_worse_at_the_first_step(
     assert "rolled back to 1" in message
     assert status["rollout"]["analysis"]["verdict"] == "Fail"
     assert status["rollout"]["analysis"]["requests"] >= ANALYSIS["minRequests"]
-    (event,) = [e for e in fleet.kube.events(fleet.namespace, "digits")
-                if e.reason == "RolledBack"]
+    (event,) = eventually(lambda: [e for e in fleet.kube.events(fleet.namespace, "digits")
+                                   if e.reason == "RolledBack"], what="a RolledBack Event")
     assert breach in event.message and threshold in event.message
-    eventually(lambda: set(versions(fleet).values()) == {("1", "Ready")}, timeout=60,
+    eventually(lambda: all_on(fleet, "1"), timeout=60,
                what=f"every device back on version 1 (now {versions(fleet)})")
     for name in DEVICES:
         assert answer(fleet.edges[name], "digits") == 1.0
+
+
+def test_an_ab_split_follows_its_weights_and_pinned_requests_hit_their_version(
+    fleet: Fleet,
+) -> None:
+    serving_version_1(fleet)
+    uri, sha = publish(fleet.root, testmodels.scaled(2.0))
+    fleet.kube.patch("edgemodels", fleet.namespace, "digits", {"spec": {"experiment": {
+        "version": "2", "source": {"uri": uri, "sha256": sha}, "weight": 20}}})
+    eventually(lambda: (status_of(fleet.kube, "edgemodels", fleet.namespace, "digits")
+                        .get("experiment") or {}).get("ready") == len(DEVICES), timeout=90,
+               what="every device serving both versions")
+    assert all(held(fleet, name) == {("1", "Ready"), ("2", "Ready")} for name in DEVICES)
+
+    clients = [triton_grpc.InferenceServerClient(fleet.edges[n].grpc_url) for n in DEVICES]
+    item = triton_grpc.InferInput("x", [1, 4], "FP32")
+    item.set_data_from_numpy(np.ones((1, 4), dtype=np.float32))
+    served = {"1": 0, "2": 0}
+    for i in range(2000):
+        result = clients[i % len(clients)].infer("digits", [item])
+        version = result.get_response().model_version
+        served[version] += 1
+        assert result.as_numpy("y")[0, 0] == float(version)  # the answer matches the label
+    share = served["2"] / 2000
+    print(f"\nA/B 80/20 over 2000 unpinned requests: {share:.1%} to version 2")
+    assert abs(share - 0.20) <= 0.04
+    for version in ("1", "2"):  # pinned requests always hit their version
+        for client in clients:
+            for _ in range(20):
+                result = client.infer("digits", [item], model_version=version)
+                assert result.get_response().model_version == version
+    assert 'version="2"' in fleet.edges[DEVICES[0]].metrics()  # metrics split by version
+    experiment = eventually(
+        lambda: (status_of(fleet.kube, "edgemodels", fleet.namespace, "digits")["experiment"]
+                 if status_of(fleet.kube, "edgemodels", fleet.namespace, "digits")
+                 .get("experiment", {}).get("candidate", {}).get("requests", 0) >= 400
+                 else None), timeout=30, what="the experiment's traffic in status")
+    assert experiment["control"]["requests"] >= 1600 and experiment["candidate"]["errorRate"] == 0
+
+    # Ending the test without promoting it: the devices drop version 2.
+    fleet.kube.patch("edgemodels", fleet.namespace, "digits", {"spec": {"experiment": None}})
+    eventually(lambda: all(held(fleet, n) == {("1", "Ready")} for n in DEVICES), timeout=60,
+               what="version 2 withdrawn from every device")
+    assert answer(fleet.edges[DEVICES[0]], "digits") == 1.0

@@ -39,7 +39,8 @@ def device(name: str, labels: dict[str, str] | None = None,
            **models: tuple[str, str]) -> DeviceView:
     return DeviceView(
         name=name, labels={"site": "plant-7"} if labels is None else labels,
-        models={model: ReportedModel(version, state) for model, (version, state) in models.items()},
+        models={(model, version): ReportedModel(version, state)
+                for model, (version, state) in models.items()},
     )
 
 

@@ -52,7 +52,7 @@ def fleet(status: EdgeModelStatus, names: list[str] = DEVICES, *, state: str = "
         elif name in failing and assigned.version == "2.0":
             report = ReportedModel("2.0", "Failed", "wrong output shape")
         served = (traffic or {}).get(report.version)
-        views.append(DeviceView(name=name, labels={}, models={MODEL: report},
+        views.append(DeviceView(name=name, labels={}, models={(MODEL, report.version): report},
                                 phase="Offline" if name in away else "Online",
                                 last_seen=NOW - timedelta(hours=1) if name in away else NOW,
                                 traffic={(MODEL, report.version): served} if served else {}))
@@ -298,3 +298,56 @@ def test_canary_rolls_back_when_its_outputs_drift() -> None:
                      fleet(status, traffic={"1.0": served(500), "2.0": drifted}))
     assert plan.status.phase == "RolledBack"
     assert "drift PSI" in condition(plan.status, "Progressing")[2]
+
+
+EXPERIMENT = {"version": "1.1", "source": {"uri": "file:///b.onnx", "sha256": "c" * 64},
+              "weight": 20}
+TRIAL = ArtifactCheck(True, "Verified", "verified", digest="sha256:" + "c" * 64, size=3)
+
+
+def stable_spec(**fields: Any) -> EdgeModelSpec:
+    return EdgeModelSpec.model_validate({
+        "version": "1.0", "source": {"uri": "file:///m.onnx", "sha256": "b" * 64},
+        "selector": {}, **fields})
+
+
+def with_experiment(model_spec: EdgeModelSpec, previous: EdgeModelStatus,
+                    devices: list[DeviceView]) -> planner.ModelPlan:
+    return planner.plan_model_status(
+        namespace=NAMESPACE, name=MODEL, generation=2, spec=model_spec, devices=devices,
+        artifact=ArtifactCheck(True, "Verified", "", digest=OLD.digest, size=5),
+        previous=previous, approved_step=0, now=NOW, experiment=TRIAL)
+
+
+def test_an_ab_test_sends_both_versions_to_every_device_with_their_weights() -> None:
+    model_spec = stable_spec(experiment=EXPERIMENT)
+    status = with_experiment(model_spec, STABLE, fleet(STABLE)).status
+    assert status.experiment is not None and status.experiment.weight == 20
+    assert condition(status, "Experiment")[:2] == ("True", "Running")
+    views = [planner.ModelView(name=MODEL, spec=model_spec, status=status)]
+    assigned = planner.desired_assignments(NAMESPACE, "cam-00", {}, views)
+    assert [(a.version, a.weight) for a in assigned] == [("1.0", 80), ("1.1", 20)]
+    # Ending the test (spec.experiment removed) leaves the stable version alone.
+    ended = reconcile(stable_spec(), status, fleet(status)).status
+    assert ended.experiment is None
+    assert all(c.type != "Experiment" for c in ended.conditions)
+    (only,) = planner.desired_assignments(
+        NAMESPACE, "cam-00", {}, [planner.ModelView(name=MODEL, spec=stable_spec(),
+                                                    status=ended)])
+    assert (only.version, only.weight) == ("1.0", 100)
+
+
+def test_an_ab_test_waits_while_a_rollout_moves_devices() -> None:
+    model_spec = spec(**CANARY).model_copy(update={
+        "experiment": stable_spec(experiment=EXPERIMENT).experiment})
+    plan = planner.plan_model_status(
+        namespace=NAMESPACE, name=MODEL, generation=2, spec=model_spec,
+        devices=fleet(STABLE), artifact=NEW, previous=STABLE, approved_step=0, now=NOW,
+        experiment=TRIAL)
+    assert plan.status.experiment is None
+    assert condition(plan.status, "Experiment")[1] == "WaitingForStableVersion"
+
+
+def test_an_experiment_of_the_same_version_is_refused_naming_the_field() -> None:
+    same = stable_spec(experiment={**EXPERIMENT, "version": "1.0"})
+    assert planner.spec_problems(same)[0].startswith("spec.experiment.version")

@@ -134,18 +134,20 @@ class DesiredState(_message.Message):
     def __init__(self, revision: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelAssignment, _Mapping]]] = ...) -> None: ...
 
 class ModelAssignment(_message.Message):
-    __slots__ = ("name", "version", "digest", "size_bytes", "runtime")
+    __slots__ = ("name", "version", "digest", "size_bytes", "runtime", "weight")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     digest: str
     size_bytes: int
     runtime: RuntimeSettings
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., runtime: _Optional[_Union[RuntimeSettings, _Mapping]] = ...) -> None: ...
+    weight: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., runtime: _Optional[_Union[RuntimeSettings, _Mapping]] = ..., weight: _Optional[int] = ...) -> None: ...
 
 class RuntimeSettings(_message.Message):
     __slots__ = ("intra_op_threads", "inter_op_threads", "max_batch_size", "max_delay_micros")
