@@ -1,6 +1,7 @@
 """`make demo` / `make demo-down`: the local control plane, the operator with its fleet
 gateway, three edge runtimes, the example EdgeDevices and an EdgeModel rolled out to
-the two that match, answering inference; ends with `kubectl get em,ed`.
+the two that match, answering inference; then a canary rollout of a new version under
+live traffic, gated on what the devices measure; ends with `kubectl get em,ed`.
 
     python hack/demo.py up     # idempotent: reuses a running control plane
     python hack/demo.py down   # stops the operator and the control plane
@@ -11,9 +12,11 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import json
 import re
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -66,6 +69,8 @@ def start_operator(cluster: localcluster.Cluster, grpc_port: int) -> int:
     process = localcluster.spawn(DEMO_DIR, "operator", [
         sys.executable, "-m", "edgefleet.operator", "--listen-host", "127.0.0.1",
         "--metrics-port", str(port), "--grpc-port", str(grpc_port),
+        # Device statistics every 5 s rather than 30: the canary is judged sooner.
+        "--heartbeat-write-seconds", "5",
         "--artifact-cache-dir", str(DEMO_DIR / "artifacts")], env=cluster.env())
 
     def ready() -> bool:
@@ -121,6 +126,76 @@ def apply_model(cluster: localcluster.Cluster) -> None:
                          text=True).stdout, end="")
 
 
+class Traffic:
+    """Clients sending requests to the devices until stopped, as an application would."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._send, args=(ports,))
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _send(self, ports: list[int]) -> None:
+        import numpy as np
+        import tritonclient.grpc as triton_grpc
+
+        clients = [triton_grpc.InferenceServerClient(f"127.0.0.1:{port}") for port in ports]
+        pixels = triton_grpc.InferInput("x", [1, 64], "FP32")
+        pixels.set_data_from_numpy(np.random.default_rng(1).random((1, 64), dtype=np.float32))
+        sent = 0
+        while not self._stop.wait(0.01):
+            clients[sent % len(clients)].infer("digits", [pixels])
+            sent += 1
+
+
+def canary_rollout(cluster: localcluster.Cluster, ports: list[int]) -> None:
+    """Version 1.3.0 goes to one camera, is judged on its traffic there, then to both."""
+    import testmodels
+
+    model = testmodels.mlp(seed=1)
+    path = DEMO_DIR / "digits-1.3.0.onnx"
+    path.write_bytes(model)
+    rollout = {"strategy": "Canary", "maxUnavailable": 1,
+               "steps": [{"percent": 50, "pauseSeconds": 5}, {"percent": 100}],
+               # No maxDrift: two untrained models disagree on every class by design.
+               "analysis": {"minRequests": 50, "maxErrorRate": 0.01, "maxP99LatencyMs": 50}}
+    patch = {"spec": {"version": "1.3.0", "rollout": rollout, "source": {
+        "uri": path.as_uri(), "sha256": hashlib.sha256(model).hexdigest()}}}
+    print(f"kubectl patch em digits -n {NAMESPACE} --type merge -p '{json.dumps(patch)}'")
+    kubectl(cluster, "patch", "em", "digits", "-n", NAMESPACE, "--type", "merge",
+            "-p", json.dumps(patch))
+    fields = ("{.status.stepSummary}|{.status.updatedSummary}|{.status.phase}|"
+              '{.status.conditions[?(@.type=="Progressing")].message}')
+    started, last = time.monotonic(), ""
+    print(f"{'s':>4}  {'STEP':<5} {'UPDATED':<8} {'PHASE':<12} PROGRESSING")
+    with Traffic(ports):
+        while time.monotonic() - started < 180:
+            line = kubectl(cluster, "get", "em", "digits", "-n", NAMESPACE, "-o",
+                           f"jsonpath={fields}")
+            if line != last:
+                step_summary, updated, phase, message = line.split("|", 3)
+                print(f"{time.monotonic() - started:4.0f}  {step_summary or '-':<5} "
+                      f"{updated:<8} {phase:<12} {message}", flush=True)
+                last = line
+            if phase == "Healthy" and "1.3.0" in message:
+                break
+            if phase in ("RolledBack", "Paused", "Failed"):
+                raise SystemExit(f"demo: the rollout stopped ({phase}): {message}")
+            time.sleep(0.5)
+        else:
+            raise SystemExit("demo: the rollout did not finish in 180 s")
+    print(f"\nkubectl get events -n {NAMESPACE} --field-selector involvedObject.name=digits")
+    print(kubectl(cluster, "get", "events", "-n", NAMESPACE, "--sort-by=.lastTimestamp",
+                  "--field-selector", "involvedObject.name=digits",
+                  "-o", "custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message"), end="")
+
+
 def up() -> None:
     step("Local control plane (etcd, kube-apiserver, kube-controller-manager)")
     cluster = existing_cluster() or localcluster.up(CLUSTER_DIR)
@@ -155,9 +230,6 @@ def up() -> None:
                                "jsonpath={.status.readySummary}") == "2/2",
                "the model to be Ready on the two plant-7 cameras")
 
-    step(f"kubectl get em,ed -n {NAMESPACE}")
-    print(kubectl(cluster, "get", "em,ed", "-n", NAMESPACE), end="")
-
     step("Inference on each targeted device (tritonclient, gRPC)")
     import numpy as np
     import tritonclient.grpc as triton_grpc
@@ -170,9 +242,17 @@ def up() -> None:
         logits = client.infer("digits", inputs).as_numpy("logits")
         print(f"{device}: class {int(logits.argmax())} "
               f"(127.0.0.1:{ports[device]}, model digits 1.2.0)")
+
+    step("A canary rollout of 1.3.0 under live traffic, gated on the devices' measurements")
+    canary_rollout(cluster, [ports["cam-0001"], ports["cam-0002"]])
+
+    step(f"kubectl get em,ed -n {NAMESPACE}")
+    print(kubectl(cluster, "get", "em,ed", "-n", NAMESPACE), end="")
     print(f"""
 The model reached the two cameras at plant-7 (cam-0003 is at plant-9) and answers
-there; the weights are untrained, so the class is arbitrary. Look around with:
+there; the weights are untrained, so the class is arbitrary. Version 1.3.0 went to
+one camera first, was judged on its own traffic there, then went to both. Look around
+with:
   export KUBECONFIG={cluster.kubeconfig}
   export PATH={cluster.bin_dir}:$PATH
   kubectl describe em digits -n {NAMESPACE}

@@ -28,7 +28,9 @@ class OperatorSettings(BaseSettings):
         default=None, description="gateway TLS certificate (PEM); plaintext if unset")
     tls_key_file: Path | None = Field(default=None, description="gateway TLS private key (PEM)")
     heartbeat_write_seconds: float = Field(
-        default=30.0, gt=0, description="a quiet device's lastSeen is written at most this often")
+        default=30.0, gt=0,
+        description="a quiet device's lastSeen and inference statistics (what rollout "
+                    "analysis reads) are written at most this often")
     artifact_cache_dir: Path = Field(
         default_factory=lambda: Path(tempfile.gettempdir()) / "edgefleet-artifacts",
         description="where verified model artifacts are kept")

@@ -287,6 +287,7 @@ def test_canary_rolls_back_a_version_that_answers_worse_at_the_first_step(
                              {"phase": "RolledBack"}, timeout=120)
     (progressing,) = [c for c in status["conditions"] if c["type"] == "Progressing"]
     message = progressing["message"]
+    print(f"\n{bad} version: {message}")
     assert "step 1/2" in message and breach in message and threshold in message
     assert "rolled back to 1" in message
     assert status["rollout"]["analysis"]["verdict"] == "Fail"
