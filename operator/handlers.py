@@ -273,6 +273,7 @@ async def keep_model_status(
             problem = f"spec does not parse: {describe_validation_error(error)}"
             desired = planner.invalid_model_status(generation=generation, problem=problem,
                                                    previous=previous, now=memo.clock())
+            recheck_at = None
             report_once(generation, "InvalidSpec", problem)
         else:
             problems = planner.spec_problems(spec)
