@@ -9,7 +9,7 @@ CLUSTER_DIR := .cluster
 export PYTHONSAFEPATH := 1
 
 .PHONY: help venv test test-unit lint crds protos example-models cluster-up cluster-down testbin \
-	prometheus \
+	helm prometheus \
 	demo demo-down clean
 
 help:
@@ -18,7 +18,8 @@ help:
 	@echo "make test          lint, unit and integration tests (builds the control plane once)"
 	@echo "make cluster-up    start etcd + kube-apiserver on loopback; kubeconfig in .cluster/"
 	@echo "make cluster-down  stop it and delete its state"
-	@echo "make crds          regenerate crds/ from operator/resources.py"
+	@echo "make crds          regenerate crds/ (and the cloud chart's copy) from operator/resources.py"
+	@echo "make helm          build helm of the pinned release (for the chart tests)"
 	@echo "make protos        regenerate the Python code of protos/*.proto"
 	@echo "make example-models  rebuild the ONNX models in examples/models"
 
@@ -34,11 +35,15 @@ venv: $(VENV)/.installed
 testbin:
 	bash hack/testbin/build.sh >/dev/null
 
+helm:
+	bash hack/helmbin/build.sh >/dev/null
+
 prometheus:
 	bash hack/ensure-prometheus.sh
 
 crds: venv
 	$(PY) -m edgefleet.operator.crdgen crds
+	cp crds/*.yaml helm/edgefleet/crds/
 
 protos: venv
 	$(PY) hack/gen_protos.py
@@ -53,7 +58,7 @@ lint: venv
 test-unit: venv
 	$(PY) -m pytest tests/unit -q
 
-test: venv testbin prometheus lint
+test: venv testbin helm prometheus lint
 	$(PY) -m pytest tests -q -ra
 
 cluster-up: venv

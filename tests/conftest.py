@@ -180,7 +180,8 @@ def start_operator(kube: Kube, namespace: str, tmp_path: Path) -> Iterator[Start
     own_lease = f"edgefleet-test-{uuid.uuid4().hex[:8]}"
 
     def start(*extra: str, lease: str = own_lease, wait_ready: bool = True,
-              grpc_port: int | None = None) -> OperatorProcess:
+              grpc_port: int | None = None, kubeconfig: Path | None = None) -> OperatorProcess:
+        """`kubeconfig`: credentials other than the admin's (a ServiceAccount's)."""
         port = localcluster.free_port()
         grpc_port = grpc_port or localcluster.free_port()
         log_path = tmp_path / f"operator-{len(started)}.log"
@@ -193,8 +194,9 @@ def start_operator(kube: Kube, namespace: str, tmp_path: Path) -> Iterator[Start
             "--status-debounce-seconds", "0.05", *extra,
         ]
         with open(log_path, "wb") as log_file:
+            env = {**kube.env, "KUBECONFIG": str(kubeconfig)} if kubeconfig else kube.env
             process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
-                                       env=kube.env)
+                                       env=env)
         operator = OperatorProcess(process, port, grpc_port, log_path, args)
         started.append(operator)
         if wait_ready:
