@@ -9,7 +9,7 @@ CLUSTER_DIR := .cluster
 export PYTHONSAFEPATH := 1
 
 .PHONY: help venv test test-unit lint crds protos example-models cluster-up cluster-down testbin \
-	helm prometheus \
+	helm chart-files prometheus \
 	demo demo-down clean
 
 help:
@@ -18,7 +18,8 @@ help:
 	@echo "make test          lint, unit and integration tests (builds the control plane once)"
 	@echo "make cluster-up    start etcd + kube-apiserver on loopback; kubeconfig in .cluster/"
 	@echo "make cluster-down  stop it and delete its state"
-	@echo "make crds          regenerate crds/ (and the cloud chart's copy) from operator/resources.py"
+	@echo "make crds          regenerate crds/ from operator/resources.py (and the chart's copies)"
+	@echo "make chart-files   copy crds/, monitoring/ alerts and dashboards into the cloud chart"
 	@echo "make helm          build helm of the pinned release (for the chart tests)"
 	@echo "make protos        regenerate the Python code of protos/*.proto"
 	@echo "make example-models  rebuild the ONNX models in examples/models"
@@ -43,7 +44,14 @@ prometheus:
 
 crds: venv
 	$(PY) -m edgefleet.operator.crdgen crds
+	$(MAKE) chart-files
+
+# The cloud chart carries copies of the CRDs, dashboards and alert rules (a chart
+# cannot read files outside its folder); a test fails when they drift.
+chart-files:
 	cp crds/*.yaml helm/edgefleet/crds/
+	cp monitoring/alerts.yaml helm/edgefleet/files/alerts.yaml
+	cp monitoring/dashboards/*.json helm/edgefleet/files/dashboards/
 
 protos: venv
 	$(PY) hack/gen_protos.py

@@ -222,6 +222,7 @@ class ArtifactRetry:
         try:
             artifact = await self._cache.ensure(source.uri, source.sha256)
         except ArtifactError as error:
+            metrics.ARTIFACT_FAILURES.labels(error.reason).inc()
             failure = ArtifactCheck(False, error.reason, error.message)
             if failure != self._failure:
                 kopf.warn(self._body, reason=f"Artifact{error.reason}", message=error.message)

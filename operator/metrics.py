@@ -23,6 +23,11 @@ RECONCILE_SECONDS = Histogram(
     ["resource"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 LEADER = Gauge("edgefleet_operator_leader", "1 while this replica holds the leader lease")
+ARTIFACT_FAILURES = Counter(
+    "edgefleet_operator_artifact_failures",
+    "Artifact fetches that failed, by reason (DigestMismatch, Unreachable, TooLarge, ...)",
+    ["reason"],
+)
 
 MODEL_PHASES = PhaseTally(get_args(ModelPhase))
 DEVICE_PHASES = PhaseTally(get_args(DevicePhase))
@@ -62,10 +67,14 @@ ROLLOUTS = RolloutTally()
 
 
 class RolloutCollector(Collector):
-    """Devices per model, version and state; each rollout's step and its last analysis."""
+    """Each EdgeModel's phase; devices per model, version and state; each rollout's
+    step and its last analysis."""
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         model_labels = ["namespace", "model"]
+        phases = GaugeMetricFamily("edgefleet_operator_model_phase",
+                                   "1 for each EdgeModel's current phase",
+                                   labels=[*model_labels, "phase"])
         devices = GaugeMetricFamily(
             "edgefleet_operator_model_devices",
             "Targeted devices holding a model version, by the state they report",
@@ -88,6 +97,7 @@ class RolloutCollector(Collector):
                                   "PSI of the target's top classes against the stable version",
                                   labels=model_labels)
         for (namespace, name), (status, device_states) in sorted(ROLLOUTS.by_model.items()):
+            phases.add_metric([namespace, name, status.phase], 1)
             for (version, state), count in sorted(device_states.items()):
                 devices.add_metric([namespace, name, version, state], count)
             rollout = status.rollout
@@ -102,7 +112,7 @@ class RolloutCollector(Collector):
                     p99.add_metric([namespace, name], last.p99_latency_ms / 1000)
                 if last.drift is not None:
                     drift.add_metric([namespace, name], last.drift)
-        yield from (devices, step, steps, requests, errors, p99, drift)
+        yield from (phases, devices, step, steps, requests, errors, p99, drift)
 
 
 REGISTRY.register(PhaseCollector())

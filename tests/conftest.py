@@ -351,18 +351,25 @@ class Prometheus:
         return float(result[0]["value"][1]) if result else None
 
 
+StartPrometheus = Callable[..., Prometheus]
+
+
 @pytest.fixture
-def prometheus(tmp_path: Path) -> Iterator[Callable[[list[str]], Prometheus]]:
+def prometheus(tmp_path: Path) -> Iterator[StartPrometheus]:
     started: list[Prometheus] = []
     binary = shutil.which("prometheus")
     assert binary, "prometheus is not installed: run `make prometheus` (make test does)"
 
-    def start(targets: list[str]) -> Prometheus:
+    def start(targets: list[str],
+              labels: dict[str, dict[str, str]] | None = None) -> Prometheus:
+        """Scrapes `targets` every second; `labels` adds labels per target (a device's
+        name, as a site's scrape configuration would)."""
         config = tmp_path / "prometheus.yml"
         config.write_text(json.dumps({
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": "edgefleet",
-                                "static_configs": [{"targets": targets}]}],
+            "scrape_configs": [{"job_name": "edgefleet", "static_configs": [
+                {"targets": [target], "labels": (labels or {}).get(target, {})}
+                for target in targets]}],
         }))
         port = localcluster.free_port()
         with open(tmp_path / "prometheus.log", "wb") as log:

@@ -6,6 +6,7 @@ cloud chart grants."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,8 +32,11 @@ CLOUD_VALUES = {
     "replicas 2": ["--set", "replicas=2"],
     "tls on": ["--set", "gateway.tlsSecretName=gateway-tls"],
     "monitoring on": ["--set", "monitoring.serviceMonitor=true",
+                      "--set", "monitoring.prometheusRule=true",
                       "--set", "monitoring.labels.release=prometheus"],
-    "monitoring off": ["--set", "monitoring.serviceMonitor=false"],
+    "monitoring off": ["--set", "monitoring.serviceMonitor=false",
+                       "--set", "monitoring.prometheusRule=false",
+                       "--set", "grafana.dashboards=false"],
     "namespaced": ["--set", "watchNamespaces={NAMESPACE}"],  # the test's namespace
 }
 EDGE_VALUES = {
@@ -40,17 +44,21 @@ EDGE_VALUES = {
     "tls on": [*EDGE_REQUIRED, "--set", "tls.caSecretName=gateway-ca"],
     "host network": [*EDGE_REQUIRED, "--set", "hostNetwork=true"],
 }
-# A stand-in for the Prometheus Operator's CRD (not installed in the local control
-# plane), so that a rendered ServiceMonitor can be judged by the API server too.
-SERVICE_MONITOR_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
-    "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
-             "names": {"plural": "servicemonitors", "singular": "servicemonitor",
-                       "kind": "ServiceMonitor", "listKind": "ServiceMonitorList"},
-             "versions": [{"name": "v1", "served": True, "storage": True, "schema": {
-                 "openAPIV3Schema": {"type": "object",
-                                     "x-kubernetes-preserve-unknown-fields": True}}}]}}
+
+
+def stand_in_crd(kind: str) -> dict:
+    """A schemaless stand-in for a Prometheus Operator CRD (not installed in the local
+    control plane), so that the API server can judge rendered objects of that kind."""
+    plural = f"{kind.lower()}s"
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
+        "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+                 "names": {"plural": plural, "singular": kind.lower(), "kind": kind,
+                           "listKind": f"{kind}List"},
+                 "versions": [{"name": "v1", "served": True, "storage": True, "schema": {
+                     "openAPIV3Schema": {"type": "object",
+                                         "x-kubernetes-preserve-unknown-fields": True}}}]}}
 
 
 @pytest.fixture(scope="session")
@@ -91,11 +99,15 @@ def kinds(manifests: list[dict]) -> list[str]:
     return sorted(f"{m['kind']}/{m['metadata']['name']}" for m in manifests)
 
 
-def test_the_cloud_chart_carries_the_crds_of_crds_dir() -> None:
-    for crd in sorted((REPO_ROOT / "crds").glob("*.yaml")):
-        copy = CLOUD / "crds" / crd.name
-        assert copy.exists(), f"{copy} is missing: run `make crds`"
-        assert copy.read_text() == crd.read_text(), f"{copy} drifted: run `make crds`"
+def test_the_cloud_chart_carries_the_crds_dashboards_and_alerts_as_they_are() -> None:
+    copies = {crd: CLOUD / "crds" / crd.name for crd in (REPO_ROOT / "crds").glob("*.yaml")}
+    copies |= {board: CLOUD / "files" / "dashboards" / board.name
+               for board in (REPO_ROOT / "monitoring" / "dashboards").glob("*.json")}
+    copies[REPO_ROOT / "monitoring" / "alerts.yaml"] = CLOUD / "files" / "alerts.yaml"
+    assert len(copies) == 5
+    for source, copy in sorted(copies.items()):
+        assert copy.exists(), f"{copy} is missing: run `make chart-files`"
+        assert copy.read_text() == source.read_text(), f"{copy} drifted: run `make chart-files`"
 
 
 @pytest.mark.parametrize(("chart", "value_sets"), [(CLOUD, CLOUD_VALUES), (EDGE, EDGE_VALUES)],
@@ -103,9 +115,10 @@ def test_the_cloud_chart_carries_the_crds_of_crds_dir() -> None:
 def test_charts_lint_render_and_pass_a_server_side_dry_run(
     helm: Helm, kube: Kube, namespace: str, chart: Path, value_sets: dict[str, list[str]],
 ) -> None:
-    kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(SERVICE_MONITOR_CRD))
-    kube.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                 "crd/servicemonitors.monitoring.coreos.com")
+    for kind in ("ServiceMonitor", "PrometheusRule"):
+        kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(stand_in_crd(kind)))
+        kube.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                     f"crd/{kind.lower()}s.monitoring.coreos.com")
     for name, values in value_sets.items():
         values = [value.replace("NAMESPACE", namespace) for value in values]
         lint = helm.run("lint", "--strict", str(chart), *values)
@@ -128,6 +141,12 @@ def test_cloud_chart_switches_follow_the_values(helm: Helm, namespace: str) -> N
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     assert "ServiceMonitor/release-edgefleet" not in kinds(default)
+    assert "PrometheusRule/release-edgefleet" not in kinds(default)
+    boards = [m for m in default if m["kind"] == "ConfigMap"]
+    assert sorted(m["metadata"]["name"] for m in boards) == [
+        "release-edgefleet-dashboard-device", "release-edgefleet-dashboard-fleet-overview"]
+    assert all(m["metadata"]["labels"]["grafana_dashboard"] == "1" for m in boards)
+    assert all(json.loads(next(iter(m["data"].values())))["panels"] for m in boards)
 
     two = helm.template(CLOUD, ["--set", "replicas=2"], namespace)
     (deployment,) = [m for m in two if m["kind"] == "Deployment"]
@@ -137,6 +156,9 @@ def test_cloud_chart_switches_follow_the_values(helm: Helm, namespace: str) -> N
     # "auto" renders the ServiceMonitor where the cluster serves the API.
     auto = helm.template(CLOUD, [], namespace, "--api-versions", "monitoring.coreos.com/v1")
     assert "ServiceMonitor/release-edgefleet" in kinds(auto)
+    (rule,) = [m for m in auto if m["kind"] == "PrometheusRule"]
+    alerts = yaml.safe_load((REPO_ROOT / "monitoring" / "alerts.yaml").read_text())
+    assert rule["spec"] == alerts  # the very rules promtool checks and tests
     namespaced = helm.template(CLOUD, ["--set", "watchNamespaces={fleet}"], namespace)
     (role,) = [m for m in namespaced if m["kind"] == "Role"]
     assert role["metadata"]["namespace"] == "fleet"

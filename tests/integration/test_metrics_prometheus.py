@@ -3,14 +3,13 @@ the figures the traffic of the test produced."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import Kube, Prometheus, StartEdge, StartOperator
+from tests.conftest import Kube, StartEdge, StartOperator, StartPrometheus
 from tests.helpers import eventually
 from tests.integration.test_inference import infer
 from tests.integration.test_operator import device_body
@@ -21,7 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 def test_prometheus_reads_the_operator_and_edge_runtime_metrics(
     kube: Kube, namespace: str, start_operator: StartOperator, start_edge: StartEdge,
-    prometheus: Callable[[list[str]], Prometheus],
+    prometheus: StartPrometheus,
 ) -> None:
     operator = start_operator()
     kube.create("edgedevices", namespace, device_body("cam-1", site="plant-7"))

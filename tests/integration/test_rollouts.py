@@ -8,7 +8,6 @@ import hashlib
 import math
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,7 +17,7 @@ import testmodels
 import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.conftest import Fleet, Prometheus
+from tests.conftest import Fleet, StartPrometheus
 from tests.helpers import eventually, printed_row
 from tests.integration.test_edge_cloud_link import answer, edge_model, publish, reported
 from tests.integration.test_operator import status_of, wait_status
@@ -130,7 +129,7 @@ ANALYSIS = {"minRequests": 30, "maxErrorRate": 0.1, "maxP99LatencyMs": 25, "maxD
 
 
 def test_a_good_version_passes_a_three_step_canary_in_ranked_cohorts(
-    fleet: Fleet, prometheus: Callable[[list[str]], Prometheus],
+    fleet: Fleet, prometheus: StartPrometheus,
 ) -> None:
     serving_version_1(fleet)
     server = prometheus([f"127.0.0.1:{fleet.operator.metrics_port}"])
