@@ -22,6 +22,7 @@ from edgefleet.edge_runtime import telemetry
 from edgefleet.edge_runtime.config import BatchingConfig, RuntimeConfig
 from edgefleet.edge_runtime.engine import Engine
 from edgefleet.edge_runtime.errors import InferenceError
+from edgefleet.edge_runtime.metrics_buffer import MetricsBuffer, sample_registry
 from edgefleet.edge_runtime.settings import RunSettings
 from edgefleet.edge_runtime.stats import LATENCY_BOUNDS_S, VersionStats
 from edgefleet.edge_runtime.store import Store, StoredModel
@@ -89,6 +90,9 @@ class CloudAgent:
         # What the device holds, as reported, by (model, version).
         self.models: dict[tuple[str, str], pb.ModelState] = {}
         self._changed = asyncio.Event()
+        self._sampled = asyncio.Event()  # a metrics batch was stored
+        self.metrics = (MetricsBuffer(settings.data_dir / "metrics", settings.metrics_buffer_bytes)
+                        if settings.metrics_push_seconds > 0 else None)
         self._apply_task: asyncio.Task[None] | None = None
         self._channel: grpc.aio.Channel | None = None
         self._token = settings.token_file.read_text().strip()
@@ -122,7 +126,28 @@ class CloudAgent:
         return grpc.aio.insecure_channel(self.settings.cloud, options=options)
 
     async def run(self) -> None:
-        """Connects, and reconnects with jittered exponential backoff, forever."""
+        """Connects, and reconnects with jittered exponential backoff, forever; samples
+        the metrics meanwhile, whether the cloud is there or not."""
+        sampler = asyncio.create_task(self._sample_metrics()) if self.metrics else None
+        try:
+            await self._connect_forever()
+        finally:
+            if sampler:
+                sampler.cancel()
+
+    async def _sample_metrics(self) -> None:
+        assert self.metrics is not None
+        while True:
+            await asyncio.sleep(self.settings.metrics_push_seconds)
+            try:
+                await asyncio.to_thread(self.metrics.append, sample_registry())
+            except OSError as error:  # the disk: serving goes on, sampling retries
+                logger.error("cannot store metric samples in %s: %s",
+                             self.settings.data_dir / "metrics", error)
+                continue
+            self._sampled.set()
+
+    async def _connect_forever(self) -> None:
         failures = 0
         while True:
             started = time.monotonic()
@@ -154,27 +179,49 @@ class CloudAgent:
             capabilities=capabilities(), models=self.models.values(),
             applied_revision=self.state.revision,
             runtime_version=package_version("edgefleet"))))
-        sender = asyncio.create_task(self._send_reports(call))
+        sender = asyncio.create_task(self._send(call))
         try:
             async for message in call:
-                if message.WhichOneof("kind") == "desired":
+                kind = message.WhichOneof("kind")
+                if kind == "desired":
                     telemetry.CLOUD_CONNECTED.set(1)
                     self._start_apply(message.desired)
+                elif kind == "metrics_ack" and self.metrics:
+                    await asyncio.to_thread(self.metrics.acknowledge,
+                                            message.metrics_ack.sequence)
         finally:
             sender.cancel()
 
-    async def _send_reports(self, call: grpc.aio.StreamStreamCall) -> None:
-        """A report whenever what the device holds changes; a heartbeat otherwise."""
+    async def _send(self, call: grpc.aio.StreamStreamCall) -> None:
+        """The one writer of the session: a report whenever what the device holds
+        changes, a heartbeat otherwise, and every stored metrics batch not yet sent in
+        this session (all of them after a reconnect: the cloud acknowledges what it
+        keeps)."""
+        sent_up_to = 0
+        heartbeat_due = time.monotonic() + self.settings.heartbeat_seconds
         while True:
-            try:
-                await asyncio.wait_for(self._changed.wait(), self.settings.heartbeat_seconds)
+            if self.metrics:
+                for batch in await asyncio.to_thread(self.metrics.pending, sent_up_to):
+                    await call.write(pb.DeviceMessage(metrics=batch))
+                    sent_up_to = batch.sequence
+            changed = asyncio.ensure_future(self._changed.wait())
+            sampled = asyncio.ensure_future(self._sampled.wait())
+            await asyncio.wait({changed, sampled}, return_when=asyncio.FIRST_COMPLETED,
+                               timeout=max(0.0, heartbeat_due - time.monotonic()))
+            changed.cancel()
+            sampled.cancel()
+            self._sampled.clear()
+            if self._changed.is_set():
                 self._changed.clear()
                 await call.write(pb.DeviceMessage(report=pb.StateReport(
                     models=self.models.values(), applied_revision=self.state.revision,
                     stats=self._stats())))
-            except TimeoutError:
+            elif time.monotonic() >= heartbeat_due:
                 await call.write(pb.DeviceMessage(heartbeat=pb.Heartbeat(
                     models=self.models.values(), stats=self._stats())))
+            else:
+                continue
+            heartbeat_due = time.monotonic() + self.settings.heartbeat_seconds
 
     def _stats(self) -> list[pb.VersionStats]:
         return [stats_message(*entry) for entry in self.engine.stats()]

@@ -51,3 +51,11 @@ class RunSettings(ServingSettings):
     backoff_max_seconds: float = Field(default=30.0, gt=0)
     gc_grace_seconds: float = Field(default=600.0, ge=0,
                                     description="unreferenced blobs are deleted after this")
+    metrics_push_seconds: float = Field(
+        default=15.0, ge=0,
+        description="sample the runtime's metrics this often and send them to the cloud "
+                    "over the gateway session (for a Prometheus that cannot scrape the "
+                    "device); 0 turns it off")
+    metrics_buffer_bytes: int = Field(
+        default=32 * 2**20, ge=2**16,
+        description="disk bound of the samples not yet acknowledged; the oldest go first")

@@ -30,6 +30,8 @@ CLOUD_CONNECTED = Gauge("edgefleet_cloud_connected",
                         "1 while the session to the fleet gateway is up (0 in standalone mode)")
 ARTIFACT_BYTES = Counter("edgefleet_artifact_received_bytes",
                          "Artifact bytes received from the fleet gateway")
+METRICS_DROPPED = Counter("edgefleet_metrics_buffer_dropped_samples",
+                          "Metric samples dropped unsent because the on-disk buffer was full")
 
 
 @dataclass(frozen=True)

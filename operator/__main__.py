@@ -21,6 +21,7 @@ from edgefleet.operator import handlers, metrics
 from edgefleet.operator.artifacts import ArtifactCache
 from edgefleet.operator.fleet import FleetChanges
 from edgefleet.operator.gateway.directory import DeviceDirectory
+from edgefleet.operator.gateway.remote_write import RemoteWriter
 from edgefleet.operator.gateway.server import FleetGateway
 from edgefleet.operator.gateway.server import create_server as create_gateway_server
 from edgefleet.operator.kubeapi import load_kubernetes_config
@@ -59,8 +60,11 @@ async def run(settings: OperatorSettings) -> int:
     )
     tls = ((settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())
            if settings.tls_key_file and settings.tls_cert_file else None)
+    remote_writer = (RemoteWriter(settings.metrics_remote_write_url)
+                     if settings.metrics_remote_write_url else None)
     gateway = create_gateway_server(
-        FleetGateway(directory, artifacts, api_client, settings.heartbeat_write_seconds),
+        FleetGateway(directory, artifacts, api_client, settings.heartbeat_write_seconds,
+                     remote_writer),
         f"{settings.listen_host}:{settings.grpc_port}", tls)
     await gateway.start()
     logger.info("fleet gateway on %s:%d (%s)", settings.listen_host, settings.grpc_port,
@@ -92,6 +96,8 @@ async def run(settings: OperatorSettings) -> int:
             await task
     metrics.LEADER.set(0)
     await gateway.stop(grace=2)
+    if remote_writer:
+        await remote_writer.close()
     if elector and exit_code == 0:
         await elector.release()
     await health.cleanup()

@@ -31,6 +31,10 @@ class OperatorSettings(BaseSettings):
         default=30.0, gt=0,
         description="a quiet device's lastSeen and inference statistics (what rollout "
                     "analysis reads) are written at most this often")
+    metrics_remote_write_url: str = Field(
+        default="", pattern=r"^(https?://\S+)?$",
+        description="Prometheus remote-write endpoint for the metric samples devices send "
+                    "over their sessions; empty leaves them on the devices, unacknowledged")
     artifact_cache_dir: Path = Field(
         default_factory=lambda: Path(tempfile.gettempdir()) / "edgefleet-artifacts",
         description="where verified model artifacts are kept")

@@ -350,6 +350,18 @@ class Prometheus:
         result = self.query(promql)
         return float(result[0]["value"][1]) if result else None
 
+    def samples(self, selector: str, start: float, end: float) -> list[tuple[float, float]]:
+        """The raw samples (timestamp, value) a series selector stored between two Unix
+        times, whatever time they arrived."""
+        seconds = max(1, int(end - start) + 1)
+        address = f"{self.url}/api/v1/query?" + urllib.parse.urlencode(
+            {"query": f"{selector}[{seconds}s]", "time": f"{end:.3f}"})
+        status, body = http_get(address, timeout=10)
+        answer = json.loads(body) if status else {"status": "unreachable", "error": body}
+        assert answer["status"] == "success", answer
+        return [(float(t), float(v)) for series in answer["data"]["result"]
+                for t, v in series["values"] if float(t) >= start]
+
 
 StartPrometheus = Callable[..., Prometheus]
 
@@ -375,7 +387,8 @@ def prometheus(tmp_path: Path) -> Iterator[StartPrometheus]:
         with open(tmp_path / "prometheus.log", "wb") as log:
             process = subprocess.Popen(
                 [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                 f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log)
+                 f"--web.listen-address=127.0.0.1:{port}", "--web.enable-remote-write-receiver"],
+                stdout=log, stderr=log)
         server = Prometheus(process, f"http://127.0.0.1:{port}")
         started.append(server)
 

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from edgefleet.operator.artifacts import ArtifactCache
 from edgefleet.operator.gateway.directory import DeviceDirectory, DeviceEntry
+from edgefleet.operator.gateway.remote_write import RemoteWriteError, RemoteWriter
 from edgefleet.operator.kubeapi import API_ERRORS
 from edgefleet.operator.resources import (
     GROUP,
@@ -128,9 +129,10 @@ def desired_message(entry: DeviceEntry) -> pb.CloudMessage:
 class FleetGateway:
     def __init__(self, directory: DeviceDirectory, artifacts: ArtifactCache,
                  api_client: client.ApiClient, heartbeat_write_s: float,
-                 ping_s: float = 30.0) -> None:
+                 remote_writer: RemoteWriter | None = None, ping_s: float = 30.0) -> None:
         self._directory = directory
         self._artifacts = artifacts
+        self._remote_writer = remote_writer
         self._core = client.CoreV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
         self._heartbeat_write_s = heartbeat_write_s
@@ -181,22 +183,35 @@ class FleetGateway:
                                     f"{HELLO_TIMEOUT_S:.0f} s")
             await writer.hello(first.hello)
             logger.info("device connected device=%s/%s", entry.namespace, entry.name)
-            reader = asyncio.create_task(self._read(requests, writer))
+            acks: asyncio.Queue[int] = asyncio.Queue()  # metrics batches now stored
+            reader = asyncio.create_task(self._read(requests, writer, entry, acks))
             entry.changed.set()  # the desired state goes out at once on connect
             while not reader.done():
                 changed = asyncio.create_task(entry.changed.wait())
-                await asyncio.wait({changed, reader}, timeout=self._ping_s,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                acked = asyncio.create_task(acks.get())
+                done, _ = await asyncio.wait({changed, reader, acked}, timeout=self._ping_s,
+                                             return_when=asyncio.FIRST_COMPLETED)
                 changed.cancel()
+                if acked.done():
+                    yield pb.CloudMessage(metrics_ack=pb.MetricsAck(sequence=acked.result()))
+                else:
+                    acked.cancel()
                 if entry.removed:
                     await context.abort(grpc.StatusCode.NOT_FOUND,
                                         f"EdgeDevice {entry.namespace}/{entry.name} was deleted")
                 if entry.changed.is_set():
                     entry.changed.clear()
                     yield desired_message(entry)
-                elif not reader.done():
+                elif not done:
                     yield pb.CloudMessage(ping=pb.Ping())
-            reader.result()  # a failed status write surfaces here
+            try:
+                reader.result()  # a failed status write surfaces here
+            except RemoteWriteError as error:
+                logger.warning("device=%s/%s: metrics not stored, session ended: %s",
+                               entry.namespace, entry.name, error)
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    f"metrics could not be stored ({error}); keep them and "
+                                    "send them again")
         finally:
             if reader and not reader.done():
                 reader.cancel()
@@ -204,13 +219,27 @@ class FleetGateway:
             logger.info("device disconnected device=%s/%s", entry.namespace, entry.name)
 
     async def _read(self, requests: AsyncIterator[pb.DeviceMessage],
-                    writer: DeviceStatusWriter) -> None:
+                    writer: DeviceStatusWriter, entry: DeviceEntry,
+                    acks: asyncio.Queue[int]) -> None:
+        """Turns the device's messages into status writes and its metrics batches into
+        remote writes, acknowledged once stored. A failed remote write ends the session
+        (RemoteWriteError): the device keeps the batch and sends it again."""
+        unforwarded_told = False
         async for message in requests:
             kind = message.WhichOneof("kind")
             if kind == "heartbeat":
                 await writer.models(message.heartbeat.models, message.heartbeat.stats)
             elif kind == "report":
                 await writer.models(message.report.models, message.report.stats)
+            elif kind == "metrics":
+                if self._remote_writer is None:
+                    if not unforwarded_told:
+                        logger.info("device=%s/%s sends metrics, but no remote-write URL is "
+                                    "set: they stay on the device", entry.namespace, entry.name)
+                        unforwarded_told = True
+                    continue
+                await self._remote_writer.write(entry.namespace, entry.name, message.metrics)
+                acks.put_nowait(message.metrics.sequence)
 
     async def FetchArtifact(self, request: pb.ArtifactRequest,
                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ArtifactChunk]:

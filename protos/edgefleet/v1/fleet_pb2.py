@@ -24,43 +24,53 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+edgefleet/protocol/edgefleet/v1/fleet.proto\x12\x0c\x65\x64gefleet.v1\"\x98\x01\n\rDeviceMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.edgefleet.v1.HelloH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.edgefleet.v1.HeartbeatH\x00\x12+\n\x06report\x18\x03 \x01(\x0b\x32\x19.edgefleet.v1.StateReportH\x00\x42\x06\n\x04kind\"\x96\x01\n\x05Hello\x12\x30\n\x0c\x63\x61pabilities\x18\x01 \x01(\x0b\x32\x1a.edgefleet.v1.Capabilities\x12(\n\x06models\x18\x02 \x03(\x0b\x32\x18.edgefleet.v1.ModelState\x12\x18\n\x10\x61pplied_revision\x18\x03 \x01(\t\x12\x17\n\x0fruntime_version\x18\x04 \x01(\t\"]\n\x0c\x43\x61pabilities\x12\x0c\n\x04\x61rch\x18\x01 \x01(\t\x12\x0c\n\x04\x63pus\x18\x02 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\x12\x1b\n\x13\x65xecution_providers\x18\x04 \x03(\t\"\xa3\x02\n\nModelState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12-\n\x05state\x18\x04 \x01(\x0e\x32\x1e.edgefleet.v1.ModelState.State\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x12\n\nbytes_done\x18\x06 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x07 \x01(\x04\"}\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\x0f\n\x0b\x44OWNLOADING\x10\x02\x12\r\n\tVERIFYING\x10\x03\x12\x0b\n\x07LOADING\x10\x04\x12\t\n\x05READY\x10\x05\x12\n\n\x06\x46\x41ILED\x10\x06\x12\x0c\n\x08REMOVING\x10\x07\"`\n\tHeartbeat\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.edgefleet.v1.ModelState\x12)\n\x05stats\x18\x02 \x03(\x0b\x32\x1a.edgefleet.v1.VersionStats\"|\n\x0bStateReport\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.edgefleet.v1.ModelState\x12\x18\n\x10\x61pplied_revision\x18\x02 \x01(\t\x12)\n\x05stats\x18\x03 \x03(\x0b\x32\x1a.edgefleet.v1.VersionStats\"\xa2\x01\n\x0cVersionStats\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x04 \x01(\x04\x12\x1e\n\x16latency_bounds_seconds\x18\x05 \x03(\x01\x12\x16\n\x0elatency_counts\x18\x06 \x03(\x04\x12\x18\n\x10top_class_counts\x18\x07 \x03(\x04\"i\n\x0c\x43loudMessage\x12-\n\x07\x64\x65sired\x18\x01 \x01(\x0b\x32\x1a.edgefleet.v1.DesiredStateH\x00\x12\"\n\x04ping\x18\x02 \x01(\x0b\x32\x12.edgefleet.v1.PingH\x00\x42\x06\n\x04kind\"\x06\n\x04Ping\"O\n\x0c\x44\x65siredState\x12\x10\n\x08revision\x18\x01 \x01(\t\x12-\n\x06models\x18\x02 \x03(\x0b\x32\x1d.edgefleet.v1.ModelAssignment\"\x94\x01\n\x0fModelAssignment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12.\n\x07runtime\x18\x05 \x01(\x0b\x32\x1d.edgefleet.v1.RuntimeSettings\x12\x0e\n\x06weight\x18\x06 \x01(\r\"w\n\x0fRuntimeSettings\x12\x18\n\x10intra_op_threads\x18\x01 \x01(\r\x12\x18\n\x10inter_op_threads\x18\x02 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x03 \x01(\r\x12\x18\n\x10max_delay_micros\x18\x04 \x01(\r\"1\n\x0f\x41rtifactRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"A\n\rArtifactChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x32\xa9\x01\n\x0c\x46leetGateway\x12H\n\x07\x43onnect\x12\x1b.edgefleet.v1.DeviceMessage\x1a\x1a.edgefleet.v1.CloudMessage\"\x00(\x01\x30\x01\x12O\n\rFetchArtifact\x12\x1d.edgefleet.v1.ArtifactRequest\x1a\x1b.edgefleet.v1.ArtifactChunk\"\x00\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n+edgefleet/protocol/edgefleet/v1/fleet.proto\x12\x0c\x65\x64gefleet.v1\"\xc7\x01\n\rDeviceMessage\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.edgefleet.v1.HelloH\x00\x12,\n\theartbeat\x18\x02 \x01(\x0b\x32\x17.edgefleet.v1.HeartbeatH\x00\x12+\n\x06report\x18\x03 \x01(\x0b\x32\x19.edgefleet.v1.StateReportH\x00\x12-\n\x07metrics\x18\x04 \x01(\x0b\x32\x1a.edgefleet.v1.MetricsBatchH\x00\x42\x06\n\x04kind\"c\n\x0cMetricsBatch\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x14\n\x0ctimestamp_ms\x18\x02 \x01(\x03\x12+\n\x07samples\x18\x03 \x03(\x0b\x32\x1a.edgefleet.v1.MetricSample\"\x92\x01\n\x0cMetricSample\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x36\n\x06labels\x18\x02 \x03(\x0b\x32&.edgefleet.v1.MetricSample.LabelsEntry\x12\r\n\x05value\x18\x03 \x01(\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x96\x01\n\x05Hello\x12\x30\n\x0c\x63\x61pabilities\x18\x01 \x01(\x0b\x32\x1a.edgefleet.v1.Capabilities\x12(\n\x06models\x18\x02 \x03(\x0b\x32\x18.edgefleet.v1.ModelState\x12\x18\n\x10\x61pplied_revision\x18\x03 \x01(\t\x12\x17\n\x0fruntime_version\x18\x04 \x01(\t\"]\n\x0c\x43\x61pabilities\x12\x0c\n\x04\x61rch\x18\x01 \x01(\t\x12\x0c\n\x04\x63pus\x18\x02 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\x12\x1b\n\x13\x65xecution_providers\x18\x04 \x03(\t\"\xa3\x02\n\nModelState\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12-\n\x05state\x18\x04 \x01(\x0e\x32\x1e.edgefleet.v1.ModelState.State\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x12\n\nbytes_done\x18\x06 \x01(\x04\x12\x13\n\x0b\x62ytes_total\x18\x07 \x01(\x04\"}\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0b\n\x07PENDING\x10\x01\x12\x0f\n\x0b\x44OWNLOADING\x10\x02\x12\r\n\tVERIFYING\x10\x03\x12\x0b\n\x07LOADING\x10\x04\x12\t\n\x05READY\x10\x05\x12\n\n\x06\x46\x41ILED\x10\x06\x12\x0c\n\x08REMOVING\x10\x07\"`\n\tHeartbeat\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.edgefleet.v1.ModelState\x12)\n\x05stats\x18\x02 \x03(\x0b\x32\x1a.edgefleet.v1.VersionStats\"|\n\x0bStateReport\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.edgefleet.v1.ModelState\x12\x18\n\x10\x61pplied_revision\x18\x02 \x01(\t\x12)\n\x05stats\x18\x03 \x03(\x0b\x32\x1a.edgefleet.v1.VersionStats\"\xa2\x01\n\x0cVersionStats\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08requests\x18\x03 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x04 \x01(\x04\x12\x1e\n\x16latency_bounds_seconds\x18\x05 \x03(\x01\x12\x16\n\x0elatency_counts\x18\x06 \x03(\x04\x12\x18\n\x10top_class_counts\x18\x07 \x03(\x04\"\x9a\x01\n\x0c\x43loudMessage\x12-\n\x07\x64\x65sired\x18\x01 \x01(\x0b\x32\x1a.edgefleet.v1.DesiredStateH\x00\x12\"\n\x04ping\x18\x02 \x01(\x0b\x32\x12.edgefleet.v1.PingH\x00\x12/\n\x0bmetrics_ack\x18\x03 \x01(\x0b\x32\x18.edgefleet.v1.MetricsAckH\x00\x42\x06\n\x04kind\"\x1e\n\nMetricsAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"\x06\n\x04Ping\"O\n\x0c\x44\x65siredState\x12\x10\n\x08revision\x18\x01 \x01(\t\x12-\n\x06models\x18\x02 \x03(\x0b\x32\x1d.edgefleet.v1.ModelAssignment\"\x94\x01\n\x0fModelAssignment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x04\x12.\n\x07runtime\x18\x05 \x01(\x0b\x32\x1d.edgefleet.v1.RuntimeSettings\x12\x0e\n\x06weight\x18\x06 \x01(\r\"w\n\x0fRuntimeSettings\x12\x18\n\x10intra_op_threads\x18\x01 \x01(\r\x12\x18\n\x10inter_op_threads\x18\x02 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x03 \x01(\r\x12\x18\n\x10max_delay_micros\x18\x04 \x01(\r\"1\n\x0f\x41rtifactRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"A\n\rArtifactChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x32\xa9\x01\n\x0c\x46leetGateway\x12H\n\x07\x43onnect\x12\x1b.edgefleet.v1.DeviceMessage\x1a\x1a.edgefleet.v1.CloudMessage\"\x00(\x01\x30\x01\x12O\n\rFetchArtifact\x12\x1d.edgefleet.v1.ArtifactRequest\x1a\x1b.edgefleet.v1.ArtifactChunk\"\x00\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgefleet.protocol.edgefleet.v1.fleet_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_METRICSAMPLE_LABELSENTRY']._loaded_options = None
+  _globals['_METRICSAMPLE_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_DEVICEMESSAGE']._serialized_start=62
-  _globals['_DEVICEMESSAGE']._serialized_end=214
-  _globals['_HELLO']._serialized_start=217
-  _globals['_HELLO']._serialized_end=367
-  _globals['_CAPABILITIES']._serialized_start=369
-  _globals['_CAPABILITIES']._serialized_end=462
-  _globals['_MODELSTATE']._serialized_start=465
-  _globals['_MODELSTATE']._serialized_end=756
-  _globals['_MODELSTATE_STATE']._serialized_start=631
-  _globals['_MODELSTATE_STATE']._serialized_end=756
-  _globals['_HEARTBEAT']._serialized_start=758
-  _globals['_HEARTBEAT']._serialized_end=854
-  _globals['_STATEREPORT']._serialized_start=856
-  _globals['_STATEREPORT']._serialized_end=980
-  _globals['_VERSIONSTATS']._serialized_start=983
-  _globals['_VERSIONSTATS']._serialized_end=1145
-  _globals['_CLOUDMESSAGE']._serialized_start=1147
-  _globals['_CLOUDMESSAGE']._serialized_end=1252
-  _globals['_PING']._serialized_start=1254
-  _globals['_PING']._serialized_end=1260
-  _globals['_DESIREDSTATE']._serialized_start=1262
-  _globals['_DESIREDSTATE']._serialized_end=1341
-  _globals['_MODELASSIGNMENT']._serialized_start=1344
-  _globals['_MODELASSIGNMENT']._serialized_end=1492
-  _globals['_RUNTIMESETTINGS']._serialized_start=1494
-  _globals['_RUNTIMESETTINGS']._serialized_end=1613
-  _globals['_ARTIFACTREQUEST']._serialized_start=1615
-  _globals['_ARTIFACTREQUEST']._serialized_end=1664
-  _globals['_ARTIFACTCHUNK']._serialized_start=1666
-  _globals['_ARTIFACTCHUNK']._serialized_end=1731
-  _globals['_FLEETGATEWAY']._serialized_start=1734
-  _globals['_FLEETGATEWAY']._serialized_end=1903
+  _globals['_DEVICEMESSAGE']._serialized_end=261
+  _globals['_METRICSBATCH']._serialized_start=263
+  _globals['_METRICSBATCH']._serialized_end=362
+  _globals['_METRICSAMPLE']._serialized_start=365
+  _globals['_METRICSAMPLE']._serialized_end=511
+  _globals['_METRICSAMPLE_LABELSENTRY']._serialized_start=466
+  _globals['_METRICSAMPLE_LABELSENTRY']._serialized_end=511
+  _globals['_HELLO']._serialized_start=514
+  _globals['_HELLO']._serialized_end=664
+  _globals['_CAPABILITIES']._serialized_start=666
+  _globals['_CAPABILITIES']._serialized_end=759
+  _globals['_MODELSTATE']._serialized_start=762
+  _globals['_MODELSTATE']._serialized_end=1053
+  _globals['_MODELSTATE_STATE']._serialized_start=928
+  _globals['_MODELSTATE_STATE']._serialized_end=1053
+  _globals['_HEARTBEAT']._serialized_start=1055
+  _globals['_HEARTBEAT']._serialized_end=1151
+  _globals['_STATEREPORT']._serialized_start=1153
+  _globals['_STATEREPORT']._serialized_end=1277
+  _globals['_VERSIONSTATS']._serialized_start=1280
+  _globals['_VERSIONSTATS']._serialized_end=1442
+  _globals['_CLOUDMESSAGE']._serialized_start=1445
+  _globals['_CLOUDMESSAGE']._serialized_end=1599
+  _globals['_METRICSACK']._serialized_start=1601
+  _globals['_METRICSACK']._serialized_end=1631
+  _globals['_PING']._serialized_start=1633
+  _globals['_PING']._serialized_end=1639
+  _globals['_DESIREDSTATE']._serialized_start=1641
+  _globals['_DESIREDSTATE']._serialized_end=1720
+  _globals['_MODELASSIGNMENT']._serialized_start=1723
+  _globals['_MODELASSIGNMENT']._serialized_end=1871
+  _globals['_RUNTIMESETTINGS']._serialized_start=1873
+  _globals['_RUNTIMESETTINGS']._serialized_end=1992
+  _globals['_ARTIFACTREQUEST']._serialized_start=1994
+  _globals['_ARTIFACTREQUEST']._serialized_end=2043
+  _globals['_ARTIFACTCHUNK']._serialized_start=2045
+  _globals['_ARTIFACTCHUNK']._serialized_end=2110
+  _globals['_FLEETGATEWAY']._serialized_start=2113
+  _globals['_FLEETGATEWAY']._serialized_end=2282
 # @@protoc_insertion_point(module_scope)

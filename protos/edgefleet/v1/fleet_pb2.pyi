@@ -8,14 +8,43 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class DeviceMessage(_message.Message):
-    __slots__ = ("hello", "heartbeat", "report")
+    __slots__ = ("hello", "heartbeat", "report", "metrics")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     heartbeat: Heartbeat
     report: StateReport
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., report: _Optional[_Union[StateReport, _Mapping]] = ...) -> None: ...
+    metrics: MetricsBatch
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., report: _Optional[_Union[StateReport, _Mapping]] = ..., metrics: _Optional[_Union[MetricsBatch, _Mapping]] = ...) -> None: ...
+
+class MetricsBatch(_message.Message):
+    __slots__ = ("sequence", "timestamp_ms", "samples")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    timestamp_ms: int
+    samples: _containers.RepeatedCompositeFieldContainer[MetricSample]
+    def __init__(self, sequence: _Optional[int] = ..., timestamp_ms: _Optional[int] = ..., samples: _Optional[_Iterable[_Union[MetricSample, _Mapping]]] = ...) -> None: ...
+
+class MetricSample(_message.Message):
+    __slots__ = ("name", "labels", "value")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    labels: _containers.ScalarMap[str, str]
+    value: float
+    def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., value: _Optional[float] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("capabilities", "models", "applied_revision", "runtime_version")
@@ -114,12 +143,20 @@ class VersionStats(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., latency_bounds_seconds: _Optional[_Iterable[float]] = ..., latency_counts: _Optional[_Iterable[int]] = ..., top_class_counts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CloudMessage(_message.Message):
-    __slots__ = ("desired", "ping")
+    __slots__ = ("desired", "ping", "metrics_ack")
     DESIRED_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
+    METRICS_ACK_FIELD_NUMBER: _ClassVar[int]
     desired: DesiredState
     ping: Ping
-    def __init__(self, desired: _Optional[_Union[DesiredState, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ...) -> None: ...
+    metrics_ack: MetricsAck
+    def __init__(self, desired: _Optional[_Union[DesiredState, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., metrics_ack: _Optional[_Union[MetricsAck, _Mapping]] = ...) -> None: ...
+
+class MetricsAck(_message.Message):
+    __slots__ = ("sequence",)
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    def __init__(self, sequence: _Optional[int] = ...) -> None: ...
 
 class Ping(_message.Message):
     __slots__ = ()
