@@ -75,7 +75,7 @@ cluster-up: venv
 cluster-down:
 	$(PYTHON) hack/localcluster.py down --dir $(CLUSTER_DIR)
 
-demo: venv
+demo: venv prometheus
 	$(PY) hack/demo.py up
 
 demo-down:

@@ -25,15 +25,23 @@ class VersionStats:
         self.classifies = False  # whether the primary output was ever class scores
 
     def answered(self, seconds: float, primary: np.ndarray) -> None:
-        """Counts an answered request and the top class of each row of its primary
-        output, when that output is a vector of scores per row."""
+        """Counts an answered request and the class of each row of its primary output:
+        the top class of a vector of scores per row, or the label itself when the
+        output is one non-negative integer label per row (as scikit-learn's converted
+        classifiers give)."""
         self.requests += 1
         self.latency_counts[bisect.bisect_left(LATENCY_BOUNDS_S, seconds)] += 1
         if primary.ndim >= 2 and primary.shape[-1] > 1 and primary.dtype.kind in "fiu":
-            top = primary.reshape(-1, primary.shape[-1]).argmax(axis=1)
-            self.top_class_counts += np.bincount(np.minimum(top, TOP_CLASS_BINS - 1),
-                                                 minlength=TOP_CLASS_BINS)
-            self.classifies = True
+            classes = primary.reshape(-1, primary.shape[-1]).argmax(axis=1)
+        elif primary.ndim == 1 and primary.dtype.kind in "iu" and primary.size:
+            if primary.min() < 0:
+                return
+            classes = primary
+        else:
+            return
+        self.top_class_counts += np.bincount(np.minimum(classes, TOP_CLASS_BINS - 1),
+                                             minlength=TOP_CLASS_BINS)
+        self.classifies = True
 
     def failed(self) -> None:
         """Counts a request that failed inside the model."""

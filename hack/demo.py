@@ -1,10 +1,14 @@
-"""`make demo` / `make demo-down`: the local control plane, the operator with its fleet
-gateway, three edge runtimes, the example EdgeDevices and an EdgeModel rolled out to
-the two that match, answering inference; then a canary rollout of a new version under
-live traffic, gated on what the devices measure; ends with `kubectl get em,ed`.
+"""`make demo` / `make demo-down`: the whole system on this machine.
+
+A local control plane, the operator with its fleet gateway, a real Prometheus, three
+edge runtimes (the example EdgeDevices; two match the model's selector); a digit
+classifier trained here on scikit-learn's handwritten digits and rolled out to the
+two, with its accuracy measured at the edge; then its int8 quantization rolled out as
+a canary under live traffic, gated on what the devices measure; a plot of the rollout
+from Prometheus' data; `kubectl get em,ed`.
 
     python hack/demo.py up     # idempotent: reuses a running control plane
-    python hack/demo.py down   # stops the operator and the control plane
+    python hack/demo.py down   # stops everything `up` started
 """
 
 from __future__ import annotations
@@ -14,24 +18,33 @@ import base64
 import hashlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # Explicitly: under PYTHONSAFEPATH (see the Makefile) Python adds no script directory.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import localcluster
+
+if TYPE_CHECKING:  # `down` runs without the project's environment: imports stay lazy
+    import digits
+    import numpy as np
 
 REPO_ROOT = localcluster.REPO_ROOT
 CLUSTER_DIR = REPO_ROOT / ".cluster"
 DEMO_DIR = REPO_ROOT / ".demo"
 NAMESPACE = "fleet"
 DEVICES = ("cam-0001", "cam-0002", "cam-0003")
+TARGETED = ("cam-0001", "cam-0002")  # at plant-7, the model's selector
+PLOT = DEMO_DIR / "rollout.png"
 
 
 def step(message: str) -> None:
@@ -62,32 +75,55 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 60.0) -> N
     raise SystemExit(f"demo: timed out waiting for {what}")
 
 
-def start_operator(cluster: localcluster.Cluster, grpc_port: int) -> int:
-    DEMO_DIR.mkdir(exist_ok=True)
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            return reply.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def start_prometheus(operator_port: int) -> str:
+    """Prometheus scraping the operator; the devices' samples come in through the
+    gateway (remote write), as they would from behind NAT."""
+    binary = shutil.which("prometheus")
+    if not binary:
+        raise SystemExit("demo: prometheus is not installed; `make demo` installs it")
     port = localcluster.free_port()
+    config = DEMO_DIR / "prometheus.yml"
+    config.write_text(json.dumps({
+        "global": {"scrape_interval": "2s", "evaluation_interval": "2s"},
+        "scrape_configs": [{"job_name": "edgefleet-operator", "static_configs": [
+            {"targets": [f"127.0.0.1:{operator_port}"]}]}]}))
+    shutil.rmtree(DEMO_DIR / "prometheus-data", ignore_errors=True)
+    localcluster.spawn(DEMO_DIR, "prometheus", [
+        binary, f"--config.file={config}", f"--storage.tsdb.path={DEMO_DIR / 'prometheus-data'}",
+        f"--web.listen-address=127.0.0.1:{port}", "--web.enable-remote-write-receiver"])
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: answers(f"{url}/-/ready"), "Prometheus to start")
+    return url
+
+
+def start_operator(cluster: localcluster.Cluster, grpc_port: int, port: int,
+                   remote_write_url: str) -> None:
     log_path = DEMO_DIR / "logs" / "operator.log"
     process = localcluster.spawn(DEMO_DIR, "operator", [
         sys.executable, "-m", "edgefleet.operator", "--listen-host", "127.0.0.1",
         "--metrics-port", str(port), "--grpc-port", str(grpc_port),
         # Device statistics every 5 s rather than 30: the canary is judged sooner.
-        "--heartbeat-write-seconds", "5",
+        "--heartbeat-write-seconds", "5", "--metrics-remote-write-url", remote_write_url,
         "--artifact-cache-dir", str(DEMO_DIR / "artifacts")], env=cluster.env())
 
     def ready() -> bool:
         if process.poll() is not None:
             raise SystemExit(f"demo: the operator exited; see {log_path}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
-                return reply.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+        return answers(f"http://127.0.0.1:{port}/readyz")
 
     wait_until(ready, "the operator to lead and start")
-    return port
 
 
 def stop_all() -> None:
-    for name in (*DEVICES, "operator"):
+    for name in (*DEVICES, "operator", "prometheus"):
         localcluster.stop_process(DEMO_DIR, name, grace_s=15)
 
 
@@ -106,32 +142,48 @@ def start_edges(cluster: localcluster.Cluster, grpc_port: int) -> dict[str, int]
             "--device", device, "--token-file", str(token_file),
             "--data-dir", str(DEMO_DIR / f"{device}-data"), "--listen-host", "127.0.0.1",
             "--grpc-port", str(ports[device]), "--http-port", str(localcluster.free_port()),
-            "--metrics-port", str(localcluster.free_port()), "--heartbeat-seconds", "2"])
+            "--metrics-port", str(localcluster.free_port()), "--heartbeat-seconds", "2",
+            "--metrics-push-seconds", "2"])
     return ports
 
 
-def apply_model(cluster: localcluster.Cluster) -> None:
-    """examples/edgemodel.yaml with its source pointed at a model built here."""
-    import testmodels  # needs onnx: installed with the project's dev extra
-
-    model = testmodels.mlp()  # 64 inputs (8x8 pixels) to 10 classes; untrained weights
-    path = DEMO_DIR / "digits-1.2.0.onnx"
-    path.write_bytes(model)
+def apply_model(cluster: localcluster.Cluster, model: Path) -> None:
+    """examples/edgemodel.yaml with its source pointed at the model trained here."""
     manifest = (REPO_ROOT / "examples" / "edgemodel.yaml").read_text()
-    manifest = manifest.replace("https://models.example/digits-1.2.0.onnx", path.as_uri())
+    manifest = manifest.replace("https://models.example/digits-1.2.0.onnx", model.as_uri())
     manifest = re.sub(r'sha256: "[0-9a-f]{64}"',
-                      f'sha256: "{hashlib.sha256(model).hexdigest()}"', manifest)
+                      f'sha256: "{hashlib.sha256(model.read_bytes()).hexdigest()}"', manifest)
     print(subprocess.run([str(cluster.kubectl), "apply", "-f", "-"], input=manifest,
                          env=cluster.env(), check=True, capture_output=True,
                          text=True).stdout, end="")
 
 
-class Traffic:
-    """Clients sending requests to the devices until stopped, as an application would."""
+def accuracy_at_the_edge(ports: dict[str, int], model: digits.Digits) -> None:
+    """Every test image through tritonclient to each targeted device, one request each."""
+    import numpy as np
+    import tritonclient.grpc as triton_grpc
 
-    def __init__(self, ports: list[int]) -> None:
+    for device in TARGETED:
+        client = triton_grpc.InferenceServerClient(f"127.0.0.1:{ports[device]}")
+        correct, versions = 0, set()
+        for pixels, label in zip(model.test_pixels, model.test_labels, strict=True):
+            item = triton_grpc.InferInput("pixels", [1, 64], "FP32")
+            item.set_data_from_numpy(pixels[np.newaxis])
+            result = client.infer("digits", [item], outputs=[
+                triton_grpc.InferRequestedOutput("label")])
+            correct += int(result.as_numpy("label")[0] == label)
+            versions.add(result.get_response().model_version)
+        print(f"{device}: {correct}/{len(model.test_labels)} test images right "
+              f"({correct / len(model.test_labels):.1%}), answered by digits "
+              f"{', '.join(sorted(versions))}")
+
+
+class Traffic:
+    """An application sending test images to the devices until stopped."""
+
+    def __init__(self, ports: list[int], pixels: np.ndarray) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._send, args=(ports,))
+        self._thread = threading.Thread(target=self._send, args=(ports, pixels))
 
     def __enter__(self) -> Traffic:
         self._thread.start()
@@ -141,32 +193,30 @@ class Traffic:
         self._stop.set()
         self._thread.join()
 
-    def _send(self, ports: list[int]) -> None:
+    def _send(self, ports: list[int], pixels: np.ndarray) -> None:
         import numpy as np
         import tritonclient.grpc as triton_grpc
 
         clients = [triton_grpc.InferenceServerClient(f"127.0.0.1:{port}") for port in ports]
-        pixels = triton_grpc.InferInput("x", [1, 64], "FP32")
-        pixels.set_data_from_numpy(np.random.default_rng(1).random((1, 64), dtype=np.float32))
         sent = 0
         while not self._stop.wait(0.01):
-            clients[sent % len(clients)].infer("digits", [pixels])
+            item = triton_grpc.InferInput("pixels", [1, 64], "FP32")
+            item.set_data_from_numpy(pixels[sent % len(pixels)][np.newaxis])
+            clients[sent % len(clients)].infer("digits", [item])
             sent += 1
 
 
-def canary_rollout(cluster: localcluster.Cluster, ports: list[int]) -> None:
-    """Version 1.3.0 goes to one camera, is judged on its traffic there, then to both."""
-    import testmodels
-
-    model = testmodels.mlp(seed=1)
-    path = DEMO_DIR / "digits-1.3.0.onnx"
-    path.write_bytes(model)
+def canary_rollout(cluster: localcluster.Cluster, ports: list[int], model: digits.Digits,
+                   ) -> None:
+    """The int8 model goes to one camera, is judged on its own traffic there against
+    the fp32 one (errors, p99, drift of its answers), then to both."""
     rollout = {"strategy": "Canary", "maxUnavailable": 1,
-               "steps": [{"percent": 50, "pauseSeconds": 5}, {"percent": 100}],
-               # No maxDrift: two untrained models disagree on every class by design.
-               "analysis": {"minRequests": 50, "maxErrorRate": 0.01, "maxP99LatencyMs": 50}}
+               "steps": [{"percent": 50, "pauseSeconds": 10}, {"percent": 100}],
+               "analysis": {"minRequests": 200, "maxErrorRate": 0.01,
+                            "maxP99LatencyMs": 50, "maxDrift": 0.1}}
     patch = {"spec": {"version": "1.3.0", "rollout": rollout, "source": {
-        "uri": path.as_uri(), "sha256": hashlib.sha256(model).hexdigest()}}}
+        "uri": model.int8.as_uri(), "sha256": hashlib.sha256(model.int8.read_bytes())
+        .hexdigest()}}}
     print(f"kubectl patch em digits -n {NAMESPACE} --type merge -p '{json.dumps(patch)}'")
     kubectl(cluster, "patch", "em", "digits", "-n", NAMESPACE, "--type", "merge",
             "-p", json.dumps(patch))
@@ -174,8 +224,8 @@ def canary_rollout(cluster: localcluster.Cluster, ports: list[int]) -> None:
               '{.status.conditions[?(@.type=="Progressing")].message}')
     started, last = time.monotonic(), ""
     print(f"{'s':>4}  {'STEP':<5} {'UPDATED':<8} {'PHASE':<12} PROGRESSING")
-    with Traffic(ports):
-        while time.monotonic() - started < 180:
+    with Traffic(ports, model.test_pixels):
+        while time.monotonic() - started < 240:
             line = kubectl(cluster, "get", "em", "digits", "-n", NAMESPACE, "-o",
                            f"jsonpath={fields}")
             if line != last:
@@ -189,14 +239,73 @@ def canary_rollout(cluster: localcluster.Cluster, ports: list[int]) -> None:
                 raise SystemExit(f"demo: the rollout stopped ({phase}): {message}")
             time.sleep(0.5)
         else:
-            raise SystemExit("demo: the rollout did not finish in 180 s")
+            raise SystemExit("demo: the rollout did not finish in 240 s")
+        time.sleep(6)  # traffic on the new version, for the plot
     print(f"\nkubectl get events -n {NAMESPACE} --field-selector involvedObject.name=digits")
     print(kubectl(cluster, "get", "events", "-n", NAMESPACE, "--sort-by=.lastTimestamp",
                   "--field-selector", "involvedObject.name=digits",
                   "-o", "custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message"), end="")
 
 
+def query_range(prometheus: str, promql: str, start: float, end: float,
+                ) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
+    address = f"{prometheus}/api/v1/query_range?" + urllib.parse.urlencode(
+        {"query": promql, "start": start, "end": end, "step": 1})
+    with urllib.request.urlopen(address, timeout=10) as reply:
+        answer = json.loads(reply.read())
+    return [(series["metric"], [(float(t), float(v)) for t, v in series["values"]])
+            for series in answer["data"]["result"]]
+
+
+def plot(prometheus: str, began: float, end: float) -> None:
+    """The rollout as Prometheus recorded it: devices per version, requests and p99
+    per version (the devices' samples arrived through the gateway)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("devices serving", 'sum by (version) (edgefleet_operator_model_devices'
+                            '{model="digits",state="Ready"})', 1),
+        ("requests/s", 'sum by (version) (rate(edgefleet_inference_requests_total'
+                       '{model="digits",outcome="success"}[6s]))', 1),
+        ("p99 latency (ms)", 'histogram_quantile(0.99, sum by (version, le) (rate('
+                             'edgefleet_inference_request_duration_seconds_bucket'
+                             '{model="digits"}[6s])))', 1000),
+    ]
+    figure, axes = plt.subplots(len(panels), 1, figsize=(8, 7), sharex=True)
+    for axis, (title, promql, scale) in zip(axes, panels, strict=True):
+        series = sorted(query_range(prometheus, promql, began - 5, end),
+                        key=lambda item: item[0].get("version", ""))
+        for (labels, values), style in zip(series, ("-", "--", ":"), strict=False):
+            axis.plot([t - began for t, _ in values], [v * scale for _, v in values],
+                      style, linewidth=2, label=f"digits {labels.get('version', '?')}")
+        axis.set_ylabel(title)
+        axis.legend(loc="upper left", fontsize="small")
+        axis.grid(alpha=0.3)
+    axes[-1].set_xlabel("seconds since the canary began")
+    figure.suptitle("make demo: canary rollout of digits 1.3.0 (int8) over 1.2.0 (fp32)")
+    figure.tight_layout()
+    figure.savefig(PLOT, dpi=100)
+    print(f"wrote {PLOT.relative_to(REPO_ROOT)} from Prometheus' data")
+
+
+def fresh_namespace(cluster: localcluster.Cluster) -> None:
+    """A control plane kept from an earlier run still holds its demo objects: the demo
+    starts over without them (its operator is stopped, so their finalizers go too)."""
+    if NAMESPACE not in kubectl(cluster, "get", "namespaces", "-o", "name"):
+        return
+    for name in kubectl(cluster, "get", "em,ed", "-n", NAMESPACE, "-o", "name").split():
+        kubectl(cluster, "patch", name, "-n", NAMESPACE, "--type", "merge",
+                "-p", '{"metadata":{"finalizers":null}}')
+    kubectl(cluster, "delete", "namespace", NAMESPACE, "--wait=true", "--timeout=120s")
+
+
 def up() -> None:
+    import digits
+
+    DEMO_DIR.mkdir(exist_ok=True)
     step("Local control plane (etcd, kube-apiserver, kube-controller-manager)")
     cluster = existing_cluster() or localcluster.up(CLUSTER_DIR)
     print(kubectl(cluster, "get", "namespaces"), end="")
@@ -207,12 +316,15 @@ def up() -> None:
     kubectl(cluster, "wait", "--for=condition=Established", "--timeout=60s",
             "crd/edgemodels.edgefleet.io", "crd/edgedevices.edgefleet.io")
 
-    step("The operator and its fleet gateway")
+    step("The operator with its fleet gateway, and Prometheus")
     stop_all()
-    grpc_port = localcluster.free_port()
-    port = start_operator(cluster, grpc_port)
-    print(f"leading; gateway on 127.0.0.1:{grpc_port}; metrics at "
-          f"http://127.0.0.1:{port}/metrics; log in .demo/logs/operator.log")
+    fresh_namespace(cluster)
+    grpc_port, operator_port = localcluster.free_port(), localcluster.free_port()
+    prometheus = start_prometheus(operator_port)
+    start_operator(cluster, grpc_port, operator_port, f"{prometheus}/api/v1/write")
+    print(f"operator leading; gateway on 127.0.0.1:{grpc_port}; metrics at "
+          f"http://127.0.0.1:{operator_port}/metrics\nPrometheus at {prometheus} "
+          "(the devices' samples arrive through the gateway)")
 
     step("Example EdgeDevices and their token Secrets (examples/devices.yaml)")
     print(kubectl(cluster, "apply", "-f", str(REPO_ROOT / "examples" / "devices.yaml")), end="")
@@ -224,39 +336,46 @@ def up() -> None:
                "the three devices to come online")
     print(kubectl(cluster, "get", "ed", "-n", NAMESPACE), end="")
 
-    step("The EdgeModel (examples/edgemodel.yaml, with a model built here)")
-    apply_model(cluster)
+    step("A digit classifier trained on scikit-learn's handwritten digits, and its int8 twin")
+    model = digits.build(DEMO_DIR / "models")
+    print(f"MLP 64-128-10 trained on {1797 - len(model.test_labels)} images, "
+          f"{model.accuracy:.1%} on the {len(model.test_labels)} held out; ONNX fp32 "
+          f"{model.fp32.stat().st_size} bytes, int8 {model.int8.stat().st_size} bytes")
+
+    step("The EdgeModel (examples/edgemodel.yaml, version 1.2.0 = the fp32 model)")
+    apply_model(cluster, model.fp32)
     wait_until(lambda: kubectl(cluster, "get", "em", "digits", "-n", NAMESPACE, "-o",
                                "jsonpath={.status.readySummary}") == "2/2",
                "the model to be Ready on the two plant-7 cameras")
 
-    step("Inference on each targeted device (tritonclient, gRPC)")
-    import numpy as np
-    import tritonclient.grpc as triton_grpc
+    step("Accuracy measured at the edge (tritonclient, gRPC, every held-out image)")
+    accuracy_at_the_edge(ports, model)
 
-    pixels = np.random.default_rng(0).random((1, 64), dtype=np.float32)
-    for device in ("cam-0001", "cam-0002"):
-        client = triton_grpc.InferenceServerClient(f"127.0.0.1:{ports[device]}")
-        inputs = [triton_grpc.InferInput("x", [1, 64], "FP32")]
-        inputs[0].set_data_from_numpy(pixels)
-        logits = client.infer("digits", inputs).as_numpy("logits")
-        print(f"{device}: class {int(logits.argmax())} "
-              f"(127.0.0.1:{ports[device]}, model digits 1.2.0)")
+    step("A canary rollout of 1.3.0 (int8) under live traffic, gated on the devices' "
+         "measurements")
+    started = time.time()
+    canary_rollout(cluster, [ports[d] for d in TARGETED], model)
+    ended = time.time()
 
-    step("A canary rollout of 1.3.0 under live traffic, gated on the devices' measurements")
-    canary_rollout(cluster, [ports["cam-0001"], ports["cam-0002"]])
+    step("Accuracy measured at the edge after the rollout")
+    accuracy_at_the_edge(ports, model)
+
+    step("The rollout as Prometheus saw it")
+    plot(prometheus, started, ended)
 
     step(f"kubectl get em,ed -n {NAMESPACE}")
     print(kubectl(cluster, "get", "em,ed", "-n", NAMESPACE), end="")
     print(f"""
-The model reached the two cameras at plant-7 (cam-0003 is at plant-9) and answers
-there; the weights are untrained, so the class is arbitrary. Version 1.3.0 went to
-one camera first, was judged on its own traffic there, then went to both. Look around
-with:
+The classifier reached the two cameras at plant-7 (cam-0003 is at plant-9); its int8
+version went to one camera first, was judged there on its own traffic against the
+fp32 one, then went to both. Where to look next:
   export KUBECONFIG={cluster.kubeconfig}
   export PATH={cluster.bin_dir}:$PATH
-  kubectl describe em digits -n {NAMESPACE}
+  kubectl describe em digits -n {NAMESPACE}                  # conditions and Events
+  kubectl get ed cam-0001 -n {NAMESPACE} -o yaml             # what a device reports
   kubectl label ed cam-0003 -n {NAMESPACE} site=plant-7 --overwrite   # then READY 3/3
+  {prometheus}/graph                                      # PromQL over fleet and devices
+  {PLOT.relative_to(REPO_ROOT)}, monitoring/dashboards/ (Grafana), monitoring/alerts.yaml
 Logs are in .demo/logs/. Stop everything with: make demo-down""")
 
 

@@ -119,7 +119,10 @@ def analyze(analysis: RolloutAnalysis, candidate: TrafficStats,
                 + (f" (max {analysis.max_p99_latency_ms} ms)"
                    if analysis.max_p99_latency_ms is not None else "")
                 + (f", drift PSI {drift:.3f}" if drift is not None else "")
-                + (f" (max {analysis.max_drift})" if analysis.max_drift is not None else ""))
+                + (f" (max {analysis.max_drift})"
+                   if analysis.max_drift is not None and drift is not None else "")
+                + (", drift not measured (no classes from both versions)"
+                   if analysis.max_drift is not None and drift is None else ""))
 
     def verdict(outcome: Literal["Pass", "Wait", "Fail"], message: str) -> Verdict:
         return Verdict(outcome, message, attempts, rate, p99_ms, drift)

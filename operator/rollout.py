@@ -16,7 +16,7 @@ import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from edgefleet.operator import analysis
 from edgefleet.operator.analysis import TrafficStats
@@ -292,11 +292,12 @@ def _progress(namespace: str, name: str, spec: EdgeModelSpec, steps: list[Rollou
                     f"{timeout_s}s: {_names(skipped)}")))
         assert current.step_ready_at is not None
         if step.pause_seconds:
-            remaining = (current.step_ready_at - now).total_seconds() + step.pause_seconds
-            if remaining > 0:
+            resume_at = current.step_ready_at + timedelta(seconds=step.pause_seconds)
+            remaining = (resume_at - now).total_seconds()
+            if remaining > 0:  # a time, not a countdown: the status stays put meanwhile
                 return RolloutDecision(stable, current, history, (
                     "True", "PauseInProgress",
-                    f"{where} is ready; the next step starts in {math.ceil(remaining)}s"),
+                    f"{where} is ready; the next step starts at {resume_at:%H:%M:%S}Z"),
                     events, remaining)
         if verdict and verdict.outcome == "Wait":
             return RolloutDecision(stable, current, history, (

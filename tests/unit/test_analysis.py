@@ -78,3 +78,4 @@ def test_a_healthy_candidate_passes_and_drift_needs_a_baseline() -> None:
     assert verdict.outcome == "Pass" and verdict.drift is not None and verdict.drift < 0.01
     alone = analysis.analyze(THRESHOLDS, traffic(200), TrafficStats())
     assert alone.outcome == "Pass" and alone.drift is None
+    assert alone.message.endswith("drift not measured (no classes from both versions)")

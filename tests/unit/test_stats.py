@@ -29,3 +29,12 @@ def test_failures_count_apart_from_answers() -> None:
     stats = VersionStats()
     stats.failed()
     assert (stats.requests, stats.errors) == (0, 1)
+
+
+def test_integer_labels_count_as_classes_and_negative_ones_do_not() -> None:
+    stats = VersionStats()
+    stats.answered(0.001, np.array([3, 3, 7], dtype=np.int64))
+    assert stats.classifies and stats.top_class_counts[3] == 2 and stats.top_class_counts[7] == 1
+    other = VersionStats()
+    other.answered(0.001, np.array([-1, 2], dtype=np.int64))
+    assert not other.classifies and other.requests == 1
