@@ -43,6 +43,7 @@ EDGE_VALUES = {
     "default": EDGE_REQUIRED,
     "tls on": [*EDGE_REQUIRED, "--set", "tls.caSecretName=gateway-ca"],
     "host network": [*EDGE_REQUIRED, "--set", "hostNetwork=true"],
+    "data volume": [*EDGE_REQUIRED, "--set", "dataDir.volume.emptyDir.sizeLimit=10Gi"],
 }
 
 
