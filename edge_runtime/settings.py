@@ -52,10 +52,11 @@ class RunSettings(ServingSettings):
     gc_grace_seconds: float = Field(default=600.0, ge=0,
                                     description="unreferenced blobs are deleted after this")
     metrics_push_seconds: float = Field(
-        default=15.0, ge=0,
+        default=0, ge=0,
         description="sample the runtime's metrics this often and send them to the cloud "
-                    "over the gateway session (for a Prometheus that cannot scrape the "
-                    "device); 0 turns it off")
+                    "over the gateway session, for a Prometheus that cannot scrape the "
+                    "device (set it where the operator has a remote-write URL; 15 is a "
+                    "good value); 0, the default, sends none")
     metrics_buffer_bytes: int = Field(
         default=32 * 2**20, ge=2**16,
         description="disk bound of the samples not yet acknowledged; the oldest go first")
