@@ -276,7 +276,8 @@ def _progress(namespace: str, name: str, spec: EdgeModelSpec, steps: list[Rollou
             cohort += added
             switching += added
         if len(cohort) < goal or switching:
-            waits = [timeout_s - away_s[d.name] for d in switching if away_s[d.name] > 0]
+            # Wake when an offline device's timeout runs out (it may have just begun).
+            waits = [timeout_s - away_s[d.name] for d in switching if d.phase != "Online"]
             ready = len(cohort) - len(switching) - len(skipped)
             return RolloutDecision(stable, current, history, (
                 "True", "StepInProgress",

@@ -189,9 +189,15 @@ class FleetGateway:
             while not reader.done():
                 changed = asyncio.create_task(entry.changed.wait())
                 acked = asyncio.create_task(acks.get())
-                done, _ = await asyncio.wait({changed, reader, acked}, timeout=self._ping_s,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                changed.cancel()
+                try:
+                    done, _ = await asyncio.wait({changed, reader, acked},
+                                                 timeout=self._ping_s,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                except BaseException:  # the session is torn down while waiting
+                    acked.cancel()
+                    raise
+                finally:
+                    changed.cancel()
                 if acked.done():
                     yield pb.CloudMessage(metrics_ack=pb.MetricsAck(sequence=acked.result()))
                 else:

@@ -342,3 +342,24 @@ def test_an_ab_split_follows_its_weights_and_pinned_requests_hit_their_version(
     eventually(lambda: all(held(fleet, n) == {("1", "Ready")} for n in DEVICES), timeout=60,
                what="version 2 withdrawn from every device")
     assert answer(fleet.edges[DEVICES[0]], "digits") == 1.0
+
+
+def test_an_offline_device_holds_a_step_only_until_the_timeout(fleet: Fleet) -> None:
+    serving_version_1(fleet)
+    first = ranked(fleet.namespace)[0]  # in the cohort of every step
+    fleet.edges[first].process.kill()
+    wait_status(fleet.kube, "edgedevices", fleet.namespace, first, {"phase": "Offline"},
+                timeout=60)
+    roll_out(fleet, testmodels.scaled(2.0), {
+        "strategy": "Canary", "maxUnavailable": "100%", "offlineTimeoutSeconds": 5,
+        "steps": [{"percent": 50}, {"percent": 100}]})
+    status = wait_status(fleet.kube, "edgemodels", fleet.namespace, "digits",
+                         {"stableVersion": "2"}, timeout=90)
+    assert status["devices"]["updated"] == len(DEVICES) - 1
+    skipped = eventually(lambda: [e for e in fleet.kube.events(fleet.namespace, "digits")
+                                  if e.reason == "DevicesSkipped"], what="a DevicesSkipped Event")
+    assert first in skipped[0].message and "offline for more than 5s" in skipped[0].message
+    # Back online, it takes the version that is stable now.
+    fleet.start(first)
+    eventually(lambda: held(fleet, first) == {("2", "Ready")}, timeout=60,
+               what=f"{first} on version 2 after coming back")

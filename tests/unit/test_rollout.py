@@ -189,9 +189,12 @@ def test_paused_freezes_the_cohort_and_unpausing_continues() -> None:
 
 def test_offline_devices_hold_a_step_only_until_the_timeout() -> None:
     model_spec = spec(**CANARY, offlineTimeoutSeconds=120)
-    status = reconcile(model_spec, STABLE, fleet(STABLE)).status
-    (first,) = on_target(status)
+    (first,) = on_target(reconcile(model_spec, STABLE, fleet(STABLE)).status)
     away = frozenset([first])
+    # Offline before the rollout began: its timeout starts with the rollout.
+    starting = reconcile(model_spec, STABLE, fleet(STABLE, away=away))
+    assert starting.recheck_after_s == 120
+    status = starting.status
     plan = reconcile(model_spec, status, fleet(status, away=away),
                      now=NOW + timedelta(seconds=60))
     assert plan.status.rollout is not None and plan.status.rollout.step == 1
