@@ -179,18 +179,28 @@ class CloudAgent:
             capabilities=capabilities(), models=self.models.values(),
             applied_revision=self.state.revision,
             runtime_version=package_version("edgefleet"))))
+        # The session lasts while both directions do: a sender that fails ends it too,
+        # and the next session starts afresh.
+        receiver = asyncio.create_task(self._receive(call))
         sender = asyncio.create_task(self._send(call))
         try:
-            async for message in call:
-                kind = message.WhichOneof("kind")
-                if kind == "desired":
-                    telemetry.CLOUD_CONNECTED.set(1)
-                    self._start_apply(message.desired)
-                elif kind == "metrics_ack" and self.metrics:
-                    await asyncio.to_thread(self.metrics.acknowledge,
-                                            message.metrics_ack.sequence)
+            done, _ = await asyncio.wait({receiver, sender},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
         finally:
+            receiver.cancel()
             sender.cancel()
+            call.cancel()
+
+    async def _receive(self, call: grpc.aio.StreamStreamCall) -> None:
+        async for message in call:
+            kind = message.WhichOneof("kind")
+            if kind == "desired":
+                telemetry.CLOUD_CONNECTED.set(1)
+                self._start_apply(message.desired)
+            elif kind == "metrics_ack" and self.metrics:
+                await asyncio.to_thread(self.metrics.acknowledge, message.metrics_ack.sequence)
 
     async def _send(self, call: grpc.aio.StreamStreamCall) -> None:
         """The one writer of the session: a report whenever what the device holds
@@ -256,12 +266,15 @@ class CloudAgent:
             retry_s = min(retry_s * 2, self.settings.backoff_max_seconds)
         for name in sorted({m.name for m in wanted}):  # new weights, versions retired
             await self._route(name, wanted)
+        # Last-known-good is what serves now: a version that failed to replace the one
+        # before leaves that one serving, and it must come back after a restart too.
         ready = {key for key, s in self.models.items() if s.state == State.READY}
-        self.state.last_known_good = [m for m in wanted if (m.name, m.version) in ready]
+        known = {(m.name, m.version): m for m in [*self.state.last_known_good, *wanted]}
+        self.state.last_known_good = [m for key, m in known.items() if key in ready]
         await asyncio.to_thread(self._save_state)
-        removed = await asyncio.to_thread(
-            self.store.collect_garbage, {m.digest for m in wanted},
-            self.settings.gc_grace_seconds)
+        keep = {m.digest for m in wanted} | {m.digest for m in self.state.last_known_good}
+        removed = await asyncio.to_thread(self.store.collect_garbage, keep,
+                                          self.settings.gc_grace_seconds)
         if removed:
             logger.info("garbage-collected blobs=%s", removed)
         self._apply_task = None

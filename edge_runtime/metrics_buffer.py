@@ -9,9 +9,12 @@ past `max_bytes` the oldest batches go, and their samples are counted as dropped
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from edgefleet.edge_runtime import telemetry
@@ -19,6 +22,7 @@ from edgefleet.edge_runtime.store import write_atomically
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 
 SUFFIX = ".batch"
+logger = logging.getLogger(__name__)
 
 
 def sample_registry(registry: CollectorRegistry = REGISTRY) -> list[pb.MetricSample]:
@@ -41,10 +45,12 @@ class MetricsBuffer:
         self._max_bytes = max_bytes
         self._sequence_file = directory / "next-sequence"
         try:
-            self._next = int(self._sequence_file.read_text())
+            recorded = int(self._sequence_file.read_text())
         except (FileNotFoundError, ValueError):
-            existing = self._sequences()
-            self._next = existing[-1] + 1 if existing else 1
+            recorded = 1
+        existing = self._sequences()
+        # A crash between a batch and the counter leaves the counter behind: never reuse.
+        self._next = max(recorded, existing[-1] + 1 if existing else 1)
 
     def _sequences(self) -> list[int]:
         return sorted(int(path.stem) for path in self._dir.glob(f"*{SUFFIX}")
@@ -64,16 +70,23 @@ class MetricsBuffer:
         self._enforce_bound()
         return sequence
 
+    def _read(self, sequence: int) -> pb.MetricsBatch | None:
+        """A stored batch; None if it went meanwhile (acknowledged, or dropped for the
+        bound) or cannot be read back (set aside: it would fail every session)."""
+        path = self._path(sequence)
+        try:
+            return pb.MetricsBatch.FromString(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except DecodeError:
+            path.rename(path.with_suffix(".unreadable"))
+            logger.error("metrics batch %s is unreadable; set aside", path)
+            return None
+
     def pending(self, after: int = 0) -> list[pb.MetricsBatch]:
         """The stored batches with a sequence above `after`, oldest first."""
-        batches = []
-        for sequence in self._sequences():
-            if sequence > after:
-                try:
-                    batches.append(pb.MetricsBatch.FromString(self._path(sequence).read_bytes()))
-                except FileNotFoundError:  # acknowledged meanwhile
-                    continue
-        return batches
+        batches = (self._read(sequence) for sequence in self._sequences() if sequence > after)
+        return [batch for batch in batches if batch is not None]
 
     def acknowledge(self, sequence: int) -> None:
         """The cloud holds every batch up to `sequence`: forget them."""
@@ -82,14 +95,15 @@ class MetricsBuffer:
                 self._path(stored).unlink(missing_ok=True)
 
     def _enforce_bound(self) -> None:
-        sequences = self._sequences()
-        sizes = {s: self._path(s).stat().st_size for s in sequences}
+        sizes = {}
+        for sequence in self._sequences():
+            with contextlib.suppress(FileNotFoundError):  # acknowledged meanwhile
+                sizes[sequence] = self._path(sequence).stat().st_size
         total = sum(sizes.values())
-        for sequence in sequences[:-1]:  # the newest batch always stays
+        for sequence in sorted(sizes)[:-1]:  # the newest batch always stays
             if total <= self._max_bytes:
                 break
-            path = self._path(sequence)
-            dropped = len(pb.MetricsBatch.FromString(path.read_bytes()).samples)
-            path.unlink()
+            batch = self._read(sequence)
+            self._path(sequence).unlink(missing_ok=True)
             total -= sizes[sequence]
-            telemetry.METRICS_DROPPED.inc(dropped)
+            telemetry.METRICS_DROPPED.inc(len(batch.samples) if batch else 0)

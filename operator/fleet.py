@@ -40,9 +40,10 @@ def device_view(name: str, labels: Mapping[str, str], status: Mapping[str, Any])
             seen = VersionInference.model_validate(entry)
         except ValidationError:
             continue
+        counts = tuple(seen.latency_counts)  # empty or one per bound and one above them
         traffic[(seen.model, seen.version)] = TrafficStats(
-            seen.requests, seen.errors, tuple(seen.latency_bounds_seconds),
-            tuple(seen.latency_counts), tuple(seen.top_class_counts))
+            seen.requests, seen.errors, tuple(seen.latency_bounds_seconds) if counts else (),
+            counts, tuple(seen.top_class_counts))
     return DeviceView(
         name=name, labels=dict(labels), models=models,
         phase=status.get("phase") or "Pending", last_seen=parse_time(status.get("lastSeen")),

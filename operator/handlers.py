@@ -287,7 +287,8 @@ async def keep_model_status(
             plan = planner.plan_model_status(
                 namespace=namespace, name=name, generation=generation, spec=spec,
                 devices=devices_by_namespace.get(namespace, []), artifact=artifact,
-                previous=previous, approved_step=rollout.approved_step(body.meta.annotations),
+                previous=previous,
+                approved_step=rollout.approved_step(body.meta.annotations, spec.version),
                 now=memo.clock(), experiment=experiment,
             )
             desired, events = plan.status, plan.events

@@ -389,14 +389,15 @@ class Assignment:
 
 def desired_assignments(namespace: str, device: str, labels: Mapping[str, str],
                         models: Iterable[ModelView]) -> list[Assignment]:
-    """What a device should serve: of every model whose selector matches its labels,
-    that is not being deleted and whose spec can be acted on, the versions its rollout
-    and A/B test assign to it (see rollout.assigned_versions). A pure function of the
-    fleet: nothing is stored per device."""
+    """What a device should serve: of every model whose selector matches its labels
+    and that is not being deleted, the versions its rollout and A/B test assign to it
+    (see rollout.assigned_versions). A pure function of the fleet: nothing is stored
+    per device."""
     assignments = []
     for model in models:
-        if (model.deleting or spec_problems(model.spec)
-                or not selector_matches(model.spec.selector, labels)):
+        # A spec with problems freezes its rollout (see plan_model_status): devices keep
+        # what its status assigns them, so a bad edit never takes a model off the fleet.
+        if model.deleting or not selector_matches(model.spec.selector, labels):
             continue
         runtime = model.spec.runtime
         batching = runtime.batching if runtime else None

@@ -131,7 +131,8 @@ class RolloutStep(Resource):
     manual_approval: bool = Field(
         default=False,
         description=f"Once the step's devices are ready, wait until the annotation "
-                    f"{APPROVAL_ANNOTATION} is set to this step's number (1-based) or more")
+                    f"{APPROVAL_ANNOTATION} is VERSION/STEP: the version rolled out and "
+                    "this step's number (1-based) or more")
 
 
 class RolloutAnalysis(Resource):

@@ -123,13 +123,15 @@ def max_unavailable(value: int | str, targeted: int) -> int:
     return max(1, targeted * percent // 100) if percent else 0
 
 
-def approved_step(annotations: Mapping[str, str]) -> int:
-    """The step number the user approved with the annotation; 0 when none (or not a
-    number: the AwaitingApproval message shows the command to write)."""
-    try:
-        return int(annotations.get(APPROVAL_ANNOTATION, "0"))
-    except ValueError:
+def approved_step(annotations: Mapping[str, str], version: str) -> int:
+    """The step the user approved for the rollout to `version`: the annotation's value
+    is VERSION/STEP, so that an approval never carries over to a later rollout. 0 when
+    none, or for another version, or unreadable (the AwaitingApproval message shows the
+    command to write)."""
+    approved_version, _, step = annotations.get(APPROVAL_ANNOTATION, "").rpartition("/")
+    if approved_version != version or not step.isdigit():
         return 0
+    return int(step)
 
 
 def spec_digest(spec: EdgeModelSpec) -> str:
@@ -167,6 +169,9 @@ def decide(*, namespace: str, name: str, spec: EdgeModelSpec, targeted: list[Dev
             events)
     if verified is None:
         waiting = current if current and current.target.version == spec.version else None
+        if current and current.state == "Progressing" and waiting is None:
+            history = _history(history, current.target, "Superseded", now,
+                               f"replaced by {spec.version} at step {current.step}")
         return RolloutDecision(stable, waiting, history, (
             "True", "WaitingForArtifact",
             f"version {spec.version}'s artifact is not verified yet; devices keep serving "
@@ -309,7 +314,8 @@ def _progress(namespace: str, name: str, spec: EdgeModelSpec, steps: list[Rollou
             return RolloutDecision(stable, current, history, (
                 "True", "AwaitingApproval",
                 f"{where} is ready; approve it with: kubectl annotate edgemodel {name} "
-                f"-n {namespace} {APPROVAL_ANNOTATION}={current.step} --overwrite"), events)
+                f"-n {namespace} {APPROVAL_ANNOTATION}={target.version}/{current.step} "
+                "--overwrite"), events)
 
         if current.step == len(steps):
             return RolloutDecision(

@@ -2,9 +2,9 @@
 (version 1: a snappy-compressed WriteRequest over HTTP POST).
 
 Each sample keeps the time the device took it, and gets the device's identity as
-labels (`device`, `instance`, `job`), which the device itself cannot set. What a device
-sends is checked like any input: names that Prometheus would refuse, reserved labels
-and samples from the future are dropped and counted, never forwarded.
+labels (`device`, `instance`, `job`), which replace any the device sent. What a device
+sends is checked like any input: names Prometheus would refuse, `__` labels and
+samples from the future are dropped and logged, never forwarded.
 """
 
 from __future__ import annotations
@@ -82,13 +82,14 @@ class RemoteWriter:
             async with self._session.post(self._url, data=body, headers=headers) as reply:
                 if reply.status < 300:
                     return
-                detail = (await reply.text())[:300]
+                detail = (await reply.read())[:300].decode("utf-8", "replace")
         except (aiohttp.ClientError, TimeoutError) as error:
             raise RemoteWriteError(f"{self._url}: {error}") from error
-        if 400 <= reply.status < 500 and reply.status != 429:
+        if reply.status == 400:  # the samples themselves (too old, out of order): for good
             logger.warning("device=%s/%s: Prometheus refused metrics batch %d for good "
                            "(%d %s)", namespace, device, batch.sequence, reply.status, detail)
             return
+        # 401/403/404 (credentials, a wrong URL), 429, 5xx: the device keeps the batch.
         raise RemoteWriteError(f"{self._url}: {reply.status} {detail}")
 
     async def close(self) -> None:

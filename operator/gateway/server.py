@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
 import logging
 import time
@@ -37,6 +38,8 @@ logger = logging.getLogger(__name__)
 SERVICE = "edgefleet.v1.FleetGateway"
 HELLO_TIMEOUT_S = 30.0
 CHUNK_BYTES = 256 * 1024  # large enough for ~0.5 GB/s on loopback, small enough to resume
+FORWARD_QUEUE = 1024  # metrics batches of one session waiting for Prometheus
+FORWARD_RETRY_S = 1.0
 STATE_NAMES = {value: name.capitalize() for name, value in pb.ModelState.State.items()
                if value != pb.ModelState.STATE_UNSPECIFIED}
 
@@ -114,6 +117,27 @@ class DeviceStatusWriter:
             self._inference = inference
 
 
+async def forward_metrics(remote_writer: RemoteWriter, entry: DeviceEntry,
+                          batches: asyncio.Queue[pb.MetricsBatch],
+                          acks: asyncio.Queue[int]) -> None:
+    """Remote-writes a session's metrics batches in order and acknowledges each once
+    Prometheus holds it. One that fails stays unacknowledged (the device keeps it and
+    sends it in its next session) and the forwarder backs off before the next."""
+    delay_s = FORWARD_RETRY_S
+    while True:
+        batch = await batches.get()
+        try:
+            await remote_writer.write(entry.namespace, entry.name, batch)
+        except RemoteWriteError as error:
+            logger.warning("device=%s/%s: metrics batch %d not stored (kept on the device): "
+                           "%s", entry.namespace, entry.name, batch.sequence, error)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, 30.0)
+            continue
+        delay_s = FORWARD_RETRY_S
+        acks.put_nowait(batch.sequence)
+
+
 def desired_message(entry: DeviceEntry) -> pb.CloudMessage:
     state = pb.DesiredState(revision=entry.revision)
     for a in entry.assignments:
@@ -172,6 +196,7 @@ class FleetGateway:
                                 "connected")
         writer = DeviceStatusWriter(self._custom, entry, self._heartbeat_write_s)
         reader: asyncio.Task[None] | None = None
+        forwarder: asyncio.Task[None] | None = None
         try:
             try:
                 first = await asyncio.wait_for(anext(aiter(requests), None), HELLO_TIMEOUT_S)
@@ -184,7 +209,11 @@ class FleetGateway:
             await writer.hello(first.hello)
             logger.info("device connected device=%s/%s", entry.namespace, entry.name)
             acks: asyncio.Queue[int] = asyncio.Queue()  # metrics batches now stored
-            reader = asyncio.create_task(self._read(requests, writer, entry, acks))
+            batches: asyncio.Queue[pb.MetricsBatch] = asyncio.Queue(maxsize=FORWARD_QUEUE)
+            reader = asyncio.create_task(self._read(requests, writer, entry, batches))
+            if self._remote_writer:
+                forwarder = asyncio.create_task(
+                    forward_metrics(self._remote_writer, entry, batches, acks))
             entry.changed.set()  # the desired state goes out at once on connect
             while not reader.done():
                 changed = asyncio.create_task(entry.changed.wait())
@@ -210,26 +239,21 @@ class FleetGateway:
                     yield desired_message(entry)
                 elif not done:
                     yield pb.CloudMessage(ping=pb.Ping())
-            try:
-                reader.result()  # a failed status write surfaces here
-            except RemoteWriteError as error:
-                logger.warning("device=%s/%s: metrics not stored, session ended: %s",
-                               entry.namespace, entry.name, error)
-                await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                    f"metrics could not be stored ({error}); keep them and "
-                                    "send them again")
+            reader.result()  # a failed status write surfaces here
         finally:
             if reader and not reader.done():
                 reader.cancel()
+            if forwarder:
+                forwarder.cancel()
             self._directory.release(entry, session)
             logger.info("device disconnected device=%s/%s", entry.namespace, entry.name)
 
     async def _read(self, requests: AsyncIterator[pb.DeviceMessage],
                     writer: DeviceStatusWriter, entry: DeviceEntry,
-                    acks: asyncio.Queue[int]) -> None:
-        """Turns the device's messages into status writes and its metrics batches into
-        remote writes, acknowledged once stored. A failed remote write ends the session
-        (RemoteWriteError): the device keeps the batch and sends it again."""
+                    batches: asyncio.Queue[pb.MetricsBatch]) -> None:
+        """Turns the device's messages into status writes, and hands its metrics
+        batches to the forwarder: Prometheus being slow or down never holds up what
+        the device reports."""
         unforwarded_told = False
         async for message in requests:
             kind = message.WhichOneof("kind")
@@ -244,8 +268,8 @@ class FleetGateway:
                                     "set: they stay on the device", entry.namespace, entry.name)
                         unforwarded_told = True
                     continue
-                await self._remote_writer.write(entry.namespace, entry.name, message.metrics)
-                acks.put_nowait(message.metrics.sequence)
+                with contextlib.suppress(asyncio.QueueFull):  # unacknowledged: sent again
+                    batches.put_nowait(message.metrics)
 
     async def FetchArtifact(self, request: pb.ArtifactRequest,
                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ArtifactChunk]:
@@ -272,7 +296,13 @@ class FleetGateway:
 
 def create_server(gateway: FleetGateway, address: str,
                   tls: tuple[bytes, bytes] | None) -> grpc.aio.Server:
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 16 * 2**20)])
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", 16 * 2**20),
+        # Pings find sessions whose device vanished (power, an expired NAT mapping)
+        # within half a minute, so that its next session is not refused as a second.
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+    ])
     handlers = {
         "Connect": grpc.stream_stream_rpc_method_handler(
             gateway.Connect, request_deserializer=pb.DeviceMessage.FromString,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import re
+import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -302,3 +304,31 @@ def test_a_truncated_chunk_stream_is_resumed_not_trusted(tmp_path: Path) -> None
     finally:
         stop_edge(edge)
         gateway.server.stop(0)
+
+
+def test_a_version_that_failed_to_replace_the_serving_one_leaves_it_last_known_good(
+    fleet: Fleet,
+) -> None:
+    """Halted (no automatic rollback), the device keeps serving version 1 beside the
+    version 2 that failed; restarted with the cloud gone, it serves version 1 again."""
+    kube, namespace = fleet.kube, fleet.namespace
+    edge = one_device_serving(fleet, 2.0)
+    (held,) = reported(kube, namespace, "cam-1")
+    held_digest = held["digest"]
+    bad_uri, bad_sha = publish(fleet.root, b"this is not an ONNX model")
+    kube.patch("edgemodels", namespace, "digits", {"spec": {
+        "version": "2", "source": {"uri": bad_uri, "sha256": bad_sha},
+        "rollout": {"autoRollback": False}}})
+    wait_status(kube, "edgemodels", namespace, "digits", {"phase": "Paused"}, timeout=60)
+    eventually(lambda: ("2", "Failed") in {(m["version"], m["state"])
+                                           for m in reported(kube, namespace, "cam-1")},
+               what="version 2 failed on cam-1")
+    state = fleet.root / "cam-1-data" / "state.json"
+    eventually(lambda: [(m["version"], m["digest"]) for m in
+                        json.loads(state.read_text())["lastKnownGood"]] == [("1", held_digest)],
+               what="version 1 kept as last-known-good in state.json")
+    fleet.operator.kill()
+    edge.process.send_signal(signal.SIGTERM)
+    edge.process.wait(timeout=20)
+    restarted = fleet.start("cam-1")  # ready means serving, with no cloud to ask
+    assert answer(restarted, "digits") == 2.0

@@ -72,7 +72,7 @@ def all_on(fleet: Fleet, version: str) -> bool:
 def approve(fleet: Fleet, step: int) -> None:
     """The command the AwaitingApproval message and the README give."""
     fleet.kube.kubectl("annotate", "edgemodel", "digits", "-n", fleet.namespace,
-                       f"edgefleet.io/approved-step={step}", "--overwrite")
+                       f"edgefleet.io/approved-step=2/{step}", "--overwrite")
 
 
 def rollout_status(fleet: Fleet) -> dict[str, Any]:

@@ -70,3 +70,16 @@ def test_remote_write_labels_the_device_and_drops_what_prometheus_would_refuse()
     future = pb.MetricsBatch(sequence=8, timestamp_ms=now_ms + 3600_000, samples=samples(2))
     request, dropped = write_request("fleet", "cam-1", future)
     assert not request.timeseries and dropped == 2
+
+
+def test_an_unreadable_batch_is_set_aside_and_a_lagging_counter_never_reuses_a_number(
+    tmp_path: Path,
+) -> None:
+    buffer = MetricsBuffer(tmp_path, max_bytes=2**20)
+    first = buffer.append(samples(1))
+    second = buffer.append(samples(1))
+    (tmp_path / f"{first:012d}.batch").write_bytes(b"\xff\xff not a batch")
+    assert [b.sequence for b in buffer.pending()] == [second]
+    assert (tmp_path / f"{first:012d}.unreadable").exists()
+    (tmp_path / "next-sequence").write_text(str(second))  # as after a crash between writes
+    assert MetricsBuffer(tmp_path, max_bytes=2**20).append(samples(1)) == second + 1

@@ -215,11 +215,14 @@ def test_devices_are_assigned_verified_matching_models_only() -> None:
         ModelView(name="unverified", spec=spec()),
         ModelView(name="going", spec=spec(), deleting=True,
                   status=EdgeModelStatus(artifact=verified)),
+        # A bad edit freezes the model where it is; it keeps being served.
+        ModelView(name="frozen", spec=spec(rollout={"strategy": "Canary", "steps": [
+            {"percent": 50}, {"percent": 10}]}), status=EdgeModelStatus(artifact=verified)),
         ModelView(name="elsewhere", spec=spec(selector={"matchLabels": {"site": "x"}}),
                   status=EdgeModelStatus(artifact=verified)),
     ]
     assigned = planner.desired_assignments("fleet", "d", {"site": "plant-7"}, models)
-    assert [a.name for a in assigned] == ["a", "b"]
+    assert [a.name for a in assigned] == ["a", "b", "frozen"]
     assert assigned[0].digest == "sha256:" + "a" * 64 and assigned[0].size_bytes == 9
     assert planner.revision(assigned) == planner.revision(list(assigned))
     assert planner.revision(assigned) != planner.revision(assigned[:1])

@@ -171,7 +171,8 @@ def test_a_manual_gate_waits_for_the_annotation() -> None:
     status = reconcile(model_spec, status, fleet(status)).status
     _, reason, message = condition(status, "Progressing")
     assert reason == "AwaitingApproval"
-    assert "kubectl annotate edgemodel digits -n fleet edgefleet.io/approved-step=1" in message
+    assert ("kubectl annotate edgemodel digits -n fleet edgefleet.io/approved-step=2.0/1 "
+            "--overwrite") in message
     assert reconcile(model_spec, status, fleet(status), approved=0).status == status
     approved = reconcile(model_spec, status, fleet(status), approved=1).status
     assert approved.rollout is not None and approved.rollout.step == 2
@@ -232,9 +233,12 @@ def test_a_canary_short_of_100_percent_ends_with_an_implied_full_step() -> None:
     assert [s.percent for s in steps] == [20, 100]
 
 
-def test_an_unreadable_approval_annotation_approves_nothing() -> None:
-    assert rollout.approved_step({"edgefleet.io/approved-step": "two"}) == 0
-    assert rollout.approved_step({"edgefleet.io/approved-step": "2"}) == 2
+def test_an_approval_counts_only_for_the_version_it_names() -> None:
+    annotation = "edgefleet.io/approved-step"
+    assert rollout.approved_step({annotation: "2.0/2"}, "2.0") == 2
+    assert rollout.approved_step({annotation: "2.0/2"}, "3.0") == 0  # a later rollout
+    assert rollout.approved_step({annotation: "2"}, "2.0") == 0
+    assert rollout.approved_step({annotation: "2.0/two"}, "2.0") == 0
 
 
 BOUNDS = (0.001, 0.01, 0.1)
