@@ -141,18 +141,18 @@ def set_condition(
 # ---------------------------------------------------------------- EdgeModel status
 
 
-def count_devices(namespace: str, model: str, target_version: str, status: EdgeModelStatus,
-                  targeted: Iterable[DeviceView]) -> DeviceCounts:
+def count_devices(model: str, target_version: str, targeted: Iterable[DeviceView],
+                  assigned: Mapping[str, ArtifactStatus | None]) -> DeviceCounts:
     """`updated`: devices on the spec's version; `ready` and `failed`: devices serving,
-    or failing, the version assigned to them (the stable one outside a rollout's cohort)."""
+    or failing, the version `assigned` to them by name (the stable one outside a
+    rollout's cohort)."""
     targeted = list(targeted)
     updated = ready = failed = 0
     for device in targeted:
         if device.state_of(model, target_version) not in (None, "Failed"):
             updated += 1
-        assigned = rollout.assigned_artifact(namespace, model, device.name, status)
-        if assigned:
-            state = device.state_of(model, assigned.version)
+        if artifact := assigned.get(device.name):
+            state = device.state_of(model, artifact.version)
             ready += state == "Ready"
             failed += state == "Failed"
     return DeviceCounts(targeted=len(targeted), updated=updated, ready=ready, failed=failed)
@@ -244,12 +244,14 @@ def plan_model_status(
         "history": decision.history,
         "artifact": verified or previous.artifact,
     })
-    counts = count_devices(namespace, name, spec.version, status, targeted)
+    assigned = {device.name: rollout.assigned_artifact(namespace, name, device.name, status)
+                for device in targeted}
+    counts = count_devices(name, spec.version, targeted, assigned)
     failed_devices = sorted(
         f"{device.name} ({report.message})" if report.message else device.name
         for device in targeted
-        if (assigned := rollout.assigned_artifact(namespace, name, device.name, status))
-        and (report := device.models.get((name, assigned.version)))
+        if (served := assigned[device.name])
+        and (report := device.models.get((name, served.version)))
         and report.state == "Failed"
     )
     ready_status, reason, message = _ready_condition(problems, counts, failed_devices,

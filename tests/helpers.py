@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -11,7 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+import tritonclient.grpc as triton_grpc
 import yaml
+from tritonclient.utils import InferenceServerException
 
 EXAMPLES = Path(__file__).parent / "examples"
 T = TypeVar("T")
@@ -75,3 +79,41 @@ def printed_row(table: str, row: int = 0) -> dict[str, str]:
     bounds = [*starts[1:], None]
     return {header[start:end].strip(): line[start:end].strip()
             for start, end in zip(starts, bounds, strict=True)}
+
+
+class Traffic:
+    """A stock gRPC client per URL sending unpinned requests for model `digits` (input
+    x [1, 4]) until stopped, counting answers and failures. The first element of each
+    row cycles through 0..7: `flaky_scaled` fails on 4 and above, `scaled` never."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.answered = self.failed = 0
+        self._threads = [threading.Thread(target=self._send, args=(url,)) for url in urls]
+
+    def __enter__(self) -> Traffic:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _send(self, url: str) -> None:
+        stock = triton_grpc.InferenceServerClient(url)
+        sent = 0
+        while not self._stop.wait(0.02):
+            item = triton_grpc.InferInput("x", [1, 4], "FP32")
+            item.set_data_from_numpy(np.array([[sent % 8, 1, 1, 1]], dtype=np.float32))
+            sent += 1
+            try:
+                stock.infer("digits", [item])
+            except InferenceServerException:
+                with self._lock:
+                    self.failed += 1
+            else:
+                with self._lock:
+                    self.answered += 1

@@ -4,17 +4,15 @@ Prometheus. A cut of the link delays them but loses none."""
 
 from __future__ import annotations
 
-import threading
+import contextlib
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import testmodels
-import tritonclient.grpc as triton_grpc
 
 from tests.conftest import Fleet, Kube, StartOperator, StartPrometheus
-from tests.helpers import eventually
+from tests.helpers import Traffic, eventually
 from tests.integration.test_edge_cloud_link import edge_model, publish
 from tests.integration.test_operator import wait_status
 
@@ -30,7 +28,7 @@ def test_samples_taken_while_the_link_was_cut_arrive_afterwards(
     remote_write = ("--metrics-remote-write-url", f"{server.url}/api/v1/write")
     fleet = Fleet(kube, namespace, lambda *extra, **kw: start_operator(
         *extra, *remote_write, **kw), tmp_path)
-    stop = threading.Event()
+    running = contextlib.ExitStack()  # traffic, once the model serves
     try:
         fleet.add_device("cam-1", site="plant-7")
         edge = fleet.start("cam-1", "--metrics-push-seconds", "1")
@@ -39,15 +37,7 @@ def test_samples_taken_while_the_link_was_cut_arrive_afterwards(
                                                         site="plant-7"))
         wait_status(kube, "edgemodels", namespace, "digits", {"phase": "Healthy"}, timeout=60)
 
-        def send() -> None:
-            stock = triton_grpc.InferenceServerClient(edge.grpc_url)
-            item = triton_grpc.InferInput("x", [1, 4], "FP32")
-            item.set_data_from_numpy(np.ones((1, 4), dtype=np.float32))
-            while not stop.wait(0.05):
-                stock.infer("digits", [item])
-
-        sender = threading.Thread(target=send)
-        sender.start()
+        running.enter_context(Traffic([edge.grpc_url]))
         eventually(lambda: server.value(SERIES), timeout=60,
                    what="the device's samples in Prometheus through the gateway")
 
@@ -68,5 +58,5 @@ def test_samples_taken_while_the_link_was_cut_arrive_afterwards(
         assert values[-1][1] > values[0][1]  # requests went on during the cut
         assert "edgefleet_inference_requests_total" in edge.metrics()  # local scrape too
     finally:
-        stop.set()
+        running.close()
         fleet.stop()

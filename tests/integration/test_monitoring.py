@@ -5,22 +5,17 @@ with data."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 import testmodels
-import tritonclient.grpc as triton_grpc
-from tritonclient.utils import InferenceServerException
 
 from tests.conftest import Fleet, Prometheus, StartPrometheus
-from tests.helpers import eventually
+from tests.helpers import Traffic, eventually
 from tests.integration.test_edge_cloud_link import edge_model, publish
 from tests.integration.test_operator import wait_status
 
@@ -59,35 +54,6 @@ def alert_expressions() -> dict[str, str]:
 
 def finite(server: Prometheus, promql: str) -> bool:
     return any(math.isfinite(float(sample["value"][1])) for sample in server.query(promql))
-
-
-class Traffic:
-    """Requests to each device until stopped; the first element of each row cycles
-    through 0..7 (`flaky_scaled` fails on 4 and above)."""
-
-    def __init__(self, urls: list[str]) -> None:
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._send, args=(url,)) for url in urls]
-
-    def __enter__(self) -> Traffic:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-
-    def _send(self, url: str) -> None:
-        stock = triton_grpc.InferenceServerClient(url)
-        sent = 0
-        while not self._stop.wait(0.02):
-            item = triton_grpc.InferInput("x", [1, 4], "FP32")
-            item.set_data_from_numpy(np.array([[sent % 8, 1, 1, 1]], dtype=np.float32))
-            with contextlib.suppress(InferenceServerException):
-                stock.infer("digits", [item])
-            sent += 1
 
 
 def test_prometheus_answers_every_dashboard_query_and_every_alert_fires(

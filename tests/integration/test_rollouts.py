@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -15,10 +14,9 @@ import numpy as np
 import pytest
 import testmodels
 import tritonclient.grpc as triton_grpc
-from tritonclient.utils import InferenceServerException
 
 from tests.conftest import Fleet, StartPrometheus
-from tests.helpers import eventually, printed_row
+from tests.helpers import Traffic, eventually, printed_row
 from tests.integration.test_edge_cloud_link import answer, edge_model, publish, reported
 from tests.integration.test_operator import status_of, wait_status
 
@@ -88,41 +86,6 @@ def progressing(fleet: Fleet) -> dict[str, Any]:
 
 def reasons(fleet: Fleet) -> list[str]:
     return [event.reason for event in fleet.kube.events(fleet.namespace, "digits")]
-
-
-class Traffic:
-    """A client per device sending unpinned requests until stopped; the first element
-    of each row cycles through 0..7 (`flaky_scaled` fails on 4 and above)."""
-
-    def __init__(self, fleet: Fleet) -> None:
-        self._stop = threading.Event()
-        self.answered = self.failed = 0
-        self._threads = [threading.Thread(target=self._send, args=(fleet.edges[name].grpc_url,))
-                         for name in DEVICES]
-
-    def __enter__(self) -> Traffic:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-
-    def _send(self, url: str) -> None:
-        stock = triton_grpc.InferenceServerClient(url)
-        for i in range(10**9):
-            if self._stop.is_set():
-                return
-            item = triton_grpc.InferInput("x", [1, 4], "FP32")
-            item.set_data_from_numpy(np.array([[i % 8, 1, 1, 1]], dtype=np.float32))
-            try:
-                stock.infer("digits", [item])
-                self.answered += 1
-            except InferenceServerException:
-                self.failed += 1
-            time.sleep(0.02)
 
 
 ANALYSIS = {"minRequests": 30, "maxErrorRate": 0.1, "maxP99LatencyMs": 25, "maxDrift": 0.2}
@@ -254,7 +217,7 @@ def test_max_unavailable_is_never_exceeded(fleet: Fleet) -> None:
 
 def test_a_good_version_is_promoted_once_each_step_saw_its_requests(fleet: Fleet) -> None:
     serving_version_1(fleet)
-    with Traffic(fleet) as traffic:
+    with Traffic([fleet.edges[n].grpc_url for n in DEVICES]) as traffic:
         roll_out(fleet, testmodels.scaled(2.0), {
             "strategy": "Canary", "maxUnavailable": "100%", "analysis": ANALYSIS,
             "steps": [{"percent": 34}, {"percent": 100}]})
@@ -278,7 +241,7 @@ def test_canary_rolls_back_a_version_that_answers_worse_at_the_first_step(
 ) -> None:
     serving_version_1(fleet)
     model = testmodels.flaky_scaled(2.0) if bad == "erring" else testmodels.slow_scaled(2.0)
-    with Traffic(fleet):
+    with Traffic([fleet.edges[n].grpc_url for n in DEVICES]):
         roll_out(fleet, model, {"strategy": "Canary", "maxUnavailable": "100%",
                                 "analysis": ANALYSIS,
                                 "steps": [{"percent": 34}, {"percent": 100}]})
