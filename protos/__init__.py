@@ -1,1 +1,3 @@
-"""Code generated from the .proto files beside it by `make protos`; do not edit."""
+"""The wire contracts both sides share: code generated from the .proto files beside it
+by `make protos` (do not edit those), and the small hand-written format rules that
+every boundary applies alike (digests.py)."""
