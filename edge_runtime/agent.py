@@ -17,15 +17,15 @@ import time
 from importlib.metadata import version as package_version
 
 import grpc
+from pydantic import ValidationError
 
 from edgefleet.edge_runtime import telemetry
-from edgefleet.edge_runtime.config import BatchingConfig, RuntimeConfig
 from edgefleet.edge_runtime.engine import Engine
 from edgefleet.edge_runtime.errors import InferenceError
 from edgefleet.edge_runtime.metrics_buffer import MetricsBuffer, sample_registry
 from edgefleet.edge_runtime.settings import RunSettings
 from edgefleet.edge_runtime.stats import LATENCY_BOUNDS_S, VersionStats
-from edgefleet.edge_runtime.store import Store, StoredModel
+from edgefleet.edge_runtime.store import Store, StoredModel, problems
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -33,15 +33,9 @@ SERVICE = "/edgefleet.v1.FleetGateway"
 State = pb.ModelState.State
 
 
-def runtime_config(model: StoredModel) -> RuntimeConfig:
-    batching = (BatchingConfig(max_batch_size=model.max_batch_size,
-                               max_delay_micros=model.max_delay_micros)
-                if model.max_batch_size > 1 else None)
-    return RuntimeConfig(intra_op_threads=model.intra_op_threads,
-                         inter_op_threads=model.inter_op_threads, batching=batching)
-
-
 def stored(assignment: pb.ModelAssignment) -> StoredModel:
+    """The assignment as the store keeps it; raises ValidationError for one the device
+    must not act on (a digest that is no digest, settings out of range)."""
     runtime = assignment.runtime
     return StoredModel(
         name=assignment.name, version=assignment.version, digest=assignment.digest,
@@ -255,10 +249,24 @@ class CloudAgent:
         self._apply_task.add_done_callback(_log_failure)
 
     async def _apply(self, desired: pb.DesiredState) -> None:
-        wanted = [stored(a) for a in desired.models]
+        wanted: list[StoredModel] = []
+        refused: list[tuple[pb.ModelAssignment, str]] = []
+        for assignment in desired.models:
+            try:
+                wanted.append(stored(assignment))
+            except ValidationError as error:
+                refused.append((assignment, problems(error)))
+        # A refused assignment is never stored, downloaded or loaded; what serves its
+        # model now keeps serving.
         self.state.revision, self.state.desired = desired.revision, wanted
         await asyncio.to_thread(self._save_state)
-        await self._forget_unwanted(wanted)
+        await self._forget_unwanted(wanted, {assignment.name for assignment, _ in refused})
+        for assignment, reason in refused:
+            message = f"refused the assignment from the gateway: {reason}"
+            logger.error("model=%s version=%s %s", assignment.name[:80],
+                         assignment.version[:80], message)
+            # The digest is reported empty: the refused value goes only into the message.
+            self._set(assignment.name, assignment.version, "", State.FAILED, message)
         retry_s = self.settings.backoff_base_seconds
         while pending := await self._apply_models(wanted):
             logger.info("retrying models=%s in %.1fs", pending, retry_s)
@@ -361,7 +369,7 @@ class CloudAgent:
                 await self.engine.unload(model.name, model.version)
         if model.version not in self.engine.versions(model.name):
             await self.engine.load(model.name, model.version,
-                                   self.store.blob_path(model.digest), runtime_config(model),
+                                   self.store.blob_path(model.digest), model.runtime(),
                                    model.digest)
         self._set(model.name, model.version, model.digest, State.READY)
         await self._route(model.name, wanted)
@@ -381,11 +389,12 @@ class CloudAgent:
                 self.models.pop((name, other), None)
                 self._changed.set()
 
-    async def _forget_unwanted(self, wanted: list[StoredModel]) -> None:
-        """Unloads the models no longer assigned at all, and stops reporting versions
-        that are neither wanted nor loaded (a version that failed, once replaced).
-        Versions still serving stay until a wanted one replaces them (_route)."""
-        names = {m.name for m in wanted}
+    async def _forget_unwanted(self, wanted: list[StoredModel], refused: set[str]) -> None:
+        """Unloads the models no longer assigned at all (a model whose assignment was
+        refused still is), and stops reporting versions that are neither wanted nor
+        loaded (a version that failed, once replaced). Versions still serving stay until
+        a wanted one replaces them (_route)."""
+        names = {m.name for m in wanted} | refused
         for name in sorted(set(self.engine.models()) - names):
             for version in self.engine.versions(name):
                 await self.engine.unload(name, version)

@@ -27,6 +27,7 @@ from edgefleet.edge_runtime.config import RuntimeConfig
 from edgefleet.edge_runtime.errors import ErrorCode, InferenceError
 from edgefleet.edge_runtime.stats import VersionStats
 from edgefleet.edge_runtime.tensors import NUMPY_DTYPES, ONNX_TYPES, TensorSpec
+from edgefleet.protocol.onnx_refs import MalformedModelError, external_references
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -95,6 +96,22 @@ def session_options(runtime: RuntimeConfig) -> ort.SessionOptions:
     options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
     options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
     return options
+
+
+def check_self_contained(name: str, version: str, path: Path) -> None:
+    """Refuses a model that names any other file (external data): ONNX Runtime would
+    read that file and hand its bytes to whoever calls inference. Reads the file
+    without loading it."""
+    try:
+        references = external_references(path)
+    except MalformedModelError as error:
+        raise InferenceError.invalid(f"model {name!r} version {version!r} at {path} cannot "
+                                     f"be served: {error}") from None
+    if references:
+        shown = "; ".join(references[:3]) + ("; ..." if len(references) > 3 else "")
+        raise InferenceError.invalid(
+            f"UnsafeModel: model {name!r} version {version!r} refers to other files, which "
+            f"the runtime never reads; a model must be self-contained: {shown}")
 
 
 def choose_providers(wanted: Sequence[str], available: Sequence[str]) -> list[str]:
@@ -219,16 +236,22 @@ class Engine:
 
     def _create(self, name: str, version: str, path: Path, runtime: RuntimeConfig,
                 digest: str) -> ModelVersion:
-        data = path.read_bytes()
+        check_self_contained(name, version, path)
         ort = onnxruntime()
         try:
+            # From the path, never from bytes: ONNX Runtime resolves a path a model
+            # names against the model's directory then, not the working directory.
+            # (No session option of ONNX Runtime 1.32 turns external data off; the
+            # check above refuses it first.)
             session = ort.InferenceSession(
-                data, sess_options=session_options(runtime),
+                str(path), sess_options=session_options(runtime),
                 providers=choose_providers(runtime.execution_providers,
                                            ort.get_available_providers()))
+            if not digest:
+                with open(path, "rb") as data:
+                    digest = f"sha256:{hashlib.file_digest(data, 'sha256').hexdigest()}"
             loaded = ModelVersion(
-                name=name, version=version,
-                digest=digest or f"sha256:{hashlib.sha256(data).hexdigest()}",
+                name=name, version=version, digest=digest,
                 session=session, inputs=_tensor_specs(session.get_inputs()),
                 outputs=_tensor_specs(session.get_outputs()), runtime=runtime,
                 metrics=telemetry.VersionMetrics.of(name, version))

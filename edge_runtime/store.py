@@ -4,40 +4,83 @@ verified model blobs (content-addressed), partial downloads (resumable), and its
 
 Every write that matters is atomic: written to a temporary file, fsynced, renamed, and
 the directory fsynced, so a crash leaves the old file or the new one, never a torn one.
+
+Digests come from the gateway and from state.json: a file name is only ever made from a
+valid one (`edgefleet.protocol.digests.hex_part`), so no value can name a path outside
+the store. A state file that is not exactly what this module writes is set aside.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
+
+from edgefleet.edge_runtime.config import BatchingConfig, RuntimeConfig
 from edgefleet.edge_runtime.errors import InferenceError
+from edgefleet.protocol.digests import hex_part, is_digest
 
+logger = logging.getLogger(__name__)
 STATE_VERSION = 1
+# Strict: a value of another type is refused, not coerced (`"8"` is no batch size), and
+# so is any field this code does not know.
+_EXACT = ConfigDict(extra="forbid", strict=True)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_EXACT)
 class StoredModel:
-    """A model assignment as the device keeps it."""
+    """A model assignment as the device keeps it. Validated when made, from the
+    gateway's message or from state.json alike: the digest is one the store can name a
+    file after, and the runtime settings are ones ONNX Runtime can be given."""
 
-    name: str
-    version: str
+    name: Annotated[str, Field(min_length=1)]
+    version: Annotated[str, Field(min_length=1)]
     digest: str
-    size_bytes: int = 0
+    size_bytes: int = Field(default=0, ge=0)
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     max_batch_size: int = 1
     max_delay_micros: int = 0
     # Share of the model's unpinned requests (an A/B test lists two versions).
-    weight: int = 100
+    weight: int = Field(default=100, ge=0)
+
+    def runtime(self) -> RuntimeConfig:
+        batching = (BatchingConfig(max_batch_size=self.max_batch_size,
+                                   max_delay_micros=self.max_delay_micros)
+                    if self.max_batch_size > 1 else None)
+        return RuntimeConfig(intra_op_threads=self.intra_op_threads,
+                             inter_op_threads=self.inter_op_threads, batching=batching)
+
+    @field_validator("digest")
+    @classmethod
+    def _names_a_blob(cls, digest: str) -> str:
+        hex_part(digest)  # InvalidDigestError (a ValueError) names the value
+        return digest
+
+    @model_validator(mode="after")
+    def _loadable(self) -> StoredModel:
+        self.runtime()  # the bounds live in RuntimeConfig, once
+        return self
 
 
-@dataclass
+@dataclasses.dataclass
 class DeviceState:
     revision: str = ""
     desired: list[StoredModel] = field(default_factory=list)
@@ -78,13 +121,14 @@ class Store:
     # ------------------------------------------------------------ blobs
 
     def blob_path(self, digest: str) -> Path:
-        return self.blobs / digest.removeprefix("sha256:")
+        """Raises InvalidDigestError for anything but a valid digest."""
+        return self.blobs / hex_part(digest)
 
     def has(self, digest: str) -> bool:
         return self.blob_path(digest).is_file()
 
     def partial_path(self, digest: str) -> Path:
-        return self.partial / f"{digest.removeprefix('sha256:')}.partial"
+        return self.partial / f"{hex_part(digest)}.partial"
 
     def partial_size(self, digest: str) -> int:
         """Bytes already downloaded (0 when there is no readable partial file)."""
@@ -115,7 +159,7 @@ class Store:
         """Deletes blobs and partial files no assignment references, once they have been
         untouched for the grace period."""
         removed = []
-        keep = {digest.removeprefix("sha256:") for digest in referenced}
+        keep = {hex_part(digest) for digest in referenced if is_digest(digest)}
         cutoff = time.time() - grace_s
         for directory in (self.blobs, self.partial):
             try:
@@ -131,18 +175,33 @@ class Store:
     # ------------------------------------------------------------ state
 
     def load_state(self) -> DeviceState:
+        """The saved state; a fresh one when there is none, or when the file is not
+        what save_state writes (then it is renamed aside, with the reason logged, so
+        that nothing is lost and the runtime still starts)."""
         try:
-            raw = json.loads(self.state_path.read_text())
+            text = self.state_path.read_bytes()
         except FileNotFoundError:
             return DeviceState()
-        except (OSError, ValueError):
-            # A torn file cannot happen (atomic writes); an unreadable one starts afresh.
-            return DeviceState()
+        except OSError as error:
+            return self._set_aside(f"unreadable: {error.strerror}")
+        try:
+            document = _StateDocument.model_validate_json(text)
+        except ValidationError as error:
+            return self._set_aside(problems(error))
+        return DeviceState(document.revision, document.desired, document.last_known_good)
 
-        def models(key: str) -> list[StoredModel]:
-            return [StoredModel(**item) for item in raw.get(key, [])]
-
-        return DeviceState(raw.get("revision", ""), models("desired"), models("lastKnownGood"))
+    def _set_aside(self, reason: str) -> DeviceState:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        aside = self.state_path.with_name(f"{self.state_path.name}.invalid-{stamp}")
+        try:
+            os.replace(self.state_path, aside)
+        except OSError as error:  # still start: save_state replaces the file later
+            logger.error("state file %s is invalid (%s) and cannot be moved aside: %s; "
+                         "starting afresh", self.state_path, reason, error.strerror)
+        else:
+            logger.error("state file %s is invalid (%s); moved it to %s and starting afresh",
+                         self.state_path, reason, aside.name)
+        return DeviceState()
 
     def save_state(self, state: DeviceState) -> None:
         document: dict[str, Any] = {
@@ -151,3 +210,19 @@ class Store:
             "lastKnownGood": [asdict(m) for m in state.last_known_good],
         }
         write_atomically(self.state_path, json.dumps(document, indent=1).encode())
+
+
+class _StateDocument(BaseModel):
+    """state.json exactly as save_state writes it."""
+
+    model_config = _EXACT
+    version: Literal[1]  # STATE_VERSION
+    revision: str
+    desired: list[StoredModel]
+    last_known_good: list[StoredModel] = Field(alias="lastKnownGood")
+
+
+def problems(error: ValidationError) -> str:
+    """Each problem of a validation with its place: `desired.0.digest: Value error, ...`."""
+    return "; ".join(f"{'.'.join(map(str, item['loc'])) or 'document'}: {item['msg']}"
+                     for item in error.errors()[:5])

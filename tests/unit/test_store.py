@@ -1,16 +1,23 @@
-"""The device's store: verified blobs, resumable partial downloads, atomic state."""
+"""The device's store: verified blobs, resumable partial downloads, atomic state; digests
+that are not digests and state files it did not write."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from edgefleet.edge_runtime.errors import InferenceError
 from edgefleet.edge_runtime.store import DeviceState, Store, StoredModel
+from edgefleet.protocol.digests import InvalidDigestError
 
 
 def digest_of(data: bytes) -> str:
@@ -60,3 +67,71 @@ def test_garbage_collection_spares_referenced_and_recent_blobs(tmp_path: Path) -
     removed = store.collect_garbage({kept}, grace_s=600)
     assert removed == [old.removeprefix("sha256:")]
     assert store.has(kept) and store.has(recent) and not store.has(old)
+
+
+@pytest.mark.parametrize("digest", [
+    "sha256:../../x", "sha256:" + "A" * 64, "sha256:" + "a" * 63, "md5:" + "a" * 64,
+    "sha256:" + "a" * 64 + "/../x", "",
+])
+def test_a_value_that_is_not_a_digest_never_becomes_a_path(tmp_path: Path, digest: str) -> None:
+    store = Store(tmp_path / "data")
+    for make_path in (store.blob_path, store.partial_path, store.partial_size, store.has):
+        with pytest.raises(InvalidDigestError, match="64 lowercase hex digits"):
+            make_path(digest)
+    with pytest.raises(ValidationError, match="digest"):
+        StoredModel("digits", "1", digest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def saved_state(tmp_path: Path) -> dict[str, Any]:
+    store = Store(tmp_path)
+    model = StoredModel("digits", "2", digest_of(b"model"), 10, max_batch_size=8)
+    store.save_state(DeviceState("rev1", [model], [model]))
+    return dict(json.loads(store.state_path.read_text()))
+
+
+def with_model_field(document: dict[str, Any], key: str, value: object) -> dict[str, Any]:
+    return {**document, "desired": [{**document["desired"][0], key: value}]}
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (lambda doc: {**doc, "owner": "someone else"}, "owner: Extra inputs are not permitted"),
+    (lambda doc: [doc], "document: Input should be an object"),
+    (lambda doc: "{not json", "Invalid JSON"),
+    (lambda doc: {**doc, "version": 2}, "version: Input should be 1"),
+    (lambda doc: {**doc, "revision": 7}, "revision: Input should be a valid string"),
+    (lambda doc: {**doc, "desired": {"digits": 1}}, "desired: Input should be a valid array"),
+    (lambda doc: with_model_field(doc, "size_bytes", "10"),
+     "desired.0.size_bytes: Input should be a valid integer"),
+    (lambda doc: with_model_field(doc, "weight", True), "desired.0.weight"),
+    (lambda doc: with_model_field(doc, "extra", 1), "desired.0.extra"),
+    (lambda doc: with_model_field(doc, "digest", "sha256:../../etc/passwd"),
+     "desired.0.digest: Value error, digest 'sha256:../../etc/passwd' is not"),
+    (lambda doc: with_model_field(doc, "max_batch_size", 100_000),
+     "less than or equal to 1024"),
+    (lambda doc: {k: v for k, v in doc.items() if k != "lastKnownGood"},
+     "lastKnownGood: Field required"),
+])
+def test_a_foreign_state_file_is_set_aside_and_the_device_starts_afresh(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    content: Callable[[dict[str, Any]], object], reason: str,
+) -> None:
+    made = content(saved_state(tmp_path))
+    written = made if isinstance(made, str) else json.dumps(made)
+    (tmp_path / "state.json").write_text(written)
+    with caplog.at_level(logging.ERROR, logger="edgefleet.edge_runtime.store"):
+        assert Store(tmp_path).load_state() == DeviceState()
+    aside = list(tmp_path.glob("state.json.invalid-*"))
+    assert len(aside) == 1 and aside[0].read_text() == written  # kept, not lost
+    assert not (tmp_path / "state.json").exists()
+    assert reason in caplog.text and aside[0].name in caplog.text
+    # What the device writes next is read back as before.
+    Store(tmp_path).save_state(DeviceState("rev2"))
+    assert Store(tmp_path).load_state() == DeviceState("rev2")
+
+
+def test_a_state_file_that_cannot_be_read_is_set_aside(tmp_path: Path) -> None:
+    (tmp_path / "state.json").mkdir()
+    assert Store(tmp_path).load_state() == DeviceState()
+    assert [p.name.startswith("state.json.invalid-") for p in tmp_path.glob("state.json*")] \
+        == [True]
