@@ -2,25 +2,32 @@
 
 Devices count, per loaded model version, requests, errors inside the model, a latency
 histogram and a histogram of the primary output's top class since the version was
-loaded. The rollout sums them over the cohort (the candidate) and over the devices
-still on the stable version (the baseline), and `analyze` judges the candidate against
-`spec.rollout.analysis`:
+loaded. Each device's figures are judged as that device's rates, and a cohort (the
+candidate's devices, or the stable version's) is summarised so that no single device
+decides for the others, whatever it reports:
 
-- error rate: errors / (requests + errors), at most `maxErrorRate`;
-- p99 latency: interpolated within the histogram's buckets as Prometheus'
-  `histogram_quantile` does, at most `maxP99LatencyMs`;
+- error rate and p99 latency: the median over the cohort's devices of each device's
+  own error rate and p99 (the p99 interpolated within the histogram's buckets as
+  Prometheus' `histogram_quantile` does). One device reporting a million errors, or a
+  perfect record over 2^62 requests, moves the median by one place, not to its value;
 - drift: the population stability index (PSI) of the candidate's top-class
-  distribution against the baseline's, sum over classes of (c - b) * ln(c / b) with
-  each share floored at 1e-4, at most `maxDrift` (0.1 is commonly read as a small
-  shift, 0.25 as a large one).
+  distribution against the baseline's, each distribution the mean of its devices'
+  class *shares* (every device weighs the same), sum over classes of
+  (c - b) * ln(c / b) with each share floored at 1e-4, at most `maxDrift` (0.1 is
+  commonly read as a small shift, 0.25 as a large one);
+- requests toward `minRequests`: the cohort's attempts with each device's count capped
+  at the (lower) median device's, so one device cannot claim the minimum for all.
 
-Nothing is judged before the candidate has answered `minRequests` requests.
+Nothing is judged before the candidate has answered `minRequests` requests so counted.
+With one device in a cohort, that device is the cohort; with two, the median is their
+mean: cohorts of three or more are what make one device's word count once.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,7 +38,7 @@ PSI_FLOOR = 1e-4
 
 @dataclass(frozen=True)
 class TrafficStats:
-    """What devices reported for one model version, summed over devices."""
+    """What one device reported for one model version."""
 
     requests: int = 0
     errors: int = 0
@@ -39,32 +46,54 @@ class TrafficStats:
     latency_counts: tuple[int, ...] = ()  # one more than the bounds: the last is +Inf
     top_class_counts: tuple[int, ...] = ()
 
-    def __add__(self, other: TrafficStats) -> TrafficStats:
-        bounds, counts = self.latency_bounds_s, self.latency_counts
-        if not bounds:
-            bounds, counts = other.latency_bounds_s, other.latency_counts
-        elif other.latency_bounds_s == bounds:
-            counts = tuple(a + b for a, b in zip(counts, other.latency_counts, strict=True))
-        # else: a device with other bucket bounds (another runtime release) adds no latency
-        return TrafficStats(self.requests + other.requests, self.errors + other.errors,
-                            bounds, counts, _add(self.top_class_counts, other.top_class_counts))
+    @property
+    def attempts(self) -> int:
+        return self.requests + self.errors
 
 
-def _add(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
-    longer, shorter = (a, b) if len(a) >= len(b) else (b, a)
-    return tuple(x + (shorter[i] if i < len(shorter) else 0) for i, x in enumerate(longer))
+@dataclass(frozen=True)
+class CohortStats:
+    """A cohort's traffic for one version, summarised robustly (see the module doc)."""
+
+    devices: int = 0  # devices that answered at least one request
+    requests: int = 0  # attempts, each device capped at the median device's
+    error_rate: float = 0.0
+    p99_s: float | None = None
+    class_shares: tuple[float, ...] = ()
 
 
-def total(stats: Iterable[TrafficStats]) -> TrafficStats:
-    summed = TrafficStats()
-    for item in stats:
-        summed = summed + item
-    return summed
+def cohort(stats: Iterable[TrafficStats]) -> CohortStats:
+    """The robust summary of the devices' statistics; devices without traffic are left
+    out (they have no rates to weigh)."""
+    active = [s for s in stats if s.attempts > 0]
+    if not active:
+        return CohortStats()
+    cap = statistics.median_low(s.attempts for s in active)
+    latencies = [p for p in (quantile_s(s, 0.99) for s in active) if p is not None]
+    shares = [_shares(s.top_class_counts) for s in active if sum(s.top_class_counts) > 0]
+    return CohortStats(
+        devices=len(active),
+        requests=sum(min(s.attempts, cap) for s in active),
+        error_rate=statistics.median(error_rate(s) for s in active),
+        p99_s=statistics.median(latencies) if latencies else None,
+        class_shares=_mean_shares(shares),
+    )
+
+
+def _shares(counts: tuple[int, ...]) -> tuple[float, ...]:
+    observed = sum(counts)
+    return tuple(c / observed for c in counts)
+
+
+def _mean_shares(shares: list[tuple[float, ...]]) -> tuple[float, ...]:
+    if not shares:
+        return ()
+    size = max(len(s) for s in shares)
+    return tuple(sum(s[i] for s in shares if i < len(s)) / len(shares) for i in range(size))
 
 
 def error_rate(stats: TrafficStats) -> float:
-    attempts = stats.requests + stats.errors
-    return stats.errors / attempts if attempts else 0.0
+    return stats.errors / stats.attempts if stats.attempts else 0.0
 
 
 def quantile_s(stats: TrafficStats, q: float) -> float | None:
@@ -81,9 +110,10 @@ def quantile_s(stats: TrafficStats, q: float) -> float | None:
     return stats.latency_bounds_s[-1]
 
 
-def population_stability_index(baseline: tuple[int, ...],
-                               candidate: tuple[int, ...]) -> float | None:
-    """PSI of two histograms over the same bins; None when either is empty."""
+def population_stability_index(baseline: Sequence[float],
+                               candidate: Sequence[float]) -> float | None:
+    """PSI of two histograms (counts or shares) over the same bins; None when either is
+    empty."""
     size = max(len(baseline), len(candidate))
     base_total, cand_total = sum(baseline), sum(candidate)
     if not base_total or not cand_total:
@@ -106,16 +136,16 @@ class Verdict:
     drift: float | None
 
 
-def analyze(analysis: RolloutAnalysis, candidate: TrafficStats,
-            baseline: TrafficStats) -> Verdict:
+def analyze(analysis: RolloutAnalysis, candidate: CohortStats,
+            baseline: CohortStats) -> Verdict:
     """Judges the candidate version's traffic against the thresholds."""
-    rate = error_rate(candidate)
-    p99_s = quantile_s(candidate, 0.99)
-    p99_ms = None if p99_s is None else p99_s * 1000
-    drift = population_stability_index(baseline.top_class_counts, candidate.top_class_counts)
-    attempts = candidate.requests + candidate.errors
-    measured = (f"{attempts} requests, error rate {rate:.3f} (max {analysis.max_error_rate})"
-                + (f", p99 {p99_ms:.1f} ms" if p99_ms is not None else "")
+    rate = candidate.error_rate
+    p99_ms = None if candidate.p99_s is None else candidate.p99_s * 1000
+    drift = population_stability_index(baseline.class_shares, candidate.class_shares)
+    attempts = candidate.requests
+    measured = (f"{attempts} requests from {candidate.devices} devices, median error rate "
+                f"{rate:.3f} (max {analysis.max_error_rate})"
+                + (f", median p99 {p99_ms:.1f} ms" if p99_ms is not None else "")
                 + (f" (max {analysis.max_p99_latency_ms} ms)"
                    if analysis.max_p99_latency_ms is not None else "")
                 + (f", drift PSI {drift:.3f}" if drift is not None else "")

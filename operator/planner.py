@@ -326,11 +326,9 @@ def plan_experiment(
 
 
 def _summary(reports: Iterable[TrafficStats | None]) -> TrafficSummary:
-    summed = analysis.total(report for report in reports if report)
-    p99_s = analysis.quantile_s(summed, 0.99)
-    return TrafficSummary(requests=summed.requests + summed.errors,
-                          error_rate=analysis.error_rate(summed),
-                          p99_latency_ms=None if p99_s is None else p99_s * 1000)
+    summary = analysis.cohort(report for report in reports if report)
+    return TrafficSummary(requests=summary.requests, error_rate=summary.error_rate,
+                          p99_latency_ms=None if summary.p99_s is None else summary.p99_s * 1000)
 
 
 def invalid_model_status(

@@ -350,10 +350,10 @@ def _judge(spec: EdgeModelSpec, name: str, stable: ArtifactStatus, current: Roll
     thresholds = spec.rollout.analysis
     if thresholds is None:
         return None
-    candidate = analysis.total(d.traffic.get((name, current.target.version), TrafficStats())
-                               for d in cohort)
-    baseline = analysis.total(d.traffic.get((name, stable.version), TrafficStats())
-                              for d in ranked)
+    candidate = analysis.cohort(d.traffic.get((name, current.target.version), TrafficStats())
+                                for d in cohort)
+    baseline = analysis.cohort(d.traffic.get((name, stable.version), TrafficStats())
+                               for d in ranked)
     verdict = analysis.analyze(thresholds, candidate, baseline)
     step_requests = max(0, verdict.requests - current.step_start_requests)
     if verdict.outcome == "Pass" and step_requests < thresholds.min_requests:

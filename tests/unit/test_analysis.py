@@ -38,44 +38,88 @@ def test_population_stability_index_matches_its_formula() -> None:
     assert analysis.population_stability_index((), (1, 2)) is None
 
 
-def test_statistics_add_up_across_devices() -> None:
-    summed = analysis.total([traffic(10, 1, classes=(1, 2, 3)), traffic(5, classes=(4,))])
-    assert (summed.requests, summed.errors) == (15, 1)
-    assert summed.latency_counts == (15, 0, 0, 0) and summed.top_class_counts == (5, 2, 3)
-    other_bounds = TrafficStats(3, 0, (0.5,), (3, 0))
-    assert (traffic(10) + other_bounds).latency_counts == (10, 0, 0, 0)
+def judge(candidate: list[TrafficStats], baseline: list[TrafficStats]) -> analysis.Verdict:
+    return analysis.analyze(THRESHOLDS, analysis.cohort(candidate), analysis.cohort(baseline))
+
+
+def test_a_cohort_is_summarised_by_its_median_device() -> None:
+    summary = analysis.cohort([traffic(100, 1), traffic(100, 3), traffic(100, 50),
+                               traffic(0), TrafficStats()])
+    assert summary.devices == 3  # devices without traffic have no rates to weigh
+    assert summary.error_rate == pytest.approx(3 / 103)
+    assert summary.requests == 101 + 103 + 103  # each capped at the median's 103
+    assert analysis.cohort([]) == analysis.CohortStats()
+
+
+def test_class_shares_weigh_every_device_the_same() -> None:
+    summary = analysis.cohort([traffic(10, classes=(10, 0)), traffic(1000, classes=(0, 1000))])
+    assert summary.class_shares == (0.5, 0.5)
 
 
 def test_nothing_is_judged_before_the_minimum_requests() -> None:
-    verdict = analysis.analyze(THRESHOLDS, traffic(60, errors=30), traffic(1000))
+    verdict = judge([traffic(60, errors=30)], [traffic(1000)])
     assert verdict.outcome == "Wait" and "90 of the 100" in verdict.message
 
 
 def test_an_error_rate_above_the_threshold_fails_quoting_numbers_and_threshold() -> None:
-    verdict = analysis.analyze(THRESHOLDS, traffic(150, errors=50), traffic(1000))
+    verdict = judge([traffic(150, errors=50)], [traffic(1000)])
     assert verdict.outcome == "Fail" and verdict.error_rate == 0.25
     assert "error rate above the threshold" in verdict.message
-    assert "error rate 0.250 (max 0.02)" in verdict.message
+    assert "median error rate 0.250 (max 0.02)" in verdict.message
 
 
 def test_a_slow_version_fails_on_p99() -> None:
     slow = traffic(200, latency=(0, 0, 200, 0))
-    verdict = analysis.analyze(THRESHOLDS, slow, traffic(1000))
+    verdict = judge([slow], [traffic(1000)])
     assert verdict.outcome == "Fail" and "p99 latency" in verdict.message
     assert verdict.p99_latency_ms is not None and verdict.p99_latency_ms > 50
     assert "(max 50.0 ms)" in verdict.message
 
 
 def test_a_shifted_output_distribution_fails_on_drift() -> None:
-    verdict = analysis.analyze(THRESHOLDS, traffic(200, classes=(190, 10)),
-                               traffic(1000, classes=(500, 500)))
+    verdict = judge([traffic(200, classes=(190, 10))], [traffic(1000, classes=(500, 500))])
     assert verdict.outcome == "Fail" and "drift" in verdict.message
 
 
 def test_a_healthy_candidate_passes_and_drift_needs_a_baseline() -> None:
-    verdict = analysis.analyze(THRESHOLDS, traffic(200, errors=1, classes=(95, 105)),
-                               traffic(1000, classes=(500, 500)))
+    verdict = judge([traffic(200, errors=1, classes=(95, 105))],
+                    [traffic(1000, classes=(500, 500))])
     assert verdict.outcome == "Pass" and verdict.drift is not None and verdict.drift < 0.01
-    alone = analysis.analyze(THRESHOLDS, traffic(200), TrafficStats())
+    alone = judge([traffic(200)], [])
     assert alone.outcome == "Pass" and alone.drift is None
     assert alone.message.endswith("drift not measured (no classes from both versions)")
+
+
+# One device must not decide a canary, whatever it reports (the figures are the ones an
+# attacker used against the summed analysis).
+
+
+def test_one_device_claiming_2_pow_62_requests_cannot_pass_a_failing_cohort() -> None:
+    failing = [traffic(100, errors=100) for _ in range(4)]  # 50 % of attempts fail
+    liar = traffic(2**62, classes=(2**61, 2**61))
+    verdict = judge([*failing, liar], [traffic(1000)])
+    assert verdict.outcome == "Fail" and verdict.error_rate == 0.5
+    assert verdict.requests == 5 * 200  # the liar counts as many attempts as the median
+
+
+def test_one_device_claiming_2_pow_62_requests_cannot_reach_min_requests_alone() -> None:
+    verdict = judge([traffic(10), traffic(10), traffic(2**62)], [traffic(1000)])
+    assert verdict.outcome == "Wait" and verdict.requests == 30
+
+
+def test_one_device_reporting_a_million_errors_cannot_force_a_rollback() -> None:
+    healthy = [traffic(100, classes=(50, 50)) for _ in range(4)]
+    liar = TrafficStats(0, 10**6, BOUNDS, (0, 0, 0, 10**6), (0, 10**6))
+    verdict = judge([*healthy, liar], [traffic(1000, classes=(500, 500))])
+    assert verdict.outcome == "Pass", verdict.message
+    assert verdict.error_rate == 0.0 and verdict.p99_latency_ms is not None
+    assert verdict.p99_latency_ms < 50
+    # Its class shares weigh one fifth: drift moves, but within bounds it stays honest.
+    assert verdict.drift is not None and verdict.drift < 0.2
+
+
+def test_most_devices_failing_still_fails_however_one_device_reports() -> None:
+    failing = [traffic(100, errors=20, latency=(0, 0, 120, 0)) for _ in range(3)]
+    verdict = judge([*failing, traffic(10**9), traffic(10**9)], [traffic(1000)])
+    assert verdict.outcome == "Fail"
+    assert "error rate" in verdict.message and "p99 latency" in verdict.message
