@@ -15,8 +15,11 @@ field (raw_data, float_data, doc strings...), so memory stays bounded however la
 model is. Field numbers are those of onnx/onnx.proto (onnx 1.17 and later).
 
 The walk is deliberately more suspicious than ONNX Runtime: a tensor counts as a
-reference when it says EXTERNAL *or* carries a `location`, and a singular message that
-occurs twice is searched in both occurrences (protobuf would merge them).
+reference when it says EXTERNAL *or* carries a `location`, a singular message that
+occurs twice is searched in both occurrences (protobuf would merge them), and messages
+nested too deeply to search count as a reference. It is never stricter than protobuf's
+own parser (unknown fields, groups included, are skipped as protobuf skips them), so a
+file it calls malformed is one that no ONNX parser reads any path from either.
 """
 
 from __future__ import annotations
@@ -33,12 +36,16 @@ MAX_DEPTH = 100
 _SHOWN_CHARS = 200
 _WINDOW = 64 * 1024
 
-_VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
+_VARINT, _FIXED64, _LEN, _START_GROUP, _END_GROUP, _FIXED32 = 0, 1, 2, 3, 4, 5
 _DATA_LOCATION_EXTERNAL = 1
 
 
 class MalformedModelError(ValueError):
     """The file is not a parseable ONNX model (protobuf ModelProto with a graph)."""
+
+
+class _TooDeep(Exception):
+    """Messages nested deeper than MAX_DEPTH: what lies below was not searched."""
 
 
 @dataclass(frozen=True)
@@ -111,10 +118,17 @@ class _Walked:
 def external_references(path: str | os.PathLike[str]) -> list[str]:
     """Every path reference in the ONNX model at `path`, described for people, e.g.
     "graph 'main' > initializer[0] 'W': external data at 'etc/hostname'"; empty for
-    a self-contained model. Raises MalformedModelError for a file that is not ONNX."""
+    a self-contained model, and one entry for a model nested too deeply to search.
+    Raises MalformedModelError for a file that is not ONNX: it is so to every protobuf
+    parser too (the walk is never stricter than protobuf's own)."""
     with open(path, "rb", buffering=0) as file:
         size = os.fstat(file.fileno()).st_size
-        model = _Walker(file).walk("ModelProto", size, depth=0)
+        try:
+            model = _Walker(file).walk("ModelProto", size, depth=0)
+        except _TooDeep:
+            # Protobuf parsers with a higher recursion limit would read what lies below,
+            # so it counts as a reference: such a model is refused, never passed on.
+            return [f"messages nested deeper than {MAX_DEPTH}, not searched for references"]
     if _MODEL_GRAPH not in model.fields:
         raise MalformedModelError("not an ONNX model: it has no graph")
     return [" > ".join(where) + ": " + what for where, what in model.references]
@@ -133,7 +147,7 @@ class _Walker:
 
     def walk(self, message: str, end: int, depth: int) -> _Walked:
         if depth > MAX_DEPTH:
-            self._malformed(f"messages nested deeper than {MAX_DEPTH}")
+            raise _TooDeep
         children = _CHILDREN[message]
         name_field = _NAME_FIELD.get(message)
         walked = _Walked()
@@ -146,7 +160,7 @@ class _Walker:
             if wire == _VARINT and message == "TensorProto" and number == _TENSOR_DATA_LOCATION:
                 external = external or self._varint(end) == _DATA_LOCATION_EXTERNAL
             elif wire != _LEN:
-                self._skip_value(wire, number, end)
+                self._skip_value(wire, number, end, depth)
             else:
                 length = self._varint(end)
                 field_end = self._pos + length
@@ -181,7 +195,7 @@ class _Walker:
     def _location_entry(self, end: int, depth: int) -> str | None:
         """The value of a StringStringEntryProto whose key is `location`, else None."""
         if depth > MAX_DEPTH:
-            self._malformed(f"messages nested deeper than {MAX_DEPTH}")
+            raise _TooDeep
         key: str | None = None
         value = ""
         while self._pos < end:
@@ -193,13 +207,14 @@ class _Walker:
                 else:
                     value = text
             else:
-                self._skip_value(wire, number, end)
+                self._skip_value(wire, number, end, depth)
         if self._pos != end:
             self._malformed("a field runs past its message")
         return value if key == "location" else None
 
-    def _skip_value(self, wire: int, number: int, end: int) -> None:
-        """Moves past a field that cannot hold a reference."""
+    def _skip_value(self, wire: int, number: int, end: int, depth: int) -> None:
+        """Moves past a field that cannot hold a reference, as protobuf skips unknown
+        fields: groups included, which ONNX never uses but parsers still accept."""
         if wire == _VARINT:
             self._varint(end)
         elif wire == _FIXED64:
@@ -208,8 +223,18 @@ class _Walker:
             self._skip(4, end)
         elif wire == _LEN:
             self._skip(self._varint(end), end)
+        elif wire == _START_GROUP:
+            if depth + 1 > MAX_DEPTH:
+                raise _TooDeep
+            while True:
+                inner, inner_wire = self._tag(end)
+                if inner_wire == _END_GROUP:
+                    if inner != number:
+                        self._malformed(f"group {number} ends as group {inner}")
+                    return
+                self._skip_value(inner_wire, inner, end, depth + 1)
         else:
-            # Groups (3, 4) are not used by ONNX, and 6 and 7 are no wire type at all.
+            # An end of group outside its group, and 6 and 7, which are no wire type.
             self._malformed(f"field {number} has wire type {wire}")
 
     def _tag(self, end: int) -> tuple[int, int]:

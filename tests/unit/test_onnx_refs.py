@@ -181,6 +181,8 @@ def test_a_reference_after_gigabytes_of_raw_data_is_found_without_reading_them(
         b"\x3a\x02\x08",  # the file ends inside the graph
         b"\x3a\x02\x2a\x05",  # an initializer longer than its graph
         b"\x08" + b"\xff" * 11,  # a varint of more than 10 bytes
+        b"\x3b\x08\x01",  # a group that never ends
+        b"\x3b\x44",  # a group ended as another one
     ],
 )
 def test_a_file_that_is_not_onnx_is_refused(tmp_path: Path, content: bytes) -> None:
@@ -214,7 +216,7 @@ def test_a_corrupted_model_gives_references_or_malformed_and_nothing_else(
         pass
 
 
-def test_subgraphs_nested_beyond_the_depth_bound_are_refused(tmp_path: Path) -> None:
+def test_subgraphs_nested_beyond_the_depth_bound_count_as_a_reference(tmp_path: Path) -> None:
     # Written by hand: protobuf itself refuses to build a message this deep. Each level
     # is three messages, graph > node (field 1) > attribute (field 5) > g (field 6).
     graph = _identity_graph("leaf", [_external("W")]).SerializeToString()
@@ -222,8 +224,26 @@ def test_subgraphs_nested_beyond_the_depth_bound_are_refused(tmp_path: Path) -> 
         graph = _field(1, _field(5, _field(6, graph)))
     path = tmp_path / "deep.onnx"
     path.write_bytes(_field(7, graph))
-    with pytest.raises(MalformedModelError, match="nested deeper"):
-        external_references(path)
+    assert external_references(path) == [
+        f"messages nested deeper than {MAX_DEPTH}, not searched for references"
+    ]
+
+
+def test_unknown_fields_and_groups_are_skipped_as_protobuf_skips_them(tmp_path: Path) -> None:
+    tensor = _external("W")
+    # Field 99 as a group holding a varint and a nested group, then a length-delimited
+    # field 98: protobuf keeps both as unknown fields and still reads the tensor.
+    unknown = b"\x9b\x06" + b"\x08\x01" + b"\x13\x14" + b"\x9c\x06" + _field(98, b"xyz")
+    graph = _identity_graph("main").SerializeToString() + _field(
+        5, unknown + tensor.SerializeToString()
+    )
+    path = tmp_path / "model.onnx"
+    path.write_bytes(_field(7, graph))
+    parsed = onnx.ModelProto.FromString(path.read_bytes())
+    assert parsed.graph.initializer[0].external_data[0].value == "etc/hostname"
+    assert external_references(path) == [
+        "graph 'main' > initializer[0] 'W': external data at 'etc/hostname'"
+    ]
 
 
 def _field(number: int, payload: bytes) -> bytes:
