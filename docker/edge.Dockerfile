@@ -1,17 +1,25 @@
 # The EdgeFleet edge runtime (ONNX Runtime, Open Inference Protocol; no kopf, no Kubernetes client).
 #   docker build -f docker/edge.Dockerfile -t edgefleet-edge .
 # Two stages: the build stage installs into a virtual environment with docker/install.sh
-# (which a test also runs), the final stage carries only that environment and runs as
-# a non-root user.
-FROM python:3.11-slim AS build
+# (which a test also runs) from the hash-pinned docker/requirements-edge.lock; the final
+# stage carries only that environment and runs as a non-root user.
+# The base of both stages, pinned by digest: a tag moves (every Python patch release and
+# Debian update re-points it), a digest names these exact bytes, so a rebuild gets the
+# same interpreter and system libraries until someone moves it on purpose. This is the
+# multi-arch index of python:3.11-slim (3.11.16, Debian trixie). To refresh, take the
+# index digest (not a per-platform one) and update both images together:
+#   docker buildx imagetools inspect python:3.11-slim --format '{{json .Manifest.Digest}}'
+ARG BASE_IMAGE=python:3.11-slim@sha256:e41613d42d4891e4930f79523f93f81bbc7632584ec65e36ab055f41a800b41e
+
+FROM ${BASE_IMAGE} AS build
 COPY pyproject.toml README.md /src/
 COPY operator /src/operator
 COPY edge_runtime /src/edge_runtime
 COPY protos /src/protos
-COPY docker/install.sh /install.sh
-RUN sh /install.sh edge /src /opt/edgefleet
+COPY docker/install.sh docker/requirements-edge.lock /src/docker/
+RUN sh /src/docker/install.sh edge /src /opt/edgefleet
 
-FROM python:3.11-slim
+FROM ${BASE_IMAGE}
 COPY --from=build /opt/edgefleet /opt/edgefleet
 ENV PATH=/opt/edgefleet/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 USER 65532:65532

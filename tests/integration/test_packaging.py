@@ -1,13 +1,71 @@
-"""The distribution builds as a wheel that maps the top-level folders into edgefleet.*."""
+"""The distribution builds as a wheel that maps the top-level folders into edgefleet.*,
+and the images' lock files pin, with hashes, what pyproject.toml asks for."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# The images' interpreter (docker/*.Dockerfile), for the locks' environment markers.
+IMAGE_PYTHON = {"python_version": "3.11", "python_full_version": "3.11.16",
+                "sys_platform": "linux", "platform_system": "Linux",
+                "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+
+
+def locked_pins(lock: Path) -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, sha256 hashes) of the entries of a lock file that apply in the
+    images' interpreter, on any machine architecture."""
+    text = re.sub(r"#[^\n]*", "", lock.read_text()).replace("\\\n", " ")
+    pins: dict[str, tuple[str, list[str]]] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        requirement_text, *hashes = line.split("--hash=")
+        requirement = Requirement(requirement_text.strip())
+        if requirement.marker and not requirement.marker.evaluate(IMAGE_PYTHON):
+            continue
+        (specifier,) = requirement.specifier
+        assert specifier.operator == "==", f"{lock.name}: {requirement} is not pinned"
+        name = canonicalize_name(requirement.name)
+        assert name not in pins, f"{lock.name}: {name} pinned twice"
+        pins[name] = (specifier.version, [h.strip() for h in hashes])
+    return pins
+
+
+@pytest.mark.parametrize("side", ["operator", "edge"])
+def test_each_image_lock_pins_what_pyproject_asks_with_hashes(side: str) -> None:
+    """docker/lock.sh writes the locks; a dependency changed in pyproject.toml without
+    re-running it fails here, not in an image build."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+    lock = REPO_ROOT / "docker" / f"requirements-{side}.lock"
+    pins = locked_pins(lock)
+    assert "docker/lock.sh" in lock.read_text().splitlines()[0]
+    wanted = [*project["project"]["dependencies"],
+              *project["project"]["optional-dependencies"][side],
+              *project["build-system"]["requires"]]  # install.sh builds with the locked backend
+    for line in wanted:
+        requirement = Requirement(line)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{lock.name} lacks {requirement}: run docker/lock.sh"
+        version, _ = pins[name]
+        assert requirement.specifier.contains(version, prereleases=True), (
+            f"{lock.name} pins {name}=={version}, pyproject.toml asks {requirement}: "
+            "run docker/lock.sh")
+    for name, (version, hashes) in pins.items():
+        assert hashes and all(re.fullmatch(r"sha256:[0-9a-f]{64}", h) for h in hashes), (
+            f"{lock.name}: {name}=={version} without sha256 hashes")
+    # Each side stays without the other's heavy dependencies.
+    other = {"operator": {"onnxruntime", "numpy"}, "edge": {"kopf", "kubernetes"}}[side]
+    assert not other & pins.keys()
 
 
 def test_wheel_installs_edgefleet_namespace_with_both_sides(tmp_path: Path) -> None:
