@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> None:
                                  _cli_prog_name=f"edgefleet-edge {args.command}")
     except ValidationError as error:
         parser.exit(2, f"edgefleet-edge {args.command}: {error}\n")
+    try:
+        token = settings.auth_token()
+    except (OSError, ValueError) as error:
+        parser.error(str(error))
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="time=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
@@ -50,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
         if not settings.model_repository.is_dir():
             parser.error(f"--model-repository {settings.model_repository}: not a directory")
         repository, poll = settings.model_repository, settings.poll_seconds
-        asyncio.run(serve(settings, lambda engine: RepositorySync(engine, repository, poll)))
+        asyncio.run(serve(settings, lambda engine: RepositorySync(engine, repository, poll),
+                          token))
     else:
         from edgefleet.edge_runtime.agent import CloudAgent
         from edgefleet.edge_runtime.errors import InferenceError
@@ -63,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
             store = Store(settings.data_dir)
         except InferenceError as error:
             parser.error(f"--data-dir: {error.message}")
-        asyncio.run(serve(settings, lambda engine: CloudAgent(run_settings, engine, store)))
+        asyncio.run(serve(settings, lambda engine: CloudAgent(run_settings, engine, store),
+                          token))
 
 
 if __name__ == "__main__":

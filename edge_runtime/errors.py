@@ -10,7 +10,9 @@ class ErrorCode(Enum):
     # value: (gRPC status name, HTTP status)
     INVALID_ARGUMENT = ("INVALID_ARGUMENT", 400)
     NOT_FOUND = ("NOT_FOUND", 404)
-    RESOURCE_EXHAUSTED = ("RESOURCE_EXHAUSTED", 413)
+    UNAUTHENTICATED = ("UNAUTHENTICATED", 401)
+    RESOURCE_EXHAUSTED = ("RESOURCE_EXHAUSTED", 413)  # the request is too large
+    OVERLOADED = ("RESOURCE_EXHAUSTED", 429)  # too many requests in flight: retry later
     UNAVAILABLE = ("UNAVAILABLE", 503)
     INTERNAL = ("INTERNAL", 500)
 
@@ -42,6 +44,18 @@ class InferenceError(Exception):
     @classmethod
     def internal(cls, message: str) -> InferenceError:
         return cls(ErrorCode.INTERNAL, message)
+
+    @classmethod
+    def unauthenticated(cls, message: str) -> InferenceError:
+        return cls(ErrorCode.UNAUTHENTICATED, message)
+
+    @classmethod
+    def too_large(cls, message: str) -> InferenceError:
+        return cls(ErrorCode.RESOURCE_EXHAUSTED, message)
+
+    @classmethod
+    def overloaded(cls, message: str) -> InferenceError:
+        return cls(ErrorCode.OVERLOADED, message)
 
     @classmethod
     def unavailable(cls, message: str) -> InferenceError:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, FilePath, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -17,15 +17,64 @@ class ServingSettings(BaseSettings):
         env_prefix="EDGEFLEET_EDGE_", cli_kebab_case=True, cli_implicit_flags=True,
     )
 
-    listen_host: str = Field(default="0.0.0.0", description="address the servers bind to")
+    # Loopback unless told otherwise: an inference endpoint answers whoever reaches it.
+    listen_host: str = Field(
+        default="127.0.0.1",
+        description="address the servers bind to: 127.0.0.1 serves this host only; 0.0.0.0 "
+                    "serves every interface (then set --auth-token-file or "
+                    "--tls-client-ca-file)")
     grpc_port: int = Field(default=8001, ge=1, le=65535, description="Open Inference gRPC")
     http_port: int = Field(default=8000, ge=1, le=65535, description="Open Inference REST")
-    metrics_port: int = Field(default=8002, ge=1, le=65535, description="Prometheus /metrics")
-    max_request_bytes: int = Field(default=64 * 2**20, ge=1024,
-                                   description="larger requests are refused unread")
+    metrics_port: int = Field(default=8002, ge=1, le=65535,
+                              description="Prometheus /metrics and the health endpoints, "
+                                          "plain HTTP, never authenticated")
+    # 8 MiB: a 1080p RGB frame of UINT8 in binary, twice gRPC's own 4 MiB default.
+    max_request_bytes: int = Field(
+        default=8 * 2**20, ge=1024,
+        description="larger requests are refused before they are read or decoded "
+                    "(413 / RESOURCE_EXHAUSTED)")
+    max_concurrent_requests: int = Field(
+        default=32, ge=1, le=65536,
+        description="inference requests in flight at once, both servers together; more "
+                    "are refused (429 / RESOURCE_EXHAUSTED). With --max-request-bytes it "
+                    "bounds the memory requests take")
+    auth_token_file: FilePath | None = Field(
+        default=None,
+        description="file holding a bearer token that every call on the inference ports "
+                    "must carry ('Authorization: Bearer <token>', HTTP header or gRPC "
+                    "metadata), except the liveness and readiness checks")
+    tls_cert_file: FilePath | None = Field(
+        default=None, description="TLS certificate (PEM) of the REST and gRPC inference "
+                                  "servers; without it they speak plaintext")
+    tls_key_file: FilePath | None = Field(default=None,
+                                          description="private key (PEM) of --tls-cert-file")
+    tls_client_ca_file: FilePath | None = Field(
+        default=None,
+        description="CA (PEM) that clients' certificates must chain to: with it, the REST "
+                    "and gRPC inference servers accept only clients presenting one "
+                    "(mutual TLS); needs --tls-cert-file")
     inference_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256,
                                    description="threads running ONNX Runtime sessions")
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> ServingSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("--tls-cert-file and --tls-key-file go together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("--tls-client-ca-file needs --tls-cert-file and --tls-key-file")
+        return self
+
+    def auth_token(self) -> str | None:
+        """The bearer token from --auth-token-file (None when unset); raises ValueError
+        for a file that holds none."""
+        if self.auth_token_file is None:
+            return None
+        token = self.auth_token_file.read_text().strip()
+        if not token or any(c.isspace() for c in token):
+            raise ValueError(f"--auth-token-file {self.auth_token_file}: holds no token (one "
+                             "line without spaces)")
+        return token
 
 
 class ServeSettings(ServingSettings):

@@ -30,6 +30,10 @@ CLOUD_CONNECTED = Gauge("edgefleet_cloud_connected",
                         "1 while the session to the fleet gateway is up (0 in standalone mode)")
 ARTIFACT_BYTES = Counter("edgefleet_artifact_received_bytes",
                          "Artifact bytes received from the fleet gateway")
+# reason: one of serving/admission.py REJECTIONS, a fixed set.
+REQUESTS_REJECTED = Counter("edgefleet_edge_requests_rejected",
+                            "Inference requests refused before they ran, by reason",
+                            ["reason"])
 METRICS_DROPPED = Counter("edgefleet_metrics_buffer_dropped_samples",
                           "Metric samples dropped unsent because the on-disk buffer was full")
 

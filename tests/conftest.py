@@ -236,21 +236,26 @@ class EdgeProcess:
         return text
 
     def is_ready(self) -> bool:
-        return http_get(f"http://{self.http_url}/v2/health/ready", timeout=2)[0] == 200
+        # On the metrics port: plain HTTP and open, whatever the inference ports require.
+        return http_get(f"http://127.0.0.1:{self.metrics_port}/v2/health/ready",
+                        timeout=2)[0] == 200
 
 
 StartEdge = Callable[..., EdgeProcess]
 
 
-def launch_edge(log_path: Path, command: str, *args: str) -> EdgeProcess:
-    """Starts `edgefleet-edge COMMAND ARGS` on free ports and waits until it is ready."""
+def launch_edge(log_path: Path, command: str, *args: str,
+                listen_host: str | None = "127.0.0.1", cwd: Path | None = None) -> EdgeProcess:
+    """Starts `edgefleet-edge COMMAND ARGS` on free ports and waits until it is ready.
+    `listen_host=None` leaves the runtime's default; `cwd` is its working directory."""
     ports = [localcluster.free_port() for _ in range(3)]
+    host = ["--listen-host", listen_host] if listen_host else []
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "edgefleet.edge_runtime", command, *args,
-             "--listen-host", "127.0.0.1", "--grpc-port", str(ports[0]),
-             "--http-port", str(ports[1]), "--metrics-port", str(ports[2])],
-            stdout=log_file, stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "edgefleet.edge_runtime", command, *args, *host,
+             "--grpc-port", str(ports[0]), "--http-port", str(ports[1]),
+             "--metrics-port", str(ports[2])],
+            stdout=log_file, stderr=subprocess.STDOUT, cwd=cwd)
     edge = EdgeProcess(process, *ports, log_path)
     try:
         eventually(lambda: edge.process.poll() is None and edge.is_ready(), timeout=60,
@@ -270,9 +275,11 @@ def start_edge(tmp_path: Path) -> Iterator[StartEdge]:
     """Starts edge runtimes serving a model repository; all are stopped afterwards."""
     started: list[EdgeProcess] = []
 
-    def start(repository: Path, *extra: str) -> EdgeProcess:
+    def start(repository: Path, *extra: str, listen_host: str | None = "127.0.0.1",
+              cwd: Path | None = None) -> EdgeProcess:
         started.append(launch_edge(tmp_path / f"edge-{len(started)}.log", "serve",
-                                   "--model-repository", str(repository), *extra))
+                                   "--model-repository", str(repository), *extra,
+                                   listen_host=listen_host, cwd=cwd))
         return started[-1]
 
     yield start

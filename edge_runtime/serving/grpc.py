@@ -2,29 +2,35 @@
 plane and converts back; InferenceError becomes the matching gRPC status.
 
 The methods are registered by hand under the service's wire name (see the .proto for
-why the messages live in the protobuf package edgefleet.inference)."""
+why the messages live in the protobuf package edgefleet.inference). Every method but the
+liveness and readiness checks is authenticated (serving/admission.py)."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from edgefleet.edge_runtime.errors import InferenceError
 from edgefleet.edge_runtime.serving import converters
+from edgefleet.edge_runtime.serving.admission import Admission
 from edgefleet.edge_runtime.serving.dataplane import DataPlane
 from edgefleet.protocol.inference import grpc_service_pb2 as pb
 
 SERVICE = "inference.GRPCInferenceService"
+# Probes may ask these without credentials; they say nothing about models or data.
+OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})
 logger = logging.getLogger(__name__)
 
 
 class InferenceServicer:
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, admission: Admission) -> None:
         self.dataplane = dataplane
+        self.admission = admission
 
     async def ServerLive(self, request: pb.ServerLiveRequest,
                          context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
@@ -50,23 +56,43 @@ class InferenceServicer:
         metadata = self.dataplane.model_metadata(request.name, request.version or None)
         return converters.metadata_to_grpc(metadata)
 
-    async def ModelInfer(self, request: pb.ModelInferRequest,
+    async def ModelInfer(self, requests: AsyncIterator[bytes],
                          context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
-        started = time.perf_counter()
-        try:
-            decoded = converters.infer_request_from_grpc(request)
-        except InferenceError as error:
-            self.dataplane.count_failure(request.model_name, request.model_version, error)
-            raise
-        response = await self.dataplane.infer(decoded, started)
+        """Registered as a stream of one request (on the wire the same as a unary
+        call), so that a slot is taken before the request is read: one refused for
+        load is never received, and at most --max-concurrent-requests are held."""
+        with self.admission.slot():
+            raw = await anext(requests, None)
+            started = time.perf_counter()
+            if raw is None:
+                raise InferenceError.invalid("the call carried no ModelInferRequest")
+            try:
+                request = pb.ModelInferRequest.FromString(raw)
+            except DecodeError as error:
+                raise InferenceError.invalid(f"the request is not a ModelInferRequest: "
+                                             f"{error}") from None
+            try:
+                decoded = await self.admission.decode(
+                    len(raw), converters.infer_request_from_grpc, request)
+            except InferenceError as error:
+                self.dataplane.count_failure(request.model_name, request.model_version, error)
+                raise
+            response = await self.dataplane.infer(decoded, started)
         return converters.infer_response_to_grpc(response)
 
 
-def _with_status(method: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-                 ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
-    """The one place where InferenceError becomes a gRPC status."""
+def _with_status(method: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
+                 admission: Admission) -> Callable[[Any, grpc.aio.ServicerContext],
+                                                   Awaitable[Any]]:
+    """The one place where InferenceError becomes a gRPC status, and where calls are
+    authenticated."""
+    check_token = method.__name__ not in OPEN_METHODS
+
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
+            if check_token:
+                admission.authenticate(dict(context.invocation_metadata() or ()).get(
+                    "authorization"))
             return await method(request, context)
         except InferenceError as error:
             await context.abort(getattr(grpc.StatusCode, error.code.grpc_status_name),
@@ -84,26 +110,34 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
         "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse),
         "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse),
         "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
-        "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
     }
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
-            _with_status(getattr(servicer, name)),
+            _with_status(getattr(servicer, name), servicer.admission),
             request_deserializer=request_type.FromString,
             response_serializer=response_type.SerializeToString,
         )
         for name, (request_type, response_type) in messages.items()
     }
+    # Raw bytes in: ModelInfer decodes them itself, after admission.
+    handlers["ModelInfer"] = grpc.stream_unary_rpc_method_handler(
+        _with_status(servicer.ModelInfer, servicer.admission),
+        response_serializer=pb.ModelInferResponse.SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
 
 
-def create_server(dataplane: DataPlane, address: str, max_request_bytes: int) -> grpc.aio.Server:
+def create_server(dataplane: DataPlane, admission: Admission, address: str,
+                  credentials: grpc.ServerCredentials | None) -> grpc.aio.Server:
     # Messages above the limit are refused by gRPC itself (RESOURCE_EXHAUSTED) before
-    # anything decodes them.
+    # anything decodes them; gRPC does not tell the runtime, so they are not counted in
+    # edgefleet_edge_requests_rejected_total.
     server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", max_request_bytes),
+        ("grpc.max_receive_message_length", admission.max_request_bytes),
         ("grpc.max_send_message_length", -1),
     ])
-    add_to_server(InferenceServicer(dataplane), server)
-    server.add_insecure_port(address)
+    add_to_server(InferenceServicer(dataplane, admission), server)
+    if credentials is None:
+        server.add_insecure_port(address)
+    else:
+        server.add_secure_port(address, credentials)
     return server

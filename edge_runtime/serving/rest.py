@@ -1,6 +1,8 @@
 """The REST side of the Open Inference Protocol (`/v2/...`) on aiohttp, with the binary
 tensor data extension that stock clients use by default. Handlers convert, call the
-data plane and convert back; InferenceError becomes the matching HTTP status here."""
+data plane and convert back; InferenceError becomes the matching HTTP status here.
+Every path but the liveness and readiness checks is authenticated (serving/admission.py).
+"""
 
 from __future__ import annotations
 
@@ -8,19 +10,25 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
-from edgefleet.edge_runtime.errors import InferenceError
+from edgefleet.edge_runtime.engine import InferRequest
+from edgefleet.edge_runtime.errors import ErrorCode, InferenceError
 from edgefleet.edge_runtime.serving import converters
+from edgefleet.edge_runtime.serving.admission import Admission
 from edgefleet.edge_runtime.serving.dataplane import DataPlane
 
 logger = logging.getLogger(__name__)
 HEADER_LENGTH = "Inference-Header-Content-Length"
+# Probes may ask these without credentials; they say nothing about models or data.
+LIVE, READY = "/v2/health/live", "/v2/health/ready"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+    headers = ({hdrs.WWW_AUTHENTICATE: "Bearer"}
+               if status == ErrorCode.UNAUTHENTICATED.http_status else None)
+    return web.json_response({"error": message}, status=status, headers=headers)
 
 
 @web.middleware
@@ -41,13 +49,25 @@ def _version(request: web.Request) -> str | None:
     return request.match_info.get("version") or None
 
 
-def create_app(dataplane: DataPlane, max_request_bytes: int) -> web.Application:
+def health_routes(dataplane: DataPlane) -> list[web.RouteDef]:
+    """The liveness and readiness checks: on the REST port, and on the metrics port,
+    which stays plain HTTP when the inference ports need TLS client certificates."""
     async def live(_: web.Request) -> web.Response:
         return web.json_response({"live": dataplane.live()})
 
     async def ready(_: web.Request) -> web.Response:
         is_ready = dataplane.ready()
         return web.json_response({"ready": is_ready}, status=200 if is_ready else 503)
+
+    return [web.get(LIVE, live), web.get(READY, ready)]
+
+
+def create_app(dataplane: DataPlane, admission: Admission) -> web.Application:
+    @web.middleware
+    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in (LIVE, READY):
+            admission.authenticate(request.headers.get(hdrs.AUTHORIZATION))
+        return await handler(request)
 
     async def server_metadata(_: web.Request) -> web.Response:
         metadata = dataplane.server_metadata()
@@ -64,32 +84,43 @@ def create_app(dataplane: DataPlane, max_request_bytes: int) -> web.Application:
                                  status=200 if is_ready else 400)
 
     async def infer(request: web.Request) -> web.Response:
-        started = time.perf_counter()
         model, version = request.match_info["model"], _version(request)
-        body = await request.read()
-        try:
-            header, binary = _split_body(body, request.headers.get(HEADER_LENGTH))
-            decoded, all_binary, binary_outputs = converters.infer_request_from_json(
-                model, version, header, binary)
-        except InferenceError as error:
-            dataplane.count_failure(model, version, error)
-            raise
-        response = await dataplane.infer(decoded, started)
+        with admission.slot():
+            # Content-Length first: a body known to be too large is never read.
+            admission.check_size(request.content_length or 0)
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:  # a chunked body, past the limit
+                raise admission.too_large("a chunked body") from None
+            started = time.perf_counter()
+            try:
+                decoded, all_binary, binary_outputs = await admission.decode(
+                    len(body), _decode, model, version, body, request.headers.get(HEADER_LENGTH))
+            except InferenceError as error:
+                dataplane.count_failure(model, version, error)
+                raise
+            response = await dataplane.infer(decoded, started)
         header, tail = converters.infer_response_to_json(response, all_binary, binary_outputs)
         if not tail:
             return web.Response(body=header, content_type="application/json")
         return web.Response(body=header + tail, content_type="application/octet-stream",
                             headers={HEADER_LENGTH: str(len(header))})
 
-    app = web.Application(client_max_size=max_request_bytes, middlewares=[errors_as_json])
+    app = web.Application(client_max_size=admission.max_request_bytes,
+                          middlewares=[errors_as_json, authenticate])
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         app.router.add_get(prefix, model_metadata)
         app.router.add_get(f"{prefix}/ready", model_ready)
         app.router.add_post(f"{prefix}/infer", infer)
-    app.router.add_get("/v2/health/live", live)
-    app.router.add_get("/v2/health/ready", ready)
+    app.router.add_routes(health_routes(dataplane))
     app.router.add_get("/v2", server_metadata)
     return app
+
+
+def _decode(model: str, version: str | None, body: bytes,
+            header_length: str | None) -> tuple[InferRequest, bool, set[str]]:
+    header, binary = _split_body(body, header_length)
+    return converters.infer_request_from_json(model, version, header, binary)
 
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
