@@ -112,7 +112,9 @@ def start_operator(cluster: localcluster.Cluster, grpc_port: int, port: int,
         "--metrics-port", str(port), "--grpc-port", str(grpc_port),
         # Device statistics every 5 s rather than 30: the canary is judged sooner.
         "--heartbeat-write-seconds", "5", "--metrics-remote-write-url", remote_write_url,
-        "--artifact-cache-dir", str(DEMO_DIR / "artifacts")], env=cluster.env())
+        "--artifact-cache-dir", str(DEMO_DIR / "artifacts"),
+        # The models trained here are read from disk: file:// sources below this only.
+        "--artifact-file-roots", str(DEMO_DIR / "models")], env=cluster.env())
 
     def ready() -> bool:
         if process.poll() is not None:

@@ -18,6 +18,7 @@ from aiohttp import web
 from kubernetes import client
 
 from edgefleet.operator import handlers, metrics
+from edgefleet.operator.artifact_sources import SourcePolicy
 from edgefleet.operator.artifacts import ArtifactCache
 from edgefleet.operator.fleet import FleetChanges
 from edgefleet.operator.gateway.directory import DeviceDirectory
@@ -51,8 +52,12 @@ async def run(settings: OperatorSettings) -> int:
     metrics.LEADER.set(1)
 
     directory = DeviceDirectory()
-    artifacts = ArtifactCache(settings.artifact_cache_dir, settings.artifact_cache_max_bytes,
-                              settings.artifact_max_bytes, settings.artifact_http_timeout_seconds)
+    artifacts = ArtifactCache(
+        settings.artifact_cache_dir, settings.artifact_cache_max_bytes,
+        settings.artifact_max_bytes,
+        SourcePolicy(file_roots=tuple(settings.artifact_file_roots),
+                     allow_private_networks=settings.artifact_allow_private_networks),
+        settings.artifact_http_timeout_seconds)
     memo = handlers.OperatorMemo(
         settings=settings, fleet=FleetChanges(), device_placements={}, device_traffic={},
         status_api=client.CustomObjectsApi(api_client), clock=handlers.utc_now,

@@ -22,7 +22,8 @@ from kubernetes import client
 from pydantic import ValidationError
 
 from edgefleet.operator import metrics, planner, rollout
-from edgefleet.operator.artifacts import ArtifactCache, ArtifactError
+from edgefleet.operator.artifact_sources import ArtifactError
+from edgefleet.operator.artifacts import ArtifactCache
 from edgefleet.operator.fleet import (
     FleetChanges,
     device_key,
@@ -197,14 +198,16 @@ async def run_status_loop(
 
 
 class ArtifactRetry:
-    """Fetches a model's artifact, backing off after failures (1 s doubling to 5 min) and
-    saying each distinct failure once in an Event."""
+    """Fetches a model's artifact into its namespace's cache, backing off after failures
+    (1 s doubling to 5 min) and saying each distinct failure once in an Event. Messages
+    come from the cache: URIs redacted, no digest but the spec's."""
 
     FIRST_DELAY_S, MAX_DELAY_S = 1.0, 300.0
 
-    def __init__(self, cache: ArtifactCache, body: kopf.Body) -> None:
+    def __init__(self, cache: ArtifactCache, body: kopf.Body, namespace: str) -> None:
         self._cache = cache
         self._body = body
+        self._namespace = namespace
         self._digest = ""
         self._failure: ArtifactCheck | None = None
         self._delay_s = self.FIRST_DELAY_S
@@ -220,7 +223,7 @@ class ArtifactRetry:
         if self._failure and time.monotonic() < self._retry_at:
             return self._failure
         try:
-            artifact = await self._cache.ensure(source.uri, source.sha256)
+            artifact = await self._cache.ensure(self._namespace, source.uri, source.sha256)
         except ArtifactError as error:
             metrics.ARTIFACT_FAILURES.labels(error.reason).inc()
             failure = ArtifactCheck(False, error.reason, error.message)
@@ -246,8 +249,8 @@ async def keep_model_status(
     **_: Any,
 ) -> None:
     reported: set[tuple[int | None, str, str]] = set()  # already in Events
-    artifacts = ArtifactRetry(memo.artifacts, body)
-    experiment_artifacts = ArtifactRetry(memo.artifacts, body)  # spec.experiment's
+    artifacts = ArtifactRetry(memo.artifacts, body, namespace)
+    experiment_artifacts = ArtifactRetry(memo.artifacts, body, namespace)  # spec.experiment's
     recheck_at: float | None = None  # monotonic time the rollout asked to be looked at
 
     def report_once(generation: int | None, reason: str, message: str,

@@ -22,6 +22,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from edgefleet.protocol.digests import DIGEST_PATTERN
+
 GROUP = "edgefleet.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -36,6 +38,9 @@ LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # The schemes the operator can fetch artifacts from.
 SOURCE_URI_PATTERN = r"^(file|https?)://\S+$"
+# spec.source.sha256 takes either case, as it always has: objects stored with upper-case
+# hex must stay valid. The operator lowercases it into the one digest format
+# (edgefleet.protocol.digests), which every status field that holds a digest enforces.
 SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
 PERCENT_PATTERN = r"^(100|[1-9]?[0-9])%$"
@@ -46,6 +51,8 @@ LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE
 ObjectName = Annotated[str, StringConstraints(min_length=1, max_length=253,
                                               pattern=DNS_SUBDOMAIN_PATTERN)]
 ShortText = Annotated[str, StringConstraints(max_length=256)]
+# Digests name blobs on disk (the operator's cache, the device store): one format only.
+Digest = Annotated[str, StringConstraints(max_length=71, pattern=DIGEST_PATTERN)]
 Message = Annotated[str, StringConstraints(max_length=2048)]
 Count = Annotated[int, Field(ge=0)]
 
@@ -223,7 +230,7 @@ class ArtifactStatus(Resource):
     """A verified artifact: the spec's newest (status.artifact) or the stable version's."""
 
     version: ShortText
-    digest: ShortText
+    digest: Digest
     size_bytes: Count
 
 
@@ -266,14 +273,14 @@ HistoryOutcome = Literal["Promoted", "RolledBack", "Superseded"]
 
 class HistoryEntry(Resource):
     version: ShortText
-    digest: ShortText
+    digest: Digest
     outcome: HistoryOutcome
     at: datetime
     message: Message = ""
 
 
 class TrafficSummary(Resource):
-    """What devices reported for one version, summed over them."""
+    """What devices reported for one version, summarised robustly (see analysis.py)."""
 
     requests: Count
     error_rate: float = Field(ge=0, le=1)
@@ -338,7 +345,7 @@ ModelState = Literal["Pending", "Downloading", "Verifying", "Loading", "Ready", 
 class DeviceModelStatus(Resource):
     name: ObjectName
     version: ShortText
-    digest: ShortText = ""
+    digest: Digest
     state: ModelState
     message: Message = ""
 

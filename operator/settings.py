@@ -44,6 +44,15 @@ class OperatorSettings(BaseSettings):
                                     description="larger artifacts are refused (TooLarge)")
     artifact_http_timeout_seconds: float = Field(
         default=30.0, gt=0, description="an artifact server silent this long is Unreachable")
+    # Tenants name artifact sources; these two say what such a source may reach.
+    artifact_file_roots: list[Path] = Field(
+        default_factory=list,
+        description="directories whose files file:// artifact sources may name (symlinks "
+                    "and '..' resolved first); none by default, refusing every file:// source")
+    artifact_allow_private_networks: bool = Field(
+        default=False,
+        description="let http(s) artifact sources reach loopback, link-local, private and "
+                    "other non-public addresses (in-cluster services, cloud metadata)")
     metrics_port: int = Field(default=8080, ge=1, le=65535,
                               description="port serving /healthz, /readyz and /metrics")
     listen_host: str = Field(default="0.0.0.0", description="address the servers bind to")

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
@@ -32,6 +33,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 os.environ["PYTHONSAFEPATH"] = "1"
 
 GROUP, VERSION = "edgefleet.io", "v1alpha1"
+# Artifacts a whole test module shares (test_operator.py); operators may read them.
+SHARED_ARTIFACTS = Path(tempfile.gettempdir()) / "edgefleet-tests"
 
 
 def terminate(process: subprocess.Popen[bytes]) -> int:
@@ -189,6 +192,9 @@ def start_operator(kube: Kube, namespace: str, tmp_path: Path) -> Iterator[Start
             sys.executable, "-m", "edgefleet.operator",
             "--listen-host", "127.0.0.1", "--metrics-port", str(port),
             "--grpc-port", str(grpc_port), "--artifact-cache-dir", str(tmp_path / "artifacts"),
+            # Where tests publish artifacts; http(s) sources keep the default (public
+            # addresses only), so a test serving them from loopback says so itself.
+            "--artifact-file-roots", str(tmp_path), "--artifact-file-roots", str(SHARED_ARTIFACTS),
             "--namespaces", namespace, "--lease-name", lease,
             "--lease-duration-seconds", "3", "--lease-renew-seconds", "1",
             "--status-debounce-seconds", "0.05", *extra,

@@ -128,12 +128,13 @@ def test_artifacts_that_cannot_be_verified_reach_no_device(
 ) -> None:
     kube, namespace = fleet.kube, fleet.namespace
     fleet.restart_operator("--artifact-max-bytes", str(2**20),
-                           "--artifact-http-timeout-seconds", "2")
+                           "--artifact-http-timeout-seconds", "2",
+                           "--artifact-allow-private-networks")  # the servers are on loopback
     fleet.add_device("cam-1", site="plant-7")
     fleet.start("cam-1")
     uri, sha = publish(fleet.root, testmodels.scaled(1.0))
     cases = {
-        "mismatch": (uri, "f" * 64, "DigestMismatch", "the spec says sha256:fff"),
+        "mismatch": (uri, "f" * 64, "DigestMismatch", "does not match the digest in the spec"),
         "missing": (f"{http_server}/missing.onnx", sha, "Unreachable", "answered HTTP 404"),
         "hangs": (silent_server, sha, "Unreachable", silent_server),
         "oversized": (uri.replace(".onnx", ".big"), "0" * 64, "TooLarge", "larger than"),

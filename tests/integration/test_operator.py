@@ -7,15 +7,13 @@ gateway writes them, through the status subresource."""
 from __future__ import annotations
 
 import hashlib
-import tempfile
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 import testmodels
 
-from tests.conftest import Kube, StartOperator
+from tests.conftest import SHARED_ARTIFACTS, Kube, StartOperator
 from tests.helpers import eventually, printed_row
 
 pytestmark = pytest.mark.integration
@@ -23,7 +21,7 @@ pytestmark = pytest.mark.integration
 # A real (tiny) ONNX model: the operator fetches and verifies it like any artifact.
 ARTIFACT = testmodels.scaled(1.0)
 SHA = hashlib.sha256(ARTIFACT).hexdigest()
-ARTIFACT_PATH = Path(tempfile.gettempdir()) / "edgefleet-tests" / f"{SHA}.onnx"
+ARTIFACT_PATH = SHARED_ARTIFACTS / f"{SHA}.onnx"  # a directory operators may read
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -8,25 +8,37 @@ from pydantic import ValidationError
 
 from edgefleet.operator.resources import (
     EdgeDeviceSpec,
+    EdgeDeviceStatus,
     EdgeModelSpec,
+    EdgeModelStatus,
     describe_validation_error,
     field_path,
 )
 from tests.helpers import Example, load_examples
 
 SPEC_MODELS = {"EdgeModel": EdgeModelSpec, "EdgeDevice": EdgeDeviceSpec}
+STATUS_MODELS = {"EdgeModel": EdgeModelStatus, "EdgeDevice": EdgeDeviceStatus}
+
+
+def problems(example: Example) -> list[str]:
+    """The field paths the models reject in the example's spec and status."""
+    paths = []
+    for part, models in (("spec", SPEC_MODELS), ("status", STATUS_MODELS)):
+        try:
+            models[example.kind].model_validate(example.body.get(part, {}))
+        except ValidationError as error:
+            paths += [field_path(e["loc"], part) for e in error.errors()]
+    return paths
 
 
 @pytest.mark.parametrize("example", load_examples("valid"), ids=lambda e: e.name)
 def test_valid_example_parses(example: Example) -> None:
-    SPEC_MODELS[example.kind].model_validate(example.body["spec"])
+    assert problems(example) == []
 
 
 @pytest.mark.parametrize("example", load_examples("invalid"), ids=lambda e: e.name)
 def test_invalid_example_is_rejected_at_the_named_field(example: Example) -> None:
-    with pytest.raises(ValidationError) as caught:
-        SPEC_MODELS[example.kind].model_validate(example.body["spec"])
-    paths = [field_path(error["loc"]) for error in caught.value.errors()]
+    paths = problems(example)
     assert example.error_at is not None
     assert any(path.startswith(example.error_at) for path in paths), paths
 
