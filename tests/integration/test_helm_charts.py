@@ -7,7 +7,9 @@ cloud chart grants."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,12 +40,32 @@ CLOUD_VALUES = {
                        "--set", "monitoring.prometheusRule=false",
                        "--set", "grafana.dashboards=false"],
     "namespaced": ["--set", "watchNamespaces={NAMESPACE}"],  # the test's namespace
+    "cluster-wide": ["--set", "clusterWide=true"],
+    "no network policy": ["--set", "networkPolicy.enabled=false"],
+    "artifact sources": ["--set", "artifacts.fileRoots={/srv/models}",
+                         "--set", "artifacts.allowPrivateNetworks=true",
+                         "--set", "extraVolumes[0].name=models",
+                         "--set", "extraVolumes[0].emptyDir.sizeLimit=1Gi",
+                         "--set", "extraVolumeMounts[0].name=models",
+                         "--set", "extraVolumeMounts[0].mountPath=/srv/models",
+                         "--set", "extraVolumeMounts[0].readOnly=true",
+                         "--set", "networkPolicy.artifactEgress[0].to[0].ipBlock.cidr=10.8.0.0/16",
+                         "--set", "networkPolicy.artifactEgress[0].ports[0].port=9000"],
+    "remote write": ["--set", "metrics.remoteWriteUrl=http://prometheus.monitoring:9090/api/v1/write",
+                     "--set", "networkPolicy.apiServer.to[0].ipBlock.cidr=10.0.0.1/32",
+                     "--set", "networkPolicy.gatewayFrom[0].ipBlock.cidr=203.0.113.0/24"],
 }
 EDGE_VALUES = {
     "default": EDGE_REQUIRED,
     "tls on": [*EDGE_REQUIRED, "--set", "tls.caSecretName=gateway-ca"],
     "host network": [*EDGE_REQUIRED, "--set", "hostNetwork=true"],
     "data volume": [*EDGE_REQUIRED, "--set", "dataDir.volume.emptyDir.sizeLimit=10Gi"],
+    "token, node only": [*EDGE_REQUIRED, "--set", "auth.tokenSecretName=inference-token",
+                         "--set", "hostNetwork=true", "--set", "listenHost=127.0.0.1"],
+    "no network policy": [*EDGE_REQUIRED, "--set", "networkPolicy.enabled=false"],
+    "site network": [*EDGE_REQUIRED,
+                     "--set", "networkPolicy.inferenceFrom[0].ipBlock.cidr=192.168.10.0/24",
+                     "--set", "networkPolicy.gatewayTo[0].ipBlock.cidr=198.51.100.7/32"],
 }
 
 
@@ -167,6 +189,222 @@ def test_cloud_chart_switches_follow_the_values(helm: Helm, namespace: str) -> N
     assert {r["apiGroups"][0] for r in cluster_role["rules"]} == {"apiextensions.k8s.io", ""}
 
 
+def the(manifests: list[dict], kind: str) -> dict:
+    (manifest,) = [m for m in manifests if m["kind"] == kind]
+    return manifest
+
+
+def container_env(manifests: list[dict], kind: str) -> dict[str, str]:
+    """The literal environment variables of the first container of the workload."""
+    container = the(manifests, kind)["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+
+def grants(rules: list[dict], resource: str) -> set[str]:
+    return {verb for rule in rules if resource in rule["resources"] for verb in rule["verbs"]}
+
+
+def test_cloud_chart_reads_secrets_only_in_the_namespaces_it_serves(
+    helm: Helm, namespace: str,
+) -> None:
+    default = helm.template(CLOUD, [], namespace)
+    # No ClusterRole: nothing the operator holds reaches a Secret outside its namespaces.
+    (cluster_role,) = [m for m in default if m["kind"] == "ClusterRole"]
+    assert not grants(cluster_role["rules"], "secrets")
+    roles = [m for m in default if m["kind"] == "Role"]
+    assert [r["metadata"]["namespace"] for r in roles] == [namespace]
+    assert grants(roles[0]["rules"], "secrets") == {"get", "list", "watch"}
+    assert grants(roles[0]["rules"], "events") == {"create", "patch"}
+    # The operator serves exactly the namespaces its Roles cover.
+    assert json.loads(container_env(default, "Deployment")["EDGEFLEET_NAMESPACES"]) == [namespace]
+
+    listed = helm.template(CLOUD, ["--set", "watchNamespaces={fleet,plant-7}"], namespace)
+    assert sorted(r["metadata"]["namespace"] for r in listed if r["kind"] == "Role") == [
+        "fleet", "plant-7"]
+    assert sorted(b["metadata"]["namespace"] for b in listed if b["kind"] == "RoleBinding") == [
+        "fleet", "plant-7"]
+    env = container_env(listed, "Deployment")
+    assert json.loads(env["EDGEFLEET_NAMESPACES"]) == ["fleet", "plant-7"]
+    assert not grants(the(listed, "ClusterRole")["rules"], "secrets")
+
+    # Cluster-wide only when asked: then one ClusterRole, and the operator serves all.
+    wide = helm.template(CLOUD, ["--set", "clusterWide=true"], namespace)
+    assert grants(the(wide, "ClusterRole")["rules"], "secrets") == {"get", "list", "watch"}
+    assert not [m for m in wide if m["kind"] == "Role"]
+    assert "EDGEFLEET_NAMESPACES" not in container_env(wide, "Deployment")
+    # The leader Lease stays a Role of the release namespace in every mode.
+    leader = helm.template(CLOUD, ["--set", "clusterWide=true", "--set", "replicas=2"],
+                           namespace)
+    (lease_role,) = [m for m in leader if m["kind"] == "Role"]
+    assert lease_role["metadata"]["namespace"] == namespace
+    assert grants(lease_role["rules"], "leases") == {"get", "create", "update"}
+
+
+def operator_settings_from(env: dict[str, str], tmp_path: Path) -> dict:
+    """What the operator's own settings make of a rendered environment."""
+    code = ("from edgefleet.operator.settings import OperatorSettings; "
+            "print(OperatorSettings(_cli_parse_args=[]).model_dump_json())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={"PATH": os.environ["PATH"], "PYTHONSAFEPATH": "1", **env},
+                            cwd=tmp_path, check=False)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_cloud_chart_artifact_settings_reach_the_operator(
+    helm: Helm, namespace: str, tmp_path: Path,
+) -> None:
+    default = operator_settings_from(
+        container_env(helm.template(CLOUD, [], namespace), "Deployment"), tmp_path)
+    assert default["artifact_file_roots"] == []
+    assert default["artifact_allow_private_networks"] is False
+    assert default["namespaces"] == [namespace]
+
+    manifests = helm.template(CLOUD, [
+        "--set", "artifacts.fileRoots={/srv/models,/srv/more}",
+        "--set", "artifacts.allowPrivateNetworks=true",
+        "--set", "extraVolumes[0].name=models",
+        "--set", "extraVolumes[0].emptyDir.sizeLimit=1Gi",
+        "--set", "extraVolumeMounts[0].name=models",
+        "--set", "extraVolumeMounts[0].mountPath=/srv/models",
+        "--set", "extraVolumeMounts[0].readOnly=true"], namespace)
+    settings = operator_settings_from(container_env(manifests, "Deployment"), tmp_path)
+    assert settings["artifact_file_roots"] == ["/srv/models", "/srv/more"]
+    assert settings["artifact_allow_private_networks"] is True
+    pod = the(manifests, "Deployment")["spec"]["template"]["spec"]
+    assert {"name": "models", "mountPath": "/srv/models", "readOnly": True} in (
+        pod["containers"][0]["volumeMounts"])
+    assert "models" in [v["name"] for v in pod["volumes"]]
+
+
+def rule_ports(rule: dict) -> set[tuple[object, str]]:
+    return {(p["port"], p["protocol"]) for p in rule["ports"]}
+
+
+def test_cloud_network_policy_admits_devices_prometheus_and_named_egress_only(
+    helm: Helm, namespace: str,
+) -> None:
+    default = helm.template(CLOUD, [], namespace)
+    policy = the(default, "NetworkPolicy")["spec"]
+    assert policy["podSelector"]["matchLabels"] == (
+        the(default, "Deployment")["spec"]["selector"]["matchLabels"])
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    gateway, metrics = policy["ingress"]
+    assert rule_ports(gateway) == {("gateway", "TCP")} and "from" not in gateway  # anywhere
+    assert rule_ports(metrics) == {("metrics", "TCP")}
+    assert metrics["from"] == [{"namespaceSelector": {}, "podSelector": {
+        "matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
+    dns, api_server, artifacts = policy["egress"]
+    assert rule_ports(dns) == {(53, "UDP"), (53, "TCP")}
+    assert rule_ports(api_server) == {(443, "TCP"), (6443, "TCP")}
+    # Artifacts by default: https to public addresses, never the metadata or private ranges.
+    assert rule_ports(artifacts) == {(443, "TCP")}
+    v4, v6 = (peer["ipBlock"] for peer in artifacts["to"])
+    assert v4["cidr"] == "0.0.0.0/0" and {"169.254.0.0/16", "10.0.0.0/8"} <= set(v4["except"])
+    assert v6["cidr"] == "::/0" and "fe80::/10" in v6["except"]
+
+    narrowed = helm.template(CLOUD, [
+        "--set", "metrics.remoteWriteUrl=http://prometheus.monitoring:9090/api/v1/write",
+        "--set", "networkPolicy.apiServer.to[0].ipBlock.cidr=10.0.0.1/32",
+        "--set", "networkPolicy.gatewayFrom[0].ipBlock.cidr=203.0.113.0/24",
+        "--set", "networkPolicy.artifactEgress=null"], namespace)
+    policy = the(narrowed, "NetworkPolicy")["spec"]
+    assert policy["ingress"][0]["from"] == [{"ipBlock": {"cidr": "203.0.113.0/24"}}]
+    dns, api_server, remote_write = policy["egress"]
+    assert api_server["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
+    assert rule_ports(remote_write) == {(9090, "TCP")}
+    assert remote_write["to"][0]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "prometheus"}
+
+    off = helm.template(CLOUD, ["--set", "networkPolicy.enabled=false"], namespace)
+    assert "NetworkPolicy" not in {m["kind"] for m in off}
+
+
+def edge_settings_from(env: dict[str, str], tmp_path: Path) -> dict:
+    """What the edge runtime's `run` settings make of a rendered environment (the
+    node's name and the $(...) reference as the kubelet would fill them in)."""
+    env = {name: value.replace("$(EDGEFLEET_EDGE_DEVICE)", "node-1")
+           for name, value in env.items()}
+    code = ("from edgefleet.edge_runtime.settings import RunSettings; "
+            "print(RunSettings(_cli_parse_args=[]).model_dump_json())")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={"PATH": os.environ["PATH"], "PYTHONSAFEPATH": "1",
+                                 "EDGEFLEET_EDGE_DEVICE": "node-1", **env},
+                            cwd=tmp_path, check=False)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_edge_chart_chooses_the_listen_address_and_bounds_requests(
+    helm: Helm, namespace: str, tmp_path: Path,
+) -> None:
+    default = helm.template(EDGE, EDGE_REQUIRED, namespace)
+    env = container_env(default, "DaemonSet")
+    # The chart sets the address itself; it never falls back to the command's default.
+    assert env["EDGEFLEET_EDGE_LISTEN_HOST"] == "0.0.0.0"
+    assert "EDGEFLEET_EDGE_AUTH_TOKEN_FILE" not in env
+    settings = edge_settings_from(env, tmp_path)
+    assert settings["listen_host"] == "0.0.0.0"
+    assert settings["max_request_bytes"] == 8 * 2**20
+    assert settings["max_concurrent_requests"] == 32
+    assert settings["auth_token_file"] is None
+
+    bounded = helm.template(EDGE, [*EDGE_REQUIRED, "--set", "maxRequestBytes=1048576",
+                                   "--set", "maxConcurrentRequests=4"], namespace)
+    settings = edge_settings_from(container_env(bounded, "DaemonSet"), tmp_path)
+    assert (settings["max_request_bytes"], settings["max_concurrent_requests"]) == (2**20, 4)
+
+    # A token from a Secret, mounted read-only; loopback with hostNetwork: the node only,
+    # and the probes run inside the container, where loopback is reachable.
+    node_only = helm.template(EDGE, [*EDGE_REQUIRED, "--set", "auth.tokenSecretName=inference",
+                                     "--set", "auth.tokenKey=bearer", "--set", "hostNetwork=true",
+                                     "--set", "listenHost=127.0.0.1"], namespace)
+    env = container_env(node_only, "DaemonSet")
+    assert env["EDGEFLEET_EDGE_LISTEN_HOST"] == "127.0.0.1"
+    assert env["EDGEFLEET_EDGE_AUTH_TOKEN_FILE"] == "/etc/edgefleet/auth/token"
+    pod = the(node_only, "DaemonSet")["spec"]["template"]["spec"]
+    (auth,) = [v for v in pod["volumes"] if v["name"] == "auth"]
+    assert auth["secret"]["secretName"] == "inference"
+    assert auth["secret"]["items"] == [{"key": "bearer", "path": "token"}]
+    container = pod["containers"][0]
+    assert {"name": "auth", "mountPath": "/etc/edgefleet/auth", "readOnly": True} in (
+        container["volumeMounts"])
+    probe = container["readinessProbe"]["exec"]["command"]
+    assert "http://127.0.0.1:8000/v2/health/ready" in probe[-1]
+    token = tmp_path / "etc" / "edgefleet" / "auth" / "token"
+    token.parent.mkdir(parents=True)
+    token.write_text("s3cret\n")
+    env["EDGEFLEET_EDGE_AUTH_TOKEN_FILE"] = str(token)  # where the mount would be
+    assert edge_settings_from(env, tmp_path)["auth_token_file"] == str(token)
+
+
+def test_edge_network_policy_admits_named_callers_and_reaches_only_the_gateway(
+    helm: Helm, namespace: str,
+) -> None:
+    default = helm.template(EDGE, ["--set", "cloud=gateway.example:443",
+                                   "--set", "namespace=fleet"], namespace)
+    policy = the(default, "NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    inference, metrics = policy["ingress"]
+    assert rule_ports(inference) == {("grpc", "TCP"), ("http", "TCP")}
+    assert inference["from"] == [{"podSelector": {}}]  # this namespace's pods by default
+    assert metrics["from"][0]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "prometheus"}
+    dns, gateway = policy["egress"]
+    assert rule_ports(dns) == {(53, "UDP"), (53, "TCP")}
+    assert rule_ports(gateway) == {(443, "TCP")} and "to" not in gateway  # the port of `cloud`
+
+    site = helm.template(EDGE, EDGE_VALUES["site network"], namespace)
+    policy = the(site, "NetworkPolicy")["spec"]
+    assert policy["ingress"][0]["from"] == [{"ipBlock": {"cidr": "192.168.10.0/24"}}]
+    assert policy["egress"][1]["to"] == [{"ipBlock": {"cidr": "198.51.100.7/32"}}]
+    assert rule_ports(policy["egress"][1]) == {(50051, "TCP")}
+    # A policy cannot bind a pod on the host's network: none is rendered to suggest one.
+    for values in (["--set", "hostNetwork=true"], ["--set", "networkPolicy.enabled=false"]):
+        manifests = helm.template(EDGE, [*EDGE_REQUIRED, *values], namespace)
+        assert "NetworkPolicy" not in {m["kind"] for m in manifests}
+
+
 @pytest.mark.parametrize(("chart", "values", "says"), [
     (CLOUD, ["--set", "replicas=0"], "at '/replicas': minimum"),
     (CLOUD, ["--set", "gateway.service.type=Public"], "at '/gateway/service/type'"),
@@ -175,8 +413,33 @@ def test_cloud_chart_switches_follow_the_values(helm: Helm, namespace: str) -> N
     (EDGE, ["--set", "namespace=fleet"], "cloud (the gateway's HOST:PORT) is required"),
     (EDGE, [*EDGE_REQUIRED, "--set", "cloud=no port"], "at '/cloud'"),
     (EDGE, [*EDGE_REQUIRED, "--set", "dataDir.hostPath=relative"], "at '/dataDir/hostPath'"),
+    (CLOUD, ["--set", "clusterWide=true", "--set", "watchNamespaces={fleet}"],
+     "at '/watchNamespaces': maxItems"),
+    (CLOUD, ["--set", "watchNamespaces={Fleet}"], "at '/watchNamespaces/0'"),
+    (CLOUD, ["--set", "clusterWide=yes"], "at '/clusterWide'"),
+    (CLOUD, ["--set", "artifacts.fileRoots={models}"], "at '/artifacts/fileRoots/0'"),
+    (CLOUD, ["--set", "artifacts.fileRoots={/srv/../etc}"], "at '/artifacts/fileRoots/0'"),
+    (CLOUD, ["--set", "artifacts.allowPrivateNetworks=sometimes"],
+     "at '/artifacts/allowPrivateNetworks'"),
+    (CLOUD, ["--set", "networkPolicy.enabled=maybe"], "at '/networkPolicy/enabled'"),
+    (CLOUD, ["--set", "networkPolicy.gatewayFrom[0].ipBlock.cidr=anywhere"],
+     "at '/networkPolicy/gatewayFrom/0/ipBlock/cidr'"),
+    (CLOUD, ["--set", "networkPolicy.artifactEgress[0].ports[0].port=70000"],
+     "at '/networkPolicy/artifactEgress/0/ports/0/port'"),
+    (CLOUD, ["--set", "networkPolicy.apiServer.ports=null"], "at '/networkPolicy/apiServer'"),
+    (EDGE, [*EDGE_REQUIRED, "--set", "listenHost=localhost"], "at '/listenHost'"),
+    (EDGE, [*EDGE_REQUIRED, "--set", "auth.tokenSecretName=Bad_Name"],
+     "at '/auth/tokenSecretName'"),
+    (EDGE, [*EDGE_REQUIRED, "--set", "maxConcurrentRequests=0"], "at '/maxConcurrentRequests'"),
+    (EDGE, [*EDGE_REQUIRED, "--set", "maxRequestBytes=10"], "at '/maxRequestBytes'"),
+    (EDGE, [*EDGE_REQUIRED, "--set", "networkPolicy.inferenceFrom[0].podSelecter.x=y"],
+     "additional properties 'podSelecter' not allowed"),
 ], ids=["replicas-0", "service-type", "leader-election", "unknown-key", "edge-no-cloud",
-        "edge-bad-cloud", "edge-relative-path"])
+        "edge-bad-cloud", "edge-relative-path", "cluster-wide-with-namespaces",
+        "namespace-name", "cluster-wide-not-bool", "file-root-relative", "file-root-dotdot",
+        "private-networks-not-bool", "policy-not-bool", "cidr", "egress-port",
+        "api-server-ports", "edge-listen-host", "edge-token-secret", "edge-concurrency-0",
+        "edge-tiny-body-limit", "edge-peer-typo"])
 def test_wrong_values_fail_at_install_naming_the_value(
     helm: Helm, chart: Path, values: list[str], says: str,
 ) -> None:
@@ -199,11 +462,19 @@ def test_both_charts_install_upgrade_and_uninstall(helm: Helm, kube: Kube,
     helm.run("upgrade", "edge", str(EDGE), "--namespace", namespace, *EDGE_REQUIRED,
              "--set", "heartbeatSeconds=5")
     assert "edge" in helm.run("list", "--namespace", namespace, "--short").stdout.split()
+    # Both NetworkPolicies exist for real, as the API server stored them.
+    networking = client.NetworkingV1Api(kube.api)
+    policies = {p.metadata.name: p for p in
+                networking.list_namespaced_network_policy(namespace).items}
+    assert sorted(policies) == ["cloud-edgefleet", "edge-edgefleet-edge"]
+    assert [port.port for rule in policies["cloud-edgefleet"].spec.ingress
+            for port in rule.ports] == ["gateway", "metrics"]
 
     helm.run("uninstall", "edge", "--namespace", namespace)
     helm.run("uninstall", "cloud", "--namespace", namespace)
     assert not apps.list_namespaced_deployment(namespace).items
     assert not apps.list_namespaced_daemon_set(namespace).items
+    assert not networking.list_namespaced_network_policy(namespace).items
     rbac = client.RbacAuthorizationV1Api(kube.api)
     assert "cloud-edgefleet" not in [r.metadata.name for r in rbac.list_cluster_role().items]
 
@@ -224,16 +495,27 @@ def service_account_kubeconfig(kube: Kube, namespace: str, account: str,
 def test_the_operator_works_on_the_charts_rbac_alone(
     helm: Helm, kube: Kube, namespace: str, start_operator: StartOperator, tmp_path: Path,
 ) -> None:
+    """With the default values (the release namespace), the API server itself lets the
+    operator's account read Secrets there, for its credential cache, and nowhere else."""
     helm.run("install", "cloud", str(CLOUD), "--namespace", namespace,
-             "--set", f"watchNamespaces={{{namespace}}}", "--set", "leaderElection=true")
+             "--set", "leaderElection=true")
     kubeconfig = service_account_kubeconfig(kube, namespace, "cloud-edgefleet",
                                             tmp_path / "operator.kubeconfig")
     account = f"system:serviceaccount:{namespace}:cloud-edgefleet"
-    for verb, resource in (("list", "secrets"), ("delete", "edgemodels.edgefleet.io"),
-                           ("create", "pods")):
-        allowed = kube.kubectl("auth", "can-i", verb, resource, "-n", namespace,
-                               "--as", account, check=False).stdout.strip()
-        assert allowed == "no", f"{verb} {resource}: {allowed}"
+
+    def can(verb: str, resource: str, *where: str) -> str:
+        return kube.kubectl("auth", "can-i", verb, resource, *where, "--as", account,
+                            check=False).stdout.strip()
+
+    for verb in ("get", "list", "watch"):
+        assert can(verb, "secrets", "-n", namespace) == "yes", verb
+        for elsewhere in ("default", "kube-system"):
+            assert can(verb, "secrets", "-n", elsewhere) == "no", (verb, elsewhere)
+        assert can(verb, "secrets", "--all-namespaces") == "no", verb
+    for verb, resource in (("delete", "edgemodels.edgefleet.io"), ("create", "pods"),
+                           ("create", "secrets"), ("list", "edgemodels.edgefleet.io")):
+        where = ("-n", namespace) if verb != "list" else ("-n", "default")
+        assert can(verb, resource, *where) == "no", f"{verb} {resource}"
 
     start_operator("--lease-namespace", namespace, kubeconfig=kubeconfig)
     kube.create("edgedevices", namespace, device_body("cam-1", site="plant-7"))

@@ -18,3 +18,26 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: edgefleet
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
+
+{{- define "edgefleet-edge.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{/* "true" when the servers bind a loopback address, which the kubelet's probes
+cannot reach: they then run inside the container. */}}
+{{- define "edgefleet-edge.loopback" -}}
+{{- or (hasPrefix "127." .Values.listenHost) (eq .Values.listenHost "::1") -}}
+{{- end -}}
+
+{{/* A probe of one of the runtime's REST paths. */}}
+{{- define "edgefleet-edge.probe" -}}
+{{- $root := index . 0 -}}
+{{- $path := index . 1 -}}
+{{- if eq (include "edgefleet-edge.loopback" $root) "true" -}}
+{{- $host := ternary "[::1]" $root.Values.listenHost (eq $root.Values.listenHost "::1") -}}
+exec:
+  command: [python, -c, {{ printf "import urllib.request; urllib.request.urlopen('http://%s:%d%s', timeout=3)" $host (int $root.Values.ports.http) $path | quote }}]
+{{- else -}}
+httpGet: {path: {{ $path }}, port: http}
+{{- end -}}
+{{- end -}}

@@ -45,3 +45,13 @@ the cluster serves monitoring.coreos.com/v1. */}}
 {{- $wanted -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The namespaces the operator serves and may read Secrets in, as a JSON list:
+watchNamespaces, or the release namespace alone; "[]" (all) only with clusterWide. */}}
+{{- define "edgefleet.namespaces" -}}
+{{- if .Values.clusterWide -}}
+[]
+{{- else -}}
+{{- .Values.watchNamespaces | default (list .Release.Namespace) | toJson -}}
+{{- end -}}
+{{- end -}}
