@@ -16,7 +16,9 @@ decides for the others, whatever it reports:
   (c - b) * ln(c / b) with each share floored at 1e-4, at most `maxDrift` (0.1 is
   commonly read as a small shift, 0.25 as a large one);
 - requests toward `minRequests`: the cohort's attempts with each device's count capped
-  at the (lower) median device's, so one device cannot claim the minimum for all.
+  at the (lower) median device's, devices without traffic included, so one device
+  cannot claim the minimum for all, and nothing is judged before more than half the
+  cohort has answered requests.
 
 Nothing is judged before the candidate has answered `minRequests` requests so counted.
 With one device in a cohort, that device is the cohort; with two, the median is their
@@ -63,12 +65,14 @@ class CohortStats:
 
 
 def cohort(stats: Iterable[TrafficStats]) -> CohortStats:
-    """The robust summary of the devices' statistics; devices without traffic are left
-    out (they have no rates to weigh)."""
-    active = [s for s in stats if s.attempts > 0]
+    """The robust summary of the cohort's devices' statistics, one entry per device.
+    Devices without traffic lower the requests cap (see the module doc) but have no
+    rates to weigh."""
+    members = list(stats)
+    active = [s for s in members if s.attempts > 0]
     if not active:
         return CohortStats()
-    cap = statistics.median_low(s.attempts for s in active)
+    cap = statistics.median_low(s.attempts for s in members)
     latencies = [p for p in (quantile_s(s, 0.99) for s in active) if p is not None]
     shares = [_shares(s.top_class_counts) for s in active if sum(s.top_class_counts) > 0]
     return CohortStats(

@@ -47,7 +47,7 @@ def test_a_cohort_is_summarised_by_its_median_device() -> None:
                                traffic(0), TrafficStats()])
     assert summary.devices == 3  # devices without traffic have no rates to weigh
     assert summary.error_rate == pytest.approx(3 / 103)
-    assert summary.requests == 101 + 103 + 103  # each capped at the median's 103
+    assert summary.requests == 101 + 101 + 101  # each capped at the (lower) median's 101
     assert analysis.cohort([]) == analysis.CohortStats()
 
 
@@ -105,6 +105,14 @@ def test_one_device_claiming_2_pow_62_requests_cannot_pass_a_failing_cohort() ->
 def test_one_device_claiming_2_pow_62_requests_cannot_reach_min_requests_alone() -> None:
     verdict = judge([traffic(10), traffic(10), traffic(2**62)], [traffic(1000)])
     assert verdict.outcome == "Wait" and verdict.requests == 30
+
+
+def test_one_device_alone_with_traffic_speaks_for_no_cohort() -> None:
+    quiet = [TrafficStats() for _ in range(4)]
+    verdict = judge([traffic(2**62), *quiet], [traffic(1000)])
+    assert verdict.outcome == "Wait" and verdict.requests == 0
+    half = judge([traffic(2**62), traffic(500), *quiet[:2]], [traffic(1000)])
+    assert half.outcome == "Wait" and half.requests == 0  # two of four: not more than half
 
 
 def test_one_device_reporting_a_million_errors_cannot_force_a_rollback() -> None:
