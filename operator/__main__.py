@@ -17,7 +17,7 @@ import kopf
 from aiohttp import web
 from kubernetes import client
 
-from edgefleet.operator import handlers, metrics
+from edgefleet.operator import credentials, handlers, metrics
 from edgefleet.operator.artifact_sources import SourcePolicy
 from edgefleet.operator.artifacts import ArtifactCache
 from edgefleet.operator.fleet import FleetChanges
@@ -61,7 +61,7 @@ async def run(settings: OperatorSettings) -> int:
     memo = handlers.OperatorMemo(
         settings=settings, fleet=FleetChanges(), device_placements={}, device_traffic={},
         status_api=client.CustomObjectsApi(api_client), clock=handlers.utc_now,
-        artifacts=artifacts, directory=directory,
+        artifacts=artifacts, directory=directory, credentials=credentials.CredentialStore(),
     )
     tls = ((settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())
            if settings.tls_key_file and settings.tls_cert_file else None)
@@ -69,7 +69,7 @@ async def run(settings: OperatorSettings) -> int:
                      if settings.metrics_remote_write_url else None)
     gateway = create_gateway_server(
         FleetGateway(directory, artifacts, api_client, settings.heartbeat_write_seconds,
-                     remote_writer),
+                     credentials=memo.credentials, remote_writer=remote_writer),
         f"{settings.listen_host}:{settings.grpc_port}", tls)
     await gateway.start()
     logger.info("fleet gateway on %s:%d (%s)", settings.listen_host, settings.grpc_port,

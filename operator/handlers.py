@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from edgefleet.operator import metrics, planner, rollout
 from edgefleet.operator.artifact_sources import ArtifactError
 from edgefleet.operator.artifacts import ArtifactCache
+from edgefleet.operator.credentials import CredentialStore
 from edgefleet.operator.fleet import (
     FleetChanges,
     device_key,
@@ -65,6 +66,7 @@ class OperatorMemo(kopf.Memo):
     clock: Clock
     artifacts: ArtifactCache
     directory: DeviceDirectory
+    credentials: CredentialStore  # device tokens, from the Secrets watch (credentials.py)
 
 
 def utc_now() -> datetime:

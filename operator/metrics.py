@@ -28,6 +28,29 @@ ARTIFACT_FAILURES = Counter(
     "Artifact fetches that failed, by reason (DigestMismatch, Unreachable, TooLarge, ...)",
     ["reason"],
 )
+# The fleet gateway: what it refused to strangers and to devices (policy in
+# gateway/policy.py; reasons and kinds are small fixed sets).
+GATEWAY_AUTH_FAILURES = Counter(
+    "edgefleet_operator_gateway_auth_failures",
+    "Gateway calls refused before a session: Unauthenticated (unknown device or wrong "
+    "token) or RateLimited (too many failures from the peer's address)",
+    ["reason"],
+)
+GATEWAY_REFUSED_MESSAGES = Counter(
+    "edgefleet_operator_gateway_refused_messages",
+    "Device messages the gateway refused, by kind and reason (TooLarge, Malformed, "
+    "Implausible, NotAllowed, Busy)",
+    ["kind", "reason"],
+)
+GATEWAY_REFUSED_SAMPLES = Counter(
+    "edgefleet_operator_gateway_refused_samples",
+    "Metric samples from devices that were not forwarded, by reason",
+    ["reason"],
+)
+GATEWAY_QUEUED_BYTES = Gauge(
+    "edgefleet_operator_gateway_queued_metrics_bytes",
+    "Bytes of device metrics batches waiting for Prometheus, all sessions together",
+)
 
 MODEL_PHASES = PhaseTally(get_args(ModelPhase))
 DEVICE_PHASES = PhaseTally(get_args(DevicePhase))

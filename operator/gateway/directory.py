@@ -21,6 +21,10 @@ class DeviceEntry:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     session: object | None = None
     removed: bool = False
+    uid: str = ""  # from the status writes, for the Events that name the device
+    # When its status was last written (monotonic), across sessions: a device that
+    # reconnects or changes state in a loop is written at a bounded rate.
+    status_written_at: float = float("-inf")
 
 
 class DeviceDirectory:

@@ -86,7 +86,9 @@ def test_prometheus_answers_every_dashboard_query_and_every_alert_fires(
     wait_status(kube, "edgemodels", namespace, "digits", {"stepSummary": "1/2"}, timeout=60)
     fleet.edges.pop("cam-3").process.kill()  # offline from now on
 
-    edges = {f"127.0.0.1:{fleet.edges[n].metrics_port}": {"device": n} for n in fleet.edges}
+    # Scraped as a site would scrape its devices: the devices' job, a device label.
+    edges = {f"127.0.0.1:{fleet.edges[n].metrics_port}": {"device": n, "job": "edgefleet-edge"}
+             for n in fleet.edges}
     # Started once the rollout holds at its step: the step has not changed since.
     server = prometheus([f"127.0.0.1:{fleet.operator.metrics_port}", *edges], edges)
     with Traffic([edge.grpc_url for edge in fleet.edges.values()]):

@@ -4,10 +4,11 @@ API client is a recorder, the real one is exercised by the integration tests).""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 from edgefleet.operator.gateway.directory import DeviceEntry
-from edgefleet.operator.gateway.server import DeviceStatusWriter, inference_status
+from edgefleet.operator.gateway.server import DeviceStatusWriter
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 
 
@@ -77,12 +78,23 @@ def test_statistics_ride_on_interval_writes_and_only_when_they_changed() -> None
     assert api.writes[0]["inference"][0]["latencyCounts"] == [3, 1, 0]
 
 
-def test_statistics_that_do_not_fit_the_schema_are_dropped() -> None:
-    bad_counts = stats(4)
-    del bad_counts.latency_counts[:]
-    bad_counts.latency_counts.extend([1, 2])  # two counts for two bounds: one is missing
-    bad_name = stats(4)
-    bad_name.model = "Not A Name!"
-    good = stats(5, top_class_counts=[2, 3])
-    entries = inference_status([bad_counts, bad_name, good], "cam-1")
-    assert [(e["requests"], e["topClassCounts"]) for e in entries] == [(5, [2, 3])]
+def test_a_device_changing_state_in_a_loop_is_written_at_a_bounded_rate() -> None:
+    """Each change is written, but never sooner than the minimum interval after the
+    last write of the same device, across its sessions."""
+    api = RecordingApi()
+    entry = DeviceEntry("fleet", "cam-1", "cam-1-token")
+    written_at: list[float] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        for session in range(2):  # a reconnect does not reset the bound
+            writer = DeviceStatusWriter(api, entry, heartbeat_write_s=3600,  # type: ignore[arg-type]
+                                        min_interval_s=0.05)
+            for i in range(3):
+                await writer.models(state(pb.ModelState.LOADING + (i + session) % 2), [])
+                written_at.append(loop.time())
+
+    asyncio.run(scenario())
+    assert len(api.writes) == 6
+    gaps = [later - earlier for earlier, later in itertools.pairwise(written_at)]
+    assert min(gaps) >= 0.05 * 0.99

@@ -1,15 +1,14 @@
-"""The edge's on-disk buffer of metric samples and the gateway's remote-write form."""
+"""The edge's on-disk buffer of metric samples (the gateway's side of them is in
+test_metrics_forwarding.py)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter
 
 from edgefleet.edge_runtime import telemetry
 from edgefleet.edge_runtime.metrics_buffer import MetricsBuffer, sample_registry
-from edgefleet.operator.gateway.remote_write import write_request
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 
 
@@ -49,27 +48,6 @@ def test_the_registry_is_sampled_without_created_timestamps() -> None:
     (sample,) = sample_registry(registry)
     assert (sample.name, dict(sample.labels), sample.value) == (
         "edgefleet_things_total", {"kind": "a"}, 3.0)
-
-
-def test_remote_write_labels_the_device_and_drops_what_prometheus_would_refuse() -> None:
-    now_ms = int(time.time() * 1000)
-    batch = pb.MetricsBatch(sequence=7, timestamp_ms=now_ms, samples=[
-        pb.MetricSample(name="edgefleet_ok", labels={"model": "m", "device": "spoofed"},
-                        value=1.5),
-        pb.MetricSample(name="bad name", value=1),
-        pb.MetricSample(name="edgefleet_reserved", labels={"__name__": "x"}, value=1),
-    ])
-    request, dropped = write_request("fleet", "cam-1", batch)
-    (series,) = request.timeseries
-    assert {(label.name, label.value) for label in series.labels} == {
-        ("__name__", "edgefleet_ok"), ("model", "m"), ("device", "cam-1"),
-        ("instance", "fleet/cam-1"), ("job", "edgefleet-edge")}
-    assert [label.name for label in series.labels] == sorted(label.name for label in series.labels)
-    assert (series.samples[0].value, series.samples[0].timestamp) == (1.5, now_ms)
-    assert dropped == 2
-    future = pb.MetricsBatch(sequence=8, timestamp_ms=now_ms + 3600_000, samples=samples(2))
-    request, dropped = write_request("fleet", "cam-1", future)
-    assert not request.timeseries and dropped == 2
 
 
 def test_an_unreadable_batch_is_set_aside_and_a_lagging_counter_never_reuses_a_number(

@@ -60,3 +60,27 @@ def test_control_protocol_loads_beside_the_stock_client() -> None:
     message.models.add(name="digits", digest="sha256:" + "0" * 64, size_bytes=3)
     assert fleet_pb2.DesiredState.FromString(message.SerializeToString()) == message
     assert triton.ModelInferRequest.DESCRIPTOR.full_name == "inference.ModelInferRequest"
+
+
+def test_a_refusal_is_ignored_by_a_runtime_that_predates_it() -> None:
+    """CloudMessage.refused is a compatible addition: a decoder built from the protocol
+    without it (an older runtime) reads the message as one of no kind it knows."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    from edgefleet.protocol.edgefleet.v1 import fleet_pb2
+
+    old = descriptor_pb2.FileDescriptorProto()
+    fleet_pb2.DESCRIPTOR.CopyToProto(old)
+    cloud = next(m for m in old.message_type if m.name == "CloudMessage")
+    kept = [f for f in cloud.field if f.name != "refused"]
+    del cloud.field[:]
+    cloud.field.extend(kept)
+    pool = descriptor_pool.DescriptorPool()
+    OldCloudMessage = message_factory.GetMessageClass(
+        pool.Add(old).message_types_by_name["CloudMessage"])
+
+    refused = fleet_pb2.CloudMessage(refused=fleet_pb2.Refused(
+        kind="metrics", field="metrics.samples[0]", reason="NotAllowed", sequence=3))
+    assert OldCloudMessage.FromString(refused.SerializeToString()).WhichOneof("kind") is None
+    ack = fleet_pb2.CloudMessage(metrics_ack=fleet_pb2.MetricsAck(sequence=3))
+    assert OldCloudMessage.FromString(ack.SerializeToString()).metrics_ack.sequence == 3

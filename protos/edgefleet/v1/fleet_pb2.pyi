@@ -143,14 +143,30 @@ class VersionStats(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., latency_bounds_seconds: _Optional[_Iterable[float]] = ..., latency_counts: _Optional[_Iterable[int]] = ..., top_class_counts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CloudMessage(_message.Message):
-    __slots__ = ("desired", "ping", "metrics_ack")
+    __slots__ = ("desired", "ping", "metrics_ack", "refused")
     DESIRED_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
     METRICS_ACK_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
     desired: DesiredState
     ping: Ping
     metrics_ack: MetricsAck
-    def __init__(self, desired: _Optional[_Union[DesiredState, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., metrics_ack: _Optional[_Union[MetricsAck, _Mapping]] = ...) -> None: ...
+    refused: Refused
+    def __init__(self, desired: _Optional[_Union[DesiredState, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., metrics_ack: _Optional[_Union[MetricsAck, _Mapping]] = ..., refused: _Optional[_Union[Refused, _Mapping]] = ...) -> None: ...
+
+class Refused(_message.Message):
+    __slots__ = ("kind", "field", "reason", "message", "sequence")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    field: str
+    reason: str
+    message: str
+    sequence: int
+    def __init__(self, kind: _Optional[str] = ..., field: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class MetricsAck(_message.Message):
     __slots__ = ("sequence",)

@@ -1,0 +1,379 @@
+"""What a device may claim and what it may cost the fleet gateway: caps on every list and
+string of each message kind, per-session budgets of bytes and messages, counts that
+can be true, and how often a stranger may fail to authenticate.
+
+Plain classes and functions with unit tests (tests/unit/test_gateway_policy.py); the
+servicer in server.py only translates messages and delegates here. A refusal says the
+message kind, the field, a reason from a small fixed set (it is a metric label) and,
+for a person, the limit and the value.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from edgefleet.operator.resources import DNS_SUBDOMAIN_PATTERN
+from edgefleet.protocol.digests import is_digest
+from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
+
+Reason = Literal["TooLarge", "Malformed", "Implausible", "NotAllowed", "Busy"]
+Clock = Callable[[], float]
+_NAME = re.compile(DNS_SUBDOMAIN_PATTERN)
+_STATES = frozenset(value for value in pb.ModelState.State.values()
+                    if value != pb.ModelState.STATE_UNSPECIFIED)
+INT64_MAX = 2**63 - 1  # what a Kubernetes status can hold
+
+
+class Refusal(Exception):
+    """One device message not taken: where, why, and what to tell the device."""
+
+    def __init__(self, kind: str, field: str, reason: Reason, message: str,
+                 sequence: int = 0) -> None:
+        super().__init__(f"{field}: {message}")
+        self.kind, self.field, self.reason, self.sequence = kind, field, reason, sequence
+        self.detail = message
+
+    def to_message(self) -> pb.CloudMessage:
+        return pb.CloudMessage(refused=pb.Refused(
+            kind=self.kind, field=self.field, reason=self.reason, message=str(self)[:1024],
+            sequence=self.sequence))
+
+
+@dataclass(frozen=True)
+class GatewayLimits:
+    """Every bound the gateway puts on one device. The defaults leave a real runtime
+    room (one serving a model version sends 84 samples, 7.6 KB, per metrics batch and a
+    heartbeat of about 1 KB) and keep the worst a device can do small."""
+
+    # gRPC's receive limit: a metrics batch at its sample cap stays well below it.
+    max_message_bytes: int = 1 * 2**20
+    max_models: int = 64  # per hello, heartbeat or report (the status holds 64)
+    max_stats: int = 64
+    max_execution_providers: int = 16
+    max_text_chars: int = 256  # versions, revisions, arch, runtime version
+    max_state_message_chars: int = 2048
+    max_latency_bounds: int = 32
+    max_top_classes: int = 64
+    max_samples: int = 5000  # per metrics batch
+    max_labels: int = 8  # per sample
+    max_label_value_chars: int = 256  # a digest is 71, a model name at most 253
+    max_future_ms: int = 10 * 60 * 1000  # clocks drift; ten minutes ahead is wrong
+    # Per session: bytes and messages read, refilled at a rate; a device over them is
+    # read more slowly (gRPC flow control holds it back), nothing is dropped.
+    session_burst_bytes: int = 8 * 2**20
+    session_bytes_per_second: float = 1 * 2**20
+    session_burst_messages: int = 200
+    session_messages_per_second: float = 50.0
+    # Metrics batches waiting for Prometheus: per session and for the whole gateway.
+    session_queue_bytes: int = 4 * 2**20
+    gateway_queue_bytes: int = 64 * 2**20
+    # A report that changes what the device holds is written at most this often.
+    status_write_min_seconds: float = 1.0
+    # The most requests one device answers per second (a 2-core device answers ~4,000
+    # a second per core over bare gRPC: this is ten times that and more).
+    max_requests_per_second: float = 50_000.0
+    # Reports arrive late by up to this much (a heartbeat interval, a slow link).
+    report_slack_seconds: float = 5.0
+    # A first report in a session has no baseline: its counts may span an outage.
+    max_unreported_seconds: float = 30 * 24 * 3600.0
+    # Failed authentications per peer address before it is refused without a look:
+    # enough for a site behind one NAT address whose devices all reconnect while the
+    # gateway starts, far too few to guess a token.
+    auth_failure_burst: int = 60
+    auth_failures_per_second: float = 1.0
+    max_tracked_peers: int = 10_000
+    # At most one Event per device and reason in this interval.
+    event_interval_seconds: float = 60.0
+
+
+class TokenBucket:
+    """`burst` tokens, refilled at `rate` per second."""
+
+    def __init__(self, rate: float, burst: float, clock: Clock = time.monotonic) -> None:
+        self._rate, self._burst, self._clock = rate, burst, clock
+        self._tokens, self._at = burst, clock()
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+
+    @property
+    def full(self) -> bool:
+        self._refill()
+        return self._tokens >= self._burst
+
+    def available(self, amount: float = 1.0) -> bool:
+        self._refill()
+        return self._tokens >= amount
+
+    def take(self, amount: float = 1.0) -> None:
+        self._refill()
+        self._tokens = max(self._tokens - amount, -self._burst)
+
+    def reserve(self, amount: float) -> float:
+        """Takes `amount` now, going into debt; the seconds until the debt is paid,
+        which is how long the caller should wait before it takes more."""
+        self._refill()
+        self._tokens -= amount
+        return max(0.0, -self._tokens / self._rate)
+
+
+# ---------------------------------------------------------------- message caps
+
+
+def _cap(kind: str, where: str, items: Sequence[object], limit: int) -> None:
+    if len(items) > limit:
+        raise Refusal(kind, where, "TooLarge", f"{len(items)} entries, at most {limit}")
+
+
+def _text(kind: str, where: str, value: str, limit: int) -> None:
+    if len(value) > limit:
+        raise Refusal(kind, where, "TooLarge", f"{len(value)} characters, at most {limit}")
+
+
+def _name(kind: str, where: str, value: str) -> None:
+    if len(value) > 253 or not _NAME.match(value):
+        raise Refusal(kind, where, "Malformed",
+                      f"{value[:80]!r} is not a Kubernetes object name")
+
+
+def check_models(kind: str, models: Sequence[pb.ModelState], limits: GatewayLimits) -> None:
+    _cap(kind, f"{kind}.models", models, limits.max_models)
+    for i, model in enumerate(models):
+        where = f"{kind}.models[{i}]"
+        _name(kind, f"{where}.name", model.name)
+        _text(kind, f"{where}.version", model.version, limits.max_text_chars)
+        _text(kind, f"{where}.message", model.message, limits.max_state_message_chars)
+        if not is_digest(model.digest):
+            raise Refusal(kind, f"{where}.digest", "Malformed",
+                          f"{model.digest[:80]!r} is not 'sha256:' and 64 lowercase hex")
+        if model.state not in _STATES:
+            raise Refusal(kind, f"{where}.state", "Malformed",
+                          f"{model.state} is not a known model state")
+
+
+def check_stats(kind: str, stats: Sequence[pb.VersionStats], limits: GatewayLimits) -> None:
+    """Shape and self-consistency of each entry; whether the counts can be true since
+    the last report is StatsBaseline's question."""
+    _cap(kind, f"{kind}.stats", stats, limits.max_stats)
+    seen: set[tuple[str, str]] = set()
+    for i, item in enumerate(stats):
+        where = f"{kind}.stats[{i}]"
+        _name(kind, f"{where}.model", item.model)
+        _text(kind, f"{where}.version", item.version, limits.max_text_chars)
+        if (item.model, item.version) in seen:
+            raise Refusal(kind, where, "Malformed",
+                          f"{item.model[:80]} {item.version[:80]} is listed twice")
+        seen.add((item.model, item.version))
+        _cap(kind, f"{where}.latency_bounds_seconds", item.latency_bounds_seconds,
+             limits.max_latency_bounds)
+        _cap(kind, f"{where}.top_class_counts", item.top_class_counts, limits.max_top_classes)
+        bounds = list(item.latency_bounds_seconds)
+        if not all(math.isfinite(b) and b > 0 for b in bounds) or bounds != sorted(set(bounds)):
+            raise Refusal(kind, f"{where}.latency_bounds_seconds", "Malformed",
+                          "bounds must be positive, finite and increasing")
+        if item.latency_counts and len(item.latency_counts) != len(bounds) + 1:
+            raise Refusal(kind, f"{where}.latency_counts", "Malformed",
+                          f"{len(item.latency_counts)} counts for {len(bounds)} bounds "
+                          "(one per bound and one above them)")
+        counts = [item.requests, item.errors, *item.latency_counts, *item.top_class_counts]
+        if max(counts) > INT64_MAX:
+            raise Refusal(kind, where, "Implausible",
+                          f"a count of {max(counts)} is past 2^63-1")
+        if item.errors > item.requests:
+            raise Refusal(kind, f"{where}.errors", "Implausible",
+                          f"{item.errors} errors of {item.requests} requests")
+
+
+def check_hello(hello: pb.Hello, limits: GatewayLimits) -> None:
+    caps = hello.capabilities
+    _text("hello", "hello.capabilities.arch", caps.arch, limits.max_text_chars)
+    _cap("hello", "hello.capabilities.execution_providers", caps.execution_providers,
+         limits.max_execution_providers)
+    for i, provider in enumerate(caps.execution_providers):
+        _text("hello", f"hello.capabilities.execution_providers[{i}]", provider,
+              limits.max_text_chars)
+    if caps.memory_bytes > INT64_MAX:
+        raise Refusal("hello", "hello.capabilities.memory_bytes", "Implausible",
+                      f"{caps.memory_bytes} is past 2^63-1")
+    _text("hello", "hello.applied_revision", hello.applied_revision, limits.max_text_chars)
+    _text("hello", "hello.runtime_version", hello.runtime_version, limits.max_text_chars)
+    check_models("hello", hello.models, limits)
+
+
+def check_metrics_batch(batch: pb.MetricsBatch, limits: GatewayLimits,
+                        now_ms: float) -> None:
+    """The batch as a whole; each sample is screened on its own (remote_write.py)."""
+    def refuse(where: str, reason: Reason, message: str) -> Refusal:
+        return Refusal("metrics", where, reason, message, batch.sequence)
+
+    if batch.sequence == 0:
+        raise refuse("metrics.sequence", "Malformed", "sequences start at 1")
+    if len(batch.samples) > limits.max_samples:
+        raise refuse("metrics.samples", "TooLarge",
+                     f"{len(batch.samples)} samples, at most {limits.max_samples}")
+    if batch.timestamp_ms > now_ms + limits.max_future_ms:
+        raise refuse("metrics.timestamp_ms", "Malformed",
+                     f"{batch.timestamp_ms} is more than {limits.max_future_ms} ms "
+                     "in the future")
+
+
+# ---------------------------------------------------------------- plausibility
+
+
+@dataclass(frozen=True)
+class Counts:
+    requests: int
+    errors: int
+    at: float
+
+
+@dataclass
+class StatsBaseline:
+    """The counts a session's last accepted report carried, per model version: the
+    next may not go down, nor up faster than a device can answer."""
+
+    limits: GatewayLimits
+    last: dict[tuple[str, str], Counts] = field(default_factory=dict)
+
+    def check(self, kind: str, stats: Iterable[pb.VersionStats], now: float) -> None:
+        """Raises Refusal("Implausible") for counts that cannot be true; otherwise
+        makes them the baseline. A version missing from a report may come back from
+        zero (it was unloaded and loaded again)."""
+        current = {}
+        for i, item in enumerate(stats):
+            where = f"{kind}.stats[{i}]"
+            key = (item.model, item.version)
+            before = self.last.get(key)
+            if before is not None and (item.requests < before.requests
+                                       or item.errors < before.errors):
+                raise Refusal(kind, where, "Implausible",
+                              f"counts went down within a session: requests "
+                              f"{before.requests} -> {item.requests}, errors "
+                              f"{before.errors} -> {item.errors}")
+            seconds = (now - before.at if before else self.limits.max_unreported_seconds)
+            ceiling = self.limits.max_requests_per_second * (
+                seconds + self.limits.report_slack_seconds)
+            grown = item.requests - (before.requests if before else 0)
+            if grown > ceiling:
+                raise Refusal(kind, f"{where}.requests", "Implausible",
+                              f"{grown} requests in {seconds:.0f} s; a device answers at "
+                              f"most {self.limits.max_requests_per_second:.0f} a second")
+            current[key] = Counts(item.requests, item.errors, now)
+        self.last = current
+
+
+# ---------------------------------------------------------------- budgets
+
+
+class ByteBudget:
+    """Bytes held for a purpose (metrics batches waiting for Prometheus), across every
+    session of the gateway."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held = limit, 0
+
+    def try_hold(self, size: int) -> bool:
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.held -= size
+
+
+class SessionBudget:
+    """One session's allowance of bytes and messages read, and of metrics bytes
+    queued, within the gateway's shared queue budget."""
+
+    def __init__(self, limits: GatewayLimits, shared: ByteBudget,
+                 clock: Clock = time.monotonic) -> None:
+        self._bytes = TokenBucket(limits.session_bytes_per_second, limits.session_burst_bytes,
+                                  clock)
+        self._messages = TokenBucket(limits.session_messages_per_second,
+                                     limits.session_burst_messages, clock)
+        self._queue_limit = limits.session_queue_bytes
+        self._shared = shared
+        self.queued = 0
+
+    def read(self, size: int) -> float:
+        """Counts a message read; how long to wait before reading the next."""
+        return max(self._bytes.reserve(size), self._messages.reserve(1))
+
+    def try_queue(self, size: int) -> bool:
+        if self.queued + size > self._queue_limit or not self._shared.try_hold(size):
+            return False
+        self.queued += size
+        return True
+
+    def dequeue(self, size: int) -> None:
+        self.queued -= size
+        self._shared.release(size)
+
+    def close(self) -> None:
+        """Returns what is still queued to the shared budget."""
+        self._shared.release(self.queued)
+        self.queued = 0
+
+
+class PeerThrottle:
+    """Failed authentications per peer address: a token bucket each, so a stranger
+    guessing tokens or device names is answered without a look after a few tries.
+    Buckets that have refilled are forgotten; past `max_tracked_peers` the oldest go."""
+
+    def __init__(self, limits: GatewayLimits, clock: Clock = time.monotonic) -> None:
+        self._limits, self._clock = limits, clock
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def allows(self, peer: str) -> bool:
+        bucket = self._buckets.get(peer)
+        return bucket is None or bucket.available()
+
+    def failed(self, peer: str) -> None:
+        bucket = self._buckets.pop(peer, None) or TokenBucket(
+            self._limits.auth_failures_per_second, self._limits.auth_failure_burst,
+            self._clock)
+        bucket.take()
+        self._buckets[peer] = bucket
+        if len(self._buckets) > self._limits.max_tracked_peers:
+            for key in [key for key, b in self._buckets.items() if b.full]:
+                del self._buckets[key]
+            while len(self._buckets) > self._limits.max_tracked_peers:
+                self._buckets.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+def peer_address(peer: str) -> str:
+    """gRPC's peer string without the port: 'ipv4:10.0.0.7:51234' -> 'ipv4:10.0.0.7'."""
+    address, separator, port = peer.rpartition(":")
+    return address if separator and port.isdigit() and address else peer
+
+
+class Throttle:
+    """At most one report per key in an interval, counting what it held back, so that
+    what a device does wrong is told (Events, logs) without letting it flood them."""
+
+    def __init__(self, interval_s: float, clock: Clock = time.monotonic) -> None:
+        self._interval, self._clock = interval_s, clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def due(self, key: str) -> int | None:
+        """None while held back; otherwise how many were held back since the last."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._held.pop(key, 0)

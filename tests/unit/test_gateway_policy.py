@@ -1,0 +1,224 @@
+"""What the gateway lets a device claim and cost (gateway/policy.py): caps per message
+kind, counts that can be true, session budgets, and the throttles for strangers and for
+what is told about a device. Pure policy, on a fake clock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from edgefleet.operator.credentials import CredentialStore, secret_token
+from edgefleet.operator.gateway.policy import (
+    ByteBudget,
+    GatewayLimits,
+    PeerThrottle,
+    Refusal,
+    SessionBudget,
+    StatsBaseline,
+    Throttle,
+    TokenBucket,
+    check_hello,
+    check_metrics_batch,
+    check_models,
+    check_stats,
+    peer_address,
+)
+from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
+
+LIMITS = GatewayLimits()
+DIGEST = "sha256:" + "a" * 64
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def refusal(call: Any, *args: Any) -> Refusal:
+    with pytest.raises(Refusal) as raised:
+        call(*args)
+    return raised.value
+
+
+def model(**fields: Any) -> pb.ModelState:
+    return pb.ModelState(**{"name": "digits", "version": "1", "digest": DIGEST,
+                            "state": pb.ModelState.READY, **fields})
+
+
+def stats(requests: int = 10, errors: int = 1, **fields: Any) -> pb.VersionStats:
+    return pb.VersionStats(**{"model": "digits", "version": "1", "requests": requests,
+                              "errors": errors, "latency_bounds_seconds": [0.01, 0.1],
+                              "latency_counts": [5, 4, 1], **fields})
+
+
+def test_what_a_runtime_sends_passes() -> None:
+    check_models("report", [model(), model(name="other")], LIMITS)
+    check_stats("report", [stats(), stats(version="2", top_class_counts=[1, 2])], LIMITS)
+    check_hello(pb.Hello(capabilities=pb.Capabilities(
+        arch="x86_64", cpus=2, execution_providers=["CPUExecutionProvider"]),
+        models=[model()], runtime_version="0.1.0"), LIMITS)
+
+
+@pytest.mark.parametrize(("models", "field", "reason", "said"), [
+    ([model()] * 65, "report.models", "TooLarge", "65 entries, at most 64"),
+    ([model(name="Not A Name!")], "report.models[0].name", "Malformed", "not a Kubernetes"),
+    ([model(version="v" * 257)], "report.models[0].version", "TooLarge", "257 characters"),
+    ([model(message="m" * 2049)], "report.models[0].message", "TooLarge", "at most 2048"),
+    ([model(digest="sha256:../../x")], "report.models[0].digest", "Malformed", "sha256:"),
+    ([model(digest="")], "report.models[0].digest", "Malformed", "sha256:"),
+    ([model(state=42)], "report.models[0].state", "Malformed", "42 is not a known"),
+])
+def test_model_lists_are_capped_and_each_entry_checked(
+    models: list[pb.ModelState], field: str, reason: str, said: str,
+) -> None:
+    refused = refusal(check_models, "report", models, LIMITS)
+    assert (refused.kind, refused.field, refused.reason) == ("report", field, reason)
+    assert said in str(refused) and field in str(refused)
+
+
+@pytest.mark.parametrize(("entries", "field", "reason"), [
+    ([stats(version=str(i)) for i in range(65)], "heartbeat.stats", "TooLarge"),
+    ([stats(), stats()], "heartbeat.stats[1]", "Malformed"),
+    ([stats(latency_counts=[1, 2])], "heartbeat.stats[0].latency_counts", "Malformed"),
+    ([stats(latency_bounds_seconds=[0.1, 0.01])],
+     "heartbeat.stats[0].latency_bounds_seconds", "Malformed"),
+    ([stats(latency_bounds_seconds=[0.1] * 33, latency_counts=[])],
+     "heartbeat.stats[0].latency_bounds_seconds", "TooLarge"),
+    ([stats(top_class_counts=[1] * 65)], "heartbeat.stats[0].top_class_counts", "TooLarge"),
+    ([stats(requests=10, errors=10**6)], "heartbeat.stats[0].errors", "Implausible"),
+    ([stats(requests=2**64 - 1, errors=0)], "heartbeat.stats[0]", "Implausible"),
+])
+def test_statistics_that_cannot_be_stored_or_be_true_are_refused(
+    entries: list[pb.VersionStats], field: str, reason: str,
+) -> None:
+    refused = refusal(check_stats, "heartbeat", entries, LIMITS)
+    assert (refused.field, refused.reason) == (field, reason)
+
+
+def test_a_hello_is_capped_like_a_report() -> None:
+    hello = pb.Hello(capabilities=pb.Capabilities(execution_providers=["x"] * 17))
+    assert refusal(check_hello, hello, LIMITS).field == (
+        "hello.capabilities.execution_providers")
+    assert refusal(check_hello, pb.Hello(models=[model()] * 65), LIMITS).field == "hello.models"
+
+
+def test_metrics_batches_are_capped_as_a_whole() -> None:
+    now_ms = 1_700_000_000_000
+    too_many = pb.MetricsBatch(sequence=1, timestamp_ms=now_ms, samples=[
+        pb.MetricSample(name="edgefleet_cloud_connected", value=1)] * 5001)
+    assert refusal(check_metrics_batch, too_many, LIMITS, now_ms).reason == "TooLarge"
+    future = pb.MetricsBatch(sequence=2, timestamp_ms=now_ms + 3_600_000)
+    refused = refusal(check_metrics_batch, future, LIMITS, now_ms)
+    assert (refused.field, refused.reason, refused.sequence) == (
+        "metrics.timestamp_ms", "Malformed", 2)
+    assert refusal(check_metrics_batch, pb.MetricsBatch(), LIMITS, now_ms).field == (
+        "metrics.sequence")
+
+
+def test_counts_may_grow_only_as_fast_as_a_device_can_answer() -> None:
+    baseline = StatsBaseline(LIMITS)
+    baseline.check("heartbeat", [stats(requests=10, errors=0)], now=100.0)
+    # The issue's figures: one device reporting 2^62 requests, or a million errors,
+    # a second after it reported ten requests.
+    for forged in (stats(requests=2**62, errors=0), stats(requests=10**6, errors=10**6)):
+        refused = refusal(baseline.check, "heartbeat", [forged], 101.0)
+        assert refused.reason == "Implausible" and "a device answers at most 50000" in str(
+            refused)
+    baseline.check("heartbeat", [stats(requests=10 + 50_000, errors=0)], now=101.0)
+
+
+def test_the_first_report_of_a_session_is_bounded_by_a_month_of_answers() -> None:
+    baseline = StatsBaseline(LIMITS)
+    assert refusal(baseline.check, "hello", [stats(requests=2**62, errors=0)],
+                   0.0).reason == "Implausible"
+    baseline.check("report", [stats(requests=10**9, errors=0)], now=0.0)
+
+
+def test_counts_never_go_down_within_a_session_but_a_reloaded_version_starts_afresh() -> None:
+    baseline = StatsBaseline(LIMITS)
+    baseline.check("heartbeat", [stats(requests=100, errors=5)], now=0.0)
+    refused = refusal(baseline.check, "heartbeat", [stats(requests=90, errors=5)], 1.0)
+    assert refused.reason == "Implausible" and "went down" in str(refused)
+    baseline.check("heartbeat", [], now=2.0)  # unloaded
+    baseline.check("heartbeat", [stats(requests=3, errors=0)], now=3.0)  # loaded again
+
+
+def test_a_session_over_its_budget_is_read_more_slowly() -> None:
+    clock = Clock()
+    budget = SessionBudget(LIMITS, ByteBudget(LIMITS.gateway_queue_bytes), clock)
+    assert budget.read(1000) == 0.0
+    # 1,024 batches of 16 MiB: past the 8 MiB burst, each waits for its bytes.
+    waits = [budget.read(16 * 2**20) for _ in range(3)]
+    assert waits == pytest.approx([8.0, 24.0, 40.0], abs=0.01)
+    clock.now += 40
+    assert budget.read(0) == pytest.approx(0.0, abs=0.01)
+
+
+def test_queued_metrics_are_bounded_per_session_and_for_the_gateway() -> None:
+    shared = ByteBudget(6 * 2**20)
+    first, second = SessionBudget(LIMITS, shared), SessionBudget(LIMITS, shared)
+    assert first.try_queue(4 * 2**20) and not first.try_queue(1)
+    assert second.try_queue(2 * 2**20) and not second.try_queue(1)  # the gateway's is full
+    first.dequeue(2**20)
+    assert second.try_queue(2**20)
+    first.close()
+    second.close()
+    assert shared.held == 0
+
+
+def test_failed_authentications_are_throttled_per_peer_address() -> None:
+    clock = Clock()
+    throttle = PeerThrottle(LIMITS, clock)
+    attacker, device = peer_address("ipv4:10.0.0.7:51234"), peer_address("ipv6:[::1]:4000")
+    assert (attacker, device) == ("ipv4:10.0.0.7", "ipv6:[::1]")
+    for _ in range(LIMITS.auth_failure_burst):
+        assert throttle.allows(attacker)
+        throttle.failed(attacker)
+    assert not throttle.allows(attacker) and throttle.allows(device)
+    clock.now += 1 / LIMITS.auth_failures_per_second
+    assert throttle.allows(attacker)
+
+
+def test_the_throttle_tracks_a_bounded_number_of_peers() -> None:
+    clock = Clock()
+    throttle = PeerThrottle(GatewayLimits(max_tracked_peers=100), clock)
+    for i in range(1000):
+        throttle.failed(f"ipv4:10.0.{i // 256}.{i % 256}")
+    assert len(throttle) == 100
+
+
+def test_what_is_told_about_a_device_is_throttled_and_counts_what_was_held() -> None:
+    clock = Clock()
+    told = Throttle(60, clock)
+    assert told.due("fleet/cam-1/Implausible") == 0
+    assert [told.due("fleet/cam-1/Implausible") for _ in range(5)] == [None] * 5
+    assert told.due("fleet/cam-2/Implausible") == 0
+    clock.now += 60
+    assert told.due("fleet/cam-1/Implausible") == 5
+
+
+def test_token_buckets_refill_up_to_their_burst() -> None:
+    clock = Clock()
+    bucket = TokenBucket(rate=2, burst=4, clock=clock)
+    bucket.take(4)
+    assert not bucket.available()
+    clock.now += 100
+    assert bucket.full and bucket.reserve(4) == 0 and bucket.reserve(2) == 1.0
+
+
+def test_credentials_hold_only_a_hash_and_answer_alike_for_unknown_and_wrong() -> None:
+    store = CredentialStore()
+    store.remember("fleet", "cam-1-token", b"s3cret")
+    assert store.verify("fleet", "cam-1-token", "s3cret")
+    assert not store.verify("fleet", "cam-1-token", "guess")
+    assert not store.verify("other", "cam-1-token", "s3cret")  # namespaces are apart
+    assert not store.verify("fleet", "", "")
+    assert b"s3cret" not in repr(vars(store)).encode()
+    store.forget("fleet", "cam-1-token")
+    assert not store.verify("fleet", "cam-1-token", "s3cret")
+    assert secret_token({"token": "czNjcmV0"}) == b"s3cret"
+    assert secret_token({"token": "not base64!"}) is None and secret_token(None) is None
