@@ -89,8 +89,12 @@ def test_file_sources_outside_the_roots_are_refused_and_tell_nothing(
     }
     for name, (uri, sha) in outside.items():
         kube.create("edgemodels", namespace, edge_model(name, "1", uri, sha, site="x"))
-    # Below a root: a wrong digest, and a file that is not there.
-    uri, real_sha = publish(tmp_path, testmodels.scaled(1.0))
+    # Below a root: a wrong digest (the file's name tells nothing of it either), and a
+    # file that is not there.
+    content = testmodels.scaled(1.0)
+    real_sha = hashlib.sha256(content).hexdigest()
+    (tmp_path / "model.onnx").write_bytes(content)
+    uri = (tmp_path / "model.onnx").as_uri()
     kube.create("edgemodels", namespace, edge_model("mismatch", "1", uri, "f" * 64, site="x"))
     kube.create("edgemodels", namespace, edge_model(
         "not-there", "1", (tmp_path / "not-there.onnx").as_uri(), "0" * 64, site="x"))
