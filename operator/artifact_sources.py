@@ -101,6 +101,8 @@ def open_below_roots(uri: str, roots: Sequence[Path]) -> BinaryIO:
         raise ArtifactError(NOT_ALLOWED, f"{shown}: a file:// source names no host")
     # '..' is resolved as in any URL, without asking the disk about what lies outside.
     lexical = posixpath.normpath(urllib.parse.unquote(parts.path))
+    if not posixpath.isabs(lexical):  # "file://" alone would name the working directory
+        raise not_allowed
     try:
         resolved = Path(os.path.realpath(lexical))
         for root in roots:

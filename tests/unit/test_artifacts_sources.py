@@ -102,6 +102,7 @@ def test_no_roots_refuses_every_file_source(tree: Tree) -> None:
     "/etc/passwd",
     "/var/run/secrets/kubernetes.io/serviceaccount/token",
     "{root}/a%00b",
+    "",
 ])
 def test_a_path_outside_the_roots_is_refused_alike_whether_it_exists_or_not(
     tree: Tree, path: str,
