@@ -63,6 +63,8 @@ EDGE_VALUES = {
     "token, node only": [*EDGE_REQUIRED, "--set", "auth.tokenSecretName=inference-token",
                          "--set", "hostNetwork=true", "--set", "listenHost=127.0.0.1"],
     "no network policy": [*EDGE_REQUIRED, "--set", "networkPolicy.enabled=false"],
+    "mutual tls": [*EDGE_REQUIRED, "--set", "inferenceTls.secretName=inference-tls",
+                   "--set", "inferenceTls.requireClientCertificates=true"],
     "site network": [*EDGE_REQUIRED,
                      "--set", "networkPolicy.inferenceFrom[0].ipBlock.cidr=192.168.10.0/24",
                      "--set", "networkPolicy.gatewayTo[0].ipBlock.cidr=198.51.100.7/32"],
@@ -370,12 +372,41 @@ def test_edge_chart_chooses_the_listen_address_and_bounds_requests(
     assert {"name": "auth", "mountPath": "/etc/edgefleet/auth", "readOnly": True} in (
         container["volumeMounts"])
     probe = container["readinessProbe"]["exec"]["command"]
-    assert "http://127.0.0.1:8000/v2/health/ready" in probe[-1]
+    assert "http://127.0.0.1:8002/v2/health/ready" in probe[-1]  # the metrics port
     token = tmp_path / "etc" / "edgefleet" / "auth" / "token"
     token.parent.mkdir(parents=True)
     token.write_text("s3cret\n")
     env["EDGEFLEET_EDGE_AUTH_TOKEN_FILE"] = str(token)  # where the mount would be
     assert edge_settings_from(env, tmp_path)["auth_token_file"] == str(token)
+
+
+def test_edge_chart_serves_inference_over_mutual_tls_from_a_secret(
+    helm: Helm, namespace: str, tmp_path: Path,
+) -> None:
+    manifests = helm.template(EDGE, EDGE_VALUES["mutual tls"], namespace)
+    pod = the(manifests, "DaemonSet")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    # Probes use the metrics port, plain HTTP whatever the inference ports require.
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live",
+                                                     "port": "metrics"}
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "inference-tls"]
+    assert volume["secret"]["secretName"] == "inference-tls"
+    assert [i["key"] for i in volume["secret"]["items"]] == ["tls.crt", "tls.key", "ca.crt"]
+    env = container_env(manifests, "DaemonSet")
+    mounted = tmp_path / "inference-tls"
+    mounted.mkdir()
+    for name in ("tls.crt", "tls.key", "ca.crt"):
+        (mounted / name).write_text("PEM")
+    env = {name: value.replace("/etc/edgefleet/inference-tls", str(mounted))
+           for name, value in env.items()}
+    settings = edge_settings_from(env, tmp_path)
+    assert settings["tls_cert_file"] == str(mounted / "tls.crt")
+    assert settings["tls_key_file"] == str(mounted / "tls.key")
+    assert settings["tls_client_ca_file"] == str(mounted / "ca.crt")
+    # Server TLS alone: no client CA, so any client with the token (if any) is served.
+    server_only = helm.template(EDGE, [*EDGE_REQUIRED, "--set",
+                                       "inferenceTls.secretName=inference-tls"], namespace)
+    assert "EDGEFLEET_EDGE_TLS_CLIENT_CA_FILE" not in container_env(server_only, "DaemonSet")
 
 
 def test_edge_network_policy_admits_named_callers_and_reaches_only_the_gateway(
@@ -434,12 +465,14 @@ def test_edge_network_policy_admits_named_callers_and_reaches_only_the_gateway(
     (EDGE, [*EDGE_REQUIRED, "--set", "maxRequestBytes=10"], "at '/maxRequestBytes'"),
     (EDGE, [*EDGE_REQUIRED, "--set", "networkPolicy.inferenceFrom[0].podSelecter.x=y"],
      "additional properties 'podSelecter' not allowed"),
+    (EDGE, [*EDGE_REQUIRED, "--set", "inferenceTls.requireClientCertificates=true"],
+     "at '/inferenceTls/secretName': minLength"),
 ], ids=["replicas-0", "service-type", "leader-election", "unknown-key", "edge-no-cloud",
         "edge-bad-cloud", "edge-relative-path", "cluster-wide-with-namespaces",
         "namespace-name", "cluster-wide-not-bool", "file-root-relative", "file-root-dotdot",
         "private-networks-not-bool", "policy-not-bool", "cidr", "egress-port",
         "api-server-ports", "edge-listen-host", "edge-token-secret", "edge-concurrency-0",
-        "edge-tiny-body-limit", "edge-peer-typo"])
+        "edge-tiny-body-limit", "edge-peer-typo", "edge-client-ca-without-tls"])
 def test_wrong_values_fail_at_install_naming_the_value(
     helm: Helm, chart: Path, values: list[str], says: str,
 ) -> None:

@@ -29,15 +29,16 @@ cannot reach: they then run inside the container. */}}
 {{- or (hasPrefix "127." .Values.listenHost) (eq .Values.listenHost "::1") -}}
 {{- end -}}
 
-{{/* A probe of one of the runtime's REST paths. */}}
+{{/* A probe of a health path on the metrics port, which stays plain HTTP without a
+token whatever the inference ports require (TLS, client certificates, a token). */}}
 {{- define "edgefleet-edge.probe" -}}
 {{- $root := index . 0 -}}
 {{- $path := index . 1 -}}
 {{- if eq (include "edgefleet-edge.loopback" $root) "true" -}}
 {{- $host := ternary "[::1]" $root.Values.listenHost (eq $root.Values.listenHost "::1") -}}
 exec:
-  command: [python, -c, {{ printf "import urllib.request; urllib.request.urlopen('http://%s:%d%s', timeout=3)" $host (int $root.Values.ports.http) $path | quote }}]
+  command: [python, -c, {{ printf "import urllib.request; urllib.request.urlopen('http://%s:%d%s', timeout=3)" $host (int $root.Values.ports.metrics) $path | quote }}]
 {{- else -}}
-httpGet: {path: {{ $path }}, port: http}
+httpGet: {path: {{ $path }}, port: metrics}
 {{- end -}}
 {{- end -}}
