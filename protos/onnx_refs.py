@@ -19,7 +19,8 @@ reference when it says EXTERNAL *or* carries a `location`, a singular message th
 occurs twice is searched in both occurrences (protobuf would merge them), and messages
 nested too deeply to search count as a reference. It is never stricter than protobuf's
 own parser (unknown fields, groups included, are skipped as protobuf skips them), so a
-file it calls malformed is one that no ONNX parser reads any path from either.
+file it calls malformed is one that no ONNX parser reads any path from either (the one
+check beyond protobuf's, a model without a graph, ONNX Runtime makes too).
 """
 
 from __future__ import annotations
