@@ -73,6 +73,9 @@ class GatewayLimits:
     # Metrics batches waiting for Prometheus: per session and for the whole gateway.
     session_queue_bytes: int = 4 * 2**20
     gateway_queue_bytes: int = 64 * 2**20
+    # What a queued batch costs beyond its encoded size (its Python objects), so that
+    # many tiny batches are bounded too.
+    queue_entry_bytes: int = 1024
     # A report that changes what the device holds is written at most this often.
     status_write_min_seconds: float = 1.0
     # The most requests one device answers per second (a 2-core device answers ~4,000

@@ -373,7 +373,7 @@ class FleetGateway:
                           f"{refusal.detail}", batch.sequence)
 
     def _queue(self, session: Session, batch: pb.MetricsBatch) -> None:
-        size = batch.ByteSize()
+        size = batch.ByteSize() + self.limits.queue_entry_bytes
         if not session.metrics_gap and session.budget.try_queue(size):
             session.batches.put_nowait((batch, size))
             return
