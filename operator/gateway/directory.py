@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from edgefleet.operator.gateway.policy import TokenBucket
 from edgefleet.operator.planner import Assignment, revision
 
 
@@ -22,9 +23,10 @@ class DeviceEntry:
     session: object | None = None
     removed: bool = False
     uid: str = ""  # from the status writes, for the Events that name the device
-    # When its status was last written (monotonic), across sessions: a device that
-    # reconnects or changes state in a loop is written at a bounded rate.
+    # When its status was last written (monotonic), and the allowance of writes: kept
+    # across sessions, so a device that reconnects in a loop is written at a bounded rate.
     status_written_at: float = float("-inf")
+    status_writes: TokenBucket | None = None
 
 
 class DeviceDirectory:

@@ -76,8 +76,10 @@ class GatewayLimits:
     # What a queued batch costs beyond its encoded size (its Python objects), so that
     # many tiny batches are bounded too.
     queue_entry_bytes: int = 1024
-    # A report that changes what the device holds is written at most this often.
-    status_write_min_seconds: float = 1.0
+    # Status writes per device, across its sessions: a burst for the few changes of a
+    # real update (Downloading, Verifying, Loading, Ready), then at most one a second.
+    status_write_burst: int = 5
+    status_writes_per_second: float = 1.0
     # The most requests one device answers per second (a 2-core device answers ~4,000
     # a second per core over bare gRPC: this is ten times that and more).
     max_requests_per_second: float = 50_000.0
@@ -173,7 +175,7 @@ def check_stats(kind: str, stats: Sequence[pb.VersionStats], limits: GatewayLimi
         _text(kind, f"{where}.version", item.version, limits.max_text_chars)
         if (item.model, item.version) in seen:
             raise Refusal(kind, where, "Malformed",
-                          f"{item.model[:80]} {item.version[:80]} is listed twice")
+                          f"{item.model} {item.version[:80]!r} is listed twice")
         seen.add((item.model, item.version))
         _cap(kind, f"{where}.latency_bounds_seconds", item.latency_bounds_seconds,
              limits.max_latency_bounds)

@@ -54,7 +54,7 @@ def _sample_refusal(sample: pb.MetricSample,
             return "NotAllowed", (f"label {name[:80]!r} is not one of {sample.name}'s "
                                   f"({', '.join(sorted(allowed)) or 'none'})")
         if len(value) > limits.max_label_value_chars:
-            return "TooLarge", (f"label {name} has {len(value)} characters, at most "
+            return "TooLarge", (f"label {name[:80]!r} has {len(value)} characters, at most "
                                 f"{limits.max_label_value_chars}")
     if sample.name.endswith(NON_NEGATIVE_SUFFIXES) and not sample.value >= 0:
         return "Malformed", f"{sample.name} is a count: {sample.value} is not one"

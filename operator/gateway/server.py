@@ -35,6 +35,7 @@ from edgefleet.operator.gateway.policy import (
     SessionBudget,
     StatsBaseline,
     Throttle,
+    TokenBucket,
     check_hello,
     check_metrics_batch,
     check_models,
@@ -95,17 +96,17 @@ def timestamp() -> str:
 
 class DeviceStatusWriter:
     """Coalesces one device's reports into status writes: a change of what it holds is
-    written once `min_interval_s` has passed since the device's last write (the
-    session's reading waits until then, so a device changing state in a loop is
-    written at a bounded rate and read more slowly); heartbeats refresh lastSeen and
-    the inference statistics at most once per `heartbeat_write_s`."""
+    written at once, within the device's allowance of writes (`writes`; past it, the
+    session's reading waits, so a device changing state in a loop is written at a
+    bounded rate and read more slowly); heartbeats refresh lastSeen and the inference
+    statistics at most once per `heartbeat_write_s`."""
 
     def __init__(self, api: client.CustomObjectsApi, entry: DeviceEntry,
-                 heartbeat_write_s: float, min_interval_s: float = 0.0) -> None:
+                 heartbeat_write_s: float, writes: TokenBucket | None = None) -> None:
         self._api = api
         self._entry = entry
         self._interval = heartbeat_write_s
-        self._min_interval = min_interval_s
+        self._writes = writes
         self._models: list[dict[str, Any]] | None = None
         self._inference: list[dict[str, Any]] | None = None
 
@@ -124,9 +125,8 @@ class DeviceStatusWriter:
 
     async def _write(self, fields: dict[str, Any], models: list[dict[str, Any]],
                      inference: list[dict[str, Any]] | None = None) -> None:
-        wait = self._entry.status_written_at + self._min_interval - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
+        if self._writes is not None:
+            await asyncio.sleep(self._writes.reserve(1))
         body = {**fields, "lastSeen": timestamp()}
         if models != self._models:
             body["models"] = models
@@ -241,13 +241,16 @@ class FleetGateway:
     async def Connect(self, requests: AsyncIterator[pb.DeviceMessage],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.CloudMessage]:
         entry = await self._authenticate(context)
-        token = object()
-        if not self._directory.claim(entry, token):
+        holder = object()  # this call, as the directory's one session of the device
+        if not self._directory.claim(entry, holder):
             await context.abort(grpc.StatusCode.ALREADY_EXISTS,
                                 f"EdgeDevice {entry.namespace}/{entry.name} is already "
                                 "connected")
+        if entry.status_writes is None:
+            entry.status_writes = TokenBucket(self.limits.status_writes_per_second,
+                                              self.limits.status_write_burst)
         session = Session(entry, DeviceStatusWriter(
-            self._custom, entry, self._heartbeat_write_s, self.limits.status_write_min_seconds),
+            self._custom, entry, self._heartbeat_write_s, entry.status_writes),
             self.limits, self._queue_budget)
         reader: asyncio.Task[None] | None = None
         forwarder: asyncio.Task[None] | None = None
@@ -310,7 +313,7 @@ class FleetGateway:
             if forwarder:
                 forwarder.cancel()
             session.budget.close()
-            self._directory.release(entry, token)
+            self._directory.release(entry, holder)
             logger.info("device disconnected device=%s/%s", entry.namespace, entry.name)
 
     async def _read(self, requests: AsyncIterator[pb.DeviceMessage], session: Session) -> None:

@@ -91,7 +91,7 @@ def test_remote_write_forces_the_devices_identity_on_every_series() -> None:
      "NotAllowed", "not a metric the edge runtime emits"),
     (pb.MetricSample(name=REQUESTS, labels={"model": "m", "version": "1",
                                             "outcome": "x" * 100_000}, value=1),
-     "TooLarge", "label outcome has 100000 characters, at most 256"),
+     "TooLarge", "label 'outcome' has 100000 characters, at most 256"),
     (pb.MetricSample(name=REQUESTS, labels={"model": "m", "job": "edgefleet-operator"},
                      value=1),
      "NotAllowed", "label 'job' is not one of"),
