@@ -247,11 +247,15 @@ class StatsBaseline:
 
     limits: GatewayLimits
     last: dict[tuple[str, str], Counts] = field(default_factory=dict)
+    started: float | None = None  # the first report's time
 
     def check(self, kind: str, stats: Iterable[pb.VersionStats], now: float) -> None:
         """Raises Refusal("Implausible") for counts that cannot be true; otherwise
         makes them the baseline. A version missing from a report may come back from
-        zero (it was unloaded and loaded again)."""
+        zero (it was unloaded and loaded again), with no more requests than the
+        session has lasted; only the first report may carry counts from before it."""
+        first = self.started is None
+        started = now if self.started is None else self.started
         current = {}
         for i, item in enumerate(stats):
             where = f"{kind}.stats[{i}]"
@@ -263,7 +267,12 @@ class StatsBaseline:
                               f"counts went down within a session: requests "
                               f"{before.requests} -> {item.requests}, errors "
                               f"{before.errors} -> {item.errors}")
-            seconds = (now - before.at if before else self.limits.max_unreported_seconds)
+            if before is not None:
+                seconds = now - before.at
+            elif first:
+                seconds = self.limits.max_unreported_seconds
+            else:
+                seconds = now - started
             ceiling = self.limits.max_requests_per_second * (
                 seconds + self.limits.report_slack_seconds)
             grown = item.requests - (before.requests if before else 0)
@@ -272,7 +281,7 @@ class StatsBaseline:
                               f"{grown} requests in {seconds:.0f} s; a device answers at "
                               f"most {self.limits.max_requests_per_second:.0f} a second")
             current[key] = Counts(item.requests, item.errors, now)
-        self.last = current
+        self.last, self.started = current, started
 
 
 # ---------------------------------------------------------------- budgets

@@ -147,6 +147,15 @@ def test_counts_never_go_down_within_a_session_but_a_reloaded_version_starts_afr
     baseline.check("heartbeat", [stats(requests=3, errors=0)], now=3.0)  # loaded again
 
 
+def test_a_version_loaded_within_a_session_counts_no_more_than_the_session_lasted() -> None:
+    baseline = StatsBaseline(LIMITS)
+    baseline.check("heartbeat", [], now=0.0)
+    baseline.check("heartbeat", [stats(version="2", requests=10, errors=0)], now=10.0)
+    baseline.check("heartbeat", [], now=20.0)  # gone, and back with a month's worth
+    refused = refusal(baseline.check, "heartbeat", [stats(version="2", requests=10**9)], 30.0)
+    assert refused.reason == "Implausible" and "in 30 s" in str(refused)
+
+
 def test_a_session_over_its_budget_is_read_more_slowly() -> None:
     clock = Clock()
     budget = SessionBudget(LIMITS, ByteBudget(LIMITS.gateway_queue_bytes), clock)
