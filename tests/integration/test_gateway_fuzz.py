@@ -163,7 +163,7 @@ def test_2000_malformed_reports_and_batches_are_each_refused_and_harm_no_one_els
                 held = state(rng, state=pb.ModelState.LOADING if step % 2 else
                              pb.ModelState.READY, version=str(step))
                 written(fleet, neighbour, pb.DeviceMessage(report=pb.StateReport(models=[held])),
-                        lambda status, v=str(step): status.get("models", [{}])[0].get(
+                        lambda status, v=str(step): (status.get("models") or [{}])[0].get(
                             "version") == v, f"cam-2's report {step} written")
             refusals = eventually(lambda: len(attacker.refusals()) >= MESSAGES
                                   and attacker.refusals(), timeout=300,
