@@ -57,6 +57,10 @@ def test_samples_taken_while_the_link_was_cut_arrive_afterwards(
         assert [v for _, v in values] == sorted(v for _, v in values)  # a counter, in order
         assert values[-1][1] > values[0][1]  # requests went on during the cut
         assert "edgefleet_inference_requests_total" in edge.metrics()  # local scrape too
+        # Every sample a real runtime sends is one the gateway takes (the allowlist).
+        _, operator_metrics = fleet.operator.get("/metrics")
+        assert "edgefleet_operator_gateway_refused_samples_total{" not in operator_metrics
+        assert "edgefleet_operator_gateway_refused_messages_total{" not in operator_metrics
     finally:
         running.close()
         fleet.stop()
