@@ -14,7 +14,7 @@ import math
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -149,6 +149,23 @@ def _name(kind: str, where: str, value: str) -> None:
                       f"{value[:80]!r} is not a Kubernetes object name")
 
 
+def with_assigned_digests(models: Sequence[pb.ModelState],
+                          assigned: Mapping[tuple[str, str], str]) -> list[pb.ModelState]:
+    """The runtime reports an assignment it refused as FAILED with an empty digest (the
+    value it refused goes only into the message). Such an entry gets the digest this
+    gateway assigned for that version, so that the status, which needs one, can say the
+    version failed; an entry for a version never assigned keeps it empty (refused)."""
+    filled = []
+    for model in models:
+        digest = assigned.get((model.name, model.version))
+        if not model.digest and model.state == pb.ModelState.FAILED and digest:
+            model = pb.ModelState(name=model.name, version=model.version, digest=digest,
+                                  state=model.state, message=model.message,
+                                  bytes_done=model.bytes_done, bytes_total=model.bytes_total)
+        filled.append(model)
+    return filled
+
+
 def check_models(kind: str, models: Sequence[pb.ModelState], limits: GatewayLimits) -> None:
     _cap(kind, f"{kind}.models", models, limits.max_models)
     for i, model in enumerate(models):
@@ -210,7 +227,7 @@ def check_hello(hello: pb.Hello, limits: GatewayLimits) -> None:
                       f"{caps.memory_bytes} is past 2^63-1")
     _text("hello", "hello.applied_revision", hello.applied_revision, limits.max_text_chars)
     _text("hello", "hello.runtime_version", hello.runtime_version, limits.max_text_chars)
-    check_models("hello", hello.models, limits)
+    _cap("hello", "hello.models", hello.models, limits.max_models)
 
 
 def check_metrics_batch(batch: pb.MetricsBatch, limits: GatewayLimits,

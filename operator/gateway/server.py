@@ -41,6 +41,7 @@ from edgefleet.operator.gateway.policy import (
     check_models,
     check_stats,
     peer_address,
+    with_assigned_digests,
 )
 from edgefleet.operator.gateway.remote_write import RemoteWriteError, RemoteWriter, screen_batch
 from edgefleet.operator.kubeapi import API_ERRORS
@@ -110,12 +111,11 @@ class DeviceStatusWriter:
         self._models: list[dict[str, Any]] | None = None
         self._inference: list[dict[str, Any]] | None = None
 
-    async def hello(self, message: pb.Hello) -> None:
-        caps = message.capabilities
+    async def hello(self, caps: pb.Capabilities, models: Any) -> None:
         await self._write({"capabilities": {
             "arch": caps.arch, "cpus": caps.cpus, "memoryBytes": caps.memory_bytes,
             "executionProviders": list(caps.execution_providers)}},
-            models_status(message.models))
+            models_status(models))
 
     async def models(self, models: Any, stats: Any) -> None:
         status = models_status(models)
@@ -163,6 +163,10 @@ async def forward_metrics(remote_writer: RemoteWriter, entry: DeviceEntry,
                 delay_s = min(delay_s * 2, 30.0)
         budget.dequeue(size)
         await outbox.put(pb.CloudMessage(metrics_ack=pb.MetricsAck(sequence=batch.sequence)))
+
+
+def assigned_digests(entry: DeviceEntry) -> dict[tuple[str, str], str]:
+    return {(a.name, a.version): a.digest for a in entry.assignments}
 
 
 def desired_message(entry: DeviceEntry) -> pb.CloudMessage:
@@ -263,15 +267,17 @@ class FleetGateway:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                     "the first message of a session must be hello, within "
                                     f"{HELLO_TIMEOUT_S:.0f} s")
+            models = with_assigned_digests(first.hello.models, assigned_digests(entry))
             try:
                 check_hello(first.hello, self.limits)
+                check_models("hello", models, self.limits)
             except Refusal as refusal:
                 await self._refused(entry, refusal)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(refusal))
             session.budget.read(first.ByteSize())
             try:
                 with schema_refusal("hello"):
-                    await session.writer.hello(first.hello)
+                    await session.writer.hello(first.hello.capabilities, models)
             except Refusal as refusal:
                 await self._refused(entry, refusal)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(refusal))
@@ -332,11 +338,12 @@ class FleetGateway:
         kind = message.WhichOneof("kind")
         if kind in ("heartbeat", "report"):
             report = message.heartbeat if kind == "heartbeat" else message.report
-            check_models(kind, report.models, self.limits)
+            models = with_assigned_digests(report.models, assigned_digests(session.entry))
+            check_models(kind, models, self.limits)
             check_stats(kind, report.stats, self.limits)
             session.baseline.check(kind, report.stats, time.monotonic())
             with schema_refusal(kind):
-                await session.writer.models(report.models, report.stats)
+                await session.writer.models(models, report.stats)
         elif kind == "metrics":
             await self._metrics(message.metrics, session)
         elif kind == "hello":

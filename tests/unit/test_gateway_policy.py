@@ -23,6 +23,7 @@ from edgefleet.operator.gateway.policy import (
     check_models,
     check_stats,
     peer_address,
+    with_assigned_digests,
 )
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 
@@ -78,6 +79,18 @@ def test_model_lists_are_capped_and_each_entry_checked(
     refused = refusal(check_models, "report", models, LIMITS)
     assert (refused.kind, refused.field, refused.reason) == ("report", field, reason)
     assert said in str(refused) and field in str(refused)
+
+
+def test_a_version_the_runtime_refused_is_reported_with_the_digest_it_was_assigned() -> None:
+    refused = model(digest="", state=pb.ModelState.FAILED,
+                    message="refused the assignment from the gateway: ...")
+    stranger = model(name="other", digest="", state=pb.ModelState.FAILED)
+    filled = with_assigned_digests([refused, stranger, model(digest="")],
+                                   {("digits", "1"): DIGEST})
+    assert [(m.name, m.digest, m.message) for m in filled] == [
+        ("digits", DIGEST, refused.message), ("other", "", ""), ("digits", "", "")]
+    check_models("report", filled[:1], LIMITS)
+    assert refusal(check_models, "report", filled, LIMITS).field == "report.models[1].digest"
 
 
 @pytest.mark.parametrize(("entries", "field", "reason"), [

@@ -30,7 +30,7 @@ def test_changes_are_written_at_once_and_quiet_heartbeats_at_most_once_per_inter
                                 heartbeat_write_s=3600)
 
     async def scenario() -> None:
-        await writer.hello(pb.Hello(capabilities=pb.Capabilities(arch="x86_64", cpus=2)))
+        await writer.hello(pb.Capabilities(arch="x86_64", cpus=2), [])
         await writer.models(state(pb.ModelState.LOADING), [])
         for _ in range(5):  # nothing changes: no writes within the interval
             await writer.models(state(pb.ModelState.LOADING), [])
