@@ -7,15 +7,19 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 import numpy as np
 import tritonclient.grpc as triton_grpc
 import yaml
 from tritonclient.utils import InferenceServerException
+
+from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as fleet
 
 EXAMPLES = Path(__file__).parent / "examples"
 T = TypeVar("T")
@@ -117,3 +121,25 @@ class Traffic:
             else:
                 with self._lock:
                     self.answered += 1
+
+
+def serve_fleet_gateway(
+    connect: Callable[[Iterator[fleet.DeviceMessage], Any], Iterator[fleet.CloudMessage]],
+    fetch: Callable[[fleet.ArtifactRequest, Any], Iterator[fleet.ArtifactChunk]],
+) -> tuple[grpc.Server, int]:
+    """A stand-in fleet gateway on a free loopback port, for tests that need to say
+    what a gateway (a broken or hostile one) sends; started, with its port."""
+    server = grpc.server(ThreadPoolExecutor(8))
+    handlers = {
+        "Connect": grpc.stream_stream_rpc_method_handler(
+            connect, request_deserializer=fleet.DeviceMessage.FromString,
+            response_serializer=fleet.CloudMessage.SerializeToString),
+        "FetchArtifact": grpc.unary_stream_rpc_method_handler(
+            fetch, request_deserializer=fleet.ArtifactRequest.FromString,
+            response_serializer=fleet.ArtifactChunk.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "edgefleet.v1.FleetGateway", handlers),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port

@@ -41,7 +41,7 @@ import localcluster
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as fleet
 from edgefleet.protocol.inference import grpc_service_pb2 as pb
 from tests.conftest import EdgeProcess, StartEdge, launch_edge, stop_edge
-from tests.helpers import eventually, http_get
+from tests.helpers import eventually, http_get, serve_fleet_gateway
 
 pytestmark = pytest.mark.integration
 HOSTNAME = Path("/etc/hostname")
@@ -142,19 +142,7 @@ class HostileGateway:
         self._lock = threading.Lock()
         self._latest: fleet.DesiredState | None = None
         self._pushed: queue.Queue[fleet.DesiredState] = queue.Queue()
-        self.server = grpc.server(ThreadPoolExecutor(8))
-        handlers = {
-            "Connect": grpc.stream_stream_rpc_method_handler(
-                self.connect, request_deserializer=fleet.DeviceMessage.FromString,
-                response_serializer=fleet.CloudMessage.SerializeToString),
-            "FetchArtifact": grpc.unary_stream_rpc_method_handler(
-                self.fetch, request_deserializer=fleet.ArtifactRequest.FromString,
-                response_serializer=fleet.ArtifactChunk.SerializeToString),
-        }
-        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            "edgefleet.v1.FleetGateway", handlers),))
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
+        self.server, self.port = serve_fleet_gateway(self.connect, self.fetch)
 
     def assign(self, revision: str, *models: tuple[str, str, str]) -> None:
         """A desired state of (name, version, digest) assignments."""

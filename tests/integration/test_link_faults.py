@@ -10,7 +10,6 @@ import signal
 import socket
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ import testmodels
 
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 from tests.conftest import Fleet, Kube, launch_edge, stop_edge
-from tests.helpers import eventually
+from tests.helpers import eventually, serve_fleet_gateway
 from tests.integration.test_edge_cloud_link import (
     answer,
     edge_model,
@@ -253,19 +252,7 @@ class TruncatingGateway:
         self.digest = f"sha256:{hashlib.sha256(model).hexdigest()}"
         self.fetches: list[int] = []  # offsets asked for
         self.states: list[str] = []
-        self.server = grpc.server(ThreadPoolExecutor(8))
-        handlers = {
-            "Connect": grpc.stream_stream_rpc_method_handler(
-                self.connect, request_deserializer=pb.DeviceMessage.FromString,
-                response_serializer=pb.CloudMessage.SerializeToString),
-            "FetchArtifact": grpc.unary_stream_rpc_method_handler(
-                self.fetch, request_deserializer=pb.ArtifactRequest.FromString,
-                response_serializer=pb.ArtifactChunk.SerializeToString),
-        }
-        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            "edgefleet.v1.FleetGateway", handlers),))
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
+        self.server, self.port = serve_fleet_gateway(self.connect, self.fetch)
 
     def connect(self, requests: Iterator[pb.DeviceMessage], _: Any) -> Iterator[pb.CloudMessage]:
         next(requests)  # hello
