@@ -398,6 +398,7 @@ class Throttle:
         self._interval, self._clock = interval_s, clock
         self._last: dict[str, float] = {}
         self._held: dict[str, int] = {}
+        self._prune_at = 1024  # keys; doubles with what stays, so pruning costs O(1) each
 
     def due(self, key: str) -> int | None:
         """None while held back; otherwise how many were held back since the last."""
@@ -407,4 +408,17 @@ class Throttle:
             self._held[key] = self._held.get(key, 0) + 1
             return None
         self._last[key] = now
+        if len(self._last) >= self._prune_at:
+            self._prune(now)
         return self._held.pop(key, 0)
+
+    def _prune(self, now: float) -> None:
+        """Forgets keys quiet for a whole interval with nothing held back (devices that
+        stopped misbehaving, or were deleted): they would be told at once anyway."""
+        for key in [k for k, at in self._last.items()
+                    if now - at >= self._interval and k not in self._held]:
+            del self._last[key]
+        self._prune_at = max(1024, 2 * len(self._last))
+
+    def __len__(self) -> int:
+        return len(self._last)

@@ -223,6 +223,16 @@ def test_what_is_told_about_a_device_is_throttled_and_counts_what_was_held() -> 
     assert told.due("fleet/cam-1/Implausible") == 5
 
 
+def test_what_is_told_forgets_devices_quiet_for_an_interval() -> None:
+    clock = Clock()
+    told = Throttle(60, clock)
+    for i in range(5000):  # devices that misbehaved once, each, and went away
+        told.due(f"fleet/cam-{i}/Implausible")
+        clock.now += 0.1
+    assert len(told) < 2048
+    assert told.due("fleet/cam-4999/Implausible") is None  # still within its interval
+
+
 def test_token_buckets_refill_up_to_their_burst() -> None:
     clock = Clock()
     bucket = TokenBucket(rate=2, burst=4, clock=clock)
