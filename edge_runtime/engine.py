@@ -27,7 +27,7 @@ from edgefleet.edge_runtime.config import RuntimeConfig
 from edgefleet.edge_runtime.errors import ErrorCode, InferenceError
 from edgefleet.edge_runtime.stats import VersionStats
 from edgefleet.edge_runtime.tensors import NUMPY_DTYPES, ONNX_TYPES, TensorSpec
-from edgefleet.protocol.onnx_refs import MalformedModelError, external_references
+from edgefleet.protocol.onnx_refs import MalformedModelError, external_references, summarize
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -108,10 +108,10 @@ def check_self_contained(name: str, version: str, path: Path) -> None:
         raise InferenceError.invalid(f"model {name!r} version {version!r} at {path} cannot "
                                      f"be served: {error}") from None
     if references:
-        shown = "; ".join(references[:3]) + ("; ..." if len(references) > 3 else "")
         raise InferenceError.invalid(
             f"UnsafeModel: model {name!r} version {version!r} refers to other files, which "
-            f"the runtime never reads; a model must be self-contained: {shown}")
+            f"the runtime never reads; a model must be self-contained: "
+            f"{summarize(references)}")
 
 
 def choose_providers(wanted: Sequence[str], available: Sequence[str]) -> list[str]:

@@ -28,12 +28,10 @@ import aiohttp
 from edgefleet.operator.artifact_sources import ArtifactError, SourcePolicy, read_source
 from edgefleet.operator.urls import redact_uri
 from edgefleet.protocol.digests import hex_part
-from edgefleet.protocol.onnx_refs import MalformedModelError, external_references
+from edgefleet.protocol.onnx_refs import MalformedModelError, external_references, summarize
 
 logger = logging.getLogger(__name__)
 NAMESPACE_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-# How many of a model's path references an UnsafeModel message lists.
-SHOWN_REFERENCES = 3
 
 
 @dataclass(frozen=True)
@@ -145,8 +143,6 @@ def _refuse_path_references(path: Path, shown: str) -> None:
     except MalformedModelError:
         return
     if references:
-        listed = "; ".join(references[:SHOWN_REFERENCES])
-        more = len(references) - SHOWN_REFERENCES
         raise ArtifactError("UnsafeModel", (
             f"{shown} is an ONNX model that names other files, which devices would read: "
-            f"{listed}" + (f"; and {more} more" if more > 0 else "")))
+            f"{summarize(references)}"))

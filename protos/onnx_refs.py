@@ -135,6 +135,12 @@ def external_references(path: str | os.PathLike[str]) -> list[str]:
     return [" > ".join(where) + ": " + what for where, what in model.references]
 
 
+def summarize(references: list[str], shown: int = 3) -> str:
+    """The first `shown` references, and how many more, for a refusal's message."""
+    more = len(references) - shown
+    return "; ".join(references[:shown]) + (f"; and {more} more" if more > 0 else "")
+
+
 class _Walker:
     """Reads protobuf wire format from a file, keeping its own position."""
 

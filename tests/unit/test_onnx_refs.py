@@ -14,7 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from edgefleet.protocol.onnx_refs import MAX_DEPTH, MalformedModelError, external_references
+from edgefleet.protocol.onnx_refs import (
+    MAX_DEPTH,
+    MalformedModelError,
+    external_references,
+    summarize,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "models"
 
@@ -261,3 +266,9 @@ def _varint(value: int) -> bytes:
         else:
             out.append(byte)
             return bytes(out)
+
+
+def test_a_summary_shows_the_first_references_and_counts_the_rest() -> None:
+    references = [f"initializer[{i}]: external data at 'x{i}'" for i in range(5)]
+    assert summarize(references[:2]) == "; ".join(references[:2])
+    assert summarize(references) == "; ".join(references[:3]) + "; and 2 more"
