@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 DEVICE_JOB = "edgefleet-edge"
-IDENTITY_LABELS = ("namespace", "device", "instance", "job")
 
 
 @dataclass(frozen=True)

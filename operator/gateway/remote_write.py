@@ -81,14 +81,10 @@ def screen_batch(batch: pb.MetricsBatch, limits: GatewayLimits) -> Screened:
     return screened
 
 
-def identity_labels(namespace: str, device: str) -> dict[str, str]:
-    return {"namespace": namespace, "device": device, "instance": f"{namespace}/{device}",
-            "job": DEVICE_JOB}
-
-
 def write_request(namespace: str, device: str, batch: pb.MetricsBatch) -> prompb.WriteRequest:
     """A screened batch as a WriteRequest, with the device's identity as labels."""
-    identity = identity_labels(namespace, device)
+    identity = {"namespace": namespace, "device": device, "instance": f"{namespace}/{device}",
+                "job": DEVICE_JOB}
     series: dict[tuple[tuple[str, str], ...], float] = {}
     for sample in batch.samples:
         labels = {**sample.labels, **identity, "__name__": sample.name}

@@ -268,14 +268,10 @@ class FleetGateway:
                                     "the first message of a session must be hello, within "
                                     f"{HELLO_TIMEOUT_S:.0f} s")
             models = with_assigned_digests(first.hello.models, assigned_digests(entry))
+            session.budget.read(first.ByteSize())
             try:
                 check_hello(first.hello, self.limits)
                 check_models("hello", models, self.limits)
-            except Refusal as refusal:
-                await self._refused(entry, refusal)
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(refusal))
-            session.budget.read(first.ByteSize())
-            try:
                 with schema_refusal("hello"):
                     await session.writer.hello(first.hello.capabilities, models)
             except Refusal as refusal:
