@@ -71,6 +71,9 @@ KINDS = (
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
             {"name": "Models", "type": "integer", "jsonPath": ".status.modelCount"},
             {"name": "Last-Seen", "type": "date", "jsonPath": ".status.lastSeen"},
+            # A string: kubectl prints a date column in the future as "<invalid>".
+            {"name": "Cert-Expires", "type": "string", "jsonPath": ".status.identity.notAfter",
+             "description": "when the device's client certificate expires"},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
     ),

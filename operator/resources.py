@@ -44,6 +44,8 @@ SOURCE_URI_PATTERN = r"^(file|https?)://\S+$"
 SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
 PERCENT_PATTERN = r"^(100|[1-9]?[0-9])%$"
+BASE64_PATTERN = r"^[A-Za-z0-9+/]+={0,2}$"
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
 CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 
 LabelKey = Annotated[str, StringConstraints(max_length=317, pattern=LABEL_KEY_PATTERN)]
@@ -108,11 +110,39 @@ class LabelSelector(Resource):
 # ---------------------------------------------------------------- EdgeModel
 
 
+class SecretKeyRef(Resource):
+    name: ObjectName
+    key: Annotated[str, StringConstraints(min_length=1, max_length=253,
+                                          pattern=SECRET_KEY_PATTERN)] = "cosign.pub"
+
+
+SIGNATURE_PAIR_RULE = "has(self.signature) == has(self.publicKeyRef)"
+
+
 class ArtifactSource(Resource):
+    model_config = ConfigDict(json_schema_extra=cel(
+        SIGNATURE_PAIR_RULE, "signature and publicKeyRef go together"))
+
     uri: Annotated[str, StringConstraints(max_length=2048, pattern=SOURCE_URI_PATTERN)] = Field(
         description="Where the operator fetches the ONNX file: file://, http:// or https://")
     sha256: Annotated[str, StringConstraints(pattern=SHA256_PATTERN)] = Field(
         description="The artifact's SHA-256 digest, 64 hex characters")
+    signature: Annotated[str, StringConstraints(
+        min_length=1, max_length=1024, pattern=BASE64_PATTERN)] | None = Field(
+        default=None,
+        description="The publisher's signature of the artifact, base64, as `cosign "
+                    "sign-blob --key` writes it (ECDSA P-256 over SHA-256); the operator "
+                    "sends nothing the signature does not verify")
+    public_key_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="Secret in the model's namespace holding the publisher's PEM public key "
+                    "(key `cosign.pub` unless named)")
+
+    @model_validator(mode="after")
+    def _signature_with_key(self) -> ArtifactSource:
+        if (self.signature is None) != (self.public_key_ref is None):
+            raise ValueError("signature and publicKeyRef go together")
+        return self
 
 
 class BatchingSettings(Resource):
@@ -327,8 +357,15 @@ class SecretRef(Resource):
 
 
 class EdgeDeviceSpec(Resource):
-    bootstrap_token_secret_ref: SecretRef = Field(
-        description="Secret in the device's namespace whose key `token` authenticates it")
+    bootstrap_token_secret_ref: SecretRef | None = Field(
+        default=None,
+        description="Secret in the device's namespace whose key `token` admits the device "
+                    "to enrol once; absent on a device that enrolled with a fleet "
+                    "enrolment token")
+    revoked: bool = Field(
+        default=False,
+        description="Ends the device's session and refuses its certificate; it keeps "
+                    "serving what it holds. Enrolling again needs a new bootstrap token")
 
 
 class Capabilities(Resource):
@@ -382,6 +419,24 @@ class VersionInference(Resource):
 
 
 DevicePhase = Literal["Pending", "Online", "Offline"]
+SERIAL_PATTERN = r"^[0-9a-f]{1,40}$"
+
+
+class DeviceIdentity(Resource):
+    """The device's client certificate, as the gateway issued it; the gateway accepts
+    no other (see docs/SECURITY.md)."""
+
+    state: Literal["Enrolled", "Revoked"]
+    serial: Annotated[str, StringConstraints(pattern=SERIAL_PATTERN)] = Field(
+        description="Serial number of the one certificate accepted, lower-case hex")
+    not_before: datetime
+    not_after: datetime
+    enrolled_at: datetime
+    renewed_at: datetime | None = None
+    enrolment: Literal["BootstrapToken", "FleetToken"]
+    token_fingerprint: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] = Field(
+        description="HMAC of the token the device enrolled with: that token admits no "
+                    "second enrolment")
 
 
 class EdgeDeviceStatus(Resource):
@@ -391,6 +446,7 @@ class EdgeDeviceStatus(Resource):
     models: list[DeviceModelStatus] = Field(default_factory=list, max_length=64)
     inference: list[VersionInference] = Field(default_factory=list, max_length=64)
     model_count: Count = Field(default=0, description="len(models), for the printer column")
+    identity: DeviceIdentity | None = None
     conditions: list[Condition] = Field(default_factory=list, max_length=16)
 
 

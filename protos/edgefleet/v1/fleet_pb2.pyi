@@ -7,17 +7,60 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class EnrollRequest(_message.Message):
+    __slots__ = ("namespace", "device", "csr", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    CSR_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    namespace: str
+    device: str
+    csr: bytes
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, namespace: _Optional[str] = ..., device: _Optional[str] = ..., csr: _Optional[bytes] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class EnrollResponse(_message.Message):
+    __slots__ = ("certificate", "signing_public_key")
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    certificate: IssuedCertificate
+    signing_public_key: bytes
+    def __init__(self, certificate: _Optional[_Union[IssuedCertificate, _Mapping]] = ..., signing_public_key: _Optional[bytes] = ...) -> None: ...
+
+class IssuedCertificate(_message.Message):
+    __slots__ = ("certificate", "trust_bundle")
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    TRUST_BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    certificate: bytes
+    trust_bundle: bytes
+    def __init__(self, certificate: _Optional[bytes] = ..., trust_bundle: _Optional[bytes] = ...) -> None: ...
+
+class CertificateRequest(_message.Message):
+    __slots__ = ("csr",)
+    CSR_FIELD_NUMBER: _ClassVar[int]
+    csr: bytes
+    def __init__(self, csr: _Optional[bytes] = ...) -> None: ...
+
 class DeviceMessage(_message.Message):
-    __slots__ = ("hello", "heartbeat", "report", "metrics")
+    __slots__ = ("hello", "heartbeat", "report", "metrics", "renew")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    RENEW_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     heartbeat: Heartbeat
     report: StateReport
     metrics: MetricsBatch
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., report: _Optional[_Union[StateReport, _Mapping]] = ..., metrics: _Optional[_Union[MetricsBatch, _Mapping]] = ...) -> None: ...
+    renew: CertificateRequest
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., report: _Optional[_Union[StateReport, _Mapping]] = ..., metrics: _Optional[_Union[MetricsBatch, _Mapping]] = ..., renew: _Optional[_Union[CertificateRequest, _Mapping]] = ...) -> None: ...
 
 class MetricsBatch(_message.Message):
     __slots__ = ("sequence", "timestamp_ms", "samples")
@@ -143,16 +186,18 @@ class VersionStats(_message.Message):
     def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., latency_bounds_seconds: _Optional[_Iterable[float]] = ..., latency_counts: _Optional[_Iterable[int]] = ..., top_class_counts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CloudMessage(_message.Message):
-    __slots__ = ("desired", "ping", "metrics_ack", "refused")
+    __slots__ = ("desired", "ping", "metrics_ack", "refused", "certificate")
     DESIRED_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
     METRICS_ACK_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     desired: DesiredState
     ping: Ping
     metrics_ack: MetricsAck
     refused: Refused
-    def __init__(self, desired: _Optional[_Union[DesiredState, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., metrics_ack: _Optional[_Union[MetricsAck, _Mapping]] = ..., refused: _Optional[_Union[Refused, _Mapping]] = ...) -> None: ...
+    certificate: IssuedCertificate
+    def __init__(self, desired: _Optional[_Union[DesiredState, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., metrics_ack: _Optional[_Union[MetricsAck, _Mapping]] = ..., refused: _Optional[_Union[Refused, _Mapping]] = ..., certificate: _Optional[_Union[IssuedCertificate, _Mapping]] = ...) -> None: ...
 
 class Refused(_message.Message):
     __slots__ = ("kind", "field", "reason", "message", "sequence")
@@ -187,20 +232,22 @@ class DesiredState(_message.Message):
     def __init__(self, revision: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelAssignment, _Mapping]]] = ...) -> None: ...
 
 class ModelAssignment(_message.Message):
-    __slots__ = ("name", "version", "digest", "size_bytes", "runtime", "weight")
+    __slots__ = ("name", "version", "digest", "size_bytes", "runtime", "weight", "signature")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     digest: str
     size_bytes: int
     runtime: RuntimeSettings
     weight: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., runtime: _Optional[_Union[RuntimeSettings, _Mapping]] = ..., weight: _Optional[int] = ...) -> None: ...
+    signature: bytes
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., runtime: _Optional[_Union[RuntimeSettings, _Mapping]] = ..., weight: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class RuntimeSettings(_message.Message):
     __slots__ = ("intra_op_threads", "inter_op_threads", "max_batch_size", "max_delay_micros")
