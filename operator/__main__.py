@@ -25,7 +25,8 @@ from edgefleet.operator.gateway.directory import DeviceDirectory
 from edgefleet.operator.gateway.remote_write import RemoteWriter
 from edgefleet.operator.gateway.server import FleetGateway
 from edgefleet.operator.gateway.server import create_server as create_gateway_server
-from edgefleet.operator.kubeapi import load_kubernetes_config
+from edgefleet.operator.keystore import Keystore
+from edgefleet.operator.kubeapi import API_ERRORS, load_kubernetes_config
 from edgefleet.operator.leader import LeaderElector, LeadershipLost
 from edgefleet.operator.settings import OperatorSettings
 
@@ -63,17 +64,37 @@ async def run(settings: OperatorSettings) -> int:
         status_api=client.CustomObjectsApi(api_client), clock=handlers.utc_now,
         artifacts=artifacts, directory=directory, credentials=credentials.CredentialStore(),
     )
-    tls = ((settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())
-           if settings.tls_key_file and settings.tls_cert_file else None)
+    keystore = None
+    if settings.insecure_plaintext:
+        metrics.GATEWAY_INSECURE.set(1)
+        logger.warning("--insecure-plaintext: the fleet gateway serves WITHOUT TLS; devices "
+                       "prove themselves by bearer token alone, and anyone on the path can "
+                       "read and replay it. Never for a fleet.")
+    else:
+        keystore = Keystore(client.CoreV1Api(api_client), settings.lease_namespace,
+                            settings.ca_secret_name, settings.signing_secret_name,
+                            settings.gateway_dns_names)
+        try:
+            await keystore.load()
+        except (*API_ERRORS, ValueError) as error:
+            logger.error("cannot serve the fleet gateway: %s", error)
+            return 1
     remote_writer = (RemoteWriter(settings.metrics_remote_write_url)
                      if settings.metrics_remote_write_url else None)
     gateway = create_gateway_server(
         FleetGateway(directory, artifacts, api_client, settings.heartbeat_write_seconds,
-                     credentials=memo.credentials, remote_writer=remote_writer),
-        f"{settings.listen_host}:{settings.grpc_port}", tls)
+                     credentials=memo.credentials, keystore=keystore,
+                     device_cert_validity=settings.device_cert_validity,
+                     remote_writer=remote_writer),
+        settings.listen_host, settings.grpc_port, settings.enrolment_port, keystore)
     await gateway.start()
-    logger.info("fleet gateway on %s:%d (%s)", settings.listen_host, settings.grpc_port,
-                "TLS" if tls else "plaintext")
+    if keystore:
+        logger.info("fleet gateway: sessions on %s:%d (mutual TLS), enrolment on %s:%d (TLS)",
+                    settings.listen_host, settings.grpc_port, settings.listen_host,
+                    settings.enrolment_port)
+    else:
+        logger.info("fleet gateway on %s:%d (plaintext)", settings.listen_host,
+                    settings.grpc_port)
     stop_flag = asyncio.Event()
     tasks = {asyncio.create_task(kopf.operator(
         clusterwide=not settings.namespaces, namespaces=settings.namespaces,
@@ -82,6 +103,9 @@ async def run(settings: OperatorSettings) -> int:
     ), name="kopf")}
     if elector:
         tasks.add(asyncio.create_task(elector.hold(), name="lease"))
+    if keystore:
+        tasks.add(asyncio.create_task(refresh_ca(keystore, settings.ca_refresh_seconds),
+                                      name="ca-refresh"))
     done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
 
     exit_code = 0
@@ -95,7 +119,7 @@ async def run(settings: OperatorSettings) -> int:
             exit_code = 1
     stop_flag.set()
     for task in pending:
-        if task.get_name() == "lease":
+        if task.get_name() in ("lease", "ca-refresh"):
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -107,6 +131,13 @@ async def run(settings: OperatorSettings) -> int:
         await elector.release()
     await health.cleanup()
     return exit_code
+
+
+async def refresh_ca(keystore: Keystore, interval_s: float) -> None:
+    """Reads the CA Secret again and again: a rotated CA serves from the next handshake."""
+    while True:
+        await asyncio.sleep(interval_s)
+        await keystore.refresh()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,7 @@ Policy lives in planner.py; nothing here decides.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -19,11 +20,12 @@ from typing import Any
 
 import kopf
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from edgefleet.operator import metrics, planner, rollout
+from edgefleet.operator import metrics, planner, rollout, signatures
 from edgefleet.operator.artifact_sources import ArtifactError
-from edgefleet.operator.artifacts import ArtifactCache
+from edgefleet.operator.artifacts import Artifact, ArtifactCache
 from edgefleet.operator.credentials import CredentialStore
 from edgefleet.operator.fleet import (
     FleetChanges,
@@ -34,9 +36,10 @@ from edgefleet.operator.fleet import (
     placement_key,
     traffic_key,
 )
-from edgefleet.operator.gateway.directory import DeviceDirectory
+from edgefleet.operator.gateway.directory import DeviceAccess, DeviceDirectory
 from edgefleet.operator.kubeapi import API_ERRORS
 from edgefleet.operator.resources import (
+    DEVICE_APPROVED_ANNOTATION,
     GROUP,
     VERSION,
     ArtifactSource,
@@ -200,32 +203,42 @@ async def run_status_loop(
 
 
 class ArtifactRetry:
-    """Fetches a model's artifact into its namespace's cache, backing off after failures
-    (1 s doubling to 5 min) and saying each distinct failure once in an Event. Messages
-    come from the cache: URIs redacted, no digest but the spec's."""
+    """Fetches a model's artifact into its namespace's cache and, when the source is
+    signed, verifies the publisher's signature (signatures.py) with the key in the
+    Secret that publicKeyRef names in the model's namespace; backs off after failures
+    (1 s doubling to 5 min) and says each distinct failure once in an Event. Messages
+    come from the cache (URIs redacted, no digest but the spec's) or name the Secret and
+    key, never the key's bytes."""
 
     FIRST_DELAY_S, MAX_DELAY_S = 1.0, 300.0
+    SIGNATURE_INVALID = "SignatureInvalid"
 
-    def __init__(self, cache: ArtifactCache, body: kopf.Body, namespace: str) -> None:
+    def __init__(self, cache: ArtifactCache, body: kopf.Body, namespace: str,
+                 secrets: client.CoreV1Api, field: str = "spec.source") -> None:
         self._cache = cache
         self._body = body
         self._namespace = namespace
-        self._digest = ""
+        self._secrets = secrets
+        self._field = field  # where the source is in the spec, for messages
+        self._source: ArtifactSource | None = None
         self._failure: ArtifactCheck | None = None
         self._delay_s = self.FIRST_DELAY_S
         self._retry_at = 0.0
+        # (digest, signature, key fingerprint) -> None if it verified, else why not:
+        # a file of gigabytes is hashed once, not at every reconcile.
+        self._verified: dict[tuple[str, str, str], str | None] = {}
 
     def seconds_to_retry(self) -> float | None:
         return max(0.0, self._retry_at - time.monotonic()) if self._failure else None
 
     async def check(self, source: ArtifactSource) -> ArtifactCheck:
-        digest = f"sha256:{source.sha256.lower()}"
-        if digest != self._digest:  # a new spec starts afresh
-            self._digest, self._failure, self._delay_s = digest, None, self.FIRST_DELAY_S
+        if source != self._source:  # a new spec (digest, signature, key) starts afresh
+            self._source, self._failure, self._delay_s = source, None, self.FIRST_DELAY_S
         if self._failure and time.monotonic() < self._retry_at:
             return self._failure
         try:
             artifact = await self._cache.ensure(self._namespace, source.uri, source.sha256)
+            signed_by = await self._verify_publisher(source, artifact)
         except ArtifactError as error:
             metrics.ARTIFACT_FAILURES.labels(error.reason).inc()
             failure = ArtifactCheck(False, error.reason, error.message)
@@ -236,8 +249,56 @@ class ArtifactRetry:
             self._delay_s = min(self._delay_s * 2, self.MAX_DELAY_S)
             return failure
         self._failure, self._delay_s = None, self.FIRST_DELAY_S
-        return ArtifactCheck(True, "Verified", f"sha256 verified, {artifact.size} bytes",
-                                     digest=artifact.digest, size=artifact.size)
+        return ArtifactCheck(True, "Verified",
+                             f"sha256 verified{signed_by}, {artifact.size} bytes",
+                             digest=artifact.digest, size=artifact.size)
+
+    async def _verify_publisher(self, source: ArtifactSource, artifact: Artifact) -> str:
+        """"" for an unsigned source; for a signed one, the key that verified it, or
+        ArtifactError SignatureInvalid. A missing Secret is a failure like any other,
+        retried with the backoff: it may be created later."""
+        ref = source.public_key_ref
+        if source.signature is None or ref is None:
+            return ""
+        secret_ref = f"Secret {ref.name} ({self._field}.publicKeyRef)"
+        try:
+            secret = await asyncio.to_thread(self._secrets.read_namespaced_secret, ref.name,
+                                             self._namespace)
+        except ApiException as error:  # others (the API server failing) are retried
+            if error.status == 404:
+                raise ArtifactError(self.SIGNATURE_INVALID,
+                                    f"{secret_ref} does not exist in the model's namespace"
+                                    ) from None
+            if error.status == 403:
+                raise ArtifactError(self.SIGNATURE_INVALID,
+                                    f"the operator may not read {secret_ref}") from None
+            raise
+        encoded = (secret.data or {}).get(ref.key)
+        if encoded is None:
+            raise ArtifactError(self.SIGNATURE_INVALID, f"{secret_ref} has no key {ref.key!r}")
+        key_ref = f"key {ref.key!r} of {secret_ref}"
+        try:
+            key = signatures.load_public_key(base64.b64decode(encoded))
+        except signatures.SignatureError as error:
+            raise ArtifactError(self.SIGNATURE_INVALID, f"{key_ref} {error}") from None
+        checked = (artifact.digest, source.signature, signatures.key_fingerprint(key))
+        if checked not in self._verified:
+            try:
+                await asyncio.to_thread(signatures.verify_file, key, source.signature,
+                                        artifact.path)
+                outcome = None
+            except signatures.SignatureError as error:
+                outcome = f"{self._field}.signature {error} ({key_ref})"
+            except OSError:  # evicted or unreadable: say so, retry, remember nothing
+                raise ArtifactError(self.SIGNATURE_INVALID, (
+                    "the cached artifact could not be read to verify "
+                    f"{self._field}.signature; retrying")) from None
+            if len(self._verified) >= 16:
+                self._verified.clear()
+            self._verified[checked] = outcome
+        if (why := self._verified[checked]) is not None:
+            raise ArtifactError(self.SIGNATURE_INVALID, why)
+        return f" and signed with {key_ref}"
 
 
 @kopf.daemon(GROUP, VERSION, MODELS, cancellation_timeout=1.0)
@@ -251,8 +312,10 @@ async def keep_model_status(
     **_: Any,
 ) -> None:
     reported: set[tuple[int | None, str, str]] = set()  # already in Events
-    artifacts = ArtifactRetry(memo.artifacts, body, namespace)
-    experiment_artifacts = ArtifactRetry(memo.artifacts, body, namespace)  # spec.experiment's
+    secrets = client.CoreV1Api(memo.status_api.api_client)  # publishers' keys
+    artifacts = ArtifactRetry(memo.artifacts, body, namespace, secrets)
+    experiment_artifacts = ArtifactRetry(memo.artifacts, body, namespace, secrets,
+                                         field="spec.experiment.source")
     recheck_at: float | None = None  # monotonic time the rollout asked to be looked at
 
     def report_once(generation: int | None, reason: str, message: str,
@@ -347,19 +410,35 @@ async def keep_device_status(
         return parse_time(body.status.get("lastSeen"))
 
     async def reconcile() -> bool:
-        # What the device should serve goes to the gateway, not to the API server.
+        # What the device should serve, and who may act as it, go to the gateway, not to
+        # the API server. A device that registered itself with a fleet token (it has no
+        # bootstrap Secret) serves nothing until an admin approves it.
+        secret = (body.spec.get("bootstrapTokenSecretRef") or {}).get("name", "")
+        approval = body.metadata.annotations.get(DEVICE_APPROVED_ANNOTATION)
+        approved = bool(secret) or approval == "true"
+        identity = body.status.get("identity") or {}
+        revoked = bool(body.spec.get("revoked"))
         memo.directory.publish(
-            namespace, name, body.spec.get("bootstrapTokenSecretRef", {}).get("name", ""),
+            namespace, name, secret,
             planner.desired_assignments(namespace, name, body.metadata.labels,
-                                        models_by_namespace.get(namespace, [])))
-        phase = planner.device_phase(last_seen(), memo.clock(), grace)
-        desired = {"phase": phase, "modelCount": len(body.status.get("models") or [])}
+                                        models_by_namespace.get(namespace, []))
+            if approved else [],
+            DeviceAccess(serial=str(identity.get("serial", "")),
+                         token_fingerprint=str(identity.get("tokenFingerprint", "")),
+                         revoked=revoked, approved=approved,
+                         certificate_revoked=identity.get("state") == "Revoked"))
+        phase = (planner.device_phase(last_seen(), memo.clock(), grace) if approved
+                 else "Pending")
+        desired: dict[str, Any] = {"phase": phase,
+                                   "modelCount": len(body.status.get("models") or [])}
+        if revoked and identity.get("state") == "Enrolled":
+            desired["identity"] = {**identity, "state": "Revoked"}
         metrics.DEVICE_PHASES.set(namespace, name, phase)
         if all(body.status.get(key) == value for key, value in desired.items()):
             return False
         await write_status(memo, DEVICES, namespace, name, desired)
-        log.info("status resource=EdgeDevice namespace=%s name=%s phase=%s", namespace, name,
-                 phase)
+        log.info("status resource=EdgeDevice namespace=%s name=%s phase=%s%s", namespace, name,
+                 phase, " identity=Revoked" if "identity" in desired else "")
         return True
 
     def next_deadline() -> float | None:

@@ -32,9 +32,24 @@ ARTIFACT_FAILURES = Counter(
 # gateway/policy.py; reasons and kinds are small fixed sets).
 GATEWAY_AUTH_FAILURES = Counter(
     "edgefleet_operator_gateway_auth_failures",
-    "Gateway calls refused before a session: Unauthenticated (unknown device or wrong "
-    "token) or RateLimited (too many failures from the peer's address)",
+    "Gateway calls refused before a session: Unauthenticated (unknown device, wrong token, "
+    "a certificate not current), Revoked, TokenReused (an enrolment replayed) or "
+    "RateLimited (too many failures from the peer's address)",
     ["reason"],
+)
+GATEWAY_CERTIFICATES = Counter(
+    "edgefleet_operator_gateway_certificates_issued",
+    "Device certificates issued, by how: Enrolment (bootstrap token), FleetEnrolment, "
+    "Renewal",
+    ["kind"],
+)
+GATEWAY_CA_EXPIRY = Gauge(
+    "edgefleet_operator_gateway_ca_expiry_timestamp_seconds",
+    "When the gateway's issuing CA certificate expires (Unix time)",
+)
+GATEWAY_INSECURE = Gauge(
+    "edgefleet_operator_gateway_insecure_plaintext",
+    "1 while the gateway serves plaintext (--insecure-plaintext): no TLS, bearer tokens",
 )
 GATEWAY_REFUSED_MESSAGES = Counter(
     "edgefleet_operator_gateway_refused_messages",

@@ -158,6 +158,8 @@ class RuntimeSettings(Resource):
 
 
 APPROVAL_ANNOTATION = f"{GROUP}/approved-step"
+# On an EdgeDevice that registered itself with a fleet token: "true" lets it serve models.
+DEVICE_APPROVED_ANNOTATION = f"{GROUP}/approved"
 
 
 class RolloutStep(Resource):

@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,10 +24,34 @@ class OperatorSettings(BaseSettings):
     )
 
     grpc_port: int = Field(default=50051, ge=1, le=65535,
-                           description="port of the fleet gateway that edge runtimes dial")
-    tls_cert_file: Path | None = Field(
-        default=None, description="gateway TLS certificate (PEM); plaintext if unset")
-    tls_key_file: Path | None = Field(default=None, description="gateway TLS private key (PEM)")
+                           description="port of the fleet gateway's device sessions (mutual "
+                                       "TLS: a device presents the certificate it enrolled for)")
+    enrolment_port: int = Field(default=50052, ge=1, le=65535,
+                                description="port where devices enrol (TLS; a bootstrap or "
+                                            "fleet token buys a client certificate once)")
+    insecure_plaintext: bool = Field(
+        default=False,
+        description="serve the gateway without TLS, devices proving themselves by bearer "
+                    "token alone (devices need it too); for a laboratory, never a fleet")
+    ca_secret_name: str = Field(
+        default="edgefleet-gateway-ca", min_length=1,
+        description="Secret in the operator's namespace (--lease-namespace) holding the "
+                    "gateway CA as cert-manager lays it out (tls.crt, tls.key, ca.crt: the "
+                    "trust bundle, old and new CA while it rotates); created if absent")
+    signing_secret_name: str = Field(
+        default="edgefleet-assignment-signing", min_length=1,
+        description="Secret in the operator's namespace holding the Ed25519 key "
+                    "(signing.key) every assignment is signed with; created if absent")
+    device_cert_validity: timedelta = Field(
+        default=timedelta(days=30), gt=timedelta(seconds=1),
+        description="lifetime of device certificates (seconds or ISO 8601, e.g. P30D); "
+                    "devices renew them at two thirds")
+    gateway_dns_names: list[str] = Field(
+        default_factory=list,
+        description="DNS names the gateway's certificate carries besides edgefleet-gateway "
+                    "(the name devices check), for other clients")
+    ca_refresh_seconds: float = Field(
+        default=30.0, gt=0, description="how often the CA Secret is read again (rotation)")
     heartbeat_write_seconds: float = Field(
         default=30.0, gt=0,
         description="a quiet device's lastSeen and inference statistics (what rollout "
@@ -76,8 +101,16 @@ class OperatorSettings(BaseSettings):
                           description="this replica's name in the Lease")
     log_level: str = "INFO"
 
+    @field_validator("device_cert_validity", mode="before")
+    @classmethod
+    def _seconds(cls, value: object) -> object:
+        """A plain number is seconds (pydantic reads only ISO 8601 from a string)."""
+        if isinstance(value, str) and value.replace(".", "", 1).isdigit():
+            return float(value)
+        return value
+
     @model_validator(mode="after")
-    def _tls_pair(self) -> OperatorSettings:
-        if (self.tls_cert_file is None) != (self.tls_key_file is None):
-            raise ValueError("--tls-cert-file and --tls-key-file go together")
+    def _ports_differ(self) -> OperatorSettings:
+        if self.enrolment_port == self.grpc_port and not self.insecure_plaintext:
+            raise ValueError("--enrolment-port and --grpc-port must differ")
         return self

@@ -44,6 +44,10 @@ FAMILIES = (
     Family("edgefleet_artifact_received_bytes", "counter"),
     Family("edgefleet_metrics_buffer_dropped_samples", "counter"),
     Family("edgefleet_edge_requests_rejected", "counter", ("reason",)),
+    Family("edgefleet_edge_identity_state", "gauge", ("state",)),
+    Family("edgefleet_edge_certificate_expiry_timestamp_seconds", "gauge"),
+    Family("edgefleet_edge_cloud_insecure", "gauge"),
+    Family("edgefleet_edge_assignments_refused", "counter", ("reason",)),
     # prometheus_client's default collectors: the runtime's own process.
     Family("process_virtual_memory_bytes", "gauge"),
     Family("process_resident_memory_bytes", "gauge"),

@@ -7,6 +7,7 @@ so explicitly: EDGEFLEET_TEST_KUBECONFIG=/path/to/kubeconfig. Nothing else is ev
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -140,6 +141,7 @@ class OperatorProcess:
     grpc_port: int
     log_path: Path
     args: list[str] = field(default_factory=list)
+    enrolment_port: int = 0
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.metrics_port}{path}"
@@ -183,15 +185,21 @@ def start_operator(kube: Kube, namespace: str, tmp_path: Path) -> Iterator[Start
     own_lease = f"edgefleet-test-{uuid.uuid4().hex[:8]}"
 
     def start(*extra: str, lease: str = own_lease, wait_ready: bool = True,
-              grpc_port: int | None = None, kubeconfig: Path | None = None) -> OperatorProcess:
-        """`kubeconfig`: credentials other than the admin's (a ServiceAccount's)."""
+              grpc_port: int | None = None, enrolment_port: int | None = None,
+              kubeconfig: Path | None = None) -> OperatorProcess:
+        """`kubeconfig`: credentials other than the admin's (a ServiceAccount's). The
+        operator's own namespace (its Lease, its CA Secret) is the test's unless
+        `--lease-namespace` says otherwise."""
         port = localcluster.free_port()
         grpc_port = grpc_port or localcluster.free_port()
+        enrolment_port = enrolment_port or localcluster.free_port()
+        own_namespace = [] if "--lease-namespace" in extra else ["--lease-namespace", namespace]
         log_path = tmp_path / f"operator-{len(started)}.log"
         args = [
             sys.executable, "-m", "edgefleet.operator",
             "--listen-host", "127.0.0.1", "--metrics-port", str(port),
-            "--grpc-port", str(grpc_port), "--artifact-cache-dir", str(tmp_path / "artifacts"),
+            "--grpc-port", str(grpc_port), "--enrolment-port", str(enrolment_port),
+            "--artifact-cache-dir", str(tmp_path / "artifacts"), *own_namespace,
             # Where tests publish artifacts; http(s) sources keep the default (public
             # addresses only), so a test serving them from loopback says so itself.
             "--artifact-file-roots", str(tmp_path), "--artifact-file-roots", str(SHARED_ARTIFACTS),
@@ -203,7 +211,7 @@ def start_operator(kube: Kube, namespace: str, tmp_path: Path) -> Iterator[Start
             env = {**kube.env, "KUBECONFIG": str(kubeconfig)} if kubeconfig else kube.env
             process = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT,
                                        env=env)
-        operator = OperatorProcess(process, port, grpc_port, log_path, args)
+        operator = OperatorProcess(process, port, grpc_port, log_path, args, enrolment_port)
         started.append(operator)
         if wait_ready:
             eventually(lambda: operator.process.poll() is None and operator.is_ready(),
@@ -294,22 +302,37 @@ def start_edge(tmp_path: Path) -> Iterator[StartEdge]:
 
 
 class Fleet:
-    """An operator and the edge runtimes dialling its gateway; all stopped at the end."""
+    """An operator and the edge runtimes dialling its gateway; all stopped at the end.
+    Devices enrol with their bootstrap token and hold sessions over mutual TLS, trusting
+    the CA the operator made; `insecure` runs both sides with --insecure-plaintext."""
 
     OPERATOR_FLAGS = ("--heartbeat-write-seconds", "2", "--device-offline-after-seconds", "10")
 
     def __init__(self, kube: Kube, namespace: str, start_operator: StartOperator,
-                 root: Path) -> None:
+                 root: Path, insecure: bool = False) -> None:
         self.kube, self.namespace, self.root = kube, namespace, root
+        self.insecure = insecure
         self._start_operator = start_operator
-        self.operator = start_operator(*self.OPERATOR_FLAGS)
+        self.operator = start_operator(*self.operator_flags())
         self.edges: dict[str, EdgeProcess] = {}
+
+    def operator_flags(self, *extra: str) -> tuple[str, ...]:
+        return (*self.OPERATOR_FLAGS, *(("--insecure-plaintext",) if self.insecure else ()),
+                *extra)
 
     def restart_operator(self, *extra: str) -> None:
         """A crash and a new operator on the same gateway address (edges reconnect)."""
         self.operator.kill()
-        self.operator = self._start_operator(*self.OPERATOR_FLAGS, *extra,
-                                             grpc_port=self.operator.grpc_port)
+        self.operator = self._start_operator(*self.operator_flags(*extra),
+                                             grpc_port=self.operator.grpc_port,
+                                             enrolment_port=self.operator.enrolment_port)
+
+    def ca_file(self) -> Path:
+        """The gateway CA's trust bundle (ca.crt of its Secret), as a device's file."""
+        secret = self.kube.core.read_namespaced_secret("edgefleet-gateway-ca", self.namespace)
+        path = self.root / "gateway-ca.crt"
+        path.write_bytes(base64.b64decode(secret.data["ca.crt"]))
+        return path
 
     def add_device(self, name: str, **labels: str) -> None:
         token = f"token-{name}-{os.urandom(4).hex()}"
@@ -321,11 +344,18 @@ class Fleet:
             "metadata": {"name": name, "labels": labels},
             "spec": {"bootstrapTokenSecretRef": {"name": f"{name}-token"}}})
 
+    def link_flags(self) -> list[str]:
+        """How a device reaches and trusts the gateway."""
+        if self.insecure:
+            return ["--insecure-plaintext"]
+        return ["--tls-ca-file", str(self.ca_file()),
+                "--enrolment-address", f"127.0.0.1:{self.operator.enrolment_port}"]
+
     def start(self, name: str, *extra: str) -> EdgeProcess:
         edge = launch_edge(
             self.root / f"{name}.log", "run", "--cloud", f"127.0.0.1:{self.operator.grpc_port}",
             "--namespace", self.namespace, "--device", name,
-            "--token-file", str(self.root / f"{name}.token"),
+            "--token-file", str(self.root / f"{name}.token"), *self.link_flags(),
             "--data-dir", str(self.root / f"{name}-data"), "--heartbeat-seconds", "1",
             "--backoff-base-seconds", "0.2", "--backoff-max-seconds", "2", *extra)
         self.edges[name] = edge

@@ -5,10 +5,25 @@ from the watches on every start, like everything else the operator knows."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from edgefleet.operator.gateway.policy import TokenBucket
 from edgefleet.operator.planner import Assignment, revision
+
+
+@dataclass(frozen=True)
+class DeviceAccess:
+    """What the EdgeDevice says about who may act as the device."""
+
+    serial: str = ""  # status.identity.serial: the one certificate accepted ("" none)
+    token_fingerprint: str = ""  # the token already used to enrol
+    revoked: bool = False  # spec.revoked
+    certificate_revoked: bool = False  # status.identity.state Revoked, for this serial
+    approved: bool = True  # a fleet-enrolled device waits for an admin's approval
+
+    @property
+    def refused(self) -> bool:
+        return self.revoked or self.certificate_revoked
 
 
 @dataclass
@@ -16,6 +31,13 @@ class DeviceEntry:
     namespace: str
     name: str
     secret_name: str
+    access: DeviceAccess = field(default_factory=DeviceAccess)
+    # Once the gateway has issued a certificate, its own record of the serial is newer
+    # than any EdgeDevice the watch may still deliver.
+    issued_here: bool = False
+    # A certificate renewed over an open connection stays good on that connection
+    # (its peer address) only: (the old serial, the peer).
+    renewed_from: tuple[str, str] | None = None
     assignments: list[Assignment] = field(default_factory=list)
     revision: str = ""
     # Set whenever the desired state changes or the device goes away.
@@ -37,14 +59,32 @@ class DeviceDirectory:
         return self._entries.get((namespace, name))
 
     def publish(self, namespace: str, name: str, secret_name: str,
-                assignments: list[Assignment]) -> None:
+                assignments: list[Assignment], access: DeviceAccess | None = None) -> DeviceEntry:
         entry = self._entries.setdefault((namespace, name),
                                          DeviceEntry(namespace, name, secret_name))
         entry.secret_name = secret_name
+        if access is not None:
+            if entry.issued_here:
+                access = replace(
+                    access, serial=entry.access.serial,
+                    token_fingerprint=entry.access.token_fingerprint,
+                    certificate_revoked=(access.certificate_revoked
+                                         and access.serial == entry.access.serial))
+            if access.refused and not entry.access.refused:
+                entry.changed.set()  # its session ends now
+            entry.access = access
         new_revision = revision(assignments)
         if new_revision != entry.revision:
             entry.assignments, entry.revision = assignments, new_revision
             entry.changed.set()
+        return entry
+
+    def issued(self, entry: DeviceEntry, serial: str, token_fingerprint: str) -> None:
+        """The gateway issued the device a certificate: from now on only it is accepted."""
+        entry.access = replace(entry.access, serial=serial,
+                               token_fingerprint=token_fingerprint, certificate_revoked=False)
+        entry.issued_here = True
+        entry.changed.set()
 
     def remove(self, namespace: str, name: str) -> None:
         entry = self._entries.pop((namespace, name), None)

@@ -18,13 +18,19 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from edgefleet.operator.resources import DNS_SUBDOMAIN_PATTERN
+from edgefleet.operator.resources import (
+    DNS_SUBDOMAIN_PATTERN,
+    LABEL_KEY_PATTERN,
+    LABEL_VALUE_PATTERN,
+)
 from edgefleet.protocol.digests import is_digest
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 
 Reason = Literal["TooLarge", "Malformed", "Implausible", "NotAllowed", "Busy"]
 Clock = Callable[[], float]
 _NAME = re.compile(DNS_SUBDOMAIN_PATTERN)
+_LABEL_KEY = re.compile(LABEL_KEY_PATTERN)
+_LABEL_VALUE = re.compile(LABEL_VALUE_PATTERN)
 _STATES = frozenset(value for value in pb.ModelState.State.values()
                     if value != pb.ModelState.STATE_UNSPECIFIED)
 INT64_MAX = 2**63 - 1  # what a Kubernetes status can hold
@@ -95,6 +101,14 @@ class GatewayLimits:
     max_tracked_peers: int = 10_000
     # At most one Event per device and reason in this interval.
     event_interval_seconds: float = 60.0
+    # Enrolments the gateway takes, all devices together: a thousand devices provisioned
+    # at once enrol within a minute; a stolen fleet token creates devices no faster.
+    enrolments_per_second: float = 20.0
+    enrolment_burst: int = 100
+    max_enrolment_wait_seconds: float = 5.0
+    max_proposed_labels: int = 32
+    # A device renews its certificate at two thirds of its life; more often is a loop.
+    renewal_interval_seconds: float = 1.0
 
 
 class TokenBucket:
@@ -147,6 +161,20 @@ def _name(kind: str, where: str, value: str) -> None:
     if len(value) > 253 or not _NAME.match(value):
         raise Refusal(kind, where, "Malformed",
                       f"{value[:80]!r} is not a Kubernetes object name")
+
+
+def enrolment_labels(proposed: Mapping[str, str], allowed: frozenset[str],
+                     limits: GatewayLimits) -> dict[str, str]:
+    """The labels a fleet-enrolled device gets: those it proposes whose keys the policy
+    allows; a malformed label is refused, naming it."""
+    _cap("enroll", "labels", list(proposed), limits.max_proposed_labels)
+    for key, value in proposed.items():
+        if len(key) > 317 or not _LABEL_KEY.match(key):
+            raise Refusal("enroll", "labels", "Malformed", f"{key[:80]!r} is not a label key")
+        if len(value) > 63 or not _LABEL_VALUE.match(value):
+            raise Refusal("enroll", f"labels[{key[:80]}]", "Malformed",
+                          f"{value[:80]!r} is not a label value")
+    return {key: value for key, value in proposed.items() if key in allowed}
 
 
 def with_assigned_digests(models: Sequence[pb.ModelState],

@@ -1,11 +1,17 @@
 """edgefleet.v1.FleetGateway on grpc.aio, in the operator's event loop.
 
-Connect authenticates the device by the sha256 of the token in the Secret its
-EdgeDevice names (from a watch-backed cache: credentials.py), pushes the device's
-desired state (from the directory) on connect and on every change, and turns hellos,
-heartbeats and reports into EdgeDevice status. FetchArtifact streams a verified
-artifact of the device's namespace, from a requested offset, to devices it is assigned
-to. What a device may send and cost is decided in policy.py; this module translates.
+Enroll exchanges a device's bootstrap token (checked against the sha256 of the token
+in the Secret its EdgeDevice names, from a watch-backed cache: credentials.py) or a
+fleet enrolment token, once, and a CSR for a client certificate from the gateway's CA
+(keystore.py, pki.py). Connect and FetchArtifact then come over mutual TLS: the
+certificate names the device, and its serial must be the one status.identity records.
+Connect pushes the device's desired state (from the directory), each assignment signed,
+on connect and on every change, renews the certificate when asked, ends when the device
+is revoked or deleted, and turns hellos, heartbeats and reports into EdgeDevice status.
+FetchArtifact streams a verified artifact of the device's namespace, from a requested
+offset, to devices it is assigned to. With --insecure-plaintext there is no TLS and
+every call carries the bearer token instead. What a device may send and cost is decided
+in policy.py; this module translates.
 """
 
 from __future__ import annotations
@@ -16,17 +22,19 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from edgefleet.operator import metrics
+from edgefleet.operator import metrics, pki
 from edgefleet.operator.artifacts import ArtifactCache
-from edgefleet.operator.credentials import CredentialStore
-from edgefleet.operator.gateway.directory import DeviceDirectory, DeviceEntry
+from edgefleet.operator.credentials import CredentialStore, FleetPolicy
+from edgefleet.operator.gateway.directory import DeviceAccess, DeviceDirectory, DeviceEntry
 from edgefleet.operator.gateway.policy import (
     ByteBudget,
     GatewayLimits,
@@ -40,12 +48,15 @@ from edgefleet.operator.gateway.policy import (
     check_metrics_batch,
     check_models,
     check_stats,
+    enrolment_labels,
     peer_address,
     with_assigned_digests,
 )
 from edgefleet.operator.gateway.remote_write import RemoteWriteError, RemoteWriter, screen_batch
+from edgefleet.operator.keystore import Keystore
 from edgefleet.operator.kubeapi import API_ERRORS
-from edgefleet.operator.resources import GROUP, VERSION
+from edgefleet.operator.resources import DEVICE_APPROVED_ANNOTATION, GROUP, VERSION
+from edgefleet.protocol import identity, signing
 from edgefleet.protocol.digests import InvalidDigestError, is_digest
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 
@@ -56,6 +67,9 @@ CHUNK_BYTES = 256 * 1024  # large enough for ~0.5 GB/s on loopback, small enough
 OUTBOX = 256  # messages to the device waiting to be sent; the reader waits beyond
 FORWARD_RETRY_S = 1.0
 UNAUTHENTICATED = "unknown device or wrong token"  # one answer: it names nothing
+NOT_CURRENT = ("the certificate is not the device's current one (unknown device, or "
+               "superseded): enrol again")
+ENROLLED_BY_ANNOTATION = f"{GROUP}/enrolled-by"
 STATE_NAMES = {value: name.capitalize() for name, value in pb.ModelState.State.items()
                if value != pb.ModelState.STATE_UNSPECIFIED}
 
@@ -169,16 +183,51 @@ def assigned_digests(entry: DeviceEntry) -> dict[tuple[str, str], str]:
     return {(a.name, a.version): a.digest for a in entry.assignments}
 
 
-def desired_message(entry: DeviceEntry) -> pb.CloudMessage:
+def desired_message(entry: DeviceEntry, key: Ed25519PrivateKey | None) -> pb.CloudMessage:
+    """The device's desired state, each assignment signed for it (unsigned only in
+    plaintext mode, where there is no key)."""
     state = pb.DesiredState(revision=entry.revision)
     for a in entry.assignments:
-        state.models.add(name=a.name, version=a.version, digest=a.digest,
-                         size_bytes=a.size_bytes, weight=a.weight, runtime=pb.RuntimeSettings(
-                             intra_op_threads=a.intra_op_threads,
-                             inter_op_threads=a.inter_op_threads,
-                             max_batch_size=a.max_batch_size,
-                             max_delay_micros=a.max_delay_micros))
+        model = state.models.add(
+            name=a.name, version=a.version, digest=a.digest, size_bytes=a.size_bytes,
+            weight=a.weight, runtime=pb.RuntimeSettings(
+                intra_op_threads=a.intra_op_threads, inter_op_threads=a.inter_op_threads,
+                max_batch_size=a.max_batch_size, max_delay_micros=a.max_delay_micros))
+        if key is not None:
+            model.signature = signing.sign(key, entry.namespace, entry.name, entry.revision,
+                                           model)
     return pb.CloudMessage(desired=state)
+
+
+def peer_certificate(context: grpc.aio.ServicerContext) -> x509.Certificate | None:
+    """The client certificate TLS verified for this call, if any."""
+    pem = (context.auth_context() or {}).get("x509_pem_cert")
+    try:
+        return x509.load_pem_x509_certificate(pem[0]) if pem else None
+    except ValueError:
+        return None
+
+
+def certificate_device(certificate: x509.Certificate) -> tuple[str, str] | None:
+    """(namespace, name) of the one device URI a certificate names; None otherwise."""
+    try:
+        names = certificate.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        return None
+    return identity.parse_device_uri(names[0]) if len(names) == 1 else None
+
+
+def identity_status(issued: pki.IssuedCertificate, **fields: Any) -> dict[str, Any]:
+    return {"state": "Enrolled", "serial": issued.serial,
+            "notBefore": issued.not_before.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "notAfter": issued.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"), **fields}
+
+
+def certificate_message(issued: pki.IssuedCertificate | None, bundle: bytes) -> pb.CloudMessage:
+    return pb.CloudMessage(certificate=pb.IssuedCertificate(
+        certificate=issued.pem if issued else b"", trust_bundle=bundle))
 
 
 class Session:
@@ -186,8 +235,12 @@ class Session:
     and what goes back to it besides the desired state."""
 
     def __init__(self, entry: DeviceEntry, writer: DeviceStatusWriter, limits: GatewayLimits,
-                 queue_budget: ByteBudget) -> None:
+                 queue_budget: ByteBudget, serial: str, peer: str) -> None:
         self.entry, self.writer = entry, writer
+        # The certificate the session's connection presented (renewals move it on).
+        self.serial, self.peer = serial, peer
+        self.renewed_at = float("-inf")
+        self.bundle_sent = b""
         self.budget = SessionBudget(limits, queue_budget)
         self.baseline = StatsBaseline(limits)
         self.outbox: asyncio.Queue[pb.CloudMessage] = asyncio.Queue(maxsize=OUTBOX)
@@ -200,11 +253,16 @@ class Session:
 class FleetGateway:
     def __init__(self, directory: DeviceDirectory, artifacts: ArtifactCache,
                  api_client: client.ApiClient, heartbeat_write_s: float, *,
-                 credentials: CredentialStore, remote_writer: RemoteWriter | None = None,
-                 ping_s: float = 30.0, limits: GatewayLimits | None = None) -> None:
+                 credentials: CredentialStore, keystore: Keystore | None,
+                 device_cert_validity: timedelta = timedelta(days=30),
+                 remote_writer: RemoteWriter | None = None, ping_s: float = 30.0,
+                 limits: GatewayLimits | None = None) -> None:
+        """`keystore` None: plaintext, devices authenticated by bearer token alone."""
         self._directory = directory
         self._artifacts = artifacts
         self._credentials = credentials
+        self._keystore = keystore
+        self._validity = device_cert_validity
         self._remote_writer = remote_writer
         self._core = client.CoreV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
@@ -215,36 +273,77 @@ class FleetGateway:
         self._queue_budget = ByteBudget(self.limits.gateway_queue_bytes)
         metrics.GATEWAY_QUEUED_BYTES.set_function(lambda: self._queue_budget.held)
         self._told = Throttle(self.limits.event_interval_seconds)
+        self._enrolments = TokenBucket(self.limits.enrolments_per_second,
+                                       self.limits.enrolment_burst)
+        self._enrolling: dict[tuple[str, str], asyncio.Lock] = {}
 
-    async def _authenticate(self, context: grpc.aio.ServicerContext) -> DeviceEntry:
-        """The device the call's metadata names, if its token is right. Unknown devices
-        and wrong tokens get the same answer, and an address that failed too often is
-        refused without a look; neither touches the API server."""
+    @property
+    def _signing_key(self) -> Ed25519PrivateKey | None:
+        return self._keystore.signing_key if self._keystore else None
+
+    async def _refuse(self, context: grpc.aio.ServicerContext, peer: str, reason: str,
+                      code: grpc.StatusCode, message: str) -> None:
+        """Ends the call; a failure counts against the peer's address."""
+        self._peers.failed(peer)
+        metrics.GATEWAY_AUTH_FAILURES.labels(reason).inc()
+        await context.abort(code, message)
+        raise AssertionError("unreachable")
+
+    def _bearer(self, context: grpc.aio.ServicerContext) -> dict[str, str]:
+        metadata = {key: str(value) for key, value in context.invocation_metadata() or ()}
+        authorization = metadata.get("authorization", "")
+        metadata["token"] = authorization.removeprefix("Bearer ") if authorization.startswith(
+            "Bearer ") else ""
+        return metadata
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext) -> tuple[DeviceEntry, str]:
+        """The device the call comes from, and its certificate's serial ("" in plaintext).
+        With TLS the certificate names the device; its serial must be the one recorded
+        (or the one just renewed, on the connection that renewed it). In plaintext the
+        call's metadata names it and the token proves it. Failures never touch the API
+        server, and an address that failed too often is refused without a look."""
         peer = peer_address(context.peer() or "")
         if not self._peers.allows(peer):
             metrics.GATEWAY_AUTH_FAILURES.labels("RateLimited").inc()
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 "too many failed authentications from this address; "
                                 "retry later")
-        metadata = dict(context.invocation_metadata() or ())
-        namespace = str(metadata.get("edgefleet-namespace", ""))
-        name = str(metadata.get("edgefleet-device", ""))
-        authorization = str(metadata.get("authorization", ""))
-        token = authorization.removeprefix("Bearer ") if authorization.startswith(
-            "Bearer ") else ""
-        entry = self._directory.get(namespace, name)
-        verified = self._credentials.verify(namespace, entry.secret_name if entry else "",
-                                            token)
-        if entry is None or not verified:
-            self._peers.failed(peer)
-            metrics.GATEWAY_AUTH_FAILURES.labels("Unauthenticated").inc()
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
+        if self._keystore is None:
+            metadata = self._bearer(context)
+            entry = self._directory.get(metadata.get("edgefleet-namespace", ""),
+                                        metadata.get("edgefleet-device", ""))
+            verified = self._credentials.verify(entry.namespace if entry else "",
+                                                entry.secret_name if entry else "",
+                                                metadata["token"])
+            if entry is None or not verified:
+                await self._refuse(context, peer, "Unauthenticated",
+                                   grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
+            assert entry is not None
+            return entry, ""
+        certificate = peer_certificate(context)
+        names = certificate_device(certificate) if certificate else None
+        entry = self._directory.get(*names) if names else None
+        if entry is None or certificate is None:
+            await self._refuse(context, peer, "Unauthenticated",
+                               grpc.StatusCode.UNAUTHENTICATED, NOT_CURRENT)
             raise AssertionError("unreachable")
-        return entry
+        if entry.access.refused:
+            metrics.GATEWAY_AUTH_FAILURES.labels("Revoked").inc()
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, self._revoked(entry))
+        serial = pki.serial_hex(certificate)
+        if serial != entry.access.serial and entry.renewed_from != (serial, context.peer()):
+            await self._refuse(context, peer, "Unauthenticated",
+                               grpc.StatusCode.UNAUTHENTICATED, NOT_CURRENT)
+        return entry, serial
+
+    @staticmethod
+    def _revoked(entry: DeviceEntry) -> str:
+        return (f"EdgeDevice {entry.namespace}/{entry.name} is revoked: its certificate is "
+                "refused; enrolling again needs spec.revoked false and a new bootstrap token")
 
     async def Connect(self, requests: AsyncIterator[pb.DeviceMessage],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.CloudMessage]:
-        entry = await self._authenticate(context)
+        entry, serial = await self._authenticate(context)
         holder = object()  # this call, as the directory's one session of the device
         if not self._directory.claim(entry, holder):
             await context.abort(grpc.StatusCode.ALREADY_EXISTS,
@@ -255,7 +354,7 @@ class FleetGateway:
                                               self.limits.status_write_burst)
         session = Session(entry, DeviceStatusWriter(
             self._custom, entry, self._heartbeat_write_s, entry.status_writes),
-            self.limits, self._queue_budget)
+            self.limits, self._queue_budget, serial, context.peer())
         reader: asyncio.Task[None] | None = None
         forwarder: asyncio.Task[None] | None = None
         try:
@@ -285,6 +384,11 @@ class FleetGateway:
                     session.outbox))
             entry.changed.set()  # the desired state goes out at once on connect
             while not reader.done():
+                if self._keystore and session.bundle_sent != self._keystore.ca.bundle_pem:
+                    # The CA devices trust for the gateway: at the start, and whenever
+                    # it changes (CA rotation).
+                    session.bundle_sent = self._keystore.ca.bundle_pem
+                    yield certificate_message(None, session.bundle_sent)
                 changed = asyncio.create_task(entry.changed.wait())
                 outgoing = asyncio.create_task(session.outbox.get())
                 try:
@@ -301,11 +405,17 @@ class FleetGateway:
                 else:
                     outgoing.cancel()
                 if entry.removed:
-                    await context.abort(grpc.StatusCode.NOT_FOUND,
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                         f"EdgeDevice {entry.namespace}/{entry.name} was deleted")
+                if entry.access.refused:
+                    metrics.GATEWAY_AUTH_FAILURES.labels("Revoked").inc()
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, self._revoked(entry))
+                if self._keystore and entry.access.serial != session.serial:
+                    # Enrolled again elsewhere: this connection's certificate is not current.
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, NOT_CURRENT)
                 if entry.changed.is_set():
                     entry.changed.clear()
-                    yield desired_message(entry)
+                    yield desired_message(entry, self._signing_key)
                 elif not done:
                     yield pb.CloudMessage(ping=pb.Ping())
             reader.result()  # a failed status write surfaces here
@@ -342,11 +452,46 @@ class FleetGateway:
                 await session.writer.models(models, report.stats)
         elif kind == "metrics":
             await self._metrics(message.metrics, session)
+        elif kind == "renew":
+            await self._renew(message.renew, session)
         elif kind == "hello":
             raise Refusal("hello", "hello", "NotAllowed", "hello comes once, first in a session")
         else:
             raise Refusal("unknown", "kind", "Malformed",
                           "the message has no kind this gateway knows")
+
+    async def _renew(self, request: pb.CertificateRequest, session: Session) -> None:
+        """A new certificate for the session's device, for the key of its CSR. The
+        session goes on; the old certificate stays good on this connection only."""
+        if self._keystore is None:
+            raise Refusal("renew", "renew", "NotAllowed", "the gateway serves plaintext: "
+                          "there are no certificates to renew")
+        now = time.monotonic()
+        if now - session.renewed_at < self.limits.renewal_interval_seconds:
+            raise Refusal("renew", "renew", "Busy", "one renewal at most every "
+                          f"{self.limits.renewal_interval_seconds:g} s")
+        session.renewed_at = now
+        try:
+            csr = pki.parse_csr(request.csr)
+        except pki.CsrError as error:
+            raise Refusal("renew", "renew.csr", "Malformed", str(error)) from None
+        entry = session.entry
+        issued = self._keystore.ca.issue_device(csr, entry.namespace, entry.name,
+                                                self._validity)
+        with schema_refusal("renew"):
+            await self._write_identity(entry, identity_status(issued, renewedAt=timestamp()))
+        entry.renewed_from = (session.serial, session.peer)
+        self._directory.issued(entry, issued.serial, entry.access.token_fingerprint)
+        session.serial = issued.serial
+        metrics.GATEWAY_CERTIFICATES.labels("Renewal").inc()
+        logger.info("certificate renewed device=%s/%s serial=%s not_after=%s", entry.namespace,
+                    entry.name, issued.serial, issued.not_after.isoformat())
+        await session.outbox.put(certificate_message(issued, self._keystore.ca.bundle_pem))
+
+    async def _write_identity(self, entry: DeviceEntry, fields: dict[str, Any]) -> None:
+        await asyncio.to_thread(
+            self._custom.patch_namespaced_custom_object_status, GROUP, VERSION,
+            entry.namespace, "edgedevices", entry.name, {"status": {"identity": fields}})
 
     async def _metrics(self, batch: pb.MetricsBatch, session: Session) -> None:
         """Screens a batch and queues what may go to Prometheus. A batch refused for
@@ -423,9 +568,134 @@ class FleetGateway:
             logger.warning("device=%s/%s: cannot post Event %s: %s", entry.namespace,
                            entry.name, reason, error)
 
+    async def Enroll(self, request: pb.EnrollRequest,
+                     context: grpc.aio.ServicerContext) -> pb.EnrollResponse:
+        """A client certificate for a device that proves itself with its bootstrap token
+        (once per token), or for a new device that brings a fleet enrolment token (its
+        EdgeDevice is created, waiting for approval unless the policy approves it)."""
+        peer = peer_address(context.peer() or "")
+        if self._keystore is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "the gateway serves plaintext (--insecure-plaintext): devices "
+                                "authenticate by token on every call and do not enrol")
+            raise AssertionError("unreachable")
+        if not self._peers.allows(peer):
+            metrics.GATEWAY_AUTH_FAILURES.labels("RateLimited").inc()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                "too many failed authentications from this address; "
+                                "retry later")
+        wait_s = self._enrolments.reserve(1)
+        if wait_s > self.limits.max_enrolment_wait_seconds:
+            self._enrolments.take(-1)  # not taken after all
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                "the gateway is enrolling many devices; retry later")
+        await asyncio.sleep(wait_s)
+        namespace, name = request.namespace, request.device
+        if not identity.is_namespace(namespace) or not identity.is_device_name(name):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"namespace {namespace[:80]!r} and device {name[:80]!r} must "
+                                "be a namespace and an object name")
+        try:
+            csr = pki.parse_csr(request.csr)
+        except pki.CsrError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise AssertionError("unreachable") from None
+        token = self._bearer(context)["token"]
+        lock = self._enrolling.setdefault((namespace, name), asyncio.Lock())
+        try:
+            async with lock:  # one enrolment of a device at a time: one serial wins
+                return await self._enroll(context, peer, namespace, name, token, csr,
+                                          dict(request.labels))
+        finally:
+            if not lock.locked():
+                self._enrolling.pop((namespace, name), None)
+
+    async def _enroll(self, context: grpc.aio.ServicerContext, peer: str, namespace: str,
+                      name: str, token: str, csr: x509.CertificateSigningRequest,
+                      labels: dict[str, str]) -> pb.EnrollResponse:
+        assert self._keystore is not None
+        keystore = self._keystore
+        fingerprint = pki.token_fingerprint(keystore.fingerprint_secret, namespace, name, token)
+        entry = self._directory.get(namespace, name)
+        if entry is not None:
+            if not self._credentials.verify(namespace, entry.secret_name, token):
+                await self._refuse(context, peer, "Unauthenticated",
+                                   grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
+            if entry.access.revoked:
+                metrics.GATEWAY_AUTH_FAILURES.labels("Revoked").inc()
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, self._revoked(entry))
+            if entry.access.token_fingerprint == fingerprint:
+                await self._refuse(
+                    context, peer, "TokenReused", grpc.StatusCode.PERMISSION_DENIED,
+                    f"this bootstrap token already enrolled EdgeDevice {namespace}/{name}; "
+                    "enrolling again needs a new token in its Secret")
+            kind, enrolment = "Enrolment", "BootstrapToken"
+        else:
+            policy = self._credentials.fleet_policy(namespace, token)
+            if policy is None:
+                await self._refuse(context, peer, "Unauthenticated",
+                                   grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
+            assert policy is not None
+            try:
+                kept = enrolment_labels(labels, policy.allowed_label_keys, self.limits)
+            except Refusal as refusal:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(refusal))
+                raise AssertionError("unreachable") from None
+            entry = await self._register(context, namespace, name, kept, policy)
+            kind, enrolment = "FleetEnrolment", "FleetToken"
+        issued = keystore.ca.issue_device(csr, namespace, name, self._validity)
+        try:
+            await self._write_identity(entry, identity_status(
+                issued, enrolledAt=timestamp(), renewedAt=None, enrolment=enrolment,
+                tokenFingerprint=fingerprint))
+        except API_ERRORS as error:
+            logger.warning("device=%s/%s: cannot record the enrolment: %s", namespace, name,
+                           error)
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                "cannot record the enrolment now; retry")
+        self._directory.issued(entry, issued.serial, fingerprint)
+        entry.changed.set()  # a session on an older certificate ends
+        metrics.GATEWAY_CERTIFICATES.labels(kind).inc()
+        logger.info("device enrolled device=%s/%s by=%s serial=%s not_after=%s", namespace,
+                    name, enrolment, issued.serial, issued.not_after.isoformat())
+        return pb.EnrollResponse(
+            certificate=pb.IssuedCertificate(certificate=issued.pem,
+                                             trust_bundle=keystore.ca.bundle_pem),
+            signing_public_key=keystore.signing_public_key)
+
+    async def _register(self, context: grpc.aio.ServicerContext, namespace: str, name: str,
+                        labels: dict[str, str], policy: FleetPolicy) -> DeviceEntry:
+        """Creates the EdgeDevice of a fleet-enrolled device; one that exists already is
+        not taken over."""
+        annotations = {ENROLLED_BY_ANNOTATION: f"fleet-enrolment/{policy.secret}"}
+        if policy.auto_approve:
+            annotations[DEVICE_APPROVED_ANNOTATION] = "true"
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "EdgeDevice",
+                "metadata": {"name": name, "labels": labels, "annotations": annotations},
+                "spec": {}}
+        try:
+            await asyncio.to_thread(self._custom.create_namespaced_custom_object, GROUP,
+                                    VERSION, namespace, "edgedevices", body)
+        except ApiException as error:
+            if error.status == 409:
+                await context.abort(grpc.StatusCode.ALREADY_EXISTS,
+                                    f"EdgeDevice {namespace}/{name} exists: a fleet token "
+                                    "enrols only new devices")
+            logger.warning("cannot create EdgeDevice %s/%s: %s", namespace, name, error.reason)
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                "cannot create the EdgeDevice now; retry")
+        except API_ERRORS as error:
+            logger.warning("cannot create EdgeDevice %s/%s: %s", namespace, name, error)
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                "cannot create the EdgeDevice now; retry")
+        logger.info("EdgeDevice %s/%s registered by fleet enrolment %s labels=%s approved=%s",
+                    namespace, name, policy.secret, labels, policy.auto_approve)
+        return self._directory.publish(namespace, name, "", [],
+                                       DeviceAccess(approved=policy.auto_approve))
+
     async def FetchArtifact(self, request: pb.ArtifactRequest,
                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ArtifactChunk]:
-        entry = await self._authenticate(context)
+        entry, _ = await self._authenticate(context)
         if not is_digest(request.digest):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"digest: {InvalidDigestError(request.digest)}")
@@ -449,8 +719,10 @@ class FleetGateway:
                 offset += len(data)
 
 
-def create_server(gateway: FleetGateway, address: str,
-                  tls: tuple[bytes, bytes] | None) -> grpc.aio.Server:
+def create_server(gateway: FleetGateway, host: str, port: int, enrolment_port: int,
+                  keystore: Keystore | None) -> grpc.aio.Server:
+    """The gateway's server: device sessions on `port` (mutual TLS), enrolment on
+    `enrolment_port` (TLS, no client certificate); one plaintext port without a keystore."""
     server = grpc.aio.server(options=[
         # What a device legitimately sends fits well within it (GatewayLimits); a larger
         # message ends the call with RESOURCE_EXHAUSTED before it is read into memory.
@@ -469,11 +741,16 @@ def create_server(gateway: FleetGateway, address: str,
         "FetchArtifact": grpc.unary_stream_rpc_method_handler(
             gateway.FetchArtifact, request_deserializer=pb.ArtifactRequest.FromString,
             response_serializer=pb.ArtifactChunk.SerializeToString),
+        "Enroll": grpc.unary_unary_rpc_method_handler(
+            gateway.Enroll, request_deserializer=pb.EnrollRequest.FromString,
+            response_serializer=pb.EnrollResponse.SerializeToString),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    if tls:
-        key, cert = tls
-        server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
+    if keystore is None:
+        server.add_insecure_port(f"{host}:{port}")
     else:
-        server.add_insecure_port(address)
+        # Both ports answer every method; without a client certificate, Connect and
+        # FetchArtifact find no device (_authenticate).
+        server.add_secure_port(f"{host}:{port}", keystore.server_credentials(True))
+        server.add_secure_port(f"{host}:{enrolment_port}", keystore.server_credentials(False))
     return server
