@@ -81,12 +81,12 @@ async def run(settings: OperatorSettings) -> int:
             return 1
     remote_writer = (RemoteWriter(settings.metrics_remote_write_url)
                      if settings.metrics_remote_write_url else None)
-    gateway = create_gateway_server(
-        FleetGateway(directory, artifacts, api_client, settings.heartbeat_write_seconds,
-                     credentials=memo.credentials, keystore=keystore,
-                     device_cert_validity=settings.device_cert_validity,
-                     remote_writer=remote_writer),
-        settings.listen_host, settings.grpc_port, settings.enrolment_port, keystore)
+    fleet_gateway = FleetGateway(
+        directory, artifacts, api_client, settings.heartbeat_write_seconds,
+        credentials=memo.credentials, keystore=keystore,
+        device_cert_validity=settings.device_cert_validity, remote_writer=remote_writer)
+    gateway = create_gateway_server(fleet_gateway, settings.listen_host, settings.grpc_port,
+                                    settings.enrolment_port, keystore)
     await gateway.start()
     if keystore:
         logger.info("fleet gateway: sessions on %s:%d (mutual TLS), enrolment on %s:%d (TLS)",
@@ -104,8 +104,8 @@ async def run(settings: OperatorSettings) -> int:
     if elector:
         tasks.add(asyncio.create_task(elector.hold(), name="lease"))
     if keystore:
-        tasks.add(asyncio.create_task(refresh_ca(keystore, settings.ca_refresh_seconds),
-                                      name="ca-refresh"))
+        tasks.add(asyncio.create_task(
+            refresh_ca(keystore, fleet_gateway, settings.ca_refresh_seconds), name="ca-refresh"))
     done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
 
     exit_code = 0
@@ -133,11 +133,13 @@ async def run(settings: OperatorSettings) -> int:
     return exit_code
 
 
-async def refresh_ca(keystore: Keystore, interval_s: float) -> None:
-    """Reads the CA Secret again and again: a rotated CA serves from the next handshake."""
+async def refresh_ca(keystore: Keystore, gateway: FleetGateway, interval_s: float) -> None:
+    """Reads the CA Secret again and again: a rotated CA serves from the next handshake,
+    and connected devices get the new trust bundle at once."""
     while True:
         await asyncio.sleep(interval_s)
-        await keystore.refresh()
+        if await keystore.refresh():
+            gateway.trust_changed()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -374,6 +374,16 @@ def fleet(kube: Kube, namespace: str, start_operator: StartOperator,
     started.stop()
 
 
+@pytest.fixture
+def plaintext_fleet(kube: Kube, namespace: str, start_operator: StartOperator,
+                    tmp_path: Path) -> Iterator[Fleet]:
+    """Both sides with --insecure-plaintext: calls carry the bearer token and name the
+    device themselves, so a test can speak the protocol by hand with any token."""
+    started = Fleet(kube, namespace, start_operator, tmp_path, insecure=True)
+    yield started
+    started.stop()
+
+
 @dataclass
 class Prometheus:
     """A real Prometheus scraping the given targets every second."""

@@ -92,6 +92,9 @@ class DeviceDirectory:
             entry.removed = True
             entry.changed.set()
 
+    def sessions(self) -> list[object]:
+        return [entry.session for entry in self._entries.values() if entry.session is not None]
+
     def claim(self, entry: DeviceEntry, session: object) -> bool:
         """One session per device: a second connection is refused while one is open."""
         if entry.session is not None:

@@ -277,6 +277,17 @@ class FleetGateway:
                                        self.limits.enrolment_burst)
         self._enrolling: dict[tuple[str, str], asyncio.Lock] = {}
 
+    def trust_changed(self) -> None:
+        """Sends every open session the new CA bundle (CA rotation); a session whose
+        outbox is full gets it on its next turn."""
+        assert self._keystore is not None
+        bundle = self._keystore.ca.bundle_pem
+        for session in self._directory.sessions():
+            if isinstance(session, Session) and session.bundle_sent != bundle:
+                with contextlib.suppress(asyncio.QueueFull):
+                    session.outbox.put_nowait(certificate_message(None, bundle))
+                    session.bundle_sent = bundle
+
     @property
     def _signing_key(self) -> Ed25519PrivateKey | None:
         return self._keystore.signing_key if self._keystore else None
@@ -344,17 +355,16 @@ class FleetGateway:
     async def Connect(self, requests: AsyncIterator[pb.DeviceMessage],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.CloudMessage]:
         entry, serial = await self._authenticate(context)
-        holder = object()  # this call, as the directory's one session of the device
-        if not self._directory.claim(entry, holder):
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS,
-                                f"EdgeDevice {entry.namespace}/{entry.name} is already "
-                                "connected")
         if entry.status_writes is None:
             entry.status_writes = TokenBucket(self.limits.status_writes_per_second,
                                               self.limits.status_write_burst)
         session = Session(entry, DeviceStatusWriter(
             self._custom, entry, self._heartbeat_write_s, entry.status_writes),
             self.limits, self._queue_budget, serial, context.peer())
+        if not self._directory.claim(entry, session):  # the device's one session
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS,
+                                f"EdgeDevice {entry.namespace}/{entry.name} is already "
+                                "connected")
         reader: asyncio.Task[None] | None = None
         forwarder: asyncio.Task[None] | None = None
         try:
@@ -425,7 +435,7 @@ class FleetGateway:
             if forwarder:
                 forwarder.cancel()
             session.budget.close()
-            self._directory.release(entry, holder)
+            self._directory.release(entry, session)
             logger.info("device disconnected device=%s/%s", entry.namespace, entry.name)
 
     async def _read(self, requests: AsyncIterator[pb.DeviceMessage], session: Session) -> None:

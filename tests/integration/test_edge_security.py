@@ -204,7 +204,9 @@ def run_edge(root: Path, cloud_port: int, cwd: Path | None = None) -> EdgeProces
                        "--namespace", "fleet", "--device", "cam-1",
                        "--token-file", str(root / "token"), "--data-dir", str(root / "data"),
                        "--heartbeat-seconds", "0.5", "--backoff-base-seconds", "0.1",
-                       "--backoff-max-seconds", "1", cwd=cwd)
+                       "--backoff-max-seconds", "1",
+                       "--insecure-plaintext",  # the stand-in gateway speaks plaintext
+                       cwd=cwd)
 
 
 def answer(edge: EdgeProcess, model: str) -> float:

@@ -30,6 +30,13 @@ FETCH = "/edgefleet.v1.FleetGateway/FetchArtifact"
 MiB = 2**20
 
 
+@pytest.fixture
+def fleet(plaintext_fleet: Fleet) -> Fleet:
+    """These attacks speak the protocol by hand with bearer tokens, as a device of the
+    plaintext mode does; the policy they meet is the same in either mode."""
+    return plaintext_fleet
+
+
 def metadata(namespace: str, device: str, token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"), ("edgefleet-namespace", namespace),
             ("edgefleet-device", device))
@@ -229,7 +236,7 @@ def test_a_device_writes_only_its_own_runtime_metrics_and_cannot_touch_alerts(
     # Credentials in the URL (Prometheus ignores them) must never show in the log.
     url = server.url.replace("http://", "http://writer:pa55word@") + "/api/v1/write?key=t0k3n"
     fleet = Fleet(kube, namespace, lambda *extra, **kw: start_operator(
-        *extra, "--metrics-remote-write-url", url, **kw), tmp_path)
+        *extra, "--metrics-remote-write-url", url, **kw), tmp_path, insecure=True)
     try:
         fleet.add_device("cam-1", site="plant-7")
         device = connect_fake(fleet, devices, "cam-1")
@@ -285,7 +292,7 @@ def test_the_remote_write_url_never_shows_in_the_log(
 ) -> None:
     """Prometheus unreachable: every failed write is logged, with the URL redacted."""
     fleet.operator.stop()
-    fleet.operator = start_operator(*Fleet.OPERATOR_FLAGS, "--metrics-remote-write-url",
+    fleet.operator = start_operator(*fleet.operator_flags(), "--metrics-remote-write-url",
                                     "http://alice:pa55word@127.0.0.1:9/api/v1/write?key=t0k3n")
     fleet.add_device("cam-1", site="plant-7")
     device = connect_fake(fleet, devices, "cam-1")
@@ -346,7 +353,7 @@ def test_metrics_waiting_for_prometheus_are_bounded_per_session(
     """Prometheus accepts connections and never answers: a session's batches queue up
     to 4 MiB; beyond that each is refused as Busy (the device keeps them)."""
     fleet.operator.stop()
-    fleet.operator = start_operator(*Fleet.OPERATOR_FLAGS,
+    fleet.operator = start_operator(*fleet.operator_flags(),
                                     "--metrics-remote-write-url", silent_server)
     fleet.add_device("cam-1", site="plant-7")
     device = connect_fake(fleet, devices, "cam-1")

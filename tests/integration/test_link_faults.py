@@ -52,7 +52,10 @@ def connect(fleet: Fleet, device: str, token: str, namespace: str | None = None
     return caught.value
 
 
-def test_unknown_device_wrong_token_and_a_second_session_are_refused(fleet: Fleet) -> None:
+def test_unknown_device_wrong_token_and_a_second_session_are_refused(
+    plaintext_fleet: Fleet,
+) -> None:
+    fleet = plaintext_fleet  # the hand-made sessions carry bearer tokens
     fleet.add_device("cam-1", site="plant-7")
     token = (fleet.root / "cam-1.token").read_text()
     fleet.start("cam-1")
@@ -280,7 +283,7 @@ def test_a_truncated_chunk_stream_is_resumed_not_trusted(tmp_path: Path) -> None
                        "--namespace", "fleet", "--device", "cam-1",
                        "--token-file", str(tmp_path / "token"), "--data-dir",
                        str(tmp_path / "data"), "--heartbeat-seconds", "0.5",
-                       "--backoff-base-seconds", "0.1")
+                       "--backoff-base-seconds", "0.1", "--insecure-plaintext")
     try:
         eventually(lambda: "READY" in gateway.states, timeout=60, what="the model Ready")
         half = len(gateway.model) // 2
