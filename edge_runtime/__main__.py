@@ -1,8 +1,11 @@
 """`edgefleet-edge`: the edge runtime's command line.
 
     edgefleet-edge serve --model-repository DIR [--grpc-port P] [--http-port Q] ...
-    edgefleet-edge run --cloud HOST:PORT --namespace NS --device NAME --token-file F \
-        --data-dir D [--grpc-port P] [--http-port Q] [--metrics-port M] ...
+    edgefleet-edge run --cloud HOST:PORT --namespace NS --device NAME --data-dir D \
+        (--ca-cert-hash sha256:HEX | --tls-ca-file CA) (--token-file F | --fleet-token-file F \
+        [--label K=V ...]) [--enrolment-address HOST:PORT] [--grpc-port P] ...
+    edgefleet-edge run --insecure-plaintext --cloud HOST:PORT --namespace NS --device NAME \
+        --token-file F --data-dir D ...
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # Imported here so that `--version` stays instant.
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     from edgefleet.edge_runtime.server import serve
     from edgefleet.edge_runtime.settings import RunSettings, ServeSettings
@@ -38,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = settings_type(_cli_parse_args=rest,
                                  _cli_prog_name=f"edgefleet-edge {args.command}")
-    except ValidationError as error:
+    except (ValidationError, SettingsError) as error:
         parser.exit(2, f"edgefleet-edge {args.command}: {error}\n")
     try:
         token = settings.auth_token()
@@ -59,10 +63,21 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from edgefleet.edge_runtime.agent import CloudAgent
         from edgefleet.edge_runtime.errors import InferenceError
+        from edgefleet.edge_runtime.identity import identity_stored
         from edgefleet.edge_runtime.store import Store
 
-        if not settings.token_file.is_file():
-            parser.error(f"--token-file {settings.token_file}: not a readable file")
+        stored = identity_stored(settings.data_dir)
+        try:
+            settings.check_cloud_link(stored)
+        except ValueError as error:
+            parser.error(str(error))
+        for flag, path in (("--token-file", settings.token_file),
+                           ("--fleet-token-file", settings.fleet_token_file),
+                           ("--tls-ca-file", settings.tls_ca_file)):
+            # A token is read again at each enrolment: once enrolled, it may be gone.
+            needed = flag == "--tls-ca-file" or settings.insecure_plaintext or not stored
+            if path is not None and needed and not path.is_file():
+                parser.error(f"{flag} {path}: not a readable file")
         run_settings = settings
         try:
             store = Store(settings.data_dir)

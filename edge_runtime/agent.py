@@ -3,7 +3,10 @@
 it served whenever the cloud is away.
 
 The link changes *what* the device serves, never *whether* it serves: at start the
-last-known-good models are loaded from the store before any connection is tried.
+last-known-good models are loaded from the store before any connection is tried. Nor
+does the device's identity: a device the gateway refuses (revoked, enrolment refused)
+keeps serving what it served, and an assignment that does not carry the operator's
+signature for this device is refused, never downloaded.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ from pydantic import ValidationError
 from edgefleet.edge_runtime import telemetry
 from edgefleet.edge_runtime.engine import Engine
 from edgefleet.edge_runtime.errors import InferenceError
+from edgefleet.edge_runtime.identity import TARGET_OPTIONS, DeviceIdentity, IdentityError
 from edgefleet.edge_runtime.metrics_buffer import MetricsBuffer, sample_registry
 from edgefleet.edge_runtime.settings import RunSettings
 from edgefleet.edge_runtime.stats import LATENCY_BOUNDS_S, VersionStats
 from edgefleet.edge_runtime.store import Store, StoredModel, problems
+from edgefleet.protocol import signing
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -89,12 +94,21 @@ class CloudAgent:
                         if settings.metrics_push_seconds > 0 else None)
         self._apply_task: asyncio.Task[None] | None = None
         self._channel: grpc.aio.Channel | None = None
-        self._token = settings.token_file.read_text().strip()
+        self.identity = DeviceIdentity(settings)
+        self._token = (settings.token_file.read_text().strip()
+                       if settings.insecure_plaintext and settings.token_file else "")
+        telemetry.CLOUD_INSECURE.set(1 if settings.insecure_plaintext else 0)
 
     # ------------------------------------------------------------ start-up
 
     async def start(self) -> None:
         """Serves the last-known-good models from the store: no cloud needed."""
+        if self.settings.insecure_plaintext:
+            logger.warning(
+                "--insecure-plaintext: the gateway session is plaintext, the bootstrap token "
+                "travels with every call and anyone on the path can read or change it; "
+                "assignments are %s", "checked against the signing key pinned at enrolment"
+                if self.identity.signing_key else "NOT checked (no signing key is pinned)")
         for model in self.state.last_known_good:
             if not self.store.has(model.digest):
                 continue
@@ -108,16 +122,21 @@ class CloudAgent:
     # ------------------------------------------------------------ the session
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
+        """With TLS the client certificate names the device: the calls say nothing."""
+        if not self.settings.insecure_plaintext:
+            return ()
         return (("authorization", f"Bearer {self._token}"),
                 ("edgefleet-namespace", self.settings.namespace),
                 ("edgefleet-device", self.settings.device))
 
-    def _open_channel(self) -> grpc.aio.Channel:
+    async def _open_channel(self) -> grpc.aio.Channel:
         options = [("grpc.max_receive_message_length", 16 * 2**20)]
-        if self.settings.tls_ca_file:
-            credentials = grpc.ssl_channel_credentials(self.settings.tls_ca_file.read_bytes())
-            return grpc.aio.secure_channel(self.settings.cloud, credentials, options=options)
-        return grpc.aio.insecure_channel(self.settings.cloud, options=options)
+        if self.settings.insecure_plaintext:
+            return grpc.aio.insecure_channel(self.settings.cloud, options=options)
+        await self.identity.ensure()
+        credentials = await self.identity.credentials()
+        return grpc.aio.secure_channel(self.settings.cloud, credentials,
+                                       options=[*options, *TARGET_OPTIONS])
 
     async def run(self) -> None:
         """Connects, and reconnects with jittered exponential backoff, forever; samples
@@ -145,10 +164,15 @@ class CloudAgent:
         failures = 0
         while True:
             started = time.monotonic()
+            # Refusals that waiting a little cannot change are retried at the max backoff.
+            refused = False
             try:
                 await self._session()
+            except IdentityError as error:
+                refused = error.refused
+                logger.error("no identity to connect with: %s", error)
             except grpc.aio.AioRpcError as error:
-                logger.warning("cloud session ended: %s %s", error.code().name, error.details())
+                refused = self._ended(error)
             except (OSError, InferenceError) as error:
                 logger.warning("cloud session ended: %s", error)
             finally:
@@ -161,10 +185,31 @@ class CloudAgent:
             failures += 1
             ceiling = min(self.settings.backoff_max_seconds,
                           self.settings.backoff_base_seconds * 2 ** min(failures, 16))
+            if refused:
+                ceiling = self.settings.backoff_max_seconds
             await asyncio.sleep(random.uniform(ceiling / 2, ceiling))
 
+    def _ended(self, error: grpc.aio.AioRpcError) -> bool:
+        """Logs why the session (or the enrolment's link) ended; True for a refusal."""
+        code, details = error.code(), error.details()
+        if self.settings.insecure_plaintext:
+            logger.warning("cloud session ended: %s %s", code.name, details)
+            return False
+        if code == grpc.StatusCode.PERMISSION_DENIED:  # revoked or deleted
+            telemetry.set_identity_state("Revoked")
+            logger.error("the gateway refuses this device (serving what it serves, retrying "
+                         "every %.0fs): %s", self.settings.backoff_max_seconds, details)
+            return True
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            self.identity.must_enrol = True
+            logger.warning("the gateway does not accept this device's certificate (%s): "
+                           "enrolling again", details)
+            return False
+        logger.warning("cloud session ended: %s %s", code.name, details)
+        return False
+
     async def _session(self) -> None:
-        self._channel = self._open_channel()
+        self._channel = await self._open_channel()
         connect = self._channel.stream_stream(
             f"{SERVICE}/Connect", request_serializer=pb.DeviceMessage.SerializeToString,
             response_deserializer=pb.CloudMessage.FromString)
@@ -175,32 +220,69 @@ class CloudAgent:
             runtime_version=package_version("edgefleet"))))
         # The session lasts while both directions do: a sender that fails ends it too,
         # and the next session starts afresh.
-        receiver = asyncio.create_task(self._receive(call))
-        sender = asyncio.create_task(self._send(call))
+        outbox: asyncio.Queue[pb.DeviceMessage] = asyncio.Queue()
+        tasks = {asyncio.create_task(self._receive(call)),
+                 asyncio.create_task(self._send(call, outbox))}
+        if not self.settings.insecure_plaintext:
+            tasks.add(asyncio.create_task(self._renew(outbox)))
         try:
-            done, _ = await asyncio.wait({receiver, sender},
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()
         finally:
-            receiver.cancel()
-            sender.cancel()
+            for task in tasks:
+                task.cancel()
             call.cancel()
 
     async def _receive(self, call: grpc.aio.StreamStreamCall) -> None:
+        """Acts on what it knows; a kind from a newer gateway is skipped."""
+        first = True
         async for message in call:
+            if first and not self.settings.insecure_plaintext:
+                telemetry.set_identity_state("Enrolled")  # the gateway took the certificate
+            first = False
             kind = message.WhichOneof("kind")
             if kind == "desired":
                 telemetry.CLOUD_CONNECTED.set(1)
                 self._start_apply(message.desired)
             elif kind == "metrics_ack" and self.metrics:
                 await asyncio.to_thread(self.metrics.acknowledge, message.metrics_ack.sequence)
+            elif kind == "certificate" and not self.settings.insecure_plaintext:
+                await self.identity.accept(message.certificate)
+            elif kind == "refused" and message.refused.kind == "renew":
+                # Asked again by _renew, unless the answer to an earlier request comes.
+                logger.warning("the gateway refused a renewal: %s %s", message.refused.reason,
+                               message.refused.message[:200])
 
-    async def _send(self, call: grpc.aio.StreamStreamCall) -> None:
+    async def _renew(self, outbox: asyncio.Queue[pb.DeviceMessage]) -> None:
+        """Asks for a new certificate two thirds into the current one's lifetime, and
+        again, less and less often, until one comes. Times are the certificate's, so the
+        wall clock decides; it is read again at least every 30 s, in case it jumps."""
+        retry_s = self.identity.retry_delay()
+        while True:
+            current = self.identity.current
+            if current is None:
+                return
+            while (wait_s := current.renew_at() - time.time()) > 0:
+                await asyncio.sleep(min(wait_s, 30.0))
+            await outbox.put(pb.DeviceMessage(renew=self.identity.renewal_request()))
+            logger.info("asked for a new certificate device=%s/%s serial=%s not_after=%.0f",
+                        self.settings.namespace, self.settings.device, current.serial,
+                        current.not_after)
+            try:
+                await asyncio.wait_for(self.identity.renewed.wait(), retry_s)
+            except TimeoutError:
+                logger.warning("no new certificate after %.1fs; asking again", retry_s)
+                retry_s = min(retry_s * 2, self.settings.backoff_max_seconds)
+            else:
+                retry_s = self.identity.retry_delay()
+
+    async def _send(self, call: grpc.aio.StreamStreamCall,
+                    outbox: asyncio.Queue[pb.DeviceMessage]) -> None:
         """The one writer of the session: a report whenever what the device holds
-        changes, a heartbeat otherwise, and every stored metrics batch not yet sent in
+        changes, a heartbeat otherwise, every stored metrics batch not yet sent in
         this session (all of them after a reconnect: the cloud acknowledges what it
-        keeps)."""
+        keeps), and what others queue in the outbox (renewals)."""
         sent_up_to = 0
         heartbeat_due = time.monotonic() + self.settings.heartbeat_seconds
         while True:
@@ -210,11 +292,15 @@ class CloudAgent:
                     sent_up_to = batch.sequence
             changed = asyncio.ensure_future(self._changed.wait())
             sampled = asyncio.ensure_future(self._sampled.wait())
-            await asyncio.wait({changed, sampled}, return_when=asyncio.FIRST_COMPLETED,
+            queued = asyncio.ensure_future(outbox.get())
+            await asyncio.wait({changed, sampled, queued}, return_when=asyncio.FIRST_COMPLETED,
                                timeout=max(0.0, heartbeat_due - time.monotonic()))
             changed.cancel()
             sampled.cancel()
+            queued.cancel()  # an item not yet taken stays in the queue
             self._sampled.clear()
+            if queued.done() and not queued.cancelled():
+                await call.write(queued.result())
             if self._changed.is_set():
                 self._changed.clear()
                 await call.write(pb.DeviceMessage(report=pb.StateReport(
@@ -252,6 +338,9 @@ class CloudAgent:
         wanted: list[StoredModel] = []
         refused: list[tuple[pb.ModelAssignment, str]] = []
         for assignment in desired.models:
+            if unsigned := self._signature_problem(desired.revision, assignment):
+                refused.append((assignment, unsigned))
+                continue
             try:
                 wanted.append(stored(assignment))
             except ValidationError as error:
@@ -286,6 +375,28 @@ class CloudAgent:
         if removed:
             logger.info("garbage-collected blobs=%s", removed)
         self._apply_task = None
+
+    def _signature_problem(self, revision: str, assignment: pb.ModelAssignment) -> str | None:
+        """Why the assignment must not be acted on for want of the operator's signature
+        for this device and revision; None when it verifies (or, in plaintext mode
+        without a pinned key, when there is nothing to verify it with)."""
+        key = self.identity.signing_key
+        if key is None and self.settings.insecure_plaintext:
+            return None
+        if not assignment.signature:
+            reason, why = "Unsigned", "it carries no signature"
+        elif key is None:
+            reason, why = "BadSignature", "no signing key is pinned (enrol again)"
+        elif not signing.verify(key, self.settings.namespace, self.settings.device, revision,
+                                assignment):
+            reason, why = "BadSignature", (
+                f"the signature does not verify with the signing key pinned at enrolment "
+                f"for device {self.settings.namespace}/{self.settings.device} and revision "
+                f"{revision[:80]!r}")
+        else:
+            return None
+        telemetry.ASSIGNMENTS_REFUSED.labels(reason).inc()
+        return f"{reason}: {why}"
 
     async def _apply_models(self, wanted: list[StoredModel]) -> list[str]:
         """Brings each model to Ready; returns those to retry (the link failed)."""

@@ -4,10 +4,16 @@ and overridden by flags (`edgefleet-edge serve --help`)."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from pydantic import Field, FilePath, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edgefleet.protocol.identity import is_ca_cert_hash
+
+ENROLMENT_PORT = 50052
+_ADDRESS = re.compile(r"(\[[0-9a-fA-F:.]+\]|[^\s:\[\]]+):\d{1,5}")  # HOST:PORT, [V6]:PORT
 
 
 class ServingSettings(BaseSettings):
@@ -91,10 +97,36 @@ class RunSettings(ServingSettings):
     cloud: str = Field(description="HOST:PORT of the fleet gateway")
     namespace: str = Field(min_length=1, description="the EdgeDevice's namespace")
     device: str = Field(min_length=1, description="the EdgeDevice's name")
-    token_file: Path = Field(description="file holding the device's bootstrap token")
-    data_dir: Path = Field(description="where models and state are kept across restarts")
-    tls_ca_file: Path | None = Field(default=None,
-                                     description="CA of the gateway's TLS certificate")
+    data_dir: Path = Field(description="where models and state are kept across restarts "
+                                       "(the device's identity in DATA_DIR/identity/)")
+    insecure_plaintext: bool = Field(
+        default=False,
+        description="talk to a gateway started with --insecure-plaintext: no TLS, no "
+                    "enrolment, the bootstrap token of --token-file on every call; for "
+                    "development only")
+    tls_ca_file: Path | None = Field(
+        default=None,
+        description="PEM bundle of the CA(s) to trust for the gateway until it sends its own")
+    ca_cert_hash: str | None = Field(
+        default=None,
+        description="sha256:<hex> of the gateway CA's public key (the operator logs it): "
+                    "without a trust bundle yet, the CA is taken from the enrolment port's "
+                    "TLS chain and checked against this pin")
+    token_file: Path | None = Field(
+        default=None,
+        description="file holding the device's bootstrap token: needed to enrol (and, "
+                    "with --insecure-plaintext, on every call)")
+    fleet_token_file: Path | None = Field(
+        default=None,
+        description="file holding a fleet enrolment token: the gateway creates the "
+                    "EdgeDevice when it enrols")
+    label: dict[str, str] = Field(
+        default_factory=dict,
+        description="KEY=VALUE (repeatable): labels proposed for the EdgeDevice a fleet "
+                    "enrolment creates; the fleet's policy keeps the keys it allows")
+    enrolment_address: str | None = Field(
+        default=None, description="HOST:PORT of the gateway's enrolment port (default: "
+                                  "--cloud's host, port 50052)")
     heartbeat_seconds: float = Field(default=10.0, gt=0)
     backoff_base_seconds: float = Field(default=0.5, gt=0)
     backoff_max_seconds: float = Field(default=30.0, gt=0)
@@ -109,3 +141,45 @@ class RunSettings(ServingSettings):
     metrics_buffer_bytes: int = Field(
         default=32 * 2**20, ge=2**16,
         description="disk bound of the samples not yet acknowledged; the oldest go first")
+
+    def enrolment_target(self) -> str:
+        """--enrolment-address, else --cloud's host on the enrolment port."""
+        if self.enrolment_address:
+            return self.enrolment_address
+        host = self.cloud.rpartition(":")[0] or self.cloud
+        return f"{host}:{ENROLMENT_PORT}"
+
+    def check_cloud_link(self, identity_stored: bool) -> None:
+        """The rules between the cloud flags; raises ValueError with the one-line
+        reason. `identity_stored`: DATA_DIR/identity/identity.pem exists."""
+        if self.token_file and self.fleet_token_file:
+            raise ValueError("--token-file and --fleet-token-file: give one of them")
+        if self.label and self.fleet_token_file is None:
+            raise ValueError("--label goes with --fleet-token-file (labels are proposed "
+                             "only when the gateway creates the EdgeDevice)")
+        if self.insecure_plaintext:
+            tls = [flag for flag, value in (("--tls-ca-file", self.tls_ca_file),
+                                            ("--ca-cert-hash", self.ca_cert_hash),
+                                            ("--fleet-token-file", self.fleet_token_file),
+                                            ("--enrolment-address", self.enrolment_address))
+                   if value]
+            if tls:
+                raise ValueError(f"--insecure-plaintext neither uses TLS nor enrols: drop "
+                                 f"{', '.join(tls)}")
+            if self.token_file is None:
+                raise ValueError("--insecure-plaintext needs --token-file (the bootstrap "
+                                 "token goes with every call)")
+            return
+        for flag, address in (("--cloud", self.cloud),
+                              ("--enrolment-address", self.enrolment_address)):
+            if address is not None and not _ADDRESS.fullmatch(address):
+                raise ValueError(f"{flag} {address!r}: expected HOST:PORT")
+        if self.ca_cert_hash is not None and not is_ca_cert_hash(self.ca_cert_hash):
+            raise ValueError(f"--ca-cert-hash {self.ca_cert_hash!r}: expected sha256:<64 "
+                             "lowercase hex digits>, as the operator logs it")
+        if self.tls_ca_file is None and self.ca_cert_hash is None:
+            raise ValueError("one of --tls-ca-file and --ca-cert-hash is required to trust "
+                             "the gateway (or --insecure-plaintext, for development)")
+        if not identity_stored and self.token_file is None and self.fleet_token_file is None:
+            raise ValueError(f"no identity in {self.data_dir}/identity yet: one of "
+                             "--token-file and --fleet-token-file is required to enrol")

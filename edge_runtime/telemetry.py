@@ -36,6 +36,25 @@ REQUESTS_REJECTED = Counter("edgefleet_edge_requests_rejected",
                             ["reason"])
 METRICS_DROPPED = Counter("edgefleet_metrics_buffer_dropped_samples",
                           "Metric samples dropped unsent because the on-disk buffer was full")
+IDENTITY_STATES = ("Enrolled", "NotEnrolled", "Revoked", "Refused")
+IDENTITY_STATE = Gauge("edgefleet_edge_identity_state",
+                       "1 for the device identity's state: Enrolled, NotEnrolled, Revoked (the "
+                       "gateway refuses the device) or Refused (the gateway refused enrolment)",
+                       ["state"])
+CERTIFICATE_EXPIRY = Gauge("edgefleet_edge_certificate_expiry_timestamp_seconds",
+                           "notAfter of the device's client certificate (0: none)")
+CLOUD_INSECURE = Gauge("edgefleet_edge_cloud_insecure",
+                       "1 when the gateway session is plaintext (--insecure-plaintext)")
+# reason: Unsigned or BadSignature.
+ASSIGNMENTS_REFUSED = Counter("edgefleet_edge_assignments_refused",
+                              "Model assignments refused because their signature does not "
+                              "verify with the pinned signing key, by reason", ["reason"])
+
+
+def set_identity_state(state: str) -> None:
+    """One state at 1, the others 0."""
+    for each in IDENTITY_STATES:
+        IDENTITY_STATE.labels(each).set(1 if each == state else 0)
 
 
 @dataclass(frozen=True)
