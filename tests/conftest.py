@@ -351,11 +351,14 @@ class Fleet:
         return ["--tls-ca-file", str(self.ca_file()),
                 "--enrolment-address", f"127.0.0.1:{self.operator.enrolment_port}"]
 
-    def start(self, name: str, *extra: str) -> EdgeProcess:
+    def start(self, name: str, *extra: str, link: list[str] | None = None) -> EdgeProcess:
+        """`link`: how the device reaches and trusts the gateway, if not link_flags()."""
+        token = self.root / f"{name}.token"
         edge = launch_edge(
             self.root / f"{name}.log", "run", "--cloud", f"127.0.0.1:{self.operator.grpc_port}",
             "--namespace", self.namespace, "--device", name,
-            "--token-file", str(self.root / f"{name}.token"), *self.link_flags(),
+            *(["--token-file", str(token)] if token.exists() else []),
+            *(self.link_flags() if link is None else link),
             "--data-dir", str(self.root / f"{name}-data"), "--heartbeat-seconds", "1",
             "--backoff-base-seconds", "0.2", "--backoff-max-seconds", "2", *extra)
         self.edges[name] = edge

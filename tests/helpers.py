@@ -126,9 +126,11 @@ class Traffic:
 def serve_fleet_gateway(
     connect: Callable[[Iterator[fleet.DeviceMessage], Any], Iterator[fleet.CloudMessage]],
     fetch: Callable[[fleet.ArtifactRequest, Any], Iterator[fleet.ArtifactChunk]],
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.Server, int]:
     """A stand-in fleet gateway on a free loopback port, for tests that need to say
-    what a gateway (a broken or hostile one) sends; started, with its port."""
+    what a gateway (a broken or hostile one) sends; started, with its port. Plaintext
+    unless `credentials` are given."""
     server = grpc.server(ThreadPoolExecutor(8))
     handlers = {
         "Connect": grpc.stream_stream_rpc_method_handler(
@@ -140,6 +142,7 @@ def serve_fleet_gateway(
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
         "edgefleet.v1.FleetGateway", handlers),))
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = (server.add_secure_port("127.0.0.1:0", credentials) if credentials
+            else server.add_insecure_port("127.0.0.1:0"))
     server.start()
     return server, port

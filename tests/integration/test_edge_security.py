@@ -34,10 +34,12 @@ import numpy as np
 import pytest
 import testmodels
 import tritonclient.grpc as triton_grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from onnx import TensorProto, helper
 from tritonclient.utils import InferenceServerException
 
 import localcluster
+from edgefleet.protocol import signing
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as fleet
 from edgefleet.protocol.inference import grpc_service_pb2 as pb
 from tests.conftest import EdgeProcess, StartEdge, launch_edge, stop_edge
@@ -135,21 +137,34 @@ class HostileGateway:
     """Speaks the fleet protocol to one device on loopback and assigns whatever a test
     tells it to; records what the device fetches and reports."""
 
-    def __init__(self) -> None:
+    def __init__(self, credentials: grpc.ServerCredentials | None = None,
+                 signing_key: Ed25519PrivateKey | None = None) -> None:
+        """`credentials`: TLS (plaintext without); `signing_key`: assignments are signed
+        for device fleet/cam-1 with it, as the operator signs them."""
         self.artifacts: dict[str, bytes] = {}
         self.fetched: list[str] = []
         self.reported: dict[tuple[str, str], fleet.ModelState] = {}
+        self._signing_key = signing_key
         self._lock = threading.Lock()
         self._latest: fleet.DesiredState | None = None
         self._pushed: queue.Queue[fleet.DesiredState] = queue.Queue()
-        self.server, self.port = serve_fleet_gateway(self.connect, self.fetch)
+        self.server, self.port = serve_fleet_gateway(self.connect, self.fetch, credentials)
 
-    def assign(self, revision: str, *models: tuple[str, str, str]) -> None:
-        """A desired state of (name, version, digest) assignments."""
+    def assign(self, revision: str, *models: tuple[str, str, str],
+               unsigned: frozenset[str] = frozenset(),
+               tampered: dict[str, str] | None = None) -> None:
+        """A desired state of (name, version, digest) assignments, signed when the
+        gateway has a key, except the models named `unsigned`; `tampered` changes a
+        model's digest after it was signed."""
         desired = fleet.DesiredState(revision=revision)
         for name, version, digest in models:
-            desired.models.add(name=name, version=version, digest=digest,
-                               size_bytes=len(self.artifacts.get(digest, b"")))
+            model = desired.models.add(name=name, version=version, digest=digest,
+                                       size_bytes=len(self.artifacts.get(digest, b"")))
+            if self._signing_key and name not in unsigned:
+                model.signature = signing.sign(self._signing_key, "fleet", "cam-1", revision,
+                                               model)
+            if name in (tampered or {}):
+                model.digest = (tampered or {})[name]
         self._latest = desired
         self._pushed.put(desired)
 
