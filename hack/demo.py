@@ -104,12 +104,14 @@ def start_prometheus(operator_port: int) -> str:
     return url
 
 
-def start_operator(cluster: localcluster.Cluster, grpc_port: int, port: int,
-                   remote_write_url: str) -> None:
+def start_operator(cluster: localcluster.Cluster, grpc_port: int, enrolment_port: int,
+                   port: int, remote_write_url: str) -> str:
+    """Starts the operator; returns the pin of its gateway CA (from its log)."""
     log_path = DEMO_DIR / "logs" / "operator.log"
     process = localcluster.spawn(DEMO_DIR, "operator", [
         sys.executable, "-m", "edgefleet.operator", "--listen-host", "127.0.0.1",
         "--metrics-port", str(port), "--grpc-port", str(grpc_port),
+        "--enrolment-port", str(enrolment_port),
         # Device statistics every 5 s rather than 30: the canary is judged sooner.
         "--heartbeat-write-seconds", "5", "--metrics-remote-write-url", remote_write_url,
         "--artifact-cache-dir", str(DEMO_DIR / "artifacts"),
@@ -122,6 +124,10 @@ def start_operator(cluster: localcluster.Cluster, grpc_port: int, port: int,
         return answers(f"http://127.0.0.1:{port}/readyz")
 
     wait_until(ready, "the operator to lead and start")
+    pins = re.findall(r"ca-cert-hash=(sha256:[0-9a-f]{64})", log_path.read_text())
+    if not pins:
+        raise SystemExit(f"demo: the operator logged no CA pin; see {log_path}")
+    return pins[-1]
 
 
 def stop_all() -> None:
@@ -129,10 +135,15 @@ def stop_all() -> None:
         localcluster.stop_process(DEMO_DIR, name, grace_s=15)
 
 
-def start_edges(cluster: localcluster.Cluster, grpc_port: int) -> dict[str, int]:
-    """One `edgefleet-edge run` per example device; returns their gRPC inference ports."""
+def start_edges(cluster: localcluster.Cluster, grpc_port: int, enrolment_port: int,
+                ca_pin: str) -> dict[str, int]:
+    """One `edgefleet-edge run` per example device, each enrolling with its bootstrap
+    token and trusting the gateway by the CA's pin, as `kubeadm join` does; returns
+    their gRPC inference ports."""
     ports = {}
     for device in DEVICES:
+        # Each run of the demo enrols its devices afresh (the namespace is new).
+        shutil.rmtree(DEMO_DIR / f"{device}-data" / "identity", ignore_errors=True)
         secret = kubectl(cluster, "get", "secret", f"{device}-token", "-n", NAMESPACE,
                          "-o", "jsonpath={.data.token}")
         token_file = DEMO_DIR / f"{device}.token"
@@ -141,7 +152,8 @@ def start_edges(cluster: localcluster.Cluster, grpc_port: int) -> dict[str, int]
         localcluster.spawn(DEMO_DIR, device, [
             sys.executable, "-m", "edgefleet.edge_runtime", "run",
             "--cloud", f"127.0.0.1:{grpc_port}", "--namespace", NAMESPACE,
-            "--device", device, "--token-file", str(token_file),
+            "--device", device, "--token-file", str(token_file), "--ca-cert-hash", ca_pin,
+            "--enrolment-address", f"127.0.0.1:{enrolment_port}",
             "--data-dir", str(DEMO_DIR / f"{device}-data"), "--listen-host", "127.0.0.1",
             "--grpc-port", str(ports[device]), "--http-port", str(localcluster.free_port()),
             "--metrics-port", str(localcluster.free_port()), "--heartbeat-seconds", "2",
@@ -321,18 +333,22 @@ def up() -> None:
     step("The operator with its fleet gateway, and Prometheus")
     stop_all()
     fresh_namespace(cluster)
-    grpc_port, operator_port = localcluster.free_port(), localcluster.free_port()
+    grpc_port, enrolment_port, operator_port = (localcluster.free_port() for _ in range(3))
     prometheus = start_prometheus(operator_port)
-    start_operator(cluster, grpc_port, operator_port, f"{prometheus}/api/v1/write")
-    print(f"operator leading; gateway on 127.0.0.1:{grpc_port}; metrics at "
-          f"http://127.0.0.1:{operator_port}/metrics\nPrometheus at {prometheus} "
+    ca_pin = start_operator(cluster, grpc_port, enrolment_port, operator_port,
+                            f"{prometheus}/api/v1/write")
+    print(f"operator leading; gateway sessions on 127.0.0.1:{grpc_port} (mutual TLS), "
+          f"enrolment on 127.0.0.1:{enrolment_port}; its CA (Secret default/"
+          f"edgefleet-gateway-ca) pins as {ca_pin}\nmetrics at "
+          f"http://127.0.0.1:{operator_port}/metrics; Prometheus at {prometheus} "
           "(the devices' samples arrive through the gateway)")
 
     step("Example EdgeDevices and their token Secrets (examples/devices.yaml)")
     print(kubectl(cluster, "apply", "-f", str(REPO_ROOT / "examples" / "devices.yaml")), end="")
 
-    step("Three edge runtimes dial the gateway (edgefleet-edge run)")
-    ports = start_edges(cluster, grpc_port)
+    step("Three edge runtimes enrol (token once, CA by its pin) and dial the gateway over "
+         "mutual TLS")
+    ports = start_edges(cluster, grpc_port, enrolment_port, ca_pin)
     wait_until(lambda: kubectl(cluster, "get", "ed", "-n", NAMESPACE, "-o",
                                "jsonpath={.items[*].status.phase}").split() == ["Online"] * 3,
                "the three devices to come online")
@@ -376,6 +392,8 @@ fp32 one, then went to both. Where to look next:
   kubectl describe em digits -n {NAMESPACE}                  # conditions and Events
   kubectl get ed cam-0001 -n {NAMESPACE} -o yaml             # what a device reports
   kubectl label ed cam-0003 -n {NAMESPACE} site=plant-7 --overwrite   # then READY 3/3
+  kubectl patch ed cam-0003 -n {NAMESPACE} --type merge -p '{{"spec":{{"revoked":true}}}}'
+                                     # its session ends, its certificate is refused
   {prometheus}/graph                                      # PromQL over fleet and devices
   {PLOT.relative_to(REPO_ROOT)}, monitoring/dashboards/ (Grafana), monitoring/alerts.yaml
 Logs are in .demo/logs/. Stop everything with: make demo-down""")
