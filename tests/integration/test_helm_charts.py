@@ -1,13 +1,17 @@
 """The Helm charts, with helm built from its Go module (hack/helmbin) and the real
 kube-apiserver: lint and render for several value sets, every rendered manifest
 accepted by a server-side dry run, clear errors for wrong values, install, upgrade
-and uninstall of both charts, and the operator running on nothing but the RBAC the
+and uninstall of both charts (the gateway CA outliving them), device credentials that
+no node shares with another, and the operator running on nothing but the RBAC the
 cloud chart grants."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from kubernetes import client
 
 from tests.conftest import Kube, StartOperator
@@ -26,13 +32,24 @@ pytestmark = pytest.mark.integration
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLOUD = REPO_ROOT / "helm" / "edgefleet"
 EDGE = REPO_ROOT / "helm" / "edgefleet-edge"
-EDGE_REQUIRED = ["--set", "cloud=gateway.fleet.svc:50051", "--set", "namespace=fleet"]
+# The pin of a gateway CA, as the cloud chart's NOTES tell how to get it.
+PIN = "sha256:" + hashlib.sha256(b"a gateway CA's SubjectPublicKeyInfo").hexdigest()
+EDGE_CLOUD = ["--set", "cloud.address=gateway.fleet.svc:50051", "--set", "namespace=fleet"]
+EDGE_REQUIRED = [*EDGE_CLOUD, "--set", f"cloud.caCertHash={PIN}"]
+EDGE_PLAINTEXT = [*EDGE_CLOUD, "--set", "insecurePlaintext=true",
+                  "--set", "enrolment.bootstrapTokens=true"]
 
 # Value sets each chart must lint, render and pass a server-side dry run with.
 CLOUD_VALUES = {
     "default": [],
     "replicas 2": ["--set", "replicas=2"],
-    "tls on": ["--set", "gateway.tlsSecretName=gateway-tls"],
+    "plaintext": ["--set", "gateway.insecurePlaintext=true"],
+    "identity settings": ["--set", "gateway.enrolmentPort=8443",
+                          "--set", "gateway.deviceCertValidity=86400",
+                          "--set", "gateway.dnsNames={gateway.fleet.example}",
+                          "--set", "gateway.ca.secretName=fleet-ca",
+                          "--set", "gateway.signingSecretName=fleet-signing"],
+    "cert-manager": ["--set", "gateway.ca.certManager.enabled=true"],
     "monitoring on": ["--set", "monitoring.serviceMonitor=true",
                       "--set", "monitoring.prometheusRule=true",
                       "--set", "monitoring.labels.release=prometheus"],
@@ -57,7 +74,11 @@ CLOUD_VALUES = {
 }
 EDGE_VALUES = {
     "default": EDGE_REQUIRED,
-    "tls on": [*EDGE_REQUIRED, "--set", "tls.caSecretName=gateway-ca"],
+    "ca from a secret": [*EDGE_CLOUD, "--set", "tls.caSecretName=gateway-ca"],
+    "fleet labels": [*EDGE_REQUIRED, "--set", "enrolment.labels.site=plant-7",
+                     "--set", "cloud.enrolmentAddress=enrol.fleet.example:443"],
+    "bootstrap tokens": [*EDGE_REQUIRED, "--set", "enrolment.bootstrapTokens=true"],
+    "plaintext": EDGE_PLAINTEXT,
     "host network": [*EDGE_REQUIRED, "--set", "hostNetwork=true"],
     "data volume": [*EDGE_REQUIRED, "--set", "dataDir.volume.emptyDir.sizeLimit=10Gi"],
     "token, node only": [*EDGE_REQUIRED, "--set", "auth.tokenSecretName=inference-token",
@@ -71,14 +92,21 @@ EDGE_VALUES = {
 }
 
 
-def stand_in_crd(kind: str) -> dict:
-    """A schemaless stand-in for a Prometheus Operator CRD (not installed in the local
-    control plane), so that the API server can judge rendered objects of that kind."""
+# The other operators' kinds the cloud chart may render, by API group.
+STAND_IN_KINDS = [("monitoring.coreos.com", "ServiceMonitor"),
+                  ("monitoring.coreos.com", "PrometheusRule"),
+                  ("cert-manager.io", "Issuer"), ("cert-manager.io", "Certificate")]
+
+
+def stand_in_crd(group: str, kind: str) -> dict:
+    """A schemaless stand-in for a Prometheus Operator or cert-manager CRD (not
+    installed in the local control plane), so that the API server can judge rendered
+    objects of that kind."""
     plural = f"{kind.lower()}s"
     return {
         "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
-        "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+        "metadata": {"name": f"{plural}.{group}"},
+        "spec": {"group": group, "scope": "Namespaced",
                  "names": {"plural": plural, "singular": kind.lower(), "kind": kind,
                            "listKind": f"{kind}List"},
                  "versions": [{"name": "v1", "served": True, "storage": True, "schema": {
@@ -140,10 +168,10 @@ def test_the_cloud_chart_carries_the_crds_dashboards_and_alerts_as_they_are() ->
 def test_charts_lint_render_and_pass_a_server_side_dry_run(
     helm: Helm, kube: Kube, namespace: str, chart: Path, value_sets: dict[str, list[str]],
 ) -> None:
-    for kind in ("ServiceMonitor", "PrometheusRule"):
-        kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(stand_in_crd(kind)))
+    for group, kind in STAND_IN_KINDS:
+        kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(stand_in_crd(group, kind)))
         kube.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                     f"crd/{kind.lower()}s.monitoring.coreos.com")
+                     f"crd/{kind.lower()}s.{group}")
     for name, values in value_sets.items():
         values = [value.replace("NAMESPACE", namespace) for value in values]
         lint = helm.run("lint", "--strict", str(chart), *values)
@@ -185,7 +213,7 @@ def test_cloud_chart_switches_follow_the_values(helm: Helm, namespace: str) -> N
     alerts = yaml.safe_load((REPO_ROOT / "monitoring" / "alerts.yaml").read_text())
     assert rule["spec"] == alerts  # the very rules promtool checks and tests
     namespaced = helm.template(CLOUD, ["--set", "watchNamespaces={fleet}"], namespace)
-    (role,) = [m for m in namespaced if m["kind"] == "Role"]
+    (role,) = serving_roles(namespaced)
     assert role["metadata"]["namespace"] == "fleet"
     (cluster_role,) = [m for m in namespaced if m["kind"] == "ClusterRole"]
     assert {r["apiGroups"][0] for r in cluster_role["rules"]} == {"apiextensions.k8s.io", ""}
@@ -202,8 +230,19 @@ def container_env(manifests: list[dict], kind: str) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container["env"] if "value" in e}
 
 
-def grants(rules: list[dict], resource: str) -> set[str]:
-    return {verb for rule in rules if resource in rule["resources"] for verb in rule["verbs"]}
+def grants(rules: list[dict], resource: str, name: str | None = None) -> set[str]:
+    """The verbs the rules grant on a resource: on every object of it, or also those
+    limited to the object `name`."""
+    return {verb for rule in rules if resource in rule["resources"]
+            and (not rule.get("resourceNames") or name in rule["resourceNames"])
+            for verb in rule["verbs"]}
+
+
+def serving_roles(manifests: list[dict]) -> list[dict]:
+    """The Roles of the namespaces the operator serves: not its Lease's nor its
+    identity Secrets' (which are the release namespace's alone)."""
+    return [m for m in manifests if m["kind"] == "Role"
+            and not m["metadata"]["name"].endswith(("-leader", "-identity"))]
 
 
 def test_cloud_chart_reads_secrets_only_in_the_namespaces_it_serves(
@@ -213,18 +252,23 @@ def test_cloud_chart_reads_secrets_only_in_the_namespaces_it_serves(
     # No ClusterRole: nothing the operator holds reaches a Secret outside its namespaces.
     (cluster_role,) = [m for m in default if m["kind"] == "ClusterRole"]
     assert not grants(cluster_role["rules"], "secrets")
-    roles = [m for m in default if m["kind"] == "Role"]
+    roles = serving_roles(default)
     assert [r["metadata"]["namespace"] for r in roles] == [namespace]
     assert grants(roles[0]["rules"], "secrets") == {"get", "list", "watch"}
     assert grants(roles[0]["rules"], "events") == {"create", "patch"}
+    # A device that enrols with a fleet token gets its EdgeDevice made by the gateway.
+    assert grants(roles[0]["rules"], "edgedevices") == {"get", "list", "watch", "patch",
+                                                        "create"}
+    assert grants(roles[0]["rules"], "edgemodels") == {"get", "list", "watch", "patch"}
     # The operator serves exactly the namespaces its Roles cover.
     assert json.loads(container_env(default, "Deployment")["EDGEFLEET_NAMESPACES"]) == [namespace]
 
     listed = helm.template(CLOUD, ["--set", "watchNamespaces={fleet,plant-7}"], namespace)
-    assert sorted(r["metadata"]["namespace"] for r in listed if r["kind"] == "Role") == [
+    assert sorted(r["metadata"]["namespace"] for r in serving_roles(listed)) == [
         "fleet", "plant-7"]
-    assert sorted(b["metadata"]["namespace"] for b in listed if b["kind"] == "RoleBinding") == [
-        "fleet", "plant-7"]
+    assert all("create" in grants(r["rules"], "edgedevices") for r in serving_roles(listed))
+    assert sorted(b["metadata"]["namespace"] for b in listed if b["kind"] == "RoleBinding"
+                  and not b["metadata"]["name"].endswith("-identity")) == ["fleet", "plant-7"]
     env = container_env(listed, "Deployment")
     assert json.loads(env["EDGEFLEET_NAMESPACES"]) == ["fleet", "plant-7"]
     assert not grants(the(listed, "ClusterRole")["rules"], "secrets")
@@ -232,14 +276,44 @@ def test_cloud_chart_reads_secrets_only_in_the_namespaces_it_serves(
     # Cluster-wide only when asked: then one ClusterRole, and the operator serves all.
     wide = helm.template(CLOUD, ["--set", "clusterWide=true"], namespace)
     assert grants(the(wide, "ClusterRole")["rules"], "secrets") == {"get", "list", "watch"}
-    assert not [m for m in wide if m["kind"] == "Role"]
+    assert "create" in grants(the(wide, "ClusterRole")["rules"], "edgedevices")
+    assert not serving_roles(wide)
     assert "EDGEFLEET_NAMESPACES" not in container_env(wide, "Deployment")
-    # The leader Lease stays a Role of the release namespace in every mode.
+    # The leader Lease and the identity Secrets stay Roles of the release namespace in
+    # every mode.
     leader = helm.template(CLOUD, ["--set", "clusterWide=true", "--set", "replicas=2"],
                            namespace)
-    (lease_role,) = [m for m in leader if m["kind"] == "Role"]
+    identity_role, lease_role = sorted((m for m in leader if m["kind"] == "Role"),
+                                       key=lambda m: m["metadata"]["name"])
+    assert lease_role["metadata"]["name"].endswith("-leader")
     assert lease_role["metadata"]["namespace"] == namespace
     assert grants(lease_role["rules"], "leases") == {"get", "create", "update"}
+    assert identity_role["metadata"]["namespace"] == namespace
+
+
+def test_cloud_chart_lets_the_operator_keep_its_ca_and_signing_key_in_its_namespace(
+    helm: Helm, namespace: str,
+) -> None:
+    """The operator creates the CA and signing Secrets when absent: create on Secrets of
+    the release namespace (Kubernetes cannot narrow create to names), get and update
+    of those two alone, whatever the namespaces it serves."""
+    for values in ([], ["--set", "watchNamespaces={fleet}"], ["--set", "clusterWide=true"]):
+        manifests = helm.template(CLOUD, [*values, "--set", "gateway.ca.secretName=fleet-ca"],
+                                  namespace)
+        (role,) = [m for m in manifests if m["kind"] == "Role"
+                   and m["metadata"]["name"].endswith("-identity")]
+        assert role["metadata"]["namespace"] == namespace, values
+        assert grants(role["rules"], "secrets") == {"create"}, values
+        for name in ("fleet-ca", "edgefleet-assignment-signing"):
+            assert grants(role["rules"], "secrets", name) == {"create", "get", "update"}
+        assert grants(role["rules"], "secrets", "another-secret") == {"create"}
+        (binding,) = [m for m in manifests if m["kind"] == "RoleBinding"
+                      and m["metadata"]["name"] == role["metadata"]["name"]]
+        assert binding["subjects"][0]["name"] == the(manifests, "ServiceAccount")[
+            "metadata"]["name"]
+        env = container_env(manifests, "Deployment")
+        assert env["EDGEFLEET_CA_SECRET_NAME"] == "fleet-ca"
+        assert env["EDGEFLEET_SIGNING_SECRET_NAME"] == "edgefleet-assignment-signing"
 
 
 def operator_settings_from(env: dict[str, str], tmp_path: Path) -> dict:
@@ -279,6 +353,101 @@ def test_cloud_chart_artifact_settings_reach_the_operator(
     assert "models" in [v["name"] for v in pod["volumes"]]
 
 
+def test_cloud_chart_serves_enrolment_beside_the_gateway(
+    helm: Helm, namespace: str, tmp_path: Path,
+) -> None:
+    default = helm.template(CLOUD, [], namespace)
+    service = the([m for m in default if m["metadata"]["name"].endswith("-gateway")],
+                  "Service")
+    assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+        ("gateway", 50051, "gateway"), ("enrolment", 50052, "enrolment")]
+    container = the(default, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [
+        ("gateway", 50051), ("enrolment", 50052), ("metrics", 8080)]
+    env = container_env(default, "Deployment")
+    assert env["EDGEFLEET_ENROLMENT_PORT"] == "50052"
+    assert env["EDGEFLEET_INSECURE_PLAINTEXT"] == "false"
+    assert env["EDGEFLEET_DEVICE_CERT_VALIDITY"] == "P30D"
+    assert "EDGEFLEET_TLS_CERT_FILE" not in env  # the gateway serves from its own CA
+    svc = service["metadata"]["name"]
+    assert json.loads(env["EDGEFLEET_GATEWAY_DNS_NAMES"]) == [
+        svc, f"{svc}.{namespace}", f"{svc}.{namespace}.svc"]
+    settings = operator_settings_from(env, tmp_path)
+    assert (settings["grpc_port"], settings["enrolment_port"]) == (50051, 50052)
+    assert settings["insecure_plaintext"] is False
+    assert settings["ca_secret_name"] == "edgefleet-gateway-ca"
+    assert settings["signing_secret_name"] == "edgefleet-assignment-signing"
+    assert settings["device_cert_validity"] == "P30D"
+    assert settings["gateway_dns_names"] == json.loads(env["EDGEFLEET_GATEWAY_DNS_NAMES"])
+    # The operator's CA and signing Secrets are no objects of the chart: Helm never
+    # deletes them.
+    assert not [m for m in default if m["kind"] == "Secret"]
+
+    chosen = helm.template(CLOUD, CLOUD_VALUES["identity settings"], namespace)
+    env = container_env(chosen, "Deployment")
+    settings = operator_settings_from(env, tmp_path)
+    assert settings["enrolment_port"] == 8443
+    assert settings["device_cert_validity"] == "P1D"  # 86400 seconds, as ISO 8601
+    assert settings["gateway_dns_names"][-1] == "gateway.fleet.example"
+    assert (settings["ca_secret_name"], settings["signing_secret_name"]) == (
+        "fleet-ca", "fleet-signing")
+
+    # Plaintext: no enrolment port anywhere.
+    plain = helm.template(CLOUD, ["--set", "gateway.insecurePlaintext=true"], namespace)
+    assert operator_settings_from(container_env(plain, "Deployment"), tmp_path)[
+        "insecure_plaintext"] is True
+    service = the([m for m in plain if m["metadata"]["name"].endswith("-gateway")],
+                  "Service")
+    assert [p["name"] for p in service["spec"]["ports"]] == ["gateway"]
+    assert rule_ports(the(plain, "NetworkPolicy")["spec"]["ingress"][0]) == {
+        ("gateway", "TCP")}
+
+
+def test_cloud_chart_lets_cert_manager_own_the_ca_where_asked(
+    helm: Helm, namespace: str,
+) -> None:
+    cert_manager = ("--api-versions", "cert-manager.io/v1")
+    for values, api, renders in (
+        ([], cert_manager, False),  # off by default, served or not
+        (["--set", "gateway.ca.certManager.enabled=auto"], (), False),
+        (["--set", "gateway.ca.certManager.enabled=auto"], cert_manager, True),
+        (["--set", "gateway.ca.certManager.enabled=true"], (), True),  # forced
+        (["--set", "gateway.ca.certManager.enabled=false"], cert_manager, False),
+    ):
+        manifests = helm.template(CLOUD, values, namespace, *api)
+        pod = the(manifests, "Deployment")["spec"]["template"]["spec"]
+        owned = [m for m in manifests if m["apiVersion"] == "cert-manager.io/v1"]
+        if not renders:
+            assert not owned, (values, api)
+            assert "gateway-ca" not in [v["name"] for v in pod["volumes"]]
+            continue
+        assert kinds(owned) == ["Certificate/release-edgefleet-gateway-ca",
+                                "Issuer/release-edgefleet-selfsigned"], (values, api)
+        issuer, certificate = the(owned, "Issuer"), the(owned, "Certificate")
+        assert issuer["spec"] == {"selfSigned": {}}
+        spec = certificate["spec"]
+        assert spec["isCA"] is True
+        assert spec["secretName"] == "edgefleet-gateway-ca"  # the operator's --ca-secret-name
+        assert spec["issuerRef"] == {"name": "release-edgefleet-selfsigned",
+                                     "kind": "Issuer", "group": "cert-manager.io"}
+        # ECDSA P-256, and the key kept at renewal: the devices' pin never changes.
+        assert spec["privateKey"] == {"algorithm": "ECDSA", "size": 256,
+                                      "rotationPolicy": "Never"}
+        assert (spec["duration"], spec["renewBefore"]) == ("87600h", "720h")
+        # Uninstall keeps it (and so the Secret) unless told otherwise.
+        for kept in (issuer, certificate):
+            assert kept["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        # The pod waits for cert-manager's Secret, mounting its certificate, never its key.
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "gateway-ca"]
+        assert volume["secret"] == {"secretName": "edgefleet-gateway-ca",
+                                    "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+
+    not_kept = helm.template(CLOUD, ["--set", "gateway.ca.certManager.enabled=true",
+                                     "--set", "gateway.ca.certManager.keepOnUninstall=false"],
+                             namespace)
+    assert "annotations" not in the(not_kept, "Certificate")["metadata"]
+
+
 def rule_ports(rule: dict) -> set[tuple[object, str]]:
     return {(p["port"], p["protocol"]) for p in rule["ports"]}
 
@@ -292,7 +461,9 @@ def test_cloud_network_policy_admits_devices_prometheus_and_named_egress_only(
         the(default, "Deployment")["spec"]["selector"]["matchLabels"])
     assert policy["policyTypes"] == ["Ingress", "Egress"]
     gateway, metrics = policy["ingress"]
-    assert rule_ports(gateway) == {("gateway", "TCP")} and "from" not in gateway  # anywhere
+    # Sessions and enrolment, from anywhere.
+    assert rule_ports(gateway) == {("gateway", "TCP"), ("enrolment", "TCP")}
+    assert "from" not in gateway
     assert rule_ports(metrics) == {("metrics", "TCP")}
     assert metrics["from"] == [{"namespaceSelector": {}, "podSelector": {
         "matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
@@ -324,11 +495,13 @@ def test_cloud_network_policy_admits_devices_prometheus_and_named_egress_only(
 
 def edge_settings_from(env: dict[str, str], tmp_path: Path) -> dict:
     """What the edge runtime's `run` settings make of a rendered environment (the
-    node's name and the $(...) reference as the kubelet would fill them in)."""
+    node's name and the $(...) reference as the kubelet would fill them in), with the
+    runtime's own rules between its cloud flags applied as on a node not yet enrolled."""
     env = {name: value.replace("$(EDGEFLEET_EDGE_DEVICE)", "node-1")
            for name, value in env.items()}
     code = ("from edgefleet.edge_runtime.settings import RunSettings; "
-            "print(RunSettings(_cli_parse_args=[]).model_dump_json())")
+            "s = RunSettings(_cli_parse_args=[]); s.check_cloud_link(identity_stored=False); "
+            "print(s.model_dump_json())")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={"PATH": os.environ["PATH"], "PYTHONSAFEPATH": "1",
                                  "EDGEFLEET_EDGE_DEVICE": "node-1", **env},
@@ -409,10 +582,111 @@ def test_edge_chart_serves_inference_over_mutual_tls_from_a_secret(
     assert "EDGEFLEET_EDGE_TLS_CLIENT_CA_FILE" not in container_env(server_only, "DaemonSet")
 
 
+def pod_of(manifests: list[dict]) -> dict:
+    return the(manifests, "DaemonSet")["spec"]["template"]["spec"]
+
+
+def test_no_edge_pod_can_read_another_nodes_credentials(helm: Helm, namespace: str) -> None:
+    """Whatever the values, a pod mounts no Secret that holds per-node tokens: each
+    Secret volume projects named keys, none of them a node's, and a node's own token and
+    identity live in its data directory, a hostPath only that node's pods see."""
+    shared = {"fleet-token": "token", "tls": "ca.crt", "auth": "token",
+              "inference-tls": None}  # the only Secret volumes, and what they may hold
+    for name, values in EDGE_VALUES.items():
+        manifests = helm.template(EDGE, values, namespace)
+        pod = pod_of(manifests)
+        env = container_env(manifests, "DaemonSet")
+        for volume in pod["volumes"]:
+            if "secret" not in volume:
+                continue
+            assert volume["name"] in shared, (name, volume)
+            assert volume["secret"].get("items"), (name, volume)  # never a whole Secret
+            if shared[volume["name"]]:
+                assert [i["key"] for i in volume["secret"]["items"]] == [
+                    shared[volume["name"]]], (name, volume)
+        assert not [value for value in env.values() if "$(EDGEFLEET_EDGE_DEVICE)" in value], name
+        if "EDGEFLEET_EDGE_TOKEN_FILE" in env:
+            assert env["EDGEFLEET_EDGE_TOKEN_FILE"] == "/data/bootstrap-token", name
+    # The data directory, identity/ included, is the node's own and outlives the pod.
+    pod = pod_of(helm.template(EDGE, EDGE_REQUIRED, namespace))
+    (data,) = [v for v in pod["volumes"] if v["name"] == "data"]
+    assert data["hostPath"] == {"path": "/var/lib/edgefleet", "type": "DirectoryOrCreate"}
+    assert {"name": "data", "mountPath": "/data"} in pod["containers"][0]["volumeMounts"]
+    assert container_env(helm.template(EDGE, EDGE_REQUIRED, namespace), "DaemonSet")[
+        "EDGEFLEET_EDGE_DATA_DIR"] == "/data"
+
+
+def test_edge_chart_enrols_with_the_fleet_token_by_default(
+    helm: Helm, namespace: str, tmp_path: Path,
+) -> None:
+    manifests = helm.template(EDGE, EDGE_VALUES["fleet labels"], namespace)
+    env = container_env(manifests, "DaemonSet")
+    assert env["EDGEFLEET_EDGE_FLEET_TOKEN_FILE"] == "/etc/edgefleet/fleet-token/token"
+    assert "EDGEFLEET_EDGE_TOKEN_FILE" not in env
+    assert env["EDGEFLEET_EDGE_CA_CERT_HASH"] == PIN
+    pod = pod_of(manifests)
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "fleet-token"]
+    assert volume["secret"]["secretName"] == "edgefleet-fleet-token"
+    assert volume["secret"]["items"] == [{"key": "token", "path": "token"}]
+    assert {"name": "fleet-token", "mountPath": "/etc/edgefleet/fleet-token",
+            "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    settings = edge_settings_from(env, tmp_path)
+    assert settings["fleet_token_file"] == "/etc/edgefleet/fleet-token/token"
+    assert settings["token_file"] is None
+    assert settings["ca_cert_hash"] == PIN
+    assert settings["label"] == {"site": "plant-7"}
+    assert settings["enrolment_address"] == "enrol.fleet.example:443"
+    assert settings["insecure_plaintext"] is False
+    # The NetworkPolicy lets the pod reach the enrolment port as well as the sessions'.
+    egress = the(manifests, "NetworkPolicy")["spec"]["egress"][1]
+    assert rule_ports(egress) == {(50051, "TCP"), (443, "TCP")}
+
+    # A pin alone, and the enrolment port beside the gateway's by default.
+    default = helm.template(EDGE, EDGE_REQUIRED, namespace)
+    env = container_env(default, "DaemonSet")
+    assert "EDGEFLEET_EDGE_LABEL" not in env and "EDGEFLEET_EDGE_TLS_CA_FILE" not in env
+    assert edge_settings_from(env, tmp_path)["enrolment_address"] is None
+    assert rule_ports(the(default, "NetworkPolicy")["spec"]["egress"][1]) == {
+        (50051, "TCP"), (50052, "TCP")}
+    # Or the CA bundle from a Secret instead of the pin.
+    from_secret = helm.template(EDGE, EDGE_VALUES["ca from a secret"], namespace)
+    env = container_env(from_secret, "DaemonSet")
+    assert env["EDGEFLEET_EDGE_TLS_CA_FILE"] == "/etc/edgefleet/tls/ca.crt"
+    assert "EDGEFLEET_EDGE_CA_CERT_HASH" not in env
+
+
+def test_edge_chart_reads_a_bootstrap_token_from_the_nodes_own_data_directory(
+    helm: Helm, namespace: str, tmp_path: Path,
+) -> None:
+    manifests = helm.template(EDGE, EDGE_VALUES["bootstrap tokens"], namespace)
+    env = container_env(manifests, "DaemonSet")
+    assert env["EDGEFLEET_EDGE_TOKEN_FILE"] == "/data/bootstrap-token"
+    assert "EDGEFLEET_EDGE_FLEET_TOKEN_FILE" not in env
+    pod = pod_of(manifests)
+    assert not [v for v in pod["volumes"] if "secret" in v]
+    # The file the site put on the node becomes the runtime's, readable by it alone.
+    (init,) = pod["initContainers"]
+    assert "chown 65532:65532 /data/bootstrap-token" in init["command"][-1]
+    settings = edge_settings_from(env, tmp_path)
+    assert (settings["token_file"], settings["fleet_token_file"]) == (
+        "/data/bootstrap-token", None)
+
+    # Plaintext (development): the bootstrap token on every call, nothing of TLS.
+    plain = helm.template(EDGE, [*EDGE_PLAINTEXT, "--set", "tls.caSecretName=gateway-ca"],
+                          namespace)
+    env = container_env(plain, "DaemonSet")
+    assert env["EDGEFLEET_EDGE_INSECURE_PLAINTEXT"] == "true"
+    assert not {"EDGEFLEET_EDGE_CA_CERT_HASH", "EDGEFLEET_EDGE_TLS_CA_FILE",
+                "EDGEFLEET_EDGE_FLEET_TOKEN_FILE"} & set(env)
+    assert edge_settings_from(env, tmp_path)["insecure_plaintext"] is True
+    assert rule_ports(the(plain, "NetworkPolicy")["spec"]["egress"][1]) == {(50051, "TCP")}
+
+
 def test_edge_network_policy_admits_named_callers_and_reaches_only_the_gateway(
     helm: Helm, namespace: str,
 ) -> None:
-    default = helm.template(EDGE, ["--set", "cloud=gateway.example:443",
+    default = helm.template(EDGE, ["--set", "cloud.address=gateway.example:443",
+                                   "--set", f"cloud.caCertHash={PIN}",
                                    "--set", "namespace=fleet"], namespace)
     policy = the(default, "NetworkPolicy")["spec"]
     assert policy["policyTypes"] == ["Ingress", "Egress"]
@@ -423,13 +697,14 @@ def test_edge_network_policy_admits_named_callers_and_reaches_only_the_gateway(
         "app.kubernetes.io/name": "prometheus"}
     dns, gateway = policy["egress"]
     assert rule_ports(dns) == {(53, "UDP"), (53, "TCP")}
-    assert rule_ports(gateway) == {(443, "TCP")} and "to" not in gateway  # the port of `cloud`
+    # The port of cloud.address, and the enrolment port.
+    assert rule_ports(gateway) == {(443, "TCP"), (50052, "TCP")} and "to" not in gateway
 
     site = helm.template(EDGE, EDGE_VALUES["site network"], namespace)
     policy = the(site, "NetworkPolicy")["spec"]
     assert policy["ingress"][0]["from"] == [{"ipBlock": {"cidr": "192.168.10.0/24"}}]
     assert policy["egress"][1]["to"] == [{"ipBlock": {"cidr": "198.51.100.7/32"}}]
-    assert rule_ports(policy["egress"][1]) == {(50051, "TCP")}
+    assert rule_ports(policy["egress"][1]) == {(50051, "TCP"), (50052, "TCP")}
     # A policy cannot bind a pod on the host's network: none is rendered to suggest one.
     for values in (["--set", "hostNetwork=true"], ["--set", "networkPolicy.enabled=false"]):
         manifests = helm.template(EDGE, [*EDGE_REQUIRED, *values], namespace)
@@ -441,8 +716,9 @@ def test_edge_network_policy_admits_named_callers_and_reaches_only_the_gateway(
     (CLOUD, ["--set", "gateway.service.type=Public"], "at '/gateway/service/type'"),
     (CLOUD, ["--set", "leaderElection=maybe"], "at '/leaderElection'"),
     (CLOUD, ["--set", "gateway.prot=1"], "additional properties 'prot' not allowed"),
-    (EDGE, ["--set", "namespace=fleet"], "cloud (the gateway's HOST:PORT) is required"),
-    (EDGE, [*EDGE_REQUIRED, "--set", "cloud=no port"], "at '/cloud'"),
+    (EDGE, ["--set", "namespace=fleet", "--set", f"cloud.caCertHash={PIN}"],
+     "cloud.address (the gateway's HOST:PORT) is required"),
+    (EDGE, [*EDGE_REQUIRED, "--set", "cloud.address=no port"], "at '/cloud/address'"),
     (EDGE, [*EDGE_REQUIRED, "--set", "dataDir.hostPath=relative"], "at '/dataDir/hostPath'"),
     (CLOUD, ["--set", "clusterWide=true", "--set", "watchNamespaces={fleet}"],
      "at '/watchNamespaces': maxItems"),
@@ -467,12 +743,40 @@ def test_edge_network_policy_admits_named_callers_and_reaches_only_the_gateway(
      "additional properties 'podSelecter' not allowed"),
     (EDGE, [*EDGE_REQUIRED, "--set", "inferenceTls.requireClientCertificates=true"],
      "at '/inferenceTls/secretName': minLength"),
+    # TLS needs the gateway CA: its pin or a Secret with it.
+    (EDGE, EDGE_CLOUD, "at '/cloud/caCertHash': minLength"),
+    (EDGE, [*EDGE_CLOUD, "--set", "tls.caSecretName="], "at '/cloud/caCertHash': minLength"),
+    (EDGE, [*EDGE_CLOUD, "--set", "cloud.caCertHash=sha256:ABCD"], "at '/cloud/caCertHash'"),
+    (EDGE, [*EDGE_CLOUD, "--set", "insecurePlaintext=true"],
+     "at '/enrolment/bootstrapTokens': value must be true"),
+    (EDGE, [*EDGE_REQUIRED, "--set", "enrolment.fleetTokenSecretName="],
+     "at '/enrolment/fleetTokenSecretName': minLength"),
+    (EDGE, [*EDGE_REQUIRED, "--set", "enrolment.labels.bad_=x"],
+     "at '/enrolment/labels': additional properties 'bad_' not allowed"),
+    (EDGE, [*EDGE_REQUIRED, "--set", "cloud.enrolmentAddress=enrol"],
+     "at '/cloud/enrolmentAddress'"),
+    # Every node's token in one Secret is gone for good.
+    (EDGE, [*EDGE_REQUIRED, "--set", "tokenSecretName=edgefleet-device-tokens"],
+     "additional properties 'tokenSecretName' not allowed"),
+    (CLOUD, ["--set", "gateway.tlsSecretName=gateway-tls"],
+     "additional properties 'tlsSecretName' not allowed"),
+    (CLOUD, ["--set", "gateway.deviceCertValidity=30d"], "at '/gateway/deviceCertValidity'"),
+    (CLOUD, ["--set", "gateway.ca.certManager.enabled=maybe"],
+     "at '/gateway/ca/certManager/enabled'"),
+    (CLOUD, ["--set", "gateway.enrolmentPort=50051"],
+     "gateway.enrolmentPort must differ from gateway.port"),
+    (CLOUD, ["--set", "gateway.dnsNames={Gateway.Example}"], "at '/gateway/dnsNames/0'"),
 ], ids=["replicas-0", "service-type", "leader-election", "unknown-key", "edge-no-cloud",
         "edge-bad-cloud", "edge-relative-path", "cluster-wide-with-namespaces",
         "namespace-name", "cluster-wide-not-bool", "file-root-relative", "file-root-dotdot",
         "private-networks-not-bool", "policy-not-bool", "cidr", "egress-port",
         "api-server-ports", "edge-listen-host", "edge-token-secret", "edge-concurrency-0",
-        "edge-tiny-body-limit", "edge-peer-typo", "edge-client-ca-without-tls"])
+        "edge-tiny-body-limit", "edge-peer-typo", "edge-client-ca-without-tls",
+        "edge-no-pin-nor-ca", "edge-empty-ca-secret", "edge-bad-pin",
+        "edge-plaintext-without-bootstrap-tokens", "edge-fleet-without-secret",
+        "edge-label-key", "edge-enrolment-address", "edge-shared-token-secret",
+        "cloud-tls-secret", "cloud-validity", "cloud-cert-manager", "cloud-same-ports",
+        "cloud-dns-name"])
 def test_wrong_values_fail_at_install_naming_the_value(
     helm: Helm, chart: Path, values: list[str], says: str,
 ) -> None:
@@ -483,12 +787,29 @@ def test_wrong_values_fail_at_install_naming_the_value(
 
 def test_both_charts_install_upgrade_and_uninstall(helm: Helm, kube: Kube,
                                                    namespace: str) -> None:
-    helm.run("install", "cloud", str(CLOUD), "--namespace", namespace)
+    notes = helm.run("install", "cloud", str(CLOUD), "--namespace", namespace).stdout
+    # The NOTES tell how to get the pin from the CA Secret, kubeadm style, and to give
+    # it to the edge chart.
+    assert (f"kubectl -n {namespace} get secret edgefleet-gateway-ca -o jsonpath="
+            "'{.data.ca\\.crt}' | base64 -d") in notes, notes
+    assert "openssl x509 -pubkey -noout | openssl pkey -pubin -outform der | sha256sum" in notes
+    assert "ca-cert-hash=sha256:" in notes and "--set cloud.caCertHash=sha256:<hex>" in notes
     apps = client.AppsV1Api(kube.api)
     assert apps.read_namespaced_deployment("cloud-edgefleet", namespace).spec.replicas == 1
+    # The gateway CA as the operator creates it on its first start: no object of Helm's.
+    ca = kube.core.create_namespaced_secret(namespace, client.V1Secret(
+        metadata=client.V1ObjectMeta(name="edgefleet-gateway-ca"),
+        string_data={"tls.crt": "CA", "tls.key": "KEY", "ca.crt": "CA"}))
+    # Handing that CA to cert-manager would replace it: the upgrade refuses, naming why.
+    refused = helm.run("upgrade", "cloud", str(CLOUD), "--namespace", namespace,
+                       "--set", "gateway.ca.certManager.enabled=true", check=False)
+    assert refused.returncode != 0
+    assert "holds a CA the operator created" in refused.stderr, refused.stderr
     helm.run("upgrade", "cloud", str(CLOUD), "--namespace", namespace, "--set", "replicas=2")
     assert apps.read_namespaced_deployment("cloud-edgefleet", namespace).spec.replicas == 2
-    helm.run("install", "edge", str(EDGE), "--namespace", namespace, *EDGE_REQUIRED)
+    notes = helm.run("install", "edge", str(EDGE), "--namespace", namespace,
+                     *EDGE_REQUIRED).stdout
+    assert f"public key hashes to {PIN}" in notes and "edgefleet.io/approved=true" in notes
     daemonset = apps.read_namespaced_daemon_set("edge-edgefleet-edge", namespace)
     env = {e.name: e for e in daemonset.spec.template.spec.containers[0].env}
     assert env["EDGEFLEET_EDGE_DEVICE"].value_from.field_ref.field_path == "spec.nodeName"
@@ -501,7 +822,7 @@ def test_both_charts_install_upgrade_and_uninstall(helm: Helm, kube: Kube,
                 networking.list_namespaced_network_policy(namespace).items}
     assert sorted(policies) == ["cloud-edgefleet", "edge-edgefleet-edge"]
     assert [port.port for rule in policies["cloud-edgefleet"].spec.ingress
-            for port in rule.ports] == ["gateway", "metrics"]
+            for port in rule.ports] == ["gateway", "enrolment", "metrics"]
 
     helm.run("uninstall", "edge", "--namespace", namespace)
     helm.run("uninstall", "cloud", "--namespace", namespace)
@@ -510,6 +831,10 @@ def test_both_charts_install_upgrade_and_uninstall(helm: Helm, kube: Kube,
     assert not networking.list_namespaced_network_policy(namespace).items
     rbac = client.RbacAuthorizationV1Api(kube.api)
     assert "cloud-edgefleet" not in [r.metadata.name for r in rbac.list_cluster_role().items]
+    # Upgrades and the uninstall kept the CA, so a reinstall serves the same one and
+    # every enrolled device still trusts the gateway.
+    kept = kube.core.read_namespaced_secret("edgefleet-gateway-ca", namespace)
+    assert (kept.metadata.uid, kept.data) == (ca.metadata.uid, ca.data)
 
 
 def service_account_kubeconfig(kube: Kube, namespace: str, account: str,
@@ -546,11 +871,34 @@ def test_the_operator_works_on_the_charts_rbac_alone(
             assert can(verb, "secrets", "-n", elsewhere) == "no", (verb, elsewhere)
         assert can(verb, "secrets", "--all-namespaces") == "no", verb
     for verb, resource in (("delete", "edgemodels.edgefleet.io"), ("create", "pods"),
-                           ("create", "secrets"), ("list", "edgemodels.edgefleet.io")):
+                           ("create", "edgemodels.edgefleet.io"),
+                           ("update", "secrets/another-secret"),
+                           ("delete", "secrets/edgefleet-gateway-ca"),
+                           ("list", "edgemodels.edgefleet.io")):
         where = ("-n", namespace) if verb != "list" else ("-n", "default")
         assert can(verb, resource, *where) == "no", f"{verb} {resource}"
+    # Its CA and signing Secrets: created if absent in its own namespace, and only
+    # those two updated; EdgeDevices created for fleet enrolment where it serves.
+    assert can("create", "secrets", "-n", namespace) == "yes"
+    assert can("create", "secrets", "-n", "default") == "no"
+    for name in ("edgefleet-gateway-ca", "edgefleet-assignment-signing"):
+        for verb in ("get", "update"):
+            assert can(verb, f"secrets/{name}", "-n", namespace) == "yes", (verb, name)
+    assert can("create", "edgedevices.edgefleet.io", "-n", namespace) == "yes"
+    assert can("create", "edgedevices.edgefleet.io", "-n", "default") == "no"
 
-    start_operator("--lease-namespace", namespace, kubeconfig=kubeconfig)
+    operator = start_operator("--lease-namespace", namespace, kubeconfig=kubeconfig)
+    # It made its CA and signing key on that RBAC, and logs the pin devices need.
+    pin = eventually(lambda: re.search(r"ca-cert-hash=(sha256:[0-9a-f]{64})", operator.log()),
+                     what="the pin in the operator's log").group(1)
+    secret = kube.core.read_namespaced_secret("edgefleet-gateway-ca", namespace)
+    assert {"tls.crt", "tls.key", "ca.crt"} <= set(secret.data)
+    assert kube.core.read_namespaced_secret("edgefleet-assignment-signing", namespace).data
+    # The pin is what the cloud chart's NOTES compute from the Secret.
+    certificate = x509.load_pem_x509_certificate(base64.b64decode(secret.data["ca.crt"]))
+    spki = certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert pin == "sha256:" + hashlib.sha256(spki).hexdigest()
     kube.create("edgedevices", namespace, device_body("cam-1", site="plant-7"))
     kube.create("edgemodels", namespace, model_body("digits", version="1.0.0"))
     wait_status(kube, "edgedevices", namespace, "cam-1", {"phase": "Pending"})

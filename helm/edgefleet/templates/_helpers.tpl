@@ -55,3 +55,32 @@ watchNamespaces, or the release namespace alone; "[]" (all) only with clusterWid
 {{- .Values.watchNamespaces | default (list .Release.Namespace) | toJson -}}
 {{- end -}}
 {{- end -}}
+
+{{/* "true" when cert-manager owns the gateway CA: asked for, or auto and the cluster
+serves cert-manager.io/v1. */}}
+{{- define "edgefleet.certManager" -}}
+{{- $wanted := .Values.gateway.ca.certManager.enabled -}}
+{{- if eq (toString $wanted) "auto" -}}
+{{- .Capabilities.APIVersions.Has "cert-manager.io/v1" -}}
+{{- else -}}
+{{- $wanted -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The DNS names of the gateway's serving certificate, as a JSON list: the gateway
+Service's own names, then gateway.dnsNames. */}}
+{{- define "edgefleet.gatewayDnsNames" -}}
+{{- $svc := printf "%s-gateway" (include "edgefleet.fullname" .) -}}
+{{- $ns := .Release.Namespace -}}
+{{- concat (list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns)) .Values.gateway.dnsNames | uniq | toJson -}}
+{{- end -}}
+
+{{/* gateway.deviceCertValidity as ISO 8601: a number of seconds becomes PT<n>S. */}}
+{{- define "edgefleet.deviceCertValidity" -}}
+{{- $v := .Values.gateway.deviceCertValidity -}}
+{{- if kindIs "string" $v -}}
+{{- $v -}}
+{{- else -}}
+{{- printf "PT%dS" (int64 $v) -}}
+{{- end -}}
+{{- end -}}
