@@ -197,11 +197,17 @@ class CloudAgent:
             return False
         if code == grpc.StatusCode.PERMISSION_DENIED:  # revoked or deleted
             telemetry.set_identity_state("Revoked")
+            if self.identity.new_token_in_place():
+                self.identity.enrol_because = "the gateway refuses the certificate"
+                logger.error("the gateway refuses this device: %s; a new enrolment token is "
+                             "in place: enrolling again", details)
+                return False
             logger.error("the gateway refuses this device (serving what it serves, retrying "
-                         "every %.0fs): %s", self.settings.backoff_max_seconds, details)
+                         "every %.0fs; a new bootstrap token enrols it again): %s",
+                         self.settings.backoff_max_seconds, details)
             return True
         if code == grpc.StatusCode.UNAUTHENTICATED:
-            self.identity.must_enrol = True
+            self.identity.enrol_because = "the gateway no longer knows the certificate"
             logger.warning("the gateway does not accept this device's certificate (%s): "
                            "enrolling again", details)
             return False
@@ -293,11 +299,14 @@ class CloudAgent:
             changed = asyncio.ensure_future(self._changed.wait())
             sampled = asyncio.ensure_future(self._sampled.wait())
             queued = asyncio.ensure_future(outbox.get())
-            await asyncio.wait({changed, sampled, queued}, return_when=asyncio.FIRST_COMPLETED,
-                               timeout=max(0.0, heartbeat_due - time.monotonic()))
-            changed.cancel()
-            sampled.cancel()
-            queued.cancel()  # an item not yet taken stays in the queue
+            try:
+                await asyncio.wait({changed, sampled, queued},
+                                   return_when=asyncio.FIRST_COMPLETED,
+                                   timeout=max(0.0, heartbeat_due - time.monotonic()))
+            finally:  # also when the session ends: no waiter outlives it
+                changed.cancel()
+                sampled.cancel()
+                queued.cancel()  # an item not yet taken stays in the queue
             self._sampled.clear()
             if queued.done() and not queued.cancelled():
                 await call.write(queued.result())

@@ -11,6 +11,7 @@ made here, and a certificate is only kept when it certifies that key.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import socket
@@ -96,10 +97,12 @@ def _pem(certificates: Iterable[x509.Certificate]) -> bytes:
 
 @dataclass(frozen=True)
 class Identity:
-    """A private key and the certificate chain issued for it (leaf first)."""
+    """A private key and the certificate chain issued for it (leaf first), and when the
+    device received it (Unix time; identity.pem's mtime after a restart)."""
 
     key: ec.EllipticCurvePrivateKey
     chain: tuple[x509.Certificate, ...]
+    received_at: float = 0.0
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -117,9 +120,16 @@ class Identity:
     def serial(self) -> str:
         return format(self.certificate.serial_number, "x")
 
+    def lifetime(self) -> float:
+        """Seconds from notBefore, or from when it was received if that is later, to
+        notAfter: issuers backdate notBefore for clock skew (minutes), which would put
+        the renewal point of a short-lived certificate in the past at once, and renew
+        it again and again."""
+        return self.not_after - min(max(self.not_before, self.received_at), self.not_after)
+
     def renew_at(self) -> float:
         """Unix time two thirds into the certificate's lifetime."""
-        return self.not_before + (self.not_after - self.not_before) * 2 / 3
+        return self.not_after - self.lifetime() / 3
 
     def expired(self, now: float) -> bool:
         return now >= self.not_after
@@ -136,7 +146,7 @@ class Identity:
         return self.key_pem() + self.chain_pem()
 
     @classmethod
-    def from_pem(cls, data: bytes) -> Identity:
+    def from_pem(cls, data: bytes, received_at: float = 0.0) -> Identity:
         """Raises ValueError for a file that is not one EC key and a certificate for it."""
         key = serialization.load_pem_private_key(data, password=None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
@@ -144,7 +154,7 @@ class Identity:
         chain = tuple(load_certificates(data))
         if not certifies(chain[0], key):
             raise ValueError("the certificate is not for the private key")
-        return cls(key, chain)
+        return cls(key, chain, received_at)
 
 
 # ------------------------------------------------------------ files
@@ -170,13 +180,16 @@ def write_private(path: Path, data: bytes) -> None:
 
 
 class IdentityFiles:
-    """DATA_DIR/identity/: identity.pem (key + chain, 0600), trust.pem, signing.pub."""
+    """DATA_DIR/identity/ (0700): identity.pem (key + chain), trust.pem, signing.pub and
+    token.sha256, each written atomically, 0600."""
 
     def __init__(self, data_dir: Path) -> None:
         self.directory = data_dir / IDENTITY_DIR
         self.identity_path = self.directory / "identity.pem"
         self.trust_path = self.directory / "trust.pem"
         self.signing_path = self.directory / "signing.pub"
+        # sha256 of the token the identity was enrolled with (never the token itself).
+        self.token_fingerprint_path = self.directory / "token.sha256"
 
     def prepare(self) -> None:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -186,7 +199,8 @@ class IdentityFiles:
         """The stored identity; None when there is none or it is unusable (then logged:
         the device enrols again and the new identity replaces the file)."""
         try:
-            return Identity.from_pem(self.identity_path.read_bytes())
+            with open(self.identity_path, "rb") as file:
+                return Identity.from_pem(file.read(), os.fstat(file.fileno()).st_mtime)
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as error:
@@ -235,6 +249,10 @@ class IdentityFiles:
     def save_signing_key(self, raw: bytes) -> None:
         self.prepare()
         write_private(self.signing_path, raw)
+
+
+def fingerprint(token: str) -> str:
+    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
 
 
 def identity_stored(data_dir: Path) -> bool:
@@ -338,7 +356,7 @@ def enrolment_answer(response: pb.EnrollResponse, key: ec.EllipticCurvePrivateKe
         load_certificates(trust)
     except ValueError as error:
         raise IdentityError(f"the gateway's trust bundle is unusable: {error}") from None
-    return Enrolment(Identity(key, chain), trust, signing_key)
+    return Enrolment(Identity(key, chain, time.time()), trust, signing_key)
 
 
 async def call_enroll(target: str, trust: bytes, token: str,
@@ -376,7 +394,8 @@ class DeviceIdentity:
         self.files = IdentityFiles(settings.data_dir)
         self.current = self.files.load_identity()
         self.signing_key = self.files.load_signing_key()
-        self.must_enrol = False  # the gateway answered UNAUTHENTICATED
+        # Why to enrol again though the certificate is still valid (the gateway's answer).
+        self.enrol_because: str | None = None
         self.renewed = asyncio.Event()
         self._pending: ec.EllipticCurvePrivateKey | None = None  # the key being renewed
         self._set_metrics()
@@ -384,6 +403,16 @@ class DeviceIdentity:
     def _set_metrics(self) -> None:
         telemetry.set_identity_state("Enrolled" if self.current else "NotEnrolled")
         telemetry.CERTIFICATE_EXPIRY.set(self.current.not_after if self.current else 0)
+
+    def new_token_in_place(self) -> bool:
+        """Whether the enrolment token file now holds another token than the one the
+        stored identity was enrolled with: an admin's answer to a revocation."""
+        try:
+            token, _ = self._token()
+            enrolled_with = self.files.token_fingerprint_path.read_text().strip()
+        except (IdentityError, OSError):
+            return False
+        return fingerprint(token) != enrolled_with
 
     def _token(self) -> tuple[str, bool]:
         """The enrolment token, and whether it is a fleet token; re-read each time, so
@@ -428,7 +457,8 @@ class DeviceIdentity:
         return pem
 
     def needs_enrolment(self, now: float) -> bool:
-        return self.current is None or self.must_enrol or self.current.expired(now)
+        return (self.current is None or self.enrol_because is not None
+                or self.current.expired(now))
 
     async def ensure(self) -> None:
         """Enrols when needed; raises IdentityError or grpc.aio.AioRpcError (the link)."""
@@ -436,7 +466,7 @@ class DeviceIdentity:
             return
         again = self.current is not None
         why = ("no identity yet" if not again else
-               "the gateway no longer knows the certificate" if self.must_enrol else
+               self.enrol_because if self.enrol_because else
                "the certificate expired")
         try:
             await self._enrol(why)
@@ -465,9 +495,11 @@ class DeviceIdentity:
         # identity.pem last: its presence says the device enrolled.
         await asyncio.to_thread(self.files.save_trust, enrolment.trust_bundle)
         await asyncio.to_thread(self.files.save_signing_key, enrolment.signing_key)
+        await asyncio.to_thread(write_private, self.files.token_fingerprint_path,
+                                fingerprint(token).encode())
         await asyncio.to_thread(self.files.save_identity, enrolment.identity)
         self.current, self.signing_key = enrolment.identity, enrolment.signing_key
-        self.must_enrol, self._pending = False, None
+        self.enrol_because, self._pending = None, None
         self._set_metrics()
         logger.info("enrolled device=%s/%s serial=%s not_after=%s",
                     settings.namespace, settings.device, enrolment.identity.serial,
@@ -493,7 +525,7 @@ class DeviceIdentity:
 
     def retry_delay(self) -> float:
         """How long to wait for the answer to a renewal before asking again."""
-        lifetime = (self.current.not_after - self.current.not_before) if self.current else 0
+        lifetime = self.current.lifetime() if self.current else 0
         # At least a second: the gateway answers one renewal a second per session.
         return max(1.0, min(lifetime / 20, self.settings.backoff_max_seconds))
 
@@ -525,7 +557,7 @@ class DeviceIdentity:
             logger.error("ignoring a renewed certificate naming %s, expected %s",
                          uri_names(chain[0]), uri)
             return
-        identity = Identity(self._pending, chain)
+        identity = Identity(self._pending, chain, time.time())
         await asyncio.to_thread(self.files.save_identity, identity)
         self.current, self._pending = identity, None
         self._set_metrics()

@@ -67,7 +67,8 @@ class CA:
         self.pem = self.cert.public_bytes(PEM)
 
     def issue(self, public_key: Any, *, dns: str | None = None, uri: str | None = None,
-              lifetime: timedelta = timedelta(days=1)) -> x509.Certificate:
+              lifetime: timedelta = timedelta(days=1),
+              backdated: timedelta = timedelta(seconds=1)) -> x509.Certificate:
         now = datetime.now(UTC)
         names: list[x509.GeneralName] = [x509.DNSName(dns)] if dns else []
         names += [x509.UniformResourceIdentifier(uri)] if uri else []
@@ -75,8 +76,7 @@ class CA:
         return (x509.CertificateBuilder().subject_name(_name(dns or uri or "x"))
                 .issuer_name(self.cert.subject).public_key(public_key)
                 .serial_number(x509.random_serial_number())
-                .not_valid_before(now - timedelta(seconds=1))
-                .not_valid_after(now + lifetime)
+                .not_valid_before(now - backdated).not_valid_after(now + lifetime)
                 .add_extension(x509.SubjectAlternativeName(names), False)
                 .add_extension(x509.ExtendedKeyUsage([usage]), False)
                 .sign(self.key, hashes.SHA256()))
@@ -120,14 +120,18 @@ class Gateway:
         self.connects: list[str] = []  # the serial of each session's client certificate
         self.received: list[pb.DeviceMessage] = []
         self.renewed: list[x509.Certificate] = []
+        # Connect's answer to the certificates of the first `refused_enrolments`.
         self.connect_refusal: tuple[grpc.StatusCode, str] | None = None
+        self.refused_enrolments = 10**6
         self.signing_key_bytes: bytes | None = None
         self.servers: list[grpc.aio.Server] = []
 
     def _issue(self, csr_pem: bytes) -> x509.Certificate:
         csr = x509.load_pem_x509_csr(csr_pem)
         assert csr.is_signature_valid
-        return self.ca.issue(csr.public_key(), uri=device_uri(NS, DEVICE), lifetime=self.lifetime)
+        # Backdated as real issuers do, for clock skew.
+        return self.ca.issue(csr.public_key(), uri=device_uri(NS, DEVICE), lifetime=self.lifetime,
+                             backdated=timedelta(minutes=5))
 
     async def enroll(self, request: pb.EnrollRequest,
                      context: grpc.aio.ServicerContext) -> pb.EnrollResponse:
@@ -150,7 +154,7 @@ class Gateway:
                       context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         (peer_pem,) = context.auth_context()["x509_pem_cert"]
         self.connects.append(format(x509.load_pem_x509_certificate(peer_pem).serial_number, "x"))
-        if self.connect_refusal:
+        if self.connect_refusal and len(self.enrolments) <= self.refused_enrolments:
             await context.abort(*self.connect_refusal)
         yield pb.CloudMessage(certificate=pb.IssuedCertificate(trust_bundle=self.ca.pem))
         yield b"\x7a\x00"  # field 15, a kind from a newer gateway
@@ -270,14 +274,18 @@ def test_an_identity_file_whose_certificate_is_for_another_key_is_not_used(
     assert "unusable" in caplog.text
 
 
-def test_the_renewal_point_is_two_thirds_into_the_lifetime() -> None:
+def test_the_renewal_point_is_two_thirds_into_the_lifetime_from_receipt() -> None:
     ca, key = CA(), new_key()
-    identity = Identity(key, (ca.issue(key.public_key(), uri="spiffe://x",
-                                       lifetime=timedelta(seconds=299)),))
+    certificate = ca.issue(key.public_key(), uri="spiffe://x", lifetime=timedelta(seconds=9),
+                           backdated=timedelta(minutes=5))
+    identity = Identity(key, (certificate,))  # received before notBefore: from notBefore
     assert identity.renew_at() == pytest.approx(
         identity.not_before + (identity.not_after - identity.not_before) * 2 / 3)
-    assert not identity.expired(time.time())
-    assert identity.expired(identity.not_after)
+    # A backdated notBefore does not put the point of a 9 s certificate in the past.
+    received = Identity(key, (certificate,), received_at=time.time())
+    assert received.renew_at() == pytest.approx(time.time() + 6, abs=1.5)
+    assert not received.expired(time.time())
+    assert received.expired(received.not_after)
 
 
 # ------------------------------------------------------------ the CA by its pin
@@ -416,6 +424,9 @@ def test_a_session_renews_its_certificate_without_reconnecting(tmp_path: Path) -
                                  and agent.identity.current.serial == renewed))
             stored = agent.identity.files.load_identity()
             assert stored is not None and stored.serial == renewed
+            # The next renewal is two thirds into the new certificate, not at once.
+            await asyncio.sleep(0.5)
+            assert len(gateway.renewed) == 1
             assert stored.serial != gateway.connects[0]
             # The unsigned assignment was refused; the unknown kind changed nothing.
             await until(lambda: ("m", "1") in agent.models)
@@ -428,18 +439,19 @@ def test_a_session_renews_its_certificate_without_reconnecting(tmp_path: Path) -
             assert metric("edgefleet_edge_identity_state", state="Enrolled") == 1
             assert metric("edgefleet_edge_cloud_insecure") == 0
 
-    # Renewed at two thirds of 3 s: about 2 s in.
+    # Renewed two thirds into 3 s: about 2 s in.
     with_gateway(scenario, Gateway(ca, lifetime=timedelta(seconds=3)))
     assert metric("edgefleet_edge_assignments_refused_total", reason="Unsigned") == before + 1
 
 
-def test_a_revoked_device_says_why_and_retries_at_the_max_backoff(
+def test_a_revoked_device_says_why_retries_at_the_max_backoff_and_enrols_with_a_new_token(
     tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
     ca = CA()
     gateway = Gateway(ca)
     gateway.connect_refusal = (grpc.StatusCode.PERMISSION_DENIED,
                                f"EdgeDevice {NS}/{DEVICE} is revoked")
+    gateway.refused_enrolments = 1
 
     async def scenario(gateway: Gateway, enrolment_port: int, session_port: int) -> None:
         settings = session_settings(tmp_path, ca, enrolment_port, session_port).model_copy(
@@ -451,7 +463,14 @@ def test_a_revoked_device_says_why_and_retries_at_the_max_backoff(
             # Jittered within [max/2, max]: never the short backoff of a link failure.
             assert time.monotonic() - started >= settings.backoff_max_seconds / 2 - 0.05 > 0.4
             assert metric("edgefleet_edge_identity_state", state="Revoked") == 1
-        assert len(gateway.enrolments) == 1  # a revoked device does not enrol again
+            assert len(gateway.enrolments) == 1  # not again with the token it used
+            # The admin's answer: a new bootstrap token.
+            (tmp_path / "token").write_text("bootstrap-token-2")
+            await until(lambda: len(gateway.enrolments) == 2)
+            assert gateway.enrolments[1][1]["authorization"] == "Bearer bootstrap-token-2"
+            await until(lambda: metric("edgefleet_edge_identity_state", state="Enrolled") == 1)
+            assert not (tmp_path / "data" / "identity" / "token.sha256").read_text().count(
+                "bootstrap-token")  # a fingerprint, never the token
 
     with caplog.at_level(logging.ERROR):
         with_gateway(scenario, gateway)
