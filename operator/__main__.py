@@ -124,7 +124,15 @@ async def run(settings: OperatorSettings) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     metrics.LEADER.set(0)
-    await gateway.stop(grace=2)
+    try:
+        await gateway.stop(grace=2)
+    except asyncio.CancelledError:
+        # kopf cancels, as it ends, every task made after it started: gRPC's own tasks
+        # of the calls it served among them. The server is down either way, and the
+        # Lease must still be released; only a cancellation of this task goes on.
+        current = asyncio.current_task()
+        if current and current.cancelling():
+            raise
     if remote_writer:
         await remote_writer.close()
     if elector and exit_code == 0:

@@ -3,11 +3,15 @@ takes over."""
 
 from __future__ import annotations
 
+import base64
 import uuid
 
+import grpc
 import pytest
 from kubernetes import client
 
+from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
+from edgefleet.protocol.identity import GATEWAY_SERVER_NAME
 from tests.conftest import Kube, OperatorProcess, StartOperator
 from tests.helpers import eventually
 from tests.integration.test_operator import device_body, model_body, wait_status
@@ -38,7 +42,7 @@ def test_only_the_lease_holder_acts_and_a_standby_takes_over_when_it_dies(
     assert reconciles(first) >= 2
     assert reconciles(second) == 0
     assert second.get("/readyz")[0] == 503
-    holder = kube.kubectl("get", "lease", lease, "-n", "default",
+    holder = kube.kubectl("get", "lease", lease, "-n", namespace,
                           "-o", "jsonpath={.spec.holderIdentity}").stdout
     assert holder and holder in first.log()
 
@@ -60,11 +64,24 @@ def test_a_cleanly_stopped_leader_releases_the_lease_at_once(
 
     def lease_spec() -> dict[str, object]:
         return kube.api.sanitize_for_serialization(
-            client.CoordinationV1Api(kube.api).read_namespaced_lease(lease, "default").spec)
+            client.CoordinationV1Api(kube.api).read_namespaced_lease(lease, namespace).spec)
 
     assert lease_spec()["leaseDurationSeconds"] == 600
     leader_identity = lease_spec()["holderIdentity"]
-    assert leader.stop() == 0
+    # The gateway has answered a call (gRPC's own tasks are running) when it stops.
+    ca = base64.b64decode(kube.core.read_namespaced_secret(
+        "edgefleet-gateway-ca", namespace).data["ca.crt"])
+    with grpc.secure_channel(f"127.0.0.1:{leader.enrolment_port}",
+                             grpc.ssl_channel_credentials(ca),
+                             options=[("grpc.ssl_target_name_override",
+                                       GATEWAY_SERVER_NAME)]) as channel:
+        enroll = channel.unary_unary("/edgefleet.v1.FleetGateway/Enroll",
+                                     request_serializer=pb.EnrollRequest.SerializeToString,
+                                     response_deserializer=pb.EnrollResponse.FromString)
+        with pytest.raises(grpc.RpcError) as refused:
+            enroll(pb.EnrollRequest(namespace=namespace, device="nobody"), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # no CSR
+    assert leader.stop() == 0, leader.log()[-3000:]
     # A 10-minute lease cannot have expired: the standby leads because it was released.
     eventually(standby.is_ready, timeout=30, what="standby to lead after a clean stop")
     assert lease_spec()["holderIdentity"] not in (None, "", leader_identity)
@@ -76,9 +93,9 @@ def test_a_leader_that_loses_its_lease_stops_acting_and_exits(
     lease = f"edgefleet-shared-{uuid.uuid4().hex[:8]}"
     leader = start_operator("--lease-duration-seconds", "30", lease=lease)
     coordination = client.CoordinationV1Api(kube.api)
-    taken = coordination.read_namespaced_lease(lease, "default")
+    taken = coordination.read_namespaced_lease(lease, namespace)
     taken.spec.holder_identity = "another-replica"
-    coordination.replace_namespaced_lease(lease, "default", taken)
+    coordination.replace_namespaced_lease(lease, namespace, taken)
 
     assert leader.process.wait(timeout=30) == 1
     assert "leadership lost" in leader.log()
