@@ -17,12 +17,25 @@ from typing import Any
 from pydantic import ValidationError
 
 from edgefleet.operator.analysis import TrafficStats
-from edgefleet.operator.resources import EdgeModelSpec, EdgeModelStatus, VersionInference
+from edgefleet.operator.resources import (
+    DEVICE_APPROVED_ANNOTATION,
+    EdgeModelSpec,
+    EdgeModelStatus,
+    VersionInference,
+)
 from edgefleet.operator.views import DeviceView, ModelView, ReportedModel
 
 
 def parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
+
+
+def approved(spec: Mapping[str, Any], annotations: Mapping[str, str]) -> bool:
+    """Whether a device may serve models: one the admin created (it names a bootstrap
+    Secret) may; one that registered itself with a fleet token waits for an admin's
+    `edgefleet.io/approved=true` (or its policy's auto-approval)."""
+    return bool((spec.get("bootstrapTokenSecretRef") or {}).get("name")) or (
+        annotations.get(DEVICE_APPROVED_ANNOTATION) == "true")
 
 
 def device_view(name: str, labels: Mapping[str, str], status: Mapping[str, Any]) -> DeviceView:

@@ -29,6 +29,7 @@ from edgefleet.operator.artifacts import Artifact, ArtifactCache
 from edgefleet.operator.credentials import CredentialStore
 from edgefleet.operator.fleet import (
     FleetChanges,
+    approved,
     device_key,
     device_view,
     model_view,
@@ -39,7 +40,6 @@ from edgefleet.operator.fleet import (
 from edgefleet.operator.gateway.directory import DeviceAccess, DeviceDirectory
 from edgefleet.operator.kubeapi import API_ERRORS
 from edgefleet.operator.resources import (
-    DEVICE_APPROVED_ANNOTATION,
     GROUP,
     VERSION,
     ArtifactSource,
@@ -93,8 +93,12 @@ def configure(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any) -> 
 
 @kopf.index(GROUP, VERSION, DEVICES)
 def devices_by_namespace(
-    namespace: str, name: str, labels: Mapping[str, str], status: Mapping[str, Any], **_: Any
-) -> dict[str, DeviceView]:
+    namespace: str, name: str, labels: Mapping[str, str], annotations: Mapping[str, str],
+    spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any
+) -> dict[str, DeviceView] | None:
+    # A device waiting for approval is no model's target: it counts nowhere.
+    if not approved(spec, annotations):
+        return None
     return {namespace: device_view(name, labels, status)}
 
 
@@ -119,12 +123,15 @@ def model_changed(namespace: str, memo: OperatorMemo, **_: Any) -> None:
 @kopf.on.event(GROUP, VERSION, DEVICES)
 def device_changed(
     namespace: str, name: str, type: str | None, labels: Mapping[str, str],
-    status: Mapping[str, Any], memo: OperatorMemo, **_: Any,
+    annotations: Mapping[str, str], spec: Mapping[str, Any], status: Mapping[str, Any],
+    memo: OperatorMemo, **_: Any,
 ) -> None:
     memo.fleet.notify(device_key(namespace, name))
-    # Only labels and reported models matter to placement; a heartbeat changes neither.
+    # Only labels, reported models and approval matter to placement; a heartbeat
+    # changes none of them.
     view = device_view(name, labels, status)
-    placement = None if type == "DELETED" else (view.labels, view.models)
+    placement = (None if type == "DELETED" or not approved(spec, annotations)
+                 else (view.labels, view.models))
     if memo.device_placements.get((namespace, name)) != placement:
         memo.device_placements[(namespace, name)] = placement
         memo.fleet.notify(placement_key(namespace))
@@ -414,20 +421,19 @@ async def keep_device_status(
         # the API server. A device that registered itself with a fleet token (it has no
         # bootstrap Secret) serves nothing until an admin approves it.
         secret = (body.spec.get("bootstrapTokenSecretRef") or {}).get("name", "")
-        approval = body.metadata.annotations.get(DEVICE_APPROVED_ANNOTATION)
-        approved = bool(secret) or approval == "true"
+        may_serve = approved(body.spec, body.metadata.annotations)
         identity = body.status.get("identity") or {}
         revoked = bool(body.spec.get("revoked"))
         memo.directory.publish(
             namespace, name, secret,
             planner.desired_assignments(namespace, name, body.metadata.labels,
                                         models_by_namespace.get(namespace, []))
-            if approved else [],
+            if may_serve else [],
             DeviceAccess(serial=str(identity.get("serial", "")),
                          token_fingerprint=str(identity.get("tokenFingerprint", "")),
-                         revoked=revoked, approved=approved,
+                         revoked=revoked,
                          certificate_revoked=identity.get("state") == "Revoked"))
-        phase = (planner.device_phase(last_seen(), memo.clock(), grace) if approved
+        phase = (planner.device_phase(last_seen(), memo.clock(), grace) if may_serve
                  else "Pending")
         desired: dict[str, Any] = {"phase": phase,
                                    "modelCount": len(body.status.get("models") or [])}

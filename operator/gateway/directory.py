@@ -19,7 +19,6 @@ class DeviceAccess:
     token_fingerprint: str = ""  # the token already used to enrol
     revoked: bool = False  # spec.revoked
     certificate_revoked: bool = False  # status.identity.state Revoked, for this serial
-    approved: bool = True  # a fleet-enrolled device waits for an admin's approval
 
     @property
     def refused(self) -> bool:

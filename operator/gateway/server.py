@@ -700,8 +700,7 @@ class FleetGateway:
                                 "cannot create the EdgeDevice now; retry")
         logger.info("EdgeDevice %s/%s registered by fleet enrolment %s labels=%s approved=%s",
                     namespace, name, policy.secret, labels, policy.auto_approve)
-        return self._directory.publish(namespace, name, "", [],
-                                       DeviceAccess(approved=policy.auto_approve))
+        return self._directory.publish(namespace, name, "", [], DeviceAccess())
 
     async def FetchArtifact(self, request: pb.ArtifactRequest,
                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ArtifactChunk]:
