@@ -232,6 +232,22 @@ def test_a_certificate_acts_only_as_the_device_it_names(fleet: Fleet, tmp_path: 
     assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
 
 
+def test_guessed_enrolment_tokens_are_limited_per_address(fleet: Fleet) -> None:
+    """A stranger guessing tokens: one answer naming nothing, then, past the address's
+    allowance of failures (60), refused without a look."""
+    fleet.add_device("cam-1", site="plant-7")
+    codes = []
+    for guess in range(70):
+        with pytest.raises(grpc.RpcError) as refused:
+            enroll(fleet, "cam-1", f"guess-{guess}")
+        codes.append(refused.value.code())
+    assert set(codes[:60]) == {grpc.StatusCode.UNAUTHENTICATED}
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes[60:]
+    assert (fleet.operator.metric("edgefleet_operator_gateway_auth_failures_total",
+                                  reason="RateLimited") or 0) >= 1
+    assert not identity_status(fleet.kube, fleet.namespace, "cam-1")
+
+
 # ---------------------------------------------------------------- rotation and expiry
 
 
