@@ -1,8 +1,9 @@
 """The device's identity: its key pair and client certificate, the CA bundle it trusts
 for the gateway, and the operator's assignment-signing key it pinned at enrolment, all
-kept in DATA_DIR/identity/ (identity.pem, trust.pem, signing.pub); and how it gets them:
-the gateway's CA found by its pin (`--ca-cert-hash`), enrolment with a bootstrap or
-fleet token, renewal over the session (the agent carries those messages).
+kept in DATA_DIR/identity/ (identity.pem, trust.pem, signing.pub, and token.sha256, the
+fingerprint of the token it enrolled with); and how it gets them: the gateway's CA found
+by its pin (`--ca-cert-hash`), enrolment with a bootstrap or fleet token, renewal over
+the session (the agent carries those messages).
 
 The private key never leaves the device: enrolment and renewal send a CSR for a key
 made here, and a certificate is only kept when it certifies that key.
