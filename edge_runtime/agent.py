@@ -374,7 +374,10 @@ class CloudAgent:
             await self._route(name, wanted)
         # Last-known-good is what serves now: a version that failed to replace the one
         # before leaves that one serving, and it must come back after a restart too.
-        ready = {key for key, s in self.models.items() if s.state == State.READY}
+        # (What the engine holds, not what is reported Ready: a refused assignment of
+        # the very version serving is reported Failed, and that version serves on.)
+        ready = {(name, version) for name in self.engine.models()
+                 for version in self.engine.versions(name)}
         known = {(m.name, m.version): m for m in [*self.state.last_known_good, *wanted]}
         self.state.last_known_good = [m for key, m in known.items() if key in ready]
         await asyncio.to_thread(self._save_state)

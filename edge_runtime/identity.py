@@ -32,6 +32,7 @@ from cryptography.x509.oid import NameOID
 
 from edgefleet.edge_runtime import telemetry
 from edgefleet.edge_runtime.settings import RunSettings
+from edgefleet.edge_runtime.store import write_atomically
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 from edgefleet.protocol.identity import (
     GATEWAY_SERVER_NAME,
@@ -162,22 +163,8 @@ class Identity:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Atomically, as store.write_atomically, and never readable by anyone else: the
-    temporary file is 0600 from its creation on."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # a stale temporary file keeps its mode through O_TRUNC
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    """Atomically, and never readable by anyone else."""
+    write_atomically(path, data, mode=0o600)
 
 
 class IdentityFiles:

@@ -96,12 +96,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Replaces `path` whole or not at all, across a crash. `mode` (e.g. 0o600 for a
+    private key) holds from the temporary file's creation on."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as out:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if mode is None else mode)
+    with open(fd, "wb") as out:
+        if mode is not None:
+            os.fchmod(fd, mode)  # a stale temporary file keeps its mode through O_TRUNC
         out.write(data)
         out.flush()
-        os.fsync(out.fileno())
+        os.fsync(fd)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import signal
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -134,27 +133,3 @@ def test_twenty_edge_runtimes_converge_on_one_model(fleet: Fleet) -> None:
     print(f"\n20 edge runtimes converged on one EdgeModel in {elapsed:.1f} s "
           "(apply to READY 20/20)")
     assert all(reported(kube, namespace, n)[0]["digest"] == f"sha256:{sha}" for n in names)
-
-
-def test_the_gateway_serves_tls_with_a_given_certificate(
-    kube: Kube, namespace: str, start_operator: Any, tmp_path: Path
-) -> None:
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
-                    "-subj", "/CN=edgefleet-gateway", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(tmp_path / "tls.key"), "-out", str(tmp_path / "tls.crt")],
-                   check=True, capture_output=True)
-    fleet = Fleet(kube, namespace, lambda *extra, **kw: start_operator(
-        *extra, "--tls-cert-file", str(tmp_path / "tls.crt"),
-        "--tls-key-file", str(tmp_path / "tls.key"), **kw), tmp_path)
-    try:
-        fleet.add_device("cam-1", site="plant-7")
-        edge = fleet.start("cam-1", "--tls-ca-file", str(tmp_path / "tls.crt"))
-        uri, sha = publish(tmp_path, testmodels.scaled(4.0))
-        kube.create("edgemodels", namespace, edge_model("digits", "1", uri, sha, site="plant-7"))
-        wait_status(kube, "edgemodels", namespace, "digits", {"readySummary": "1/1"},
-                    timeout=60)
-        assert answer(edge, "digits") == 4.0
-        assert "TLS" in fleet.operator.log()
-    finally:
-        fleet.stop()

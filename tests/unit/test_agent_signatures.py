@@ -146,3 +146,20 @@ def test_plaintext_mode_with_a_pinned_key_still_checks_it(tmp_path: Path) -> Non
     unsigned.ClearField("signature")
     agent, _ = device.apply(pb.DesiredState(revision="r1", models=[unsigned]))
     assert agent.models[("scaled", "1")].state == State.FAILED
+
+
+def test_a_refused_assignment_of_the_serving_version_leaves_it_last_known_good(
+    tmp_path: Path,
+) -> None:
+    """The very version that serves, assigned again without a valid signature: it is
+    reported Failed, serves on, and stays what a restart without the cloud serves."""
+    device = Device(tmp_path)
+    tampered = device.signed("r2", "1")
+    tampered.digest = OTHER_DIGEST
+    agent, routes = device.apply(
+        pb.DesiredState(revision="r1", models=[device.signed("r1", "1")]),
+        pb.DesiredState(revision="r2", models=[tampered]))
+    assert agent.models[("scaled", "1")].state == State.FAILED
+    assert routes == {"1": 100}
+    assert [(m.name, m.version, m.digest) for m in device.store.load_state().last_known_good] \
+        == [("scaled", "1", DIGEST)]
