@@ -103,12 +103,7 @@ def main() -> None:
         operator = None
         edges = []
         try:
-            subprocess.run([str(cluster.kubectl), "apply", "--server-side", "-f",
-                            str(REPO_ROOT / "crds")], env=cluster.env(), check=True,
-                           capture_output=True)
-            subprocess.run([str(cluster.kubectl), "wait", "--for=condition=Established",
-                            "crd/edgemodels.edgefleet.io", "crd/edgedevices.edgefleet.io"],
-                           env=cluster.env(), check=True, capture_output=True)
+            localcluster.install_crds(cluster)
             api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
             core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
             core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(

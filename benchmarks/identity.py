@@ -412,12 +412,7 @@ def main() -> None:
         cluster = localcluster.up(root / "cluster")
         started: list[Gateway] = []
         try:
-            subprocess.run([str(cluster.kubectl), "apply", "--server-side", "-f",
-                            str(REPO_ROOT / "crds")], env=cluster.env(), check=True,
-                           capture_output=True)
-            subprocess.run([str(cluster.kubectl), "wait", "--for=condition=Established",
-                            "crd/edgemodels.edgefleet.io", "crd/edgedevices.edgefleet.io"],
-                           env=cluster.env(), check=True, capture_output=True)
+            localcluster.install_crds(cluster)
             api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
             core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
             for namespace, label, tls in (("identity-tls", "mutual TLS", True),

@@ -325,10 +325,7 @@ def up() -> None:
     print(kubectl(cluster, "get", "namespaces"), end="")
 
     step("CustomResourceDefinitions from crds/")
-    print(kubectl(cluster, "apply", "--server-side", "--force-conflicts", "-f",
-                  str(REPO_ROOT / "crds")), end="")
-    kubectl(cluster, "wait", "--for=condition=Established", "--timeout=60s",
-            "crd/edgemodels.edgefleet.io", "crd/edgedevices.edgefleet.io")
+    print(localcluster.install_crds(cluster), end="")
 
     step("The operator with its fleet gateway, and Prometheus")
     stop_all()

@@ -261,6 +261,19 @@ def _start(state_dir: Path, bin_dir: Path) -> Cluster:
     return Cluster(state_dir=state_dir, server=server, kubeconfig=kubeconfig, bin_dir=bin_dir)
 
 
+def install_crds(cluster: Cluster) -> str:
+    """Applies crds/ and waits until both resources are served; kubectl's output."""
+    def kubectl(*args: str) -> str:
+        return subprocess.run([str(cluster.kubectl), *args], env=cluster.env(), check=True,
+                              capture_output=True, text=True).stdout
+
+    applied = kubectl("apply", "--server-side", "--force-conflicts", "-f",
+                      str(REPO_ROOT / "crds"))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s",
+            "crd/edgemodels.edgefleet.io", "crd/edgedevices.edgefleet.io")
+    return applied
+
+
 def stop_process(state_dir: Path, name: str, grace_s: float = 10.0) -> None:
     """Stops a process spawn() started: SIGTERM, the grace period, then SIGKILL."""
     pid_file = state_dir / f"{name}.pid"
