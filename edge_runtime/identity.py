@@ -461,7 +461,11 @@ class DeviceIdentity:
         except IdentityError as error:
             if error.refused:
                 telemetry.set_identity_state("Refused")
-                if again:
+                if self.current is not None:
+                    if not self.current.expired(time.time()):
+                        # The certificate is still good: the next attempt offers it
+                        # again (the gateway may have forgotten it only for a while).
+                        self.enrol_because = None
                     raise IdentityError(f"re-enrolment needs a new bootstrap token ({why}): "
                                         f"{error}", refused=True) from None
             raise

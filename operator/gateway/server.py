@@ -333,10 +333,18 @@ class FleetGateway:
             return entry, ""
         certificate = peer_certificate(context)
         names = certificate_device(certificate) if certificate else None
-        entry = self._directory.get(*names) if names else None
-        if entry is None or certificate is None:
+        if certificate is None or names is None:
             await self._refuse(context, peer, "Unauthenticated",
                                grpc.StatusCode.UNAUTHENTICATED, NOT_CURRENT)
+            raise AssertionError("unreachable")
+        entry = self._directory.get(*names)
+        if entry is None:
+            # A certificate this CA issued, for a device the gateway does not know: one
+            # deleted, or one the operator has not listed yet after a start. Not a
+            # reason to enrol again (that would spend a token on a restart): retry.
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                f"EdgeDevice {names[0]}/{names[1]} is not known to the gateway "
+                                "(deleted, or not listed yet); retry later")
             raise AssertionError("unreachable")
         if entry.access.refused:
             metrics.GATEWAY_AUTH_FAILURES.labels("Revoked").inc()

@@ -248,6 +248,30 @@ def test_guessed_enrolment_tokens_are_limited_per_address(fleet: Fleet) -> None:
     assert not identity_status(fleet.kube, fleet.namespace, "cam-1")
 
 
+def test_devices_come_back_with_their_certificates_after_the_operator_restarts(
+    fleet: Fleet,
+) -> None:
+    """A new operator's gateway listens before it has listed the devices: a device that
+    dials in then is told to retry, not to enrol again (its token is spent)."""
+    names = ("cam-1", "cam-2", "cam-3")
+    for name in names:
+        fleet.add_device(name, site="plant-7")
+        fleet.start(name)
+    for name in names:
+        online(fleet, name)
+    serials = {name: identity_status(fleet.kube, fleet.namespace, name)["serial"]
+               for name in names}
+    fleet.restart_operator()
+    for name in names:
+        eventually(lambda n=name: f"device connected device={fleet.namespace}/{n}"
+                   in fleet.operator.log(), timeout=60, what=f"{name} back")
+    assert "device enrolled" not in fleet.operator.log()
+    assert {name: identity_status(fleet.kube, fleet.namespace, name)["serial"]
+            for name in names} == serials
+    for name in names:
+        assert "re-enrolment needs" not in fleet.edges[name].log()
+
+
 # ---------------------------------------------------------------- rotation and expiry
 
 
@@ -342,6 +366,30 @@ def test_revocation_ends_the_session_within_seconds_and_the_device_keeps_serving
                timeout=60, what="the device to enrol again with the new token")
     online(fleet, "cam-1")
     assert answer(edge, "digits") == 4.0
+
+
+def test_deleting_the_device_ends_its_session_and_refuses_its_certificate(
+    fleet: Fleet,
+) -> None:
+    kube, namespace = fleet.kube, fleet.namespace
+    fleet.add_device("cam-1", site="plant-7")
+    edge = fleet.start("cam-1")
+    digest = serving_model(fleet, "cam-1")
+    deleted_at = time.monotonic()
+    kube.custom.delete_namespaced_custom_object("edgefleet.io", "v1alpha1", namespace,
+                                                "edgedevices", "cam-1")
+    eventually(lambda: f"device disconnected device={namespace}/cam-1" in fleet.operator.log(),
+               timeout=15, interval=0.1, what="the session to end")
+    print(f"\nsession ended {time.monotonic() - deleted_at:.2f} s after the deletion")
+    # Its certificate is refused from now on; it is told to retry, not to enrol again
+    # (a gateway that has not listed a device yet answers the same after a start).
+    with device_channel(fleet, "cam-1") as channel:
+        error = fetch_error(channel, digest)
+    assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "not known to the gateway" in str(error.details())
+    time.sleep(3)
+    assert edge.log().count("enrolling device=") == 1  # the first enrolment only
+    assert answer(edge, "digits") == 4.0  # it serves what it holds
 
 
 # ---------------------------------------------------------------- link security

@@ -497,6 +497,26 @@ def test_an_unknown_certificate_enrols_again_and_a_used_token_is_named_as_the_re
     assert "the bootstrap token was used already" in caplog.text
 
 
+def test_a_refused_re_enrolment_offers_the_still_valid_certificate_again(
+    tmp_path: Path,
+) -> None:
+    """A gateway that forgot the device for a while (an operator just started) and so
+    sent it to enrol again, which its spent token cannot: the device tries its
+    certificate again, and the session comes back with it."""
+    ca = CA()
+    gateway = Gateway(ca)
+    gateway.connect_refusal = (grpc.StatusCode.UNAUTHENTICATED, "unknown certificate serial")
+    gateway.refused_enrolments = 1  # Connect accepts once the device tried to enrol again
+
+    async def scenario(gateway: Gateway, enrolment_port: int, session_port: int) -> None:
+        async with running(session_settings(tmp_path, ca, enrolment_port, session_port)):
+            await until(lambda: len(gateway.enrolments) == 2 and gateway.received)
+            assert gateway.connects[-1] == gateway.connects[0]  # the same certificate
+            assert len(gateway.enrolments) == 2  # no loop of enrolments
+
+    with_gateway(scenario, gateway)
+
+
 # ------------------------------------------------------------ settings
 
 PIN = "sha256:" + "a" * 64
