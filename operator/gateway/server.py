@@ -67,8 +67,8 @@ CHUNK_BYTES = 256 * 1024  # large enough for ~0.5 GB/s on loopback, small enough
 OUTBOX = 256  # messages to the device waiting to be sent; the reader waits beyond
 FORWARD_RETRY_S = 1.0
 UNAUTHENTICATED = "unknown device or wrong token"  # one answer: it names nothing
-NOT_CURRENT = ("the certificate is not the device's current one (unknown device, or "
-               "superseded): enrol again")
+NOT_CURRENT = ("the certificate is not the device's current one (superseded, or it names "
+               "no device): enrol again")
 ENROLLED_BY_ANNOTATION = f"{GROUP}/enrolled-by"
 STATE_NAMES = {value: name.capitalize() for name, value in pb.ModelState.State.items()
                if value != pb.ModelState.STATE_UNSPECIFIED}
