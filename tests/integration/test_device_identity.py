@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from edgefleet.operator import pki
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
@@ -465,8 +466,15 @@ def test_fleet_enrolment_creates_a_pending_device_that_takes_models_only_once_ap
     kube.create("edgemodels", namespace, edge_model("digits", "1", uri, sha, site="plant-7"))
     edge = fleet.start("cam-new", "--fleet-token-file", str(fleet.root / "fleet.token"),
                        "--label", "site=plant-7", "--label", "role=admin")
-    device = eventually(lambda: kube.get("edgedevices", namespace, "cam-new"),
-                        what="the EdgeDevice registered")
+    def registered() -> dict[str, Any] | None:
+        try:
+            return kube.get("edgedevices", namespace, "cam-new")
+        except ApiException as error:
+            if error.status == 404:  # the device has not enrolled yet
+                return None
+            raise
+
+    device = eventually(registered, what="the EdgeDevice registered")
     assert device["metadata"]["labels"] == {"site": "plant-7"}  # role: not allowed
     eventually(lambda: identity_status(kube, namespace, "cam-new").get("enrolment")
                == "FleetToken", what="its certificate")
