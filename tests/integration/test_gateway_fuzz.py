@@ -136,8 +136,7 @@ def test_2000_malformed_reports_and_batches_are_each_refused_and_harm_no_one_els
 ) -> None:
     server = prometheus([])
     fleet = Fleet(kube, namespace, lambda *extra, **kw: start_operator(
-        *extra, "--metrics-remote-write-url", f"{server.url}/api/v1/write", **kw), tmp_path,
-        insecure=True)  # the fake devices speak by hand with bearer tokens
+        *extra, "--metrics-remote-write-url", f"{server.url}/api/v1/write", **kw), tmp_path)
     devices: list[FakeDevice] = []
     seed = int(os.environ.get("EDGEFLEET_FUZZ_SEED", time.time()))
     print(f"\nseed {seed} (EDGEFLEET_FUZZ_SEED={seed} replays it)")

@@ -20,6 +20,7 @@ from kubernetes import client
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 from tests.conftest import Fleet, Kube, OperatorProcess, StartOperator, StartPrometheus
 from tests.helpers import eventually
+from tests.integration.test_device_identity import enroll, pem_key, tls_options
 from tests.integration.test_link_faults import silent_server  # noqa: F401 (a fixture)
 from tests.integration.test_monitoring import alert_expressions
 from tests.integration.test_operator import wait_status
@@ -30,34 +31,44 @@ FETCH = "/edgefleet.v1.FleetGateway/FetchArtifact"
 MiB = 2**20
 
 
-@pytest.fixture
-def fleet(plaintext_fleet: Fleet) -> Fleet:
-    """These attacks speak the protocol by hand with bearer tokens, as a device of the
-    plaintext mode does; the policy they meet is the same in either mode."""
-    return plaintext_fleet
-
-
 def metadata(namespace: str, device: str, token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"), ("edgefleet-namespace", namespace),
             ("edgefleet-device", device))
+
+
+def device_channel(fleet: Fleet, name: str) -> tuple[grpc.Channel, tuple[tuple[str, str], ...]]:
+    """A channel to the gateway as device `name`, and the metadata its calls carry: its
+    own certificate over mutual TLS (enrolled once with its token, kept for the test),
+    or, for a plaintext fleet, its bearer token."""
+    address = f"127.0.0.1:{fleet.operator.grpc_port}"
+    options = [("grpc.max_send_message_length", -1)]
+    token = (fleet.root / f"{name}.token").read_text()
+    if fleet.insecure:
+        return (grpc.insecure_channel(address, options=options),
+                metadata(fleet.namespace, name, token))
+    key_path, certificate_path = fleet.root / f"{name}.fake.key", fleet.root / f"{name}.fake.crt"
+    if not key_path.exists():
+        key, response = enroll(fleet, name, token)
+        key_path.write_bytes(pem_key(key))
+        certificate_path.write_bytes(response.certificate.certificate)
+    credentials = grpc.ssl_channel_credentials(
+        fleet.ca_file().read_bytes(), key_path.read_bytes(), certificate_path.read_bytes())
+    return grpc.secure_channel(address, credentials, options=[*options, *tls_options()]), ()
 
 
 class FakeDevice:
     """A device speaking edgefleet.v1 by hand over a real gRPC channel: it sends what
     the test gives it and collects what the gateway answers on a thread."""
 
-    def __init__(self, port: int, namespace: str, name: str, token: str,
-                 hello: pb.Hello | None = None) -> None:
+    def __init__(self, fleet: Fleet, name: str, hello: pb.Hello | None = None) -> None:
         self.name = name
-        self._channel = grpc.insecure_channel(
-            f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", -1)])
+        self._channel, call_metadata = device_channel(fleet, name)
         self._outgoing: queue.Queue[pb.DeviceMessage | None] = queue.Queue()
         self._outgoing.put(pb.DeviceMessage(hello=hello or pb.Hello()))
         call = self._channel.stream_stream(
             CONNECT, request_serializer=pb.DeviceMessage.SerializeToString,
             response_deserializer=pb.CloudMessage.FromString)
-        self._responses = call(iter(self._outgoing.get, None),
-                               metadata=metadata(namespace, name, token))
+        self._responses = call(iter(self._outgoing.get, None), metadata=call_metadata)
         self.received: list[pb.CloudMessage] = []
         self.error: grpc.RpcError | None = None
         self._thread = threading.Thread(target=self._receive, daemon=True)
@@ -106,12 +117,11 @@ def connect_fake(fleet: Fleet, devices: list[FakeDevice], name: str,
                  hello: pb.Hello | None = None) -> FakeDevice:
     """Connects a fake device once the gateway knows it (its first desired state
     arrives). The EdgeDevice and its Secret must exist (fleet.add_device)."""
-    token = (fleet.root / f"{name}.token").read_text()
     eventually(lambda: fleet.kube.get("edgedevices", fleet.namespace, name).get(
         "status", {}).get("phase"), what=f"the operator to know {name}")
 
     def connected() -> FakeDevice | None:
-        device = FakeDevice(fleet.operator.grpc_port, fleet.namespace, name, token, hello)
+        device = FakeDevice(fleet, name, hello)
         devices.append(device)
         eventually(lambda: device.of_kind("desired") or not device.alive, timeout=10,
                    what=f"{name}'s session to answer")
@@ -169,8 +179,11 @@ def still_serving(fleet: Fleet, name: str) -> None:
 
 
 def test_unknown_devices_and_wrong_tokens_get_one_answer_that_names_nothing(
-    fleet: Fleet, kube: Kube,
+    plaintext_fleet: Fleet, kube: Kube,
 ) -> None:
+    """The token mode (--insecure-plaintext); with TLS a certificate, not a token, names
+    the device (test_device_identity.py)."""
+    fleet = plaintext_fleet
     namespace = fleet.namespace
     fleet.add_device("cam-1", site="plant-7")
     token = (fleet.root / "cam-1.token").read_text()
@@ -236,7 +249,7 @@ def test_a_device_writes_only_its_own_runtime_metrics_and_cannot_touch_alerts(
     # Credentials in the URL (Prometheus ignores them) must never show in the log.
     url = server.url.replace("http://", "http://writer:pa55word@") + "/api/v1/write?key=t0k3n"
     fleet = Fleet(kube, namespace, lambda *extra, **kw: start_operator(
-        *extra, "--metrics-remote-write-url", url, **kw), tmp_path, insecure=True)
+        *extra, "--metrics-remote-write-url", url, **kw), tmp_path)
     try:
         fleet.add_device("cam-1", site="plant-7")
         device = connect_fake(fleet, devices, "cam-1")
@@ -324,9 +337,8 @@ def test_batches_of_16_mib_are_refused_before_they_are_read(
     fleet.start("cam-2")
     wait_status(fleet.kube, "edgedevices", fleet.namespace, "cam-2", {"phase": "Online"})
     before = memory_kib(fleet.operator)
-    token = (fleet.root / "cam-1.token").read_text()
-    with grpc.insecure_channel(f"127.0.0.1:{fleet.operator.grpc_port}",
-                               options=[("grpc.max_send_message_length", -1)]) as channel:
+    channel, call_metadata = device_channel(fleet, "cam-1")
+    with channel:
         call = channel.stream_stream(CONNECT,
                                      request_serializer=pb.DeviceMessage.SerializeToString,
                                      response_deserializer=pb.CloudMessage.FromString)
@@ -334,8 +346,7 @@ def test_batches_of_16_mib_are_refused_before_they_are_read(
         messages = iter([pb.DeviceMessage(hello=pb.Hello())])
         requests = (m for part in (messages, oversized_batches(1024, 16 * MiB)) for m in part)
         with pytest.raises(grpc.RpcError) as caught:
-            for _ in call(requests, metadata=metadata(fleet.namespace, "cam-1", token),
-                          timeout=60):
+            for _ in call(requests, metadata=call_metadata, timeout=60):
                 pass
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "larger than max" in caught.value.details()
