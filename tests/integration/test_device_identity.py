@@ -11,6 +11,7 @@ import hashlib
 import re
 import stat
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -325,6 +326,19 @@ def test_certificates_renew_under_live_traffic_without_a_gap_and_expired_ones_ar
 # ---------------------------------------------------------------- revocation
 
 
+def seconds_until_the_session_ends(fleet: Fleet, name: str, what: str,
+                                   act: Callable[[], object]) -> float:
+    """Does `act`, waits for the gateway to end the device's session; the seconds it
+    took, printed."""
+    started = time.monotonic()
+    act()
+    eventually(lambda: f"device disconnected device={fleet.namespace}/{name}"
+               in fleet.operator.log(), timeout=15, interval=0.1, what="the session to end")
+    took = time.monotonic() - started
+    print(f"\nsession ended {took:.2f} s after {what}")
+    return took
+
+
 def test_revocation_ends_the_session_within_seconds_and_the_device_keeps_serving(
     fleet: Fleet,
 ) -> None:
@@ -332,13 +346,8 @@ def test_revocation_ends_the_session_within_seconds_and_the_device_keeps_serving
     fleet.add_device("cam-1", site="plant-7")
     edge = fleet.start("cam-1")
     digest = serving_model(fleet, "cam-1")
-    revoked_at = time.monotonic()
-    kube.custom.patch_namespaced_custom_object(
-        "edgefleet.io", "v1alpha1", namespace, "edgedevices", "cam-1", {"spec": {"revoked": True}})
-    eventually(lambda: f"device disconnected device={namespace}/cam-1" in fleet.operator.log(),
-               timeout=15, interval=0.1, what="the session to end")
-    took = time.monotonic() - revoked_at
-    print(f"\nsession ended {took:.2f} s after spec.revoked")
+    took = seconds_until_the_session_ends(fleet, "cam-1", "spec.revoked", lambda: kube.patch(
+        "edgedevices", namespace, "cam-1", {"spec": {"revoked": True}}))
     assert took < 10
     eventually(lambda: identity_status(kube, namespace, "cam-1").get("state") == "Revoked",
                what="status.identity.state Revoked")
@@ -352,9 +361,7 @@ def test_revocation_ends_the_session_within_seconds_and_the_device_keeps_serving
     with device_channel(fleet, "cam-1") as channel:
         error = fetch_error(channel, digest)
     assert error is not None and error.code() == grpc.StatusCode.PERMISSION_DENIED
-    kube.custom.patch_namespaced_custom_object(
-        "edgefleet.io", "v1alpha1", namespace, "edgedevices", "cam-1",
-        {"spec": {"revoked": False}})
+    kube.patch("edgedevices", namespace, "cam-1", {"spec": {"revoked": False}})
     time.sleep(2)
     with device_channel(fleet, "cam-1") as channel:
         error = fetch_error(channel, digest)
@@ -376,12 +383,9 @@ def test_deleting_the_device_ends_its_session_and_refuses_its_certificate(
     fleet.add_device("cam-1", site="plant-7")
     edge = fleet.start("cam-1")
     digest = serving_model(fleet, "cam-1")
-    deleted_at = time.monotonic()
-    kube.custom.delete_namespaced_custom_object("edgefleet.io", "v1alpha1", namespace,
-                                                "edgedevices", "cam-1")
-    eventually(lambda: f"device disconnected device={namespace}/cam-1" in fleet.operator.log(),
-               timeout=15, interval=0.1, what="the session to end")
-    print(f"\nsession ended {time.monotonic() - deleted_at:.2f} s after the deletion")
+    seconds_until_the_session_ends(fleet, "cam-1", "the deletion", lambda: (
+        kube.custom.delete_namespaced_custom_object("edgefleet.io", "v1alpha1", namespace,
+                                                    "edgedevices", "cam-1")))
     # Its certificate is refused from now on; it is told to retry, not to enrol again
     # (a gateway that has not listed a device yet answers the same after a start).
     with device_channel(fleet, "cam-1") as channel:
