@@ -23,7 +23,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from edgefleet.operator import metrics, planner, rollout, signatures
+from edgefleet.operator import kubeapi, metrics, planner, rollout, signatures
 from edgefleet.operator.artifact_sources import ArtifactError
 from edgefleet.operator.artifacts import Artifact, ArtifactCache
 from edgefleet.operator.credentials import CredentialStore
@@ -148,7 +148,7 @@ async def write_status(
     memo: OperatorMemo, plural: str, namespace: str, name: str, status: Mapping[str, Any]
 ) -> None:
     """Merges these fields into the status (EdgeDevice status has other writers)."""
-    await asyncio.to_thread(
+    await kubeapi.call(
         memo.status_api.patch_namespaced_custom_object_status,
         GROUP, VERSION, namespace, plural, name, {"status": dict(status)},
     )
@@ -159,7 +159,7 @@ async def replace_status(
 ) -> None:
     """Replaces the whole status (EdgeModel status is the model loop's alone): a merge
     patch would keep the fields that became empty, such as a finished rollout."""
-    await asyncio.to_thread(
+    await kubeapi.call(
         memo.status_api.patch_namespaced_custom_object_status,
         GROUP, VERSION, namespace, plural, name,
         [{"op": "add", "path": "/status", "value": dict(status)}],
@@ -269,8 +269,8 @@ class ArtifactRetry:
             return ""
         secret_ref = f"Secret {ref.name} ({self._field}.publicKeyRef)"
         try:
-            secret = await asyncio.to_thread(self._secrets.read_namespaced_secret, ref.name,
-                                             self._namespace)
+            secret = await kubeapi.call(self._secrets.read_namespaced_secret, ref.name,
+                                        self._namespace)
         except ApiException as error:  # others (the API server failing) are retried
             if error.status == 404:
                 raise ArtifactError(self.SIGNATURE_INVALID,

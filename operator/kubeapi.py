@@ -1,7 +1,13 @@
-"""The Kubernetes API client of the operator's own calls (Lease, status writes): how it
-is configured and what calling it can raise."""
+"""The Kubernetes API client of the operator's own calls (Lease, status writes, Events):
+how it is configured, where its blocking calls run, and what calling it can raise."""
 
 from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -9,12 +15,35 @@ from urllib3.exceptions import HTTPError
 
 # An answer that is an error (ApiException) or no answer at all (HTTPError).
 API_ERRORS = (ApiException, HTTPError)
+DEFAULT_CONCURRENCY = 16
+T = TypeVar("T")
+
+# API calls block, so they run in threads: in a pool of their own, so that a storm of
+# status writes (thousands of devices reconnecting) never queues behind file and CPU work
+# in the default executor, nor that work behind it. The Lease is renewed in the default
+# executor (leader.py), so no storm here delays it. Threads start only when used.
+_pool = ThreadPoolExecutor(max_workers=DEFAULT_CONCURRENCY, thread_name_prefix="kube-api")
+_pool_size = DEFAULT_CONCURRENCY
 
 
-def load_kubernetes_config() -> client.ApiClient:
-    """In-cluster credentials when running in a pod, otherwise KUBECONFIG."""
+def load_kubernetes_config(concurrency: int = DEFAULT_CONCURRENCY) -> client.ApiClient:
+    """In-cluster credentials when running in a pod, otherwise KUBECONFIG; as many pooled
+    connections as calls may be in flight (`concurrency`)."""
+    global _pool, _pool_size
     try:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
-    return client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = concurrency
+    if concurrency != _pool_size:
+        _pool.shutdown(wait=False)
+        _pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kube-api")
+        _pool_size = concurrency
+    return client.ApiClient(configuration)
+
+
+async def call(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Runs one blocking API call in the API call pool."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_pool, functools.partial(function, *args, **kwargs))

@@ -8,6 +8,7 @@ import socket
 import tempfile
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,10 +53,25 @@ class OperatorSettings(BaseSettings):
                     "(the name devices check), for other clients")
     ca_refresh_seconds: float = Field(
         default=30.0, gt=0, description="how often the CA Secret is read again (rotation)")
+    role: Literal["all", "controller", "gateway"] = Field(
+        default="all",
+        description="all: one process decides and serves devices; controller: the "
+                    "leader-elected model decisions and device phases, no gateway; gateway: "
+                    "a fleet gateway replica (any number behind one Service), deriving "
+                    "desired state from the same watches, writing only its devices' status")
     heartbeat_write_seconds: float = Field(
-        default=30.0, gt=0,
-        description="a quiet device's lastSeen and inference statistics (what rollout "
-                    "analysis reads) are written at most this often")
+        default=60.0, gt=0,
+        description="a connected device's lastSeen and inference statistics (what rollout "
+                    "analysis reads) are written at most this often; connecting and "
+                    "disconnecting are written at once")
+    model_status_write_seconds: float = Field(
+        default=10.0, ge=0,
+        description="an EdgeModel status whose only change is its device counts is written "
+                    "at most this often; a new phase, step or condition is written at once")
+    api_concurrency: int = Field(
+        default=16, ge=1, le=256,
+        description="Kubernetes API calls in flight at once (threads and connections of "
+                    "their own, apart from file and CPU work)")
     metrics_remote_write_url: str = Field(
         default="", pattern=r"^(https?://\S+)?$",
         description="Prometheus remote-write endpoint for the metric samples devices send "
@@ -84,7 +100,10 @@ class OperatorSettings(BaseSettings):
     namespaces: list[str] = Field(default_factory=list,
                                   description="namespaces to serve; empty serves all")
     device_offline_after_seconds: float = Field(
-        default=90.0, gt=0, description="an Online device turns Offline after this long silent")
+        default=150.0, gt=0,
+        description="a device whose gateway stopped writing its lastSeen (the gateway "
+                    "vanished) turns Offline after this long; more than "
+                    "--heartbeat-write-seconds")
     deletion_timeout_seconds: float = Field(
         default=120.0, ge=0,
         description="how long a deleted EdgeModel waits for devices to confirm withdrawal")
@@ -110,7 +129,12 @@ class OperatorSettings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _ports_differ(self) -> OperatorSettings:
+    def _consistent(self) -> OperatorSettings:
         if self.enrolment_port == self.grpc_port and not self.insecure_plaintext:
             raise ValueError("--enrolment-port and --grpc-port must differ")
+        if self.device_offline_after_seconds <= self.heartbeat_write_seconds:
+            raise ValueError(
+                f"--device-offline-after-seconds ({self.device_offline_after_seconds:g}) must "
+                f"exceed --heartbeat-write-seconds ({self.heartbeat_write_seconds:g}): a "
+                "connected device would turn Offline between two writes of its lastSeen")
         return self
