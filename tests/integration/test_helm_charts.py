@@ -71,6 +71,11 @@ CLOUD_VALUES = {
     "remote write": ["--set", "metrics.remoteWriteUrl=http://prometheus.monitoring:9090/api/v1/write",
                      "--set", "networkPolicy.apiServer.to[0].ipBlock.cidr=10.0.0.1/32",
                      "--set", "networkPolicy.gatewayFrom[0].ipBlock.cidr=203.0.113.0/24"],
+    "gateway pods": ["--set", "gateway.replicas=3", "--set", "replicas=2",
+                     "--set", "gateway.ca.certManager.enabled=true",
+                     "--set", "gateway.resources.limits.memory=2Gi",
+                     "--set", "metrics.remoteWriteUrl=http://prometheus.monitoring:9090/api/v1/write",
+                     "--set", "monitoring.serviceMonitor=true"],
 }
 EDGE_VALUES = {
     "default": EDGE_REQUIRED,
@@ -316,11 +321,13 @@ def test_cloud_chart_lets_the_operator_keep_its_ca_and_signing_key_in_its_namesp
         assert env["EDGEFLEET_SIGNING_SECRET_NAME"] == "edgefleet-assignment-signing"
 
 
-def operator_settings_from(env: dict[str, str], tmp_path: Path) -> dict:
-    """What the operator's own settings make of a rendered environment."""
-    code = ("from edgefleet.operator.settings import OperatorSettings; "
-            "print(OperatorSettings(_cli_parse_args=[]).model_dump_json())")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+def operator_settings_from(env: dict[str, str], tmp_path: Path,
+                           args: list[str] | None = None) -> dict:
+    """What the operator's own settings make of a rendered environment (and arguments)."""
+    code = ("import json, sys; from edgefleet.operator.settings import OperatorSettings; "
+            "print(OperatorSettings(_cli_parse_args=json.loads(sys.argv[1])).model_dump_json())")
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(args or [])],
+                            capture_output=True, text=True,
                             env={"PATH": os.environ["PATH"], "PYTHONSAFEPATH": "1", **env},
                             cwd=tmp_path, check=False)
     assert result.returncode == 0, result.stderr
@@ -401,6 +408,136 @@ def test_cloud_chart_serves_enrolment_beside_the_gateway(
     assert [p["name"] for p in service["spec"]["ports"]] == ["gateway"]
     assert rule_ports(the(plain, "NetworkPolicy")["spec"]["ingress"][0]) == {
         ("gateway", "TCP")}
+
+
+def named(manifests: list[dict], kind: str, name: str) -> dict:
+    (manifest,) = [m for m in manifests if m["kind"] == kind and m["metadata"]["name"] == name]
+    return manifest
+
+
+def selects(selector: dict[str, str], pod: dict) -> bool:
+    """Whether matchLabels `selector` selects the pods of the workload `pod`."""
+    labels = pod["spec"]["template"]["metadata"]["labels"]
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def test_cloud_chart_serves_devices_from_the_operator_pod_by_default(
+    helm: Helm, namespace: str, tmp_path: Path,
+) -> None:
+    """gateway.replicas 0: one process decides and serves devices, as before the roles."""
+    default = helm.template(CLOUD, [], namespace)
+    operator = the(default, "Deployment")  # the only one
+    container = operator["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["--no-leader-election"]
+    settings = operator_settings_from(container_env(default, "Deployment"), tmp_path,
+                                      container["args"])
+    assert settings["role"] == "all"
+    assert [p["name"] for p in container["ports"]] == ["gateway", "enrolment", "metrics"]
+    assert not [m for m in default if m["kind"] == "PodDisruptionBudget"]
+    assert not [m for m in default if m["metadata"]["name"].endswith("-gateway-metrics")]
+    for service in ("release-edgefleet-gateway", "release-edgefleet-metrics"):
+        assert named(default, "Service", service)["spec"]["selector"] == (
+            operator["spec"]["selector"]["matchLabels"])
+    assert [p["metadata"]["name"] for p in default if p["kind"] == "NetworkPolicy"] == [
+        "release-edgefleet"]
+
+
+def test_cloud_chart_runs_gateway_pods_of_their_own_where_asked(
+    helm: Helm, namespace: str, tmp_path: Path,
+) -> None:
+    """gateway.replicas > 0: a gateway Deployment (--role gateway) behind the gateway
+    Service with a PodDisruptionBudget, and the operator as --role controller with no
+    gateway port."""
+    url = "http://prometheus.monitoring:9090/api/v1/write"
+    manifests = helm.template(CLOUD, CLOUD_VALUES["gateway pods"], namespace)
+    operator = named(manifests, "Deployment", "release-edgefleet")
+    gateways = named(manifests, "Deployment", "release-edgefleet-gateway")
+    assert (operator["spec"]["replicas"], gateways["spec"]["replicas"]) == (2, 3)
+    # Neither Deployment's selector takes the other's pods.
+    for workload, other in ((operator, gateways), (gateways, operator)):
+        assert selects(workload["spec"]["selector"]["matchLabels"], workload)
+        assert not selects(workload["spec"]["selector"]["matchLabels"], other)
+
+    # The operator decides, leader-elected, and serves no device.
+    pod = operator["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["--role", "controller", "--leader-election"]
+    assert [p["name"] for p in container["ports"]] == ["metrics"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    settings = operator_settings_from({k: v for k, v in env.items() if v is not None},
+                                      tmp_path, container["args"])
+    assert (settings["role"], settings["leader_election"]) == ("controller", True)
+    assert "EDGEFLEET_METRICS_REMOTE_WRITE_URL" not in env  # it holds no session
+
+    # The gateways: the same image, command and settings, --role gateway, no Lease.
+    gateway_pod = gateways["spec"]["template"]["spec"]
+    (gateway,) = gateway_pod["containers"]
+    assert gateway["image"] == container["image"] and "command" not in gateway
+    assert gateway["args"] == ["--role", "gateway", "--no-leader-election"]
+    assert {e["name"]: e.get("value") for e in gateway["env"]} == {
+        **env, "EDGEFLEET_METRICS_REMOTE_WRITE_URL": url}
+    assert [e for e in gateway["env"] if "valueFrom" in e] == [
+        e for e in container["env"] if "valueFrom" in e]  # identity: the pod's name
+    settings = operator_settings_from(
+        {e["name"]: e["value"] for e in gateway["env"] if "value" in e}, tmp_path,
+        gateway["args"])
+    assert (settings["role"], settings["leader_election"]) == ("gateway", False)
+    assert (settings["grpc_port"], settings["enrolment_port"]) == (50051, 50052)
+    assert settings["metrics_remote_write_url"] == url
+    assert [(p["name"], p["containerPort"]) for p in gateway["ports"]] == [
+        ("gateway", 50051), ("enrolment", 50052), ("metrics", 8080)]
+    assert gateway["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert gateway["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert gateway["resources"]["limits"]["memory"] == "2Gi"
+    assert gateway["securityContext"] == container["securityContext"]
+    assert gateway_pod["serviceAccountName"] == pod["serviceAccountName"]
+    # Its own artifact cache, and cert-manager's CA awaited as by the operator.
+    volumes = {v["name"]: v for v in gateway_pod["volumes"]}
+    assert "emptyDir" in volumes["artifacts"]
+    assert volumes["gateway-ca"] == {v["name"]: v for v in pod["volumes"]}["gateway-ca"]
+    (spread,) = gateway_pod["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"]
+    term = spread["podAffinityTerm"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == gateways["spec"]["selector"]["matchLabels"]
+
+    # A drain takes one gateway at a time, and no operator pod counts.
+    budget = the(manifests, "PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"] == (
+        gateways["spec"]["selector"]["matchLabels"])
+    assert not selects(budget["spec"]["selector"]["matchLabels"], operator)
+    # Devices reach the gateway pods alone; each Deployment's metrics are scraped.
+    for name, serves in (("release-edgefleet-gateway", gateways),
+                         ("release-edgefleet-gateway-metrics", gateways),
+                         ("release-edgefleet-metrics", operator)):
+        selector = named(manifests, "Service", name)["spec"]["selector"]
+        assert selects(selector, serves), name
+        assert not selects(selector, operator if serves is gateways else gateways), name
+    monitor = the(manifests, "ServiceMonitor")["spec"]["selector"]["matchLabels"]
+    assert sorted(m["metadata"]["name"] for m in manifests if m["kind"] == "Service" and all(
+        m["metadata"]["labels"].get(k) == v for k, v in monitor.items())) == [
+        "release-edgefleet-gateway-metrics", "release-edgefleet-metrics"]
+    # Only the gateway pods admit devices and send samples on.
+    policies = {p["metadata"]["name"]: p["spec"] for p in manifests
+                if p["kind"] == "NetworkPolicy"}
+    assert policies["release-edgefleet-gateway"]["podSelector"]["matchLabels"] == (
+        gateways["spec"]["selector"]["matchLabels"])
+    assert [rule_ports(r) for r in policies["release-edgefleet-gateway"]["ingress"]] == [
+        {("gateway", "TCP"), ("enrolment", "TCP")}, {("metrics", "TCP")}]
+    assert [rule_ports(r) for r in policies["release-edgefleet"]["ingress"]] == [
+        {("metrics", "TCP")}]
+    assert (9090, "TCP") in rule_ports(policies["release-edgefleet-gateway"]["egress"][-1])
+    assert len(policies["release-edgefleet"]["egress"]) == 3  # DNS, API server, artifacts
+
+    # The budget is optional; the spread is configurable.
+    fewer = helm.template(CLOUD, ["--set", "gateway.replicas=1",
+                                  "--set", "gateway.podDisruptionBudget.enabled=false",
+                                  "--set", "gateway.antiAffinity.mode=required"], namespace)
+    assert not [m for m in fewer if m["kind"] == "PodDisruptionBudget"]
+    spread = named(fewer, "Deployment", "release-edgefleet-gateway")["spec"]["template"][
+        "spec"]["affinity"]["podAntiAffinity"]
+    assert list(spread) == ["requiredDuringSchedulingIgnoredDuringExecution"]
 
 
 def test_cloud_chart_lets_cert_manager_own_the_ca_where_asked(
@@ -766,6 +903,8 @@ def test_edge_network_policy_admits_named_callers_and_reaches_only_the_gateway(
     (CLOUD, ["--set", "gateway.enrolmentPort=50051"],
      "gateway.enrolmentPort must differ from gateway.port"),
     (CLOUD, ["--set", "gateway.dnsNames={Gateway.Example}"], "at '/gateway/dnsNames/0'"),
+    (CLOUD, ["--set", "gateway.replicas=-1"], "at '/gateway/replicas': minimum"),
+    (CLOUD, ["--set", "gateway.antiAffinity.mode=always"], "at '/gateway/antiAffinity/mode'"),
 ], ids=["replicas-0", "service-type", "leader-election", "unknown-key", "edge-no-cloud",
         "edge-bad-cloud", "edge-relative-path", "cluster-wide-with-namespaces",
         "namespace-name", "cluster-wide-not-bool", "file-root-relative", "file-root-dotdot",
@@ -776,7 +915,7 @@ def test_edge_network_policy_admits_named_callers_and_reaches_only_the_gateway(
         "edge-plaintext-without-bootstrap-tokens", "edge-fleet-without-secret",
         "edge-label-key", "edge-enrolment-address", "edge-shared-token-secret",
         "cloud-tls-secret", "cloud-validity", "cloud-cert-manager", "cloud-same-ports",
-        "cloud-dns-name"])
+        "cloud-dns-name", "cloud-gateway-replicas", "cloud-gateway-spread"])
 def test_wrong_values_fail_at_install_naming_the_value(
     helm: Helm, chart: Path, values: list[str], says: str,
 ) -> None:
@@ -823,6 +962,13 @@ def test_both_charts_install_upgrade_and_uninstall(helm: Helm, kube: Kube,
     assert sorted(policies) == ["cloud-edgefleet", "edge-edgefleet-edge"]
     assert [port.port for rule in policies["cloud-edgefleet"].spec.ingress
             for port in rule.ports] == ["gateway", "enrolment", "metrics"]
+
+    # Gateway pods of their own: the operator's Deployment (its selector immutable) stays.
+    helm.run("upgrade", "cloud", str(CLOUD), "--namespace", namespace, "--set", "replicas=2",
+             "--set", "gateway.replicas=2")
+    assert apps.read_namespaced_deployment("cloud-edgefleet-gateway", namespace).spec.replicas == 2
+    assert client.PolicyV1Api(kube.api).read_namespaced_pod_disruption_budget(
+        "cloud-edgefleet-gateway", namespace).spec.max_unavailable == 1
 
     helm.run("uninstall", "edge", "--namespace", namespace)
     helm.run("uninstall", "cloud", "--namespace", namespace)

@@ -84,3 +84,35 @@ Service's own names, then gateway.dnsNames. */}}
 {{- printf "PT%dS" (int64 $v) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* "true" when the fleet gateway runs in pods of its own (gateway.replicas > 0): the
+operator then runs --role controller and the gateway Deployment --role gateway. */}}
+{{- define "edgefleet.gateways" -}}
+{{- gt (int .Values.gateway.replicas) 0 -}}
+{{- end -}}
+
+{{/* The gateway pods' selector. Its name differs from the operator's, whose Deployment
+selector (immutable) must never match a gateway pod. */}}
+{{- define "edgefleet.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}-gateway
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end -}}
+
+{{- define "edgefleet.gatewayLabels" -}}
+{{ include "edgefleet.gatewaySelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: edgefleet
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* The pods that serve devices: the gateway pods, or the operator's in the single
+process layout. */}}
+{{- define "edgefleet.servingSelectorLabels" -}}
+{{- if eq (include "edgefleet.gateways" .) "true" -}}
+{{ include "edgefleet.gatewaySelectorLabels" . }}
+{{- else -}}
+{{ include "edgefleet.selectorLabels" . }}
+{{- end -}}
+{{- end -}}

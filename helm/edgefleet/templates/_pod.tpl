@@ -1,0 +1,104 @@
+{{/* What the operator pod and the gateway pods share: one image and command, the same
+settings, security contexts and volumes. Each takes (dict "root" $ ...). */}}
+
+{{/* The settings, as EDGEFLEET_* variables. remoteWrite: false leaves out the
+remote-write URL (a controller holds no device session, so it has no samples to send). */}}
+{{- define "edgefleet.env" -}}
+{{- $root := .root -}}
+{{- $v := $root.Values -}}
+{{- $gw := $v.gateway -}}
+- {name: EDGEFLEET_IDENTITY, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+- {name: POD_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+- {name: EDGEFLEET_LEASE_NAMESPACE, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}
+- {name: EDGEFLEET_LOG_LEVEL, value: {{ $v.logLevel | quote }}}
+- {name: EDGEFLEET_GRPC_PORT, value: {{ $gw.port | quote }}}
+- {name: EDGEFLEET_METRICS_PORT, value: {{ $v.metrics.port | quote }}}
+- {name: EDGEFLEET_HEARTBEAT_WRITE_SECONDS, value: {{ $gw.heartbeatWriteSeconds | quote }}}
+- {name: EDGEFLEET_DEVICE_OFFLINE_AFTER_SECONDS, value: {{ $v.deviceOfflineAfterSeconds | quote }}}
+- {name: EDGEFLEET_ARTIFACT_CACHE_DIR, value: /var/cache/edgefleet}
+- {name: EDGEFLEET_ARTIFACT_MAX_BYTES, value: {{ $v.artifacts.maxBytes | int64 | quote }}}
+{{- if .remoteWrite }}
+{{- with $v.metrics.remoteWriteUrl }}
+- {name: EDGEFLEET_METRICS_REMOTE_WRITE_URL, value: {{ . | quote }}}
+{{- end }}
+{{- end }}
+{{- if not $v.clusterWide }}
+# The namespaces its Roles cover, and no others (a JSON list, as the setting reads it).
+- {name: EDGEFLEET_NAMESPACES, value: {{ include "edgefleet.namespaces" $root | quote }}}
+{{- end }}
+- {name: EDGEFLEET_ARTIFACT_FILE_ROOTS, value: {{ $v.artifacts.fileRoots | toJson | quote }}}
+- {name: EDGEFLEET_ARTIFACT_ALLOW_PRIVATE_NETWORKS, value: {{ $v.artifacts.allowPrivateNetworks | quote }}}
+# Device identity: the CA and signing Secrets live in the release namespace
+# (EDGEFLEET_LEASE_NAMESPACE above), where the operator creates them if absent.
+- {name: EDGEFLEET_INSECURE_PLAINTEXT, value: {{ $gw.insecurePlaintext | quote }}}
+- {name: EDGEFLEET_ENROLMENT_PORT, value: {{ $gw.enrolmentPort | quote }}}
+- {name: EDGEFLEET_CA_SECRET_NAME, value: {{ $gw.ca.secretName | quote }}}
+- {name: EDGEFLEET_SIGNING_SECRET_NAME, value: {{ $gw.signingSecretName | quote }}}
+- {name: EDGEFLEET_DEVICE_CERT_VALIDITY, value: {{ include "edgefleet.deviceCertValidity" $root | quote }}}
+- {name: EDGEFLEET_GATEWAY_DNS_NAMES, value: {{ include "edgefleet.gatewayDnsNames" $root | quote }}}
+{{- end -}}
+
+{{/* The gateway's container ports: sessions, and enrolment unless plaintext. */}}
+{{- define "edgefleet.gatewayPorts" -}}
+- {name: gateway, containerPort: {{ .Values.gateway.port }}, protocol: TCP}
+{{- if not .Values.gateway.insecurePlaintext }}
+- {name: enrolment, containerPort: {{ .Values.gateway.enrolmentPort }}, protocol: TCP}
+{{- end }}
+{{- end -}}
+
+{{- define "edgefleet.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile: {type: RuntimeDefault}
+{{- end -}}
+
+{{- define "edgefleet.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities: {drop: [ALL]}
+{{- end -}}
+
+{{/* The artifact cache (each pod its own), /tmp, the cert-manager CA and extraVolumeMounts. */}}
+{{- define "edgefleet.volumeMounts" -}}
+- {name: artifacts, mountPath: /var/cache/edgefleet}
+- {name: tmp, mountPath: /tmp}
+{{- if eq (include "edgefleet.certManager" .) "true" }}
+- {name: gateway-ca, mountPath: /etc/edgefleet/gateway-ca, readOnly: true}
+{{- end }}
+{{- with .Values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- define "edgefleet.volumes" -}}
+- name: artifacts
+  emptyDir: {sizeLimit: {{ .Values.artifacts.cacheSizeLimit }}}
+- name: tmp
+  emptyDir: {sizeLimit: 64Mi}
+{{- if eq (include "edgefleet.certManager" .) "true" }}
+# Not read: the operator reads the Secret through the API. The kubelet starts the
+# pod only once the Secret exists, so the operator never creates a CA of its own
+# before cert-manager has issued one (only the certificate, never the key).
+- name: gateway-ca
+  secret:
+    secretName: {{ .Values.gateway.ca.secretName }}
+    items: [{key: ca.crt, path: ca.crt}]
+{{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* nodeSelector and tolerations of either pod, at the pod spec's indent. */}}
+{{- define "edgefleet.placement" -}}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
