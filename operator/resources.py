@@ -441,6 +441,20 @@ class DeviceIdentity(Resource):
                     "second enrolment")
 
 
+SESSION_PATTERN = r"^[0-9a-f]{8}$"
+
+
+class DeviceConnection(Resource):
+    """The session a fleet gateway replica holds with the device, while it is open."""
+
+    gateway: Annotated[str, StringConstraints(min_length=1, max_length=253)] = Field(
+        description="The gateway replica holding the session (its identity)")
+    session: Annotated[str, StringConstraints(pattern=SESSION_PATTERN)] = Field(
+        description="A random id of the session, 8 lower-case hex characters: the session "
+                    "writes the device's status only while this names it")
+    since: datetime = Field(description="When the session began")
+
+
 class EdgeDeviceStatus(Resource):
     phase: DevicePhase = "Pending"
     last_seen: datetime | None = None
@@ -449,6 +463,10 @@ class EdgeDeviceStatus(Resource):
     inference: list[VersionInference] = Field(default_factory=list, max_length=64)
     model_count: Count = Field(default=0, description="len(models), for the printer column")
     identity: DeviceIdentity | None = None
+    connection: DeviceConnection | None = Field(
+        default=None,
+        description="The open session with a fleet gateway; absent while the device is "
+                    "not connected")
     conditions: list[Condition] = Field(default_factory=list, max_length=16)
 
 
