@@ -1,11 +1,17 @@
 """Who may connect and what each device should serve, as the device status loops
 derive it (handlers.py), for the gateway's sessions to push. In memory only: rebuilt
-from the watches on every start, like everything else the operator knows."""
+from the watches on every start, like everything else the operator knows.
+
+Several gateway replicas may serve one fleet, each with a view of its own that the
+watches bring up to date a little after the API server: a certificate another replica
+issued may arrive before the EdgeDevice that records it (DeviceAccess.not_before tells
+such a certificate from a superseded one)."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from edgefleet.operator.gateway.policy import TokenBucket
 from edgefleet.operator.planner import Assignment, revision
@@ -19,10 +25,17 @@ class DeviceAccess:
     token_fingerprint: str = ""  # the token already used to enrol
     revoked: bool = False  # spec.revoked
     certificate_revoked: bool = False  # status.identity.state Revoked, for this serial
+    # status.identity.notBefore (aware, UTC): when the accepted certificate was issued.
+    not_before: datetime | None = None
 
     @property
     def refused(self) -> bool:
         return self.revoked or self.certificate_revoked
+
+    def issued_later(self, not_before: datetime) -> bool:
+        """Whether a certificate issued at `not_before` is newer than the one accepted: one
+        from an enrolment or renewal at another replica that this view has not seen yet."""
+        return self.not_before is not None and not_before > self.not_before
 
 
 @dataclass
@@ -32,7 +45,8 @@ class DeviceEntry:
     secret_name: str
     access: DeviceAccess = field(default_factory=DeviceAccess)
     # Once the gateway has issued a certificate, its own record of the serial is newer
-    # than any EdgeDevice the watch may still deliver.
+    # than any EdgeDevice the watch may still deliver, unless that one records a
+    # certificate issued later (at another replica).
     issued_here: bool = False
     # A certificate renewed over an open connection stays good on that connection
     # (its peer address) only: (the old serial, the peer).
@@ -44,9 +58,8 @@ class DeviceEntry:
     session: object | None = None
     removed: bool = False
     uid: str = ""  # from the status writes, for the Events that name the device
-    # When its status was last written (monotonic), and the allowance of writes: kept
-    # across sessions, so a device that reconnects in a loop is written at a bounded rate.
-    status_written_at: float = float("-inf")
+    # The allowance of status writes: kept across sessions, so that a device that
+    # reconnects in a loop is written at a bounded rate.
     status_writes: TokenBucket | None = None
 
 
@@ -63,10 +76,14 @@ class DeviceDirectory:
                                          DeviceEntry(namespace, name, secret_name))
         entry.secret_name = secret_name
         if access is not None:
+            if entry.issued_here and access.not_before is not None and (
+                    entry.access.issued_later(access.not_before)):
+                entry.issued_here = False  # another replica issued one since
             if entry.issued_here:
                 access = replace(
                     access, serial=entry.access.serial,
                     token_fingerprint=entry.access.token_fingerprint,
+                    not_before=entry.access.not_before,
                     certificate_revoked=(access.certificate_revoked
                                          and access.serial == entry.access.serial))
             if access.refused and not entry.access.refused:
@@ -78,10 +95,12 @@ class DeviceDirectory:
             entry.changed.set()
         return entry
 
-    def issued(self, entry: DeviceEntry, serial: str, token_fingerprint: str) -> None:
+    def issued(self, entry: DeviceEntry, serial: str, token_fingerprint: str,
+               not_before: datetime | None = None) -> None:
         """The gateway issued the device a certificate: from now on only it is accepted."""
         entry.access = replace(entry.access, serial=serial,
-                               token_fingerprint=token_fingerprint, certificate_revoked=False)
+                               token_fingerprint=token_fingerprint, certificate_revoked=False,
+                               not_before=not_before)
         entry.issued_here = True
         entry.changed.set()
 

@@ -82,10 +82,18 @@ class GatewayLimits:
     # What a queued batch costs beyond its encoded size (its Python objects), so that
     # many tiny batches are bounded too.
     queue_entry_bytes: int = 1024
-    # Status writes per device, across its sessions: a burst for the few changes of a
-    # real update (Downloading, Verifying, Loading, Ready), then at most one a second.
+    # Status writes per device, across its sessions: a burst (a reconnect is two, an
+    # update one or two), then at most one a second.
     status_write_burst: int = 5
     status_writes_per_second: float = 1.0
+    # A change of what a device holds is written once it has settled (no further change
+    # for this long), so that Downloading, Verifying, Loading, Ready of a small model is
+    # one write; a device whose state keeps changing is written at least this often.
+    status_settle_seconds: float = 0.5
+    status_max_delay_seconds: float = 2.0
+    # A failed status write is tried again after this, doubling up to the maximum.
+    status_retry_seconds: float = 1.0
+    status_max_retry_seconds: float = 30.0
     # The most requests one device answers per second (a 2-core device answers ~4,000
     # a second per core over bare gRPC: this is ten times that and more).
     max_requests_per_second: float = 50_000.0
@@ -142,6 +150,72 @@ class TokenBucket:
         self._refill()
         self._tokens -= amount
         return max(0.0, -self._tokens / self._rate)
+
+
+class StatusSchedule:
+    """When one session's next status write is due, on the caller's monotonic clock:
+    at once for what must be told now (the session began); a change of what the device
+    holds once no further change came for `status_settle_seconds`, and never later than
+    `status_max_delay_seconds` after the first change not yet written; and, while the
+    device is heard from, every `heartbeat_s` (its lastSeen and statistics). After a
+    failed write nothing is due before the backoff has passed."""
+
+    def __init__(self, limits: GatewayLimits, heartbeat_s: float) -> None:
+        self._limits, self._heartbeat_s = limits, heartbeat_s
+        self.urgent = False
+        self.first_change: float | None = None  # the first change not yet written
+        self.last_change: float | None = None
+        self.heard_at = -math.inf  # the device's last message
+        self.written_at = -math.inf  # the start of the last write that succeeded
+        self.retry_at: float | None = None
+        self._backoff = limits.status_retry_seconds
+
+    def at_once(self) -> None:
+        self.urgent = True
+
+    def changed(self, now: float) -> None:
+        """What the device holds changed (and differs from what was written)."""
+        if self.first_change is None:
+            self.first_change = now
+        self.last_change = now
+
+    def settled(self) -> None:
+        """What the device holds is again what was written: nothing to write for it."""
+        self.first_change = self.last_change = None
+
+    def heard(self, now: float) -> None:
+        self.heard_at = now
+
+    def due(self) -> float | None:
+        """When the next write is due (past values: now); None while nothing is."""
+        at: float | None = None
+        if self.urgent:
+            at = -math.inf
+        elif self.first_change is not None and self.last_change is not None:
+            at = min(self.last_change + self._limits.status_settle_seconds,
+                     self.first_change + self._limits.status_max_delay_seconds)
+        if self.heard_at > self.written_at:
+            beat = self.written_at + self._heartbeat_s
+            at = beat if at is None else min(at, beat)
+        if at is not None and self.retry_at is not None:
+            at = max(at, self.retry_at)
+        return at
+
+    def written(self, started: float) -> None:
+        """A write that took the state as of `started` succeeded: what changed while it
+        was on its way is still to be written."""
+        self.urgent = False
+        self.written_at = started
+        if self.last_change is not None and self.last_change > started:
+            self.first_change = self.last_change
+        else:
+            self.settled()
+        self.retry_at, self._backoff = None, self._limits.status_retry_seconds
+
+    def failed(self, now: float) -> None:
+        """A write failed: what it held stays due, after a backoff that doubles."""
+        self.retry_at = now + self._backoff
+        self._backoff = min(self._backoff * 2, self._limits.status_max_retry_seconds)
 
 
 # ---------------------------------------------------------------- message caps

@@ -7,7 +7,9 @@ fleet enrolment token, once, and a CSR for a client certificate from the gateway
 certificate names the device, and its serial must be the one status.identity records.
 Connect pushes the device's desired state (from the directory), each assignment signed,
 on connect and on every change, renews the certificate when asked, ends when the device
-is revoked or deleted, and turns hellos, heartbeats and reports into EdgeDevice status.
+is revoked or deleted, and turns hellos, heartbeats and reports into EdgeDevice status
+(DeviceStatusWriter: a few coalesced writes per session, status.connection naming the
+replica that holds it, Offline at its end).
 FetchArtifact streams a verified artifact of the device's namespace, from a requested
 offset, to devices it is assigned to. With --insecure-plaintext there is no TLS and
 every call carries the bearer token instead. What a device may send and cost is decided
@@ -20,18 +22,22 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import secrets
+import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
-from edgefleet.operator import metrics, pki
+from edgefleet.operator import kubeapi, metrics, pki
 from edgefleet.operator.artifacts import ArtifactCache
 from edgefleet.operator.credentials import CredentialStore, FleetPolicy
 from edgefleet.operator.gateway.directory import DeviceAccess, DeviceDirectory, DeviceEntry
@@ -42,6 +48,7 @@ from edgefleet.operator.gateway.policy import (
     Refusal,
     SessionBudget,
     StatsBaseline,
+    StatusSchedule,
     Throttle,
     TokenBucket,
     check_hello,
@@ -88,72 +95,270 @@ def inference_status(stats: Any) -> list[dict[str, Any]]:
              "topClassCounts": list(item.top_class_counts)} for item in stats]
 
 
-@contextlib.contextmanager
-def schema_refusal(kind: str) -> Iterator[None]:
+def api_status(error: ApiException) -> dict[str, Any]:
+    """The Status object the API server answered with (empty if it sent none)."""
+    try:
+        answer = json.loads(error.body or "{}")
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
+
+
+def patch_not_applied(error: ApiException) -> bool:
+    """A JSON patch that did not apply (its `test` failed): 422 naming no cause, unlike
+    an object the schema refuses, whose 422 names each field."""
+    return error.status == 422 and not (api_status(error).get("details") or {}).get("causes")
+
+
+def schema_refused(kind: str, error: ApiException) -> Refusal:
     """A status write the API server refuses as invalid (422) is the device's message
     refused, not the session's end: the policy missed a rule of the schema."""
+    detail = str(api_status(error).get("message", "")) or str(error.reason)
+    return Refusal(kind, kind, "Malformed",
+                   f"the API server refused the status it makes: {detail[:512]}")
+
+
+@contextlib.contextmanager
+def schema_refusal(kind: str) -> Iterator[None]:
     try:
         yield
     except ApiException as error:
         if error.status != 422:
             raise
-        try:
-            detail = str(json.loads(error.body or "{}").get("message", ""))
-        except ValueError:
-            detail = str(error.reason)
-        raise Refusal(kind, kind, "Malformed",
-                      f"the API server refused the status it makes: {detail[:512]}") from error
+        raise schema_refused(kind, error) from error
 
 
 def timestamp() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def default_replica() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+REPORTED = ("capabilities", "models", "inference")  # status fields the device's word fills
+Standing = Literal["held", "superseded", "gone"]
+
+
 class DeviceStatusWriter:
-    """Coalesces one device's reports into status writes: a change of what it holds is
-    written at once, within the device's allowance of writes (`writes`; past it, the
-    session's reading waits, so a device changing state in a loop is written at a
-    bounded rate and read more slowly); heartbeats refresh lastSeen and the inference
-    statistics at most once per `heartbeat_write_s`."""
+    """One session's EdgeDevice status, written by a task of its own (`start`), each
+    write one patch of everything due, with `phase: Online`, lastSeen (when the device
+    was last heard) and modelCount:
+
+    - hello at once, with `connection` (this replica, a random session id, since when):
+      a merge patch, so that a session takes the device over from any earlier one;
+    - a change of what the device holds once it has settled (GatewayLimits
+      status_settle_seconds, never later than status_max_delay_seconds after the first
+      change not yet written), within the device's allowance of writes (`writes`);
+    - lastSeen and the inference statistics at most every `heartbeat_write_s`.
+
+    Every later write is a JSON patch whose first op tests that `connection` is still
+    this session's: a session that another (on any replica) took over writes nothing
+    more and ends (`standing`). An API error is retried with backoff, keeping what is
+    due; a status the API server refuses (422) is a Refusal for the device (`refused`),
+    and what it reported there is not written again. `end` writes the session's end.
+    """
 
     def __init__(self, api: client.CustomObjectsApi, entry: DeviceEntry,
-                 heartbeat_write_s: float, writes: TokenBucket | None = None) -> None:
+                 heartbeat_write_s: float, writes: TokenBucket | None = None, *,
+                 gateway: str = "", limits: GatewayLimits | None = None,
+                 refused: Callable[[Refusal], Awaitable[None]] | None = None) -> None:
         self._api = api
         self._entry = entry
-        self._interval = heartbeat_write_s
         self._writes = writes
-        self._models: list[dict[str, Any]] | None = None
-        self._inference: list[dict[str, Any]] | None = None
+        self._limits = limits or GatewayLimits()
+        self._schedule = StatusSchedule(self._limits, heartbeat_write_s)
+        self._on_refused = refused
+        self.connection = {"gateway": gateway or default_replica(),
+                           "session": secrets.token_hex(4), "since": timestamp()}
+        self._latest: dict[str, Any] = {}  # what the device reported last, as status fields
+        self._written: dict[str, Any] = {}  # what this session wrote
+        self._refused: dict[str, Any] = {}  # what the API server refused: not sent again
+        self._kind = "hello"  # the message that brought what is due (a refusal names it)
+        self._last_seen = timestamp()
+        self.established = False  # this session's connection is in the status
+        self.standing: Standing = "held"
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._in_flight = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def _device(self) -> str:
+        return f"{self._entry.namespace}/{self._entry.name}"
+
+    def _heard(self) -> None:
+        self._schedule.heard(time.monotonic())
+        self._last_seen = timestamp()
+
+    def _due(self, key: str) -> bool:
+        value = self._latest.get(key)
+        return value is not None and value != self._written.get(key) and (
+            value != self._refused.get(key))
 
     async def hello(self, caps: pb.Capabilities, models: Any) -> None:
-        await self._write({"capabilities": {
+        """The session began: written at once. Raises Refusal when the API server refuses
+        the status; one it cannot take now is written by `run`, with backoff."""
+        self._latest["capabilities"] = {
             "arch": caps.arch, "cpus": caps.cpus, "memoryBytes": caps.memory_bytes,
-            "executionProviders": list(caps.execution_providers)}},
-            models_status(models))
+            "executionProviders": list(caps.execution_providers)}
+        self._latest["models"] = models_status(models)
+        self._heard()
+        self._schedule.at_once()
+        await self._write()
 
-    async def models(self, models: Any, stats: Any) -> None:
+    def report(self, kind: str, models: Any, stats: Any) -> None:
+        """A heartbeat or report the policy took: what the device holds, and how its
+        versions answered; written when due."""
+        self._heard()
         status = models_status(models)
-        since = time.monotonic() - self._entry.status_written_at
-        if status != self._models or since >= self._interval:
-            await self._write({}, status, inference_status(stats))
+        if status != self._latest.get("models"):
+            self._latest["models"], self._kind = status, kind
+            if self._due("models"):
+                self._schedule.changed(time.monotonic())
+            else:
+                self._schedule.settled()
+        inference = inference_status(stats)
+        if inference != self._latest.get("inference"):
+            self._latest["inference"], self._kind = inference, kind
+        self._wake.set()
 
-    async def _write(self, fields: dict[str, Any], models: list[dict[str, Any]],
-                     inference: list[dict[str, Any]] | None = None) -> None:
-        if self._writes is not None:
-            await asyncio.sleep(self._writes.reserve(1))
-        body = {**fields, "lastSeen": timestamp()}
-        if models != self._models:
-            body["models"] = models
-        if inference is not None and inference != self._inference:
-            body["inference"] = inference
-        written = await asyncio.to_thread(
+    def start(self) -> asyncio.Task[None]:
+        self._task = asyncio.create_task(self.run(), name=f"status of {self._device}")
+        return self._task
+
+    async def run(self) -> None:
+        """Writes what falls due until the session ends (`stop`), or another session
+        holds the device, or it is gone."""
+        while not self._closing and self.standing == "held":
+            due = self._schedule.due()
+            delay = None if due is None else due - time.monotonic()
+            if delay is None or delay > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                continue
+            try:
+                await self._write()
+            except Refusal as refusal:
+                if self._on_refused is not None:
+                    await self._on_refused(refusal)
+
+    async def stop(self) -> None:
+        """Ends `run`. A write on its way is let finish first (within the longest retry
+        delay), so that none lands after the session's last."""
+        self._closing = True
+        self._wake.set()
+        task = self._task
+        if task is None or task.done():
+            return
+        if self._in_flight:
+            await asyncio.wait({task}, timeout=self._limits.status_max_retry_seconds)
+        task.cancel()
+        await asyncio.wait({task})
+
+    async def _patch(self, patch: Any, content_type: str) -> Any:
+        written = await kubeapi.call(
             self._api.patch_namespaced_custom_object_status, GROUP, VERSION,
-            self._entry.namespace, "edgedevices", self._entry.name, {"status": body})
+            self._entry.namespace, "edgedevices", self._entry.name, patch,
+            _content_type=content_type)
         if isinstance(written, dict):
             self._entry.uid = written.get("metadata", {}).get("uid", self._entry.uid)
-        self._models, self._entry.status_written_at = models, time.monotonic()
-        if inference is not None:
-            self._inference = inference
+        return written
+
+    def _guarded(self, status: dict[str, Any]) -> list[dict[str, Any]]:
+        """JSON patch ops that set `status` fields only while this session holds the
+        device (its connection is the status's)."""
+        return [{"op": "test", "path": "/status/connection", "value": self.connection},
+                *({"op": "add", "path": f"/status/{key}", "value": value}
+                  for key, value in status.items())]
+
+    def _fields(self, *keys: str) -> tuple[dict[str, Any], int]:
+        """The reported fields due among `keys`, and the modelCount they make."""
+        fields = {key: self._latest[key] for key in keys if self._due(key)}
+        return fields, len(fields.get("models", self._written.get("models", [])))
+
+    async def _write(self) -> None:
+        if self._writes is not None:
+            await asyncio.sleep(self._writes.reserve(1))
+        started = time.monotonic()
+        fields, model_count = self._fields(*REPORTED)
+        status = {"phase": "Online", "lastSeen": self._last_seen, **fields,
+                  "modelCount": model_count}
+        established = self.established
+        self._in_flight = True
+        try:
+            if established:
+                await self._patch(self._guarded(status), JSON_PATCH)
+            else:
+                await self._patch({"status": {**status, "connection": self.connection}},
+                                  MERGE_PATCH)
+        except ApiException as error:
+            if error.status == 404:
+                self.standing = "gone"
+            elif established and patch_not_applied(error):
+                self.standing = "superseded"
+                logger.info("device=%s: another session holds the device now; this one "
+                            "(%s) writes no more", self._device, self.connection["session"])
+            elif error.status == 422:
+                self._refused.update(fields)  # not sent again as it is
+                self._schedule.failed(time.monotonic())
+                if not self._due("models"):
+                    self._schedule.settled()
+                raise schema_refused(self._kind, error) from error
+            else:
+                self._retry(error)
+            return
+        except HTTPError as error:
+            self._retry(error)
+            return
+        finally:
+            self._in_flight = False
+        self.established = True
+        self._written.update(fields)
+        self._schedule.written(started)
+        if not self._due("models"):
+            self._schedule.settled()
+
+    def _retry(self, error: Exception) -> None:
+        self._schedule.failed(time.monotonic())
+        logger.warning("device=%s: status not written (tried again with backoff): %s",
+                       self._device, getattr(error, "reason", None) or error)
+
+    async def end(self) -> None:
+        """The session is over: phase Offline, its last lastSeen and what is still due,
+        and its connection removed, in one patch that applies only while the connection
+        is this session's (another session may hold the device by now). API errors are
+        tried again for a while; past that the controller turns the device Offline once
+        its lastSeen is old enough."""
+        if not self.established or self.standing != "held":
+            return
+        delay = self._limits.status_retry_seconds
+        while True:
+            fields, model_count = self._fields("models", "inference")
+            ops = [*self._guarded({"phase": "Offline", "lastSeen": self._last_seen, **fields,
+                                   "modelCount": model_count}),
+                   {"op": "remove", "path": "/status/connection"}]
+            try:
+                await self._patch(ops, JSON_PATCH)
+                return
+            except ApiException as error:
+                if error.status == 404 or patch_not_applied(error):
+                    return  # gone, or another session holds the device
+                if error.status == 422 and fields:
+                    self._refused.update(fields)
+                    continue
+                failure: Exception = error
+            except HTTPError as error:
+                failure = error
+            if delay > self._limits.status_max_retry_seconds:
+                logger.warning("device=%s: the session's end is not written: %s",
+                               self._device, failure)
+                return
+            await asyncio.sleep(delay)
+            delay *= 2
 
 
 async def forward_metrics(remote_writer: RemoteWriter, entry: DeviceEntry,
@@ -256,8 +461,16 @@ class FleetGateway:
                  credentials: CredentialStore, keystore: Keystore | None,
                  device_cert_validity: timedelta = timedelta(days=30),
                  remote_writer: RemoteWriter | None = None, ping_s: float = 30.0,
-                 limits: GatewayLimits | None = None) -> None:
-        """`keystore` None: plaintext, devices authenticated by bearer token alone."""
+                 limits: GatewayLimits | None = None, replica: str = "") -> None:
+        """`keystore` None: plaintext, devices authenticated by bearer token alone.
+        `replica`: this gateway's name in status.connection (the process's identity;
+        host and pid by default)."""
+        self.replica = replica or default_replica()
+        # Set while the server shuts down: its sessions end without writing Offline (the
+        # devices reconnect to another replica at once; the controller's grace decides
+        # for those that do not).
+        self.stopping = False
+        self._endings: set[asyncio.Task[None]] = set()
         self._directory = directory
         self._artifacts = artifacts
         self._credentials = credentials
@@ -351,6 +564,13 @@ class FleetGateway:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, self._revoked(entry))
         serial = pki.serial_hex(certificate)
         if serial != entry.access.serial and entry.renewed_from != (serial, context.peer()):
+            if entry.access.issued_later(certificate.not_valid_before_utc):
+                # Issued after the one this replica knows: by another replica, whose
+                # record of it has not come through the watch yet. Enrolling again would
+                # spend the device's token for nothing: retry.
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    f"the certificate of EdgeDevice {names[0]}/{names[1]} is "
+                                    "newer than this gateway knows yet; retry")
             await self._refuse(context, peer, "Unauthenticated",
                                grpc.StatusCode.UNAUTHENTICATED, NOT_CURRENT)
         return entry, serial
@@ -366,8 +586,14 @@ class FleetGateway:
         if entry.status_writes is None:
             entry.status_writes = TokenBucket(self.limits.status_writes_per_second,
                                               self.limits.status_write_burst)
+
+        async def refused(refusal: Refusal) -> None:
+            await self._refused(entry, refusal)
+            await session.outbox.put(refusal.to_message())
+
         session = Session(entry, DeviceStatusWriter(
-            self._custom, entry, self._heartbeat_write_s, entry.status_writes),
+            self._custom, entry, self._heartbeat_write_s, entry.status_writes,
+            gateway=self.replica, limits=self.limits, refused=refused),
             self.limits, self._queue_budget, serial, context.peer())
         if not self._directory.claim(entry, session):  # the device's one session
             await context.abort(grpc.StatusCode.ALREADY_EXISTS,
@@ -375,6 +601,7 @@ class FleetGateway:
                                 "connected")
         reader: asyncio.Task[None] | None = None
         forwarder: asyncio.Task[None] | None = None
+        writer: asyncio.Task[None] | None = None
         try:
             try:
                 first = await asyncio.wait_for(anext(aiter(requests), None), HELLO_TIMEOUT_S)
@@ -389,19 +616,20 @@ class FleetGateway:
             try:
                 check_hello(first.hello, self.limits)
                 check_models("hello", models, self.limits)
-                with schema_refusal("hello"):
-                    await session.writer.hello(first.hello.capabilities, models)
+                await session.writer.hello(first.hello.capabilities, models)
             except Refusal as refusal:
                 await self._refused(entry, refusal)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(refusal))
-            logger.info("device connected device=%s/%s", entry.namespace, entry.name)
+            logger.info("device connected device=%s/%s session=%s", entry.namespace,
+                        entry.name, session.writer.connection["session"])
+            writer = session.writer.start()
             reader = asyncio.create_task(self._read(requests, session))
             if self._remote_writer:
                 forwarder = asyncio.create_task(forward_metrics(
                     self._remote_writer, entry, session.batches, session.budget,
                     session.outbox))
             entry.changed.set()  # the desired state goes out at once on connect
-            while not reader.done():
+            while not reader.done() and not writer.done():
                 if self._keystore and session.bundle_sent != self._keystore.ca.bundle_pem:
                     # The CA devices trust for the gateway: at the start, and whenever
                     # it changes (CA rotation).
@@ -410,7 +638,7 @@ class FleetGateway:
                 changed = asyncio.create_task(entry.changed.wait())
                 outgoing = asyncio.create_task(session.outbox.get())
                 try:
-                    done, _ = await asyncio.wait({changed, reader, outgoing},
+                    done, _ = await asyncio.wait({changed, reader, outgoing, writer},
                                                  timeout=self._ping_s,
                                                  return_when=asyncio.FIRST_COMPLETED)
                 except BaseException:  # the session is torn down while waiting
@@ -436,7 +664,10 @@ class FleetGateway:
                     yield desired_message(entry, self._signing_key)
                 elif not done:
                     yield pb.CloudMessage(ping=pb.Ping())
-            reader.result()  # a failed status write surfaces here
+            if writer.done():
+                writer.result()  # a failure of the writer surfaces here
+                await self._writer_ended(context, session)
+            reader.result()
         finally:
             if reader and not reader.done():
                 reader.cancel()
@@ -444,7 +675,31 @@ class FleetGateway:
                 forwarder.cancel()
             session.budget.close()
             self._directory.release(entry, session)
+            ending = asyncio.create_task(self._end(session))
+            self._endings.add(ending)
+            ending.add_done_callback(self._ended)
             logger.info("device disconnected device=%s/%s", entry.namespace, entry.name)
+
+    async def _writer_ended(self, context: grpc.aio.ServicerContext, session: Session) -> None:
+        entry = session.entry
+        if session.writer.standing == "superseded":
+            await context.abort(grpc.StatusCode.ABORTED,
+                                f"another session of EdgeDevice {entry.namespace}/{entry.name} "
+                                "began (at this gateway or another replica); this one ends")
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                            f"EdgeDevice {entry.namespace}/{entry.name} was deleted")
+
+    async def _end(self, session: Session) -> None:
+        """A session's end: its status writes stop, then the device turns Offline, unless
+        the gateway is stopping."""
+        await session.writer.stop()
+        if not self.stopping:
+            await session.writer.end()
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._endings.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("a session's end failed", exc_info=task.exception())
 
     async def _read(self, requests: AsyncIterator[pb.DeviceMessage], session: Session) -> None:
         """Takes the device's messages one by one, each within the session's budget
@@ -466,8 +721,7 @@ class FleetGateway:
             check_models(kind, models, self.limits)
             check_stats(kind, report.stats, self.limits)
             session.baseline.check(kind, report.stats, time.monotonic())
-            with schema_refusal(kind):
-                await session.writer.models(models, report.stats)
+            session.writer.report(kind, models, report.stats)
         elif kind == "metrics":
             await self._metrics(message.metrics, session)
         elif kind == "renew":
@@ -499,7 +753,8 @@ class FleetGateway:
         with schema_refusal("renew"):
             await self._write_identity(entry, identity_status(issued, renewedAt=timestamp()))
         entry.renewed_from = (session.serial, session.peer)
-        self._directory.issued(entry, issued.serial, entry.access.token_fingerprint)
+        self._directory.issued(entry, issued.serial, entry.access.token_fingerprint,
+                               issued.not_before)
         session.serial = issued.serial
         metrics.GATEWAY_CERTIFICATES.labels("Renewal").inc()
         logger.info("certificate renewed device=%s/%s serial=%s not_after=%s", entry.namespace,
@@ -507,7 +762,7 @@ class FleetGateway:
         await session.outbox.put(certificate_message(issued, self._keystore.ca.bundle_pem))
 
     async def _write_identity(self, entry: DeviceEntry, fields: dict[str, Any]) -> None:
-        await asyncio.to_thread(
+        await kubeapi.call(
             self._custom.patch_namespaced_custom_object_status, GROUP, VERSION,
             entry.namespace, "edgedevices", entry.name, {"status": {"identity": fields}})
 
@@ -581,7 +836,7 @@ class FleetGateway:
             first_timestamp=now, last_timestamp=now,
             source=client.V1EventSource(component="edgefleet-gateway"))
         try:
-            await asyncio.to_thread(self._core.create_namespaced_event, entry.namespace, event)
+            await kubeapi.call(self._core.create_namespaced_event, entry.namespace, event)
         except API_ERRORS as error:
             logger.warning("device=%s/%s: cannot post Event %s: %s", entry.namespace,
                            entry.name, reason, error)
@@ -671,7 +926,7 @@ class FleetGateway:
                            error)
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 "cannot record the enrolment now; retry")
-        self._directory.issued(entry, issued.serial, fingerprint)
+        self._directory.issued(entry, issued.serial, fingerprint, issued.not_before)
         entry.changed.set()  # a session on an older certificate ends
         metrics.GATEWAY_CERTIFICATES.labels(kind).inc()
         logger.info("device enrolled device=%s/%s by=%s serial=%s not_after=%s", namespace,
@@ -692,8 +947,8 @@ class FleetGateway:
                 "metadata": {"name": name, "labels": labels, "annotations": annotations},
                 "spec": {}}
         try:
-            await asyncio.to_thread(self._custom.create_namespaced_custom_object, GROUP,
-                                    VERSION, namespace, "edgedevices", body)
+            await kubeapi.call(self._custom.create_namespaced_custom_object, GROUP, VERSION,
+                               namespace, "edgedevices", body)
         except ApiException as error:
             if error.status == 409:
                 await context.abort(grpc.StatusCode.ALREADY_EXISTS,

@@ -1,14 +1,24 @@
 """What the gateway lets a device claim and cost (gateway/policy.py): caps per message
 kind, counts that can be true, session budgets, and the throttles for strangers and for
-what is told about a device. Pure policy, on a fake clock."""
+what is told about a device. Pure policy, on a fake clock; and which certificate a
+replica's view of the fleet accepts (directory.py, FleetGateway._authenticate)."""
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from kubernetes import client
 
+from edgefleet.operator import pki
 from edgefleet.operator.credentials import CredentialStore, secret_token
+from edgefleet.operator.gateway.directory import DeviceAccess, DeviceDirectory
 from edgefleet.operator.gateway.policy import (
     ByteBudget,
     GatewayLimits,
@@ -25,6 +35,7 @@ from edgefleet.operator.gateway.policy import (
     peer_address,
     with_assigned_digests,
 )
+from edgefleet.operator.gateway.server import FleetGateway
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 
 LIMITS = GatewayLimits()
@@ -254,3 +265,88 @@ def test_credentials_hold_only_a_hash_and_answer_alike_for_unknown_and_wrong() -
     assert not store.verify("fleet", "cam-1-token", "s3cret")
     assert secret_token({"token": "czNjcmV0"}) == b"s3cret"
     assert secret_token({"token": "not base64!"}) is None and secret_token(None) is None
+
+
+# ---------------------------------------------------------------- certificates not seen yet
+
+
+class Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code, self.details = code, details
+
+
+class PresentedCertificate:
+    """The servicer context of a call over mutual TLS with this client certificate."""
+
+    def __init__(self, pem: bytes) -> None:
+        self._pem = pem
+
+    def peer(self) -> str:
+        return "ipv4:10.0.0.7:51234"
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {"x509_pem_cert": [self._pem]}
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise Aborted(code, details)
+
+
+CA_PEM, CA_KEY = pki.new_ca(datetime(2026, 1, 1, tzinfo=UTC))
+CA = pki.CertificateAuthority(CA_PEM, CA_KEY, CA_PEM)
+
+
+def issue(at: datetime) -> pki.IssuedCertificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(
+        key, hashes.SHA256())
+    return CA.issue_device(csr, "fleet", "cam-1", timedelta(days=30), now=at)
+
+
+def gateway_knowing(recorded: pki.IssuedCertificate | None) -> FleetGateway:
+    directory = DeviceDirectory()
+    directory.publish("fleet", "cam-1", "cam-1-token", [], DeviceAccess(
+        serial=recorded.serial if recorded else "",
+        not_before=recorded.not_before if recorded else None))
+    return FleetGateway(directory, None, client.ApiClient(), 60,  # type: ignore[arg-type]
+                        credentials=CredentialStore(), keystore=object())  # type: ignore[arg-type]
+
+
+def authenticate(gateway: FleetGateway, certificate: pki.IssuedCertificate) -> str:
+    """The serial the gateway accepts, or how it ends the call."""
+    try:
+        _, serial = asyncio.run(gateway._authenticate(  # type: ignore[arg-type]
+            PresentedCertificate(certificate.pem)))
+    except Aborted as aborted:
+        return f"{aborted.code.name}: {aborted.details}"
+    return serial
+
+
+def test_a_certificate_newer_than_this_replica_knows_is_told_to_retry_not_to_enrol() -> None:
+    older, recorded, newer = (issue(datetime(2026, 3, day, tzinfo=UTC)) for day in (1, 2, 3))
+    gateway = gateway_knowing(recorded)
+    assert authenticate(gateway, recorded) == recorded.serial
+    # Renewed or enrolled again at another replica, not yet seen here: retry.
+    answer = authenticate(gateway, newer)
+    assert answer.startswith("UNAVAILABLE: ") and answer.endswith("retry")
+    # Superseded: the device has a newer one, or this one is stolen.
+    assert authenticate(gateway, older).startswith("UNAUTHENTICATED: ")
+    # A view that records no date keeps the answer it always gave.
+    assert authenticate(gateway_knowing(None), newer).startswith("UNAUTHENTICATED: ")
+
+
+def test_a_replica_keeps_its_own_record_of_a_certificate_until_a_newer_one_is_watched() -> None:
+    issued_here, renewed_elsewhere = (issue(datetime(2026, 3, day, tzinfo=UTC)) for day in (2, 3))
+    stale = issue(datetime(2026, 3, 1, tzinfo=UTC))
+    directory = DeviceDirectory()
+    entry = directory.publish("fleet", "cam-1", "t", [], DeviceAccess())
+    directory.issued(entry, issued_here.serial, "f" * 64, issued_here.not_before)
+    # The watch still delivers an older EdgeDevice: this replica's record stands.
+    directory.publish("fleet", "cam-1", "t", [], DeviceAccess(serial=stale.serial,
+                                                             not_before=stale.not_before))
+    assert entry.access.serial == issued_here.serial
+    # Another replica renewed the certificate since: its record wins.
+    directory.publish("fleet", "cam-1", "t", [], DeviceAccess(
+        serial=renewed_elsewhere.serial, not_before=renewed_elsewhere.not_before))
+    assert (entry.access.serial, entry.access.not_before) == (
+        renewed_elsewhere.serial, renewed_elsewhere.not_before)

@@ -1,99 +1,389 @@
-"""How the gateway coalesces a device's reports into status writes (pure policy; the
-API client is a recorder, the real one is exercised by the integration tests)."""
+"""How the gateway turns a session's reports into EdgeDevice status writes: when a write
+is due (StatusSchedule, on a fake clock), and what DeviceStatusWriter writes against an
+API object that applies merge and JSON patches as the API server does (the real one is
+exercised by tests/integration/test_gateway_liveness.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import json
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
+import pytest
+from kubernetes.client.exceptions import ApiException
+
 from edgefleet.operator.gateway.directory import DeviceEntry
-from edgefleet.operator.gateway.policy import TokenBucket
+from edgefleet.operator.gateway.policy import GatewayLimits, Refusal, StatusSchedule, TokenBucket
 from edgefleet.operator.gateway.server import DeviceStatusWriter
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 
-
-class RecordingApi:
-    def __init__(self) -> None:
-        self.writes: list[dict[str, Any]] = []
-
-    def patch_namespaced_custom_object_status(self, *args: Any) -> None:
-        self.writes.append(args[-1]["status"])
+DIGEST = "sha256:" + "a" * 64
+# Short intervals, so that the writer's own clock runs the scenarios in a second or two.
+FAST = replace(GatewayLimits(), status_settle_seconds=0.15, status_max_delay_seconds=0.5,
+               status_retry_seconds=0.05, status_max_retry_seconds=0.2)
 
 
-def state(state: int) -> list[pb.ModelState]:
-    return [pb.ModelState(name="digits", version="1", digest="sha256:x", state=state)]
+# ---------------------------------------------------------------- when a write is due
 
 
-def test_changes_are_written_at_once_and_quiet_heartbeats_at_most_once_per_interval() -> None:
-    api = RecordingApi()
-    writer = DeviceStatusWriter(api, DeviceEntry("fleet", "cam-1", "cam-1-token"),  # type: ignore[arg-type]
-                                heartbeat_write_s=3600)
+def test_a_change_of_what_a_device_holds_is_due_once_it_has_settled() -> None:
+    schedule = StatusSchedule(GatewayLimits(), heartbeat_s=60)
+    schedule.written(0.0)
+    for at in (10.0, 10.1, 10.3):  # Downloading, Verifying, Loading within 0.3 s
+        schedule.changed(at)
+    assert schedule.due() == pytest.approx(10.8)  # 0.5 s after the last change
+
+
+def test_a_state_that_keeps_changing_is_due_within_the_max_delay() -> None:
+    schedule = StatusSchedule(GatewayLimits(), heartbeat_s=60)
+    schedule.written(0.0)
+    for step in range(30):
+        schedule.changed(10.0 + 0.3 * step)
+    assert schedule.due() == pytest.approx(12.0)  # 2 s after the first unwritten change
+
+
+def test_a_device_heard_from_is_due_once_per_heartbeat_interval() -> None:
+    schedule = StatusSchedule(GatewayLimits(), heartbeat_s=60)
+    schedule.written(0.0)
+    assert schedule.due() is None  # nothing heard, nothing changed: nothing to write
+    schedule.heard(5.0)
+    assert schedule.due() == 60.0
+    schedule.written(60.0)
+    assert schedule.due() is None
+
+
+def test_what_changed_while_a_write_was_on_its_way_stays_due() -> None:
+    schedule = StatusSchedule(GatewayLimits(), heartbeat_s=60)
+    schedule.changed(10.0)
+    schedule.changed(10.7)  # after the write below took its state
+    schedule.written(10.5)
+    assert schedule.due() == pytest.approx(11.2)
+    schedule.written(11.2)
+    assert schedule.due() is None
+
+
+def test_failed_writes_back_off_doubling_up_to_the_maximum() -> None:
+    limits = GatewayLimits()
+    schedule = StatusSchedule(limits, heartbeat_s=60)
+    schedule.at_once()
+    assert schedule.due() == -math.inf
+    retries = []
+    for _ in range(7):
+        schedule.failed(100.0)
+        retries.append(schedule.due())
+    assert retries == [101.0, 102.0, 104.0, 108.0, 116.0, 130.0, 130.0]
+    schedule.written(130.0)
+    schedule.at_once()
+    schedule.failed(200.0)
+    assert schedule.due() == 201.0  # a success starts the backoff over
+
+
+# ---------------------------------------------------------------- what is written
+
+
+def unprocessable(details: dict[str, Any]) -> ApiException:
+    error = ApiException(status=422, reason="Unprocessable Entity")
+    error.body = json.dumps({"kind": "Status", "code": 422, "details": details,
+                             "message": "the server rejected our request"})
+    return error
+
+
+class FakeApi:
+    """One EdgeDevice's status, patched as the API server patches it: a merge patch
+    merges, a JSON patch applies all its ops or none (a failed `test` is a 422 naming no
+    cause); `invalid` names what the schema refuses (a 422 with causes), and `failures`
+    are errors to answer the next calls with."""
+
+    def __init__(self, invalid: Callable[[dict[str, Any]], str | None] = lambda _: None
+                 ) -> None:
+        self.status: dict[str, Any] = {}
+        self.writes: list[tuple[Any, str]] = []  # (patch, content type), applied or not
+        self.failures: list[Exception] = []
+        self.invalid = invalid
+        self._lock = threading.Lock()
+
+    def patch_namespaced_custom_object_status(self, group: str, version: str, namespace: str,
+                                              plural: str, name: str, body: Any, *,
+                                              _content_type: str) -> dict[str, Any]:
+        with self._lock:
+            self.writes.append((copy.deepcopy(body), _content_type))
+            if self.failures:
+                raise self.failures.pop(0)
+            if _content_type == "application/merge-patch+json":
+                status = {**self.status, **copy.deepcopy(body["status"])}
+            else:
+                status = copy.deepcopy(self.status)
+                for op in body:
+                    key = op["path"].removeprefix("/status/")
+                    if op["op"] == "test" and status.get(key) != op["value"]:
+                        raise unprocessable({})
+                    if op["op"] == "add":
+                        status[key] = op["value"]
+                    if op["op"] == "remove":
+                        if key not in status:
+                            raise unprocessable({})
+                        del status[key]
+            problem = self.invalid(status)
+            if problem:
+                raise unprocessable({"name": name, "causes": [{"message": problem}]})
+            self.status = status
+            return {"metadata": {"uid": "uid-1"}, "status": status}
+
+    def applied(self) -> list[Any]:
+        """The patches of the writes so far (each a merge patch's status or JSON ops)."""
+        return [body["status"] if isinstance(body, dict) else body for body, _ in self.writes]
+
+
+def held(state: int, message: str = "") -> list[pb.ModelState]:
+    return [pb.ModelState(name="digits", version="1", digest=DIGEST, state=state,
+                          message=message)]
+
+
+def stats(requests: int) -> list[pb.VersionStats]:
+    return [pb.VersionStats(model="digits", version="1", requests=requests)]
+
+
+def writer_for(api: FakeApi, limits: GatewayLimits = FAST, heartbeat_s: float = 3600,
+               writes: TokenBucket | None = None, entry: DeviceEntry | None = None,
+               refused: list[Refusal] | None = None) -> DeviceStatusWriter:
+    async def tell(refusal: Refusal) -> None:
+        assert refused is not None
+        refused.append(refusal)
+
+    return DeviceStatusWriter(api, entry or DeviceEntry("fleet", "cam-1", "cam-1-token"),  # type: ignore[arg-type]
+                              heartbeat_s, writes, gateway="gw-0", limits=limits,
+                              refused=tell)
+
+
+def ops(patch: list[dict[str, Any]]) -> dict[str, Any]:
+    """A JSON patch's `add` ops as {field: value}."""
+    return {op["path"].removeprefix("/status/"): op["value"] for op in patch
+            if op["op"] == "add"}
+
+
+def test_hello_is_written_at_once_with_the_connection_that_names_the_replica() -> None:
+    api = FakeApi()
+    writer = writer_for(api)
+    asyncio.run(writer.hello(pb.Capabilities(arch="x86_64", cpus=2), held(pb.ModelState.READY)))
+    ((patch, content_type),) = api.writes
+    assert content_type == "application/merge-patch+json"  # takes over from any session
+    status = patch["status"]
+    assert status["phase"] == "Online" and status["lastSeen"].endswith("Z")
+    assert status["capabilities"]["arch"] == "x86_64"
+    assert [m["state"] for m in status["models"]] == ["Ready"] and status["modelCount"] == 1
+    connection = status["connection"]
+    assert connection["gateway"] == "gw-0" and connection["since"].endswith("Z")
+    assert len(connection["session"]) == 8 and int(connection["session"], 16) >= 0
+    assert writer.established
+
+
+def test_a_small_model_rolled_out_costs_one_write_of_its_settled_state() -> None:
+    api = FakeApi()
+    writer = writer_for(api)
 
     async def scenario() -> None:
-        await writer.hello(pb.Capabilities(arch="x86_64", cpus=2), [])
-        await writer.models(state(pb.ModelState.LOADING), [])
-        for _ in range(5):  # nothing changes: no writes within the interval
-            await writer.models(state(pb.ModelState.LOADING), [])
-        await writer.models(state(pb.ModelState.READY), [])
+        await writer.hello(pb.Capabilities(), [])
+        task = writer.start()
+        for state in (pb.ModelState.DOWNLOADING, pb.ModelState.VERIFYING,
+                      pb.ModelState.LOADING, pb.ModelState.READY):
+            writer.report("report", held(state), [])
+            await asyncio.sleep(0.03)
+        for _ in range(5):  # heartbeats that change nothing
+            writer.report("heartbeat", held(pb.ModelState.READY), [])
+            await asyncio.sleep(0.03)
+        await asyncio.sleep(FAST.status_settle_seconds * 2)
+        await writer.stop()
+        assert task.done()
 
     asyncio.run(scenario())
-    assert len(api.writes) == 3
-    assert api.writes[0]["capabilities"]["arch"] == "x86_64" and api.writes[0]["models"] == []
-    assert [w["models"][0]["state"] for w in api.writes[1:]] == ["Loading", "Ready"]
-    assert all("lastSeen" in w for w in api.writes)
+    hello, rollout = api.applied()
+    assert hello["models"] == []
+    assert rollout[0] == {"op": "test", "path": "/status/connection",
+                          "value": writer.connection}
+    written = ops(rollout)
+    assert [m["state"] for m in written["models"]] == ["Ready"]
+    assert (written["phase"], written["modelCount"]) == ("Online", 1)
+    assert api.status["models"][0]["state"] == "Ready"
 
 
-def test_a_quiet_heartbeat_after_the_interval_refreshes_only_last_seen() -> None:
-    api = RecordingApi()
-    writer = DeviceStatusWriter(api, DeviceEntry("fleet", "cam-1", "cam-1-token"),  # type: ignore[arg-type]
-                                heartbeat_write_s=0)
+def test_a_state_that_keeps_changing_is_written_within_the_max_delay() -> None:
+    api = FakeApi()
+    writer = writer_for(api)
 
     async def scenario() -> None:
-        await writer.models(state(pb.ModelState.READY), [])
-        await writer.models(state(pb.ModelState.READY), [])
+        await writer.hello(pb.Capabilities(), [])
+        writer.start()
+        started = time.monotonic()
+        step = 0
+        while time.monotonic() - started < 1.2:  # a change every 50 ms, never settling
+            writer.report("report", held(pb.ModelState.DOWNLOADING, f"{step} bytes"), [])
+            step += 1
+            await asyncio.sleep(0.05)
+        await writer.stop()
+
+    asyncio.run(scenario())
+    # One write per max delay (0.5 s) of the 1.2 s, not one per change (24).
+    assert 2 <= len(api.writes) - 1 <= 3
+
+
+def test_quiet_heartbeats_refresh_last_seen_and_statistics_once_per_interval() -> None:
+    api = FakeApi()
+    writer = writer_for(api, heartbeat_s=0.3)
+
+    async def scenario() -> None:
+        await writer.hello(pb.Capabilities(), held(pb.ModelState.READY))
+        writer.start()
+        started = time.monotonic()
+        while time.monotonic() - started < 1.0:
+            writer.report("heartbeat", held(pb.ModelState.READY), stats(4))
+            await asyncio.sleep(0.05)
+        await writer.stop()
+
+    asyncio.run(scenario())
+    beats = [ops(patch) for patch in api.applied()[1:]]
+    assert 2 <= len(beats) <= 4  # one per 0.3 s, not one per heartbeat (20)
+    assert beats[0]["inference"][0]["requests"] == 4  # statistics ride on the first
+    assert all("models" not in beat and "inference" not in beat for beat in beats[1:])
+    assert all(beat["phase"] == "Online" and beat["modelCount"] == 1 for beat in beats)
+
+
+def test_an_api_error_is_retried_with_backoff_and_loses_nothing_due() -> None:
+    api = FakeApi()
+    writer = writer_for(api)
+
+    async def scenario() -> None:
+        await writer.hello(pb.Capabilities(), [])
+        writer.start()
+        api.failures = [ApiException(status=500, reason="etcd unavailable"),
+                        ApiException(status=429, reason="Too Many Requests")]
+        writer.report("report", held(pb.ModelState.READY), [])
+        await asyncio.sleep(FAST.status_settle_seconds + 0.05 + 0.1 + 0.2)
+        await writer.stop()
+
+    asyncio.run(scenario())
+    assert len(api.writes) == 4  # hello, two failures, then the same patch written
+    assert api.writes[-1] == api.writes[-2]
+    assert api.status["models"][0]["state"] == "Ready"
+
+
+def test_an_api_error_at_hello_leaves_it_to_be_written_by_the_session_task() -> None:
+    api = FakeApi()
+    api.failures = [ApiException(status=503, reason="Service Unavailable")]
+    writer = writer_for(api)
+
+    async def scenario() -> None:
+        await writer.hello(pb.Capabilities(arch="arm64"), [])
+        assert not writer.established
+        writer.start()
+        await asyncio.sleep(0.15)
+        await writer.stop()
+
+    asyncio.run(scenario())
+    assert writer.established and api.status["connection"] == writer.connection
+    assert api.status["capabilities"]["arch"] == "arm64"
+
+
+def test_a_status_the_api_server_refuses_is_told_to_the_device_and_not_sent_again() -> None:
+    api = FakeApi(invalid=lambda status: "a rule the policy missed" if any(
+        m["message"] == "bad" for m in status.get("models", [])) else None)
+    refused: list[Refusal] = []
+    writer = writer_for(api, refused=refused)
+
+    async def scenario() -> None:
+        await writer.hello(pb.Capabilities(), [])
+        writer.start()
+        for _ in range(4):
+            writer.report("heartbeat", held(pb.ModelState.FAILED, "bad"), [])
+            await asyncio.sleep(FAST.status_settle_seconds + 0.05)
+        writer.report("report", held(pb.ModelState.READY), [])
+        await asyncio.sleep(FAST.status_settle_seconds + 0.1)
+        await writer.stop()
+
+    asyncio.run(scenario())
+    (refusal,) = refused
+    assert (refusal.kind, refusal.reason) == ("heartbeat", "Malformed")
+    assert "the API server refused the status it makes" in str(refusal)
+    with_models = [patch for patch in api.applied()[1:] if "models" in ops(patch)]
+    assert [ops(patch)["models"][0]["state"] for patch in with_models] == ["Failed", "Ready"]
+    assert api.status["models"][0]["state"] == "Ready"
+
+
+def test_a_session_another_took_over_writes_nothing_more_not_even_its_end() -> None:
+    api = FakeApi()
+    entry = DeviceEntry("fleet", "cam-1", "cam-1-token")
+    old, new = writer_for(api, entry=entry), writer_for(api, entry=entry)
+
+    async def scenario() -> None:
+        await old.hello(pb.Capabilities(), [])
+        task = old.start()
+        await new.hello(pb.Capabilities(), [])  # the device came back, at another replica
+        old.report("heartbeat", held(pb.ModelState.READY), [])
+        await asyncio.wait_for(task, timeout=2)  # the old session's writer gives up
+        await old.stop()
+        await old.end()
+
+    asyncio.run(scenario())
+    assert old.standing == "superseded"
+    assert api.status["connection"] == new.connection and api.status["phase"] == "Online"
+    assert api.status["models"] == []
+    assert len(api.writes) == 3  # two hellos and the one refused change
+
+
+def test_the_end_of_a_session_writes_offline_and_removes_its_connection_at_once() -> None:
+    api = FakeApi()
+    writer = writer_for(api)
+
+    async def scenario() -> None:
+        await writer.hello(pb.Capabilities(), [])
+        writer.start()
+        writer.report("report", held(pb.ModelState.READY), [])  # not settled yet
+        await writer.stop()
+        await writer.end()
 
     asyncio.run(scenario())
     assert len(api.writes) == 2
-    assert "models" in api.writes[0] and set(api.writes[1]) == {"lastSeen"}
+    (end, content_type) = api.writes[-1]
+    assert content_type == "application/json-patch+json"
+    assert end[0] == {"op": "test", "path": "/status/connection", "value": writer.connection}
+    assert end[-1] == {"op": "remove", "path": "/status/connection"}
+    assert "connection" not in api.status
+    assert (api.status["phase"], api.status["modelCount"]) == ("Offline", 1)
+    assert api.status["models"][0]["state"] == "Ready"  # what was due goes with it
 
 
-def stats(requests: int, **fields: Any) -> pb.VersionStats:
-    return pb.VersionStats(model="digits", version="1", requests=requests, errors=1,
-                           latency_bounds_seconds=[0.001, 0.01], latency_counts=[3, 1, 0],
-                           **fields)
-
-
-def test_statistics_ride_on_interval_writes_and_only_when_they_changed() -> None:
-    api = RecordingApi()
-    writer = DeviceStatusWriter(api, DeviceEntry("fleet", "cam-1", "cam-1-token"),  # type: ignore[arg-type]
-                                heartbeat_write_s=0)
+def test_the_end_of_a_session_another_took_over_changes_nothing() -> None:
+    api = FakeApi()
+    entry = DeviceEntry("fleet", "cam-1", "cam-1-token")
+    old, new = writer_for(api, entry=entry), writer_for(api, entry=entry)
 
     async def scenario() -> None:
-        await writer.models(state(pb.ModelState.READY), [stats(4)])
-        await writer.models(state(pb.ModelState.READY), [stats(4)])
-        await writer.models(state(pb.ModelState.READY), [stats(9)])
+        await old.hello(pb.Capabilities(), [])
+        await new.hello(pb.Capabilities(), [])
+        await old.end()
 
     asyncio.run(scenario())
-    assert [w.get("inference", [{}])[0].get("requests") for w in api.writes] == [4, None, 9]
-    assert api.writes[0]["inference"][0]["latencyCounts"] == [3, 1, 0]
+    assert api.status["phase"] == "Online" and api.status["connection"] == new.connection
 
 
-def test_a_device_changing_state_in_a_loop_is_written_at_a_bounded_rate() -> None:
-    """Each change is written: a burst at once, then no faster than the device's
+def test_a_device_that_reconnects_in_a_loop_is_written_at_a_bounded_rate() -> None:
+    """Each hello is written, a burst at once, then no faster than the device's
     allowance refills, across its sessions."""
-    api = RecordingApi()
+    api = FakeApi()
     entry = DeviceEntry("fleet", "cam-1", "cam-1-token")
     writes = TokenBucket(rate=20, burst=2)
 
     async def scenario() -> float:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        for session in range(2):  # a reconnect does not reset the allowance
-            writer = DeviceStatusWriter(api, entry, heartbeat_write_s=3600,  # type: ignore[arg-type]
-                                        writes=writes)
-            for i in range(3):
-                await writer.models(state(pb.ModelState.LOADING + (i + session) % 2), [])
-        return loop.time() - started
+        started = time.monotonic()
+        for _ in range(6):
+            writer = writer_for(api, entry=entry, writes=writes)
+            await writer.hello(pb.Capabilities(), [])
+        return time.monotonic() - started
 
     took = asyncio.run(scenario())
     assert len(api.writes) == 6
