@@ -1,9 +1,11 @@
-"""`edgefleet-operator`: kopf, the health/metrics server and (once it leads) the
-reconcilers, all in one asyncio loop.
+"""`edgefleet-operator`: kopf, the health/metrics server, the fleet gateway and (once it
+leads) the reconcilers, all in one asyncio loop; `--role` splits them (handlers.py says
+which handlers each role runs).
 
-With leader election on (the default) a replica first waits for the Lease; only the
+With leader election on (the default) a controller first waits for the Lease; only the
 holder runs kopf. Losing the Lease stops kopf and exits with status 1, so that the
-replica restarts as a standby instead of acting beside a new leader.
+replica restarts as a standby instead of acting beside a new leader. Gateway replicas
+hold no Lease: each serves whichever devices connect to it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import asyncio
 import contextlib
 import logging
 import sys
+from dataclasses import dataclass
 
+import grpc
 import kopf
 from aiohttp import web
 from kubernetes import client
@@ -39,31 +43,112 @@ async def run(settings: OperatorSettings) -> int:
     health = web.AppRunner(metrics.health_app(operator_ready.is_set), access_log=None)
     await health.setup()
     await web.TCPSite(health, settings.listen_host, settings.metrics_port).start()
-    logger.info("serving /healthz /readyz /metrics on %s:%d", settings.listen_host,
-                settings.metrics_port)
+    logger.info("role=%s serving /healthz /readyz /metrics on %s:%d", settings.role,
+                settings.listen_host, settings.metrics_port)
 
+    # The controller's decisions need one actor at a time; gateway replicas derive
+    # everything they do from the watches, any number side by side.
     elector = None
-    if settings.leader_election:
+    if settings.leader_election and settings.role != "gateway":
         elector = LeaderElector(
             client.CoordinationV1Api(api_client), namespace=settings.lease_namespace,
             name=settings.lease_name, identity=settings.identity,
             duration_s=settings.lease_duration_seconds, renew_s=settings.lease_renew_seconds,
         )
         await elector.acquire()
-    metrics.LEADER.set(1)
+    if settings.role != "gateway":
+        metrics.LEADER.set(1)
 
-    directory = DeviceDirectory()
     artifacts = ArtifactCache(
         settings.artifact_cache_dir, settings.artifact_cache_max_bytes,
         settings.artifact_max_bytes,
         SourcePolicy(file_roots=tuple(settings.artifact_file_roots),
                      allow_private_networks=settings.artifact_allow_private_networks),
         settings.artifact_http_timeout_seconds)
+    serves_devices = settings.role != "controller"
     memo = handlers.OperatorMemo(
-        settings=settings, fleet=FleetChanges(), device_placements={}, device_traffic={},
+        settings=settings, fleet=FleetChanges(), device_reports={}, model_views={},
         status_api=client.CustomObjectsApi(api_client), clock=handlers.utc_now,
-        artifacts=artifacts, directory=directory, credentials=credentials.CredentialStore(),
+        artifacts=artifacts, directory=DeviceDirectory() if serves_devices else None,
+        device_links={}, credentials=credentials.CredentialStore(),
+        mirror=(handlers.ArtifactMirror(artifacts, client.CoreV1Api(api_client))
+                if settings.role == "gateway" else None),
     )
+    gateway = None
+    if memo.directory is not None:
+        gateway = await start_gateway(settings, api_client, memo.directory, artifacts,
+                                      memo.credentials)
+        if gateway is None:
+            return 1
+    stop_flag = asyncio.Event()
+    tasks = {asyncio.create_task(kopf.operator(
+        registry=handlers.registry_for(settings.role),
+        clusterwide=not settings.namespaces, namespaces=settings.namespaces,
+        standalone=True,  # the Lease above, not kopf's peering, decides who acts
+        stop_flag=stop_flag, ready_flag=operator_ready, memo=memo,
+    ), name="kopf")}
+    if elector:
+        tasks.add(asyncio.create_task(elector.hold(), name="lease"))
+    if gateway and gateway.keystore:
+        tasks.add(asyncio.create_task(
+            refresh_ca(gateway.keystore, gateway.servicer, settings.ca_refresh_seconds),
+            name="ca-refresh"))
+    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+
+    exit_code = 0
+    for task in done:
+        error = task.exception()
+        if isinstance(error, LeadershipLost):
+            logger.error("leadership lost, stopping: %s", error)
+            exit_code = 1
+        elif error is not None:
+            logger.error("%s stopped with an error", task.get_name(), exc_info=error)
+            exit_code = 1
+    if gateway:
+        # Before kopf stops (it cancels the tasks of the sessions as it ends): the devices
+        # move to another replica, and are not written Offline on the way.
+        gateway.servicer.stopping = True
+    stop_flag.set()
+    for task in pending:
+        if task.get_name() in ("lease", "ca-refresh"):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    metrics.LEADER.set(0)
+    if gateway:
+        await gateway.stop()
+    if elector and exit_code == 0:
+        await elector.release()
+    await health.cleanup()
+    return exit_code
+
+
+@dataclass
+class RunningGateway:
+    server: grpc.aio.Server
+    servicer: FleetGateway
+    keystore: Keystore | None
+    remote_writer: RemoteWriter | None
+
+    async def stop(self) -> None:
+        try:
+            await self.server.stop(grace=2)
+        except asyncio.CancelledError:
+            # kopf cancels, as it ends, every task made after it started: gRPC's own
+            # tasks of the calls it served among them. The server is down either way, and
+            # the Lease must still be released; only a cancellation of this task goes on.
+            current = asyncio.current_task()
+            if current and current.cancelling():
+                raise
+        if self.remote_writer:
+            await self.remote_writer.close()
+
+
+async def start_gateway(settings: OperatorSettings, api_client: client.ApiClient,
+                        directory: DeviceDirectory, artifacts: ArtifactCache,
+                        device_credentials: credentials.CredentialStore,
+                        ) -> RunningGateway | None:
+    """The fleet gateway's server, started; None (logged) when its CA cannot be had."""
     keystore = None
     if settings.insecure_plaintext:
         metrics.GATEWAY_INSECURE.set(1)
@@ -78,16 +163,17 @@ async def run(settings: OperatorSettings) -> int:
             await keystore.load()
         except (*API_ERRORS, ValueError) as error:
             logger.error("cannot serve the fleet gateway: %s", error)
-            return 1
+            return None
     remote_writer = (RemoteWriter(settings.metrics_remote_write_url)
                      if settings.metrics_remote_write_url else None)
-    fleet_gateway = FleetGateway(
+    servicer = FleetGateway(
         directory, artifacts, api_client, settings.heartbeat_write_seconds,
-        credentials=memo.credentials, keystore=keystore,
-        device_cert_validity=settings.device_cert_validity, remote_writer=remote_writer)
-    gateway = create_gateway_server(fleet_gateway, settings.listen_host, settings.grpc_port,
-                                    settings.enrolment_port, keystore)
-    await gateway.start()
+        credentials=device_credentials, keystore=keystore,
+        device_cert_validity=settings.device_cert_validity, remote_writer=remote_writer,
+        replica=settings.identity)
+    server = create_gateway_server(servicer, settings.listen_host, settings.grpc_port,
+                                   settings.enrolment_port, keystore)
+    await server.start()
     if keystore:
         logger.info("fleet gateway: sessions on %s:%d (mutual TLS), enrolment on %s:%d (TLS)",
                     settings.listen_host, settings.grpc_port, settings.listen_host,
@@ -95,50 +181,7 @@ async def run(settings: OperatorSettings) -> int:
     else:
         logger.info("fleet gateway on %s:%d (plaintext)", settings.listen_host,
                     settings.grpc_port)
-    stop_flag = asyncio.Event()
-    tasks = {asyncio.create_task(kopf.operator(
-        clusterwide=not settings.namespaces, namespaces=settings.namespaces,
-        standalone=True,  # the Lease above, not kopf's peering, decides who acts
-        stop_flag=stop_flag, ready_flag=operator_ready, memo=memo,
-    ), name="kopf")}
-    if elector:
-        tasks.add(asyncio.create_task(elector.hold(), name="lease"))
-    if keystore:
-        tasks.add(asyncio.create_task(
-            refresh_ca(keystore, fleet_gateway, settings.ca_refresh_seconds), name="ca-refresh"))
-    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-
-    exit_code = 0
-    for task in done:
-        error = task.exception()
-        if isinstance(error, LeadershipLost):
-            logger.error("leadership lost, stopping: %s", error)
-            exit_code = 1
-        elif error is not None:
-            logger.error("%s stopped with an error", task.get_name(), exc_info=error)
-            exit_code = 1
-    stop_flag.set()
-    for task in pending:
-        if task.get_name() in ("lease", "ca-refresh"):
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    metrics.LEADER.set(0)
-    try:
-        await gateway.stop(grace=2)
-    except asyncio.CancelledError:
-        # kopf cancels, as it ends, every task made after it started: gRPC's own tasks
-        # of the calls it served among them. The server is down either way, and the
-        # Lease must still be released; only a cancellation of this task goes on.
-        current = asyncio.current_task()
-        if current and current.cancelling():
-            raise
-    if remote_writer:
-        await remote_writer.close()
-    if elector and exit_code == 0:
-        await elector.release()
-    await health.cleanup()
-    return exit_code
+    return RunningGateway(server, servicer, keystore, remote_writer)
 
 
 async def refresh_ca(keystore: Keystore, gateway: FleetGateway, interval_s: float) -> None:

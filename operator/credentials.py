@@ -94,8 +94,7 @@ def secret_token(data: Any) -> bytes | None:
         return None
 
 
-@kopf.on.event("", "v1", "secrets")
-def secret_changed(type: str | None, namespace: str, name: str, body: kopf.Body,
+async def secret_changed(type: str | None, namespace: str, name: str, body: kopf.Body,
                    memo: kopf.Memo, **_: Any) -> None:
     store: CredentialStore = memo.credentials
     token = None if type == "DELETED" else secret_token(body.get("data"))

@@ -1,9 +1,11 @@
 """The operator's in-memory view of the fleet, fed by kopf's watches.
 
 kopf's index (see handlers.py) keeps one DeviceView per EdgeDevice, grouped by
-namespace; it is rebuilt from the API server on every start. FleetChanges tells the
-per-object status loops that something in their namespace changed, so they recompute
-at once instead of polling.
+namespace; it is rebuilt from the API server on every start. FleetChanges tells a
+per-object status loop that something it depends on changed, so it recomputes at once
+instead of polling: a device's report wakes only the models that select it, and a
+model's step only the devices it moves (planner.models_to_wake, devices_to_wake), so
+the work of a change grows with what it touches, never with the fleet squared.
 """
 
 from __future__ import annotations
@@ -80,19 +82,15 @@ def model_view(name: str, meta: Mapping[str, Any], spec: Mapping[str, Any],
                      deleting=bool(meta.get("deletionTimestamp")))
 
 
-def placement_key(namespace: str) -> str:
-    """Changes that can move a model's placement or counts: models, device labels and
-    what devices report they hold."""
-    return f"placement/{namespace}"
-
-
-def traffic_key(namespace: str) -> str:
-    """Inference statistics reported by devices: what rollout analysis reads."""
-    return f"traffic/{namespace}"
+def model_key(namespace: str, name: str) -> str:
+    """A change that may move one model's status: its own object, or a report of a
+    device its selector matches."""
+    return f"model/{namespace}/{name}"
 
 
 def device_key(namespace: str, name: str) -> str:
-    """Any change of one device (its heartbeats included)."""
+    """A change that may move one device's status or desired state: its own object (its
+    heartbeats included), or a model whose placement of it may have moved."""
     return f"device/{namespace}/{name}"
 
 

@@ -1,10 +1,11 @@
 """kopf handlers: translate watch events into calls of the planner and write the results.
 
 Each EdgeModel and EdgeDevice has a status loop (a kopf daemon) that recomputes its
-status whenever anything in its namespace changes, and writes only when the result
-differs from what is stored. Status depends on *other* objects (a model's counts on
-the devices, a device's phase on the clock), which kopf's per-object handlers cannot
-express, hence daemons that patch through the API client instead of kopf's `patch`.
+status whenever something it depends on changes (fleet.py says what wakes whom), and
+writes only when the result differs from what is stored. Status depends on *other*
+objects (a model's counts on the devices, a device's phase on the clock), which kopf's
+per-object handlers cannot express, hence daemons that patch through the API client
+instead of kopf's `patch`.
 Policy lives in planner.py; nothing here decides.
 """
 
@@ -15,6 +16,7 @@ import base64
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,7 +25,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from edgefleet.operator import kubeapi, metrics, planner, rollout, signatures
+from edgefleet.operator import credentials, kubeapi, metrics, planner, rollout, signatures
 from edgefleet.operator.artifact_sources import ArtifactError
 from edgefleet.operator.artifacts import Artifact, ArtifactCache
 from edgefleet.operator.credentials import CredentialStore
@@ -32,10 +34,9 @@ from edgefleet.operator.fleet import (
     approved,
     device_key,
     device_view,
+    model_key,
     model_view,
     parse_time,
-    placement_key,
-    traffic_key,
 )
 from edgefleet.operator.gateway.directory import DeviceAccess, DeviceDirectory
 from edgefleet.operator.kubeapi import API_ERRORS
@@ -48,7 +49,7 @@ from edgefleet.operator.resources import (
     EdgeModelStatus,
     describe_validation_error,
 )
-from edgefleet.operator.settings import OperatorSettings
+from edgefleet.operator.settings import OperatorSettings, Role
 from edgefleet.operator.views import ArtifactCheck, DeviceView, ModelView
 
 MODELS = "edgemodels"
@@ -63,13 +64,29 @@ class OperatorMemo(kopf.Memo):
 
     settings: OperatorSettings
     fleet: FleetChanges
-    device_placements: dict[tuple[str, str], object]  # what placement last saw per device
-    device_traffic: dict[tuple[str, str], object]  # the statistics last seen per device
+    # What each device last reported that its models' status depends on (labels, held
+    # models, statistics), and each model as last seen: what a change is compared with.
+    device_reports: dict[tuple[str, str], tuple[Any, ...]]
+    model_views: dict[tuple[str, str], ModelView]
     status_api: client.CustomObjectsApi
     clock: Clock
     artifacts: ArtifactCache
-    directory: DeviceDirectory
+    # The gateway's view (None in the controller role, which serves no devices): who may
+    # act as each device and what it should serve, and the gateway's copy of artifacts.
+    directory: DeviceDirectory | None
+    device_links: dict[tuple[str, str], DeviceLink]
+    mirror: ArtifactMirror | None
     credentials: CredentialStore  # device tokens, from the Secrets watch (credentials.py)
+
+
+@dataclass(frozen=True)
+class DeviceLink:
+    """What the gateway is told of an EdgeDevice besides what it should serve."""
+
+    secret_name: str
+    labels: Mapping[str, str]
+    may_serve: bool
+    access: DeviceAccess
 
 
 def utc_now() -> datetime:
@@ -77,22 +94,27 @@ def utc_now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-@kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any) -> None:
     # Idle watch streams can stall silently; time them out and re-list.
     settings.watching.server_timeout = 120
     settings.watching.client_timeout = 150
-    settings.persistence.finalizer = FINALIZER
+    # kopf removes its finalizer from every object it watches that none of its handlers
+    # needs one for; a gateway replica, which has no such handlers, must not take the
+    # controller's: it names one that no object carries.
+    settings.persistence.finalizer = (f"{GROUP}/gateway-replica"
+                                      if memo.settings.role == "gateway" else FINALIZER)
     # Handler progress in annotations keeps `status` ours alone.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
 
 
 # ---------------------------------------------------------------- fleet index
+#
+# Index and event handlers are coroutines: kopf runs plain functions in threads, which
+# would cost a thread hop per watch event and wake the loops from outside their loop.
 
 
-@kopf.index(GROUP, VERSION, DEVICES)
-def devices_by_namespace(
+async def devices_by_namespace(
     namespace: str, name: str, labels: Mapping[str, str], annotations: Mapping[str, str],
     spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any
 ) -> dict[str, DeviceView] | None:
@@ -102,8 +124,7 @@ def devices_by_namespace(
     return {namespace: device_view(name, labels, status)}
 
 
-@kopf.index(GROUP, VERSION, MODELS)
-def models_by_namespace(
+async def models_by_namespace(
     namespace: str, name: str, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status,
     **_: Any,
 ) -> dict[str, ModelView] | None:
@@ -111,34 +132,77 @@ def models_by_namespace(
     return {namespace: view} if view else None
 
 
-# kopf updates the indexes before it calls event handlers, so the status loops woken
-# here see this very change.
+# kopf updates the indexes before it calls event handlers, so what is derived here sees
+# this very change.
 
 
-@kopf.on.event(GROUP, VERSION, MODELS)
-def model_changed(namespace: str, memo: OperatorMemo, **_: Any) -> None:
-    memo.fleet.notify(placement_key(namespace))
+def publish(memo: OperatorMemo, namespace: str, name: str,
+            models: kopf.Index[str, ModelView]) -> None:
+    """Tells the gateway what the device should serve now, and who may act as it."""
+    link = memo.device_links.get((namespace, name))
+    if memo.directory is None or link is None:
+        return
+    assignments = (planner.desired_assignments(namespace, name, link.labels,
+                                               models.get(namespace, []))
+                   if link.may_serve else [])
+    memo.directory.publish(namespace, name, link.secret_name, assignments, link.access)
 
 
-@kopf.on.event(GROUP, VERSION, DEVICES)
-def device_changed(
+async def model_changed(
+    namespace: str, name: str, type: str | None, body: kopf.Body, meta: kopf.Meta,
+    spec: kopf.Spec, status: kopf.Status, memo: OperatorMemo,
+    devices_by_namespace: kopf.Index[str, DeviceView],
+    models_by_namespace: kopf.Index[str, ModelView], **_: Any,
+) -> None:
+    memo.fleet.notify(model_key(namespace, name))
+    view = None if type == "DELETED" else model_view(name, meta, spec, status)
+    before = memo.model_views.pop((namespace, name), None)
+    if view:
+        memo.model_views[(namespace, name)] = view
+    if memo.mirror:
+        memo.mirror.follow(namespace, name, body, view.spec if view else None)
+    if memo.directory is None:  # the controller serves no devices
+        return
+    for device in planner.devices_to_wake(namespace, before, view,
+                                          devices_by_namespace.get(namespace, [])):
+        publish(memo, namespace, device, models_by_namespace)
+
+
+async def device_changed(
     namespace: str, name: str, type: str | None, labels: Mapping[str, str],
     annotations: Mapping[str, str], spec: Mapping[str, Any], status: Mapping[str, Any],
-    memo: OperatorMemo, **_: Any,
+    memo: OperatorMemo, models_by_namespace: kopf.Index[str, ModelView], **_: Any,
 ) -> None:
     memo.fleet.notify(device_key(namespace, name))
-    # Only labels, reported models and approval matter to placement; a heartbeat
-    # changes none of them.
+    # A device that registered itself with a fleet token (it has no bootstrap Secret)
+    # serves nothing until an admin approves it.
+    may_serve = type != "DELETED" and approved(spec, annotations)
+    # Labels, approval, held models and statistics matter to models; a heartbeat that
+    # only moves lastSeen changes none of them.
     view = device_view(name, labels, status)
-    placement = (None if type == "DELETED" or not approved(spec, annotations)
-                 else (view.labels, view.models))
-    if memo.device_placements.get((namespace, name)) != placement:
-        memo.device_placements[(namespace, name)] = placement
-        memo.fleet.notify(placement_key(namespace))
-    traffic = None if type == "DELETED" else view.traffic
-    if memo.device_traffic.get((namespace, name)) != traffic:
-        memo.device_traffic[(namespace, name)] = traffic
-        memo.fleet.notify(traffic_key(namespace))
+    report = (view.labels, view.models, view.traffic) if may_serve else None
+    before = memo.device_reports.pop((namespace, name), None)
+    if report:
+        memo.device_reports[(namespace, name)] = report
+    if report != before:
+        label_sets = [seen[0] for seen in (before, report) if seen]
+        for model in planner.models_to_wake(label_sets, models_by_namespace.get(namespace, [])):
+            memo.fleet.notify(model_key(namespace, model))
+    if type == "DELETED":
+        memo.device_links.pop((namespace, name), None)
+        if memo.directory:
+            memo.directory.remove(namespace, name)
+        return
+    identity = status.get("identity") or {}
+    memo.device_links[(namespace, name)] = DeviceLink(
+        secret_name=(spec.get("bootstrapTokenSecretRef") or {}).get("name", ""),
+        labels=dict(labels), may_serve=may_serve,
+        access=DeviceAccess(serial=str(identity.get("serial", "")),
+                            token_fingerprint=str(identity.get("tokenFingerprint", "")),
+                            revoked=bool(spec.get("revoked")),
+                            certificate_revoked=identity.get("state") == "Revoked",
+                            not_before=parse_time(identity.get("notBefore"))))
+    publish(memo, namespace, name, models_by_namespace)
 
 
 # ---------------------------------------------------------------- status writes
@@ -197,8 +261,9 @@ async def run_status_loop(
                         "retrying", resource, namespace, name, error)
             seen = dict.fromkeys(keys, -1)  # retry after the pause below, change or not
             await asyncio.sleep(1)
+        took_s = time.perf_counter() - started
         metrics.RECONCILES.labels(resource, outcome).inc()
-        metrics.RECONCILE_SECONDS.labels(resource).observe(time.perf_counter() - started)
+        metrics.RECONCILE_SECONDS.labels(resource).observe(took_s)
         # Wake on the next change (one made during this reconcile counts: the wait
         # returns at once), on the deadline, or on stop.
         change = asyncio.ensure_future(memo.fleet.wait(seen, timeout=next_deadline()))
@@ -206,7 +271,9 @@ async def run_status_loop(
         await asyncio.wait({change, stop}, return_when=asyncio.FIRST_COMPLETED)
         change.cancel()
         stop.cancel()
-        await asyncio.sleep(memo.settings.status_debounce_seconds)
+        # A loop that costs more (a model over thousands of devices) waits at least as
+        # long as it took: under a storm of reports it takes at most half a core.
+        await asyncio.sleep(max(memo.settings.status_debounce_seconds, took_s))
 
 
 class ArtifactRetry:
@@ -308,7 +375,6 @@ class ArtifactRetry:
         return f" and signed with {key_ref}"
 
 
-@kopf.daemon(GROUP, VERSION, MODELS, cancellation_timeout=1.0)
 async def keep_model_status(
     name: str,
     namespace: str,
@@ -324,6 +390,8 @@ async def keep_model_status(
     experiment_artifacts = ArtifactRetry(memo.artifacts, body, namespace, secrets,
                                          field="spec.experiment.source")
     recheck_at: float | None = None  # monotonic time the rollout asked to be looked at
+    # When this loop last wrote (monotonic), and when counts held back are due.
+    written_at, figures_due_at = float("-inf"), None
 
     def report_once(generation: int | None, reason: str, message: str,
                     warning: bool = True) -> None:
@@ -333,7 +401,7 @@ async def keep_model_status(
             post(body, reason=reason, message=message)
 
     async def reconcile() -> bool:
-        nonlocal recheck_at
+        nonlocal recheck_at, written_at, figures_due_at
         if body.meta.get("deletionTimestamp"):
             return False
         events: list[rollout.RolloutEvent] = []
@@ -374,9 +442,18 @@ async def keep_model_status(
             if ready.reason == "DevicesFailed":  # which devices failed, and why, once
                 report_once(generation, "DevicesFailed", ready.message)
         metrics.MODEL_PHASES.set(namespace, name, desired.phase)
+        figures_due_at = None
         if dump(desired) == stored:
             return False
+        # Counts move with every device that reports during a rollout: written at most
+        # every --model-status-write-seconds; a decision (phase, step, condition) at once.
+        due = written_at + memo.settings.model_status_write_seconds
+        if (not events and time.monotonic() < due
+                and planner.without_figures(desired) == planner.without_figures(previous)):
+            figures_due_at = due
+            return False
         await replace_status(memo, MODELS, namespace, name, dump(desired))
+        written_at = time.monotonic()
         # Rollout Events tell of transitions, which always change the status: posted
         # after the write, so a restart (which recomputes the same status) repeats none.
         for event in events:
@@ -387,13 +464,14 @@ async def keep_model_status(
 
     def next_deadline() -> float | None:
         deadlines = [artifacts.seconds_to_retry(), experiment_artifacts.seconds_to_retry()]
-        if recheck_at is not None:
-            deadlines.append(max(0.0, recheck_at - time.monotonic()) + 0.05)
+        for at in (recheck_at, figures_due_at):
+            if at is not None:
+                deadlines.append(max(0.0, at - time.monotonic()) + 0.05)
         return min((d for d in deadlines if d is not None), default=None)
 
     try:
         await run_status_loop(resource="EdgeModel", namespace=namespace, name=name,
-                              keys=[placement_key(namespace), traffic_key(namespace)],
+                              keys=[model_key(namespace, name)],
                               stopped=stopped, memo=memo, reconcile=reconcile,
                               next_deadline=next_deadline)
     finally:
@@ -401,43 +479,32 @@ async def keep_model_status(
         metrics.ROLLOUTS.discard(namespace, name)
 
 
-@kopf.daemon(GROUP, VERSION, DEVICES, cancellation_timeout=1.0)
 async def keep_device_status(
     name: str,
     namespace: str,
     body: kopf.Body,
     stopped: kopf.DaemonStopped,
     memo: OperatorMemo,
-    models_by_namespace: kopf.Index[str, ModelView],
     **_: Any,
 ) -> None:
+    """The phase of a device: the gateway holding its session writes Online, and Offline
+    when the session ends; this loop turns it Offline when no gateway wrote its lastSeen
+    for --device-offline-after-seconds (the gateway vanished), keeps an unapproved device
+    Pending, and records that a revoked device's certificate is revoked."""
     grace = timedelta(seconds=memo.settings.device_offline_after_seconds)
 
     def last_seen() -> datetime | None:
         return parse_time(body.status.get("lastSeen"))
 
     async def reconcile() -> bool:
-        # What the device should serve, and who may act as it, go to the gateway, not to
-        # the API server. A device that registered itself with a fleet token (it has no
-        # bootstrap Secret) serves nothing until an admin approves it.
-        secret = (body.spec.get("bootstrapTokenSecretRef") or {}).get("name", "")
-        may_serve = approved(body.spec, body.metadata.annotations)
         identity = body.status.get("identity") or {}
-        revoked = bool(body.spec.get("revoked"))
-        memo.directory.publish(
-            namespace, name, secret,
-            planner.desired_assignments(namespace, name, body.metadata.labels,
-                                        models_by_namespace.get(namespace, []))
-            if may_serve else [],
-            DeviceAccess(serial=str(identity.get("serial", "")),
-                         token_fingerprint=str(identity.get("tokenFingerprint", "")),
-                         revoked=revoked,
-                         certificate_revoked=identity.get("state") == "Revoked"))
-        phase = (planner.device_phase(last_seen(), memo.clock(), grace) if may_serve
-                 else "Pending")
-        desired: dict[str, Any] = {"phase": phase,
-                                   "modelCount": len(body.status.get("models") or [])}
-        if revoked and identity.get("state") == "Enrolled":
+        phase = (planner.device_phase(last_seen(), bool(body.status.get("connection")),
+                                      memo.clock(), grace)
+                 if approved(body.spec, body.metadata.annotations) else "Pending")
+        desired: dict[str, Any] = {"phase": phase}
+        if "modelCount" not in body.status:  # the gateway keeps it from the first session
+            desired["modelCount"] = 0
+        if body.spec.get("revoked") and identity.get("state") == "Enrolled":
             desired["identity"] = {**identity, "state": "Revoked"}
         metrics.DEVICE_PHASES.set(namespace, name, phase)
         if all(body.status.get(key) == value for key, value in desired.items()):
@@ -454,18 +521,16 @@ async def keep_device_status(
 
     try:
         await run_status_loop(resource="EdgeDevice", namespace=namespace, name=name,
-                              keys=[placement_key(namespace), device_key(namespace, name)],
+                              keys=[device_key(namespace, name)],
                               stopped=stopped, memo=memo, reconcile=reconcile,
                               next_deadline=next_deadline)
     finally:
         metrics.DEVICE_PHASES.discard(namespace, name)
-        memo.directory.remove(namespace, name)
 
 
 # ---------------------------------------------------------------- deletion
 
 
-@kopf.on.delete(GROUP, VERSION, MODELS)
 async def withdraw_model(
     name: str,
     namespace: str,
@@ -491,3 +556,74 @@ async def withdraw_model(
     kopf.warn(body, reason="WithdrawalUnconfirmed", message=(
         f"deleted after {memo.settings.deletion_timeout_seconds:.0f}s without confirmation "
         f"from {len(holding)} devices: {', '.join(holding)}"))
+
+
+# ---------------------------------------------------------------- a gateway replica's artifacts
+
+
+class ArtifactMirror:
+    """A gateway replica's own verified copy of each model's artifacts, to serve
+    FetchArtifact from (the controller verifies them too, for the model's status): fetched
+    when a spec names a new source, retried with ArtifactRetry's backoff until verified."""
+
+    def __init__(self, cache: ArtifactCache, secrets: client.CoreV1Api) -> None:
+        self._cache = cache
+        self._secrets = secrets
+        self._fetches: dict[tuple[str, str], tuple[dict[str, ArtifactSource],
+                                                   asyncio.Task[None]]] = {}
+
+    def follow(self, namespace: str, name: str, body: kopf.Body,
+               spec: EdgeModelSpec | None) -> None:
+        """Fetches what the spec names (nothing more for a deleted or invalid one)."""
+        sources: dict[str, ArtifactSource] = {}
+        if spec and not planner.spec_problems(spec):
+            sources["spec.source"] = spec.source
+            if spec.experiment:
+                sources["spec.experiment.source"] = spec.experiment.source
+        following = self._fetches.get((namespace, name))
+        if following and following[0] == sources:
+            return
+        if following:
+            following[1].cancel()
+        self._fetches.pop((namespace, name), None)
+        if sources:
+            self._fetches[(namespace, name)] = (sources, asyncio.create_task(
+                self._fetch(namespace, body, sources), name=f"artifacts {namespace}/{name}"))
+
+    async def _fetch(self, namespace: str, body: kopf.Body,
+                     sources: dict[str, ArtifactSource]) -> None:
+        waiting = {field: ArtifactRetry(self._cache, body, namespace, self._secrets, field)
+                   for field in sources}
+        while waiting:
+            for field, retry in list(waiting.items()):
+                if (await retry.check(sources[field])).ready:
+                    del waiting[field]
+            delays = [retry.seconds_to_retry() for retry in waiting.values()]
+            await asyncio.sleep(min((d for d in delays if d is not None), default=0.0))
+
+
+# ---------------------------------------------------------------- roles
+
+
+def registry_for(role: Role) -> kopf.OperatorRegistry:
+    """The handlers a process runs. The controller (and `all`) decides: model status and
+    rollouts, device phases, withdrawal on deletion. A gateway replica only derives, from
+    the same watches, what each device should serve and who may act as it, and keeps
+    its own copy of the artifacts: it writes no model status and holds no finalizer."""
+    registry = kopf.OperatorRegistry()
+    # The credentials the operator's own API client found (kubeconfig or in-cluster).
+    kopf.on.login(registry=registry)(kopf.login_via_client)
+    kopf.on.startup(registry=registry)(configure)
+    kopf.index(GROUP, VERSION, DEVICES, registry=registry)(devices_by_namespace)
+    kopf.index(GROUP, VERSION, MODELS, registry=registry)(models_by_namespace)
+    kopf.on.event(GROUP, VERSION, MODELS, registry=registry)(model_changed)
+    kopf.on.event(GROUP, VERSION, DEVICES, registry=registry)(device_changed)
+    if role != "gateway":
+        kopf.daemon(GROUP, VERSION, MODELS, cancellation_timeout=1.0,
+                    registry=registry)(keep_model_status)
+        kopf.daemon(GROUP, VERSION, DEVICES, cancellation_timeout=1.0,
+                    registry=registry)(keep_device_status)
+        kopf.on.delete(GROUP, VERSION, MODELS, registry=registry)(withdraw_model)
+    if role != "controller":  # device tokens, for enrolment
+        kopf.on.event("", "v1", "secrets", registry=registry)(credentials.secret_changed)
+    return registry

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from edgefleet.operator import analysis, rollout
 from edgefleet.operator.analysis import TrafficStats
 from edgefleet.operator.resources import (
+    AnalysisStatus,
     ArtifactStatus,
     Condition,
     ConditionStatus,
@@ -29,6 +30,7 @@ from edgefleet.operator.resources import (
     ExperimentStatus,
     LabelSelector,
     ModelPhase,
+    RuntimeSettings,
     TrafficSummary,
 )
 from edgefleet.operator.views import ArtifactCheck, DeviceView, ModelView
@@ -347,11 +349,13 @@ def invalid_model_status(
 # ---------------------------------------------------------------- EdgeDevice phase
 
 
-def device_phase(last_seen: datetime | None, now: datetime, grace: timedelta) -> DevicePhase:
-    """Pending until the device first connects; then Online while heartbeats are fresh."""
+def device_phase(last_seen: datetime | None, connected: bool, now: datetime,
+                 grace: timedelta) -> DevicePhase:
+    """Pending until the device first connects; then Online while a gateway holds its
+    session (status.connection) and writes its lastSeen."""
     if last_seen is None:
         return "Pending"
-    return "Online" if now - last_seen <= grace else "Offline"
+    return "Online" if connected and now - last_seen <= grace else "Offline"
 
 
 def seconds_until_phase_change(
@@ -412,6 +416,73 @@ def desired_assignments(namespace: str, device: str, labels: Mapping[str, str],
                 max_delay_micros=batching.max_delay_micros if batching else 0,
             ))
     return sorted(assignments, key=lambda a: (a.name, a.version))
+
+
+@dataclass(frozen=True)
+class ModelPlacement:
+    """What of one EdgeModel decides what devices serve of it (desired_assignments reads
+    exactly this): while it is unchanged, no device's desired state can change because of
+    the model, however often its counts and conditions move."""
+
+    selector: LabelSelector
+    deleting: bool
+    runtime: RuntimeSettings | None
+    stable: ArtifactStatus | None
+    artifact: ArtifactStatus | None
+    target: ArtifactStatus | None
+    cohort_limit: str
+    rolled_back: bool
+    experiment: tuple[ArtifactStatus, int] | None
+
+
+def model_placement(model: ModelView) -> ModelPlacement:
+    status, current = model.status, model.status.rollout
+    return ModelPlacement(
+        selector=model.spec.selector, deleting=model.deleting, runtime=model.spec.runtime,
+        stable=status.stable_artifact, artifact=status.artifact,
+        target=current.target if current else None,
+        cohort_limit=current.cohort_limit if current else "",
+        rolled_back=bool(current and current.state == "RolledBack"),
+        experiment=((status.experiment.artifact, status.experiment.weight)
+                    if status.experiment else None))
+
+
+def devices_to_wake(namespace: str, before: ModelView | None, after: ModelView | None,
+                    devices: Iterable[DeviceView]) -> list[str]:
+    """The devices whose desired state a model's change moves (a canary step: those that
+    crossed the cohort's edge); none while its placement is unchanged."""
+    if before and after and model_placement(before) == model_placement(after):
+        return []
+    old, new = [before] if before else [], [after] if after else []
+    return [device.name for device in devices
+            if desired_assignments(namespace, device.name, device.labels, old)
+            != desired_assignments(namespace, device.name, device.labels, new)]
+
+
+def models_to_wake(label_sets: Iterable[Mapping[str, str]],
+                   models: Iterable[ModelView]) -> list[str]:
+    """The models whose status a device's change may move: those whose selector matches
+    its labels before or after the change."""
+    sets = list(label_sets)
+    return [model.name for model in models
+            if any(selector_matches(model.spec.selector, labels) for labels in sets)]
+
+
+def without_figures(status: EdgeModelStatus) -> EdgeModelStatus:
+    """The status less the figures that move with every device report (counts, summaries,
+    messages, traffic figures): two statuses equal here differ in no decision."""
+    experiment, current = status.experiment, status.rollout
+    analysis = current.analysis if current else None
+    return status.model_copy(update={
+        "devices": DeviceCounts(), "ready_summary": "", "updated_summary": "",
+        "conditions": [c.model_copy(update={"message": ""}) for c in status.conditions],
+        "experiment": (experiment.model_copy(update={"ready": 0, "control": None,
+                                                     "candidate": None})
+                       if experiment else None),
+        "rollout": (current.model_copy(update={"analysis": (
+            AnalysisStatus(verdict=analysis.verdict, requests=0, error_rate=0)
+            if analysis else None)}) if current else None),
+    })
 
 
 def revision(assignments: Iterable[Assignment]) -> str:

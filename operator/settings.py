@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+Role = Literal["all", "controller", "gateway"]
+
 
 def _default_identity() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -53,7 +55,7 @@ class OperatorSettings(BaseSettings):
                     "(the name devices check), for other clients")
     ca_refresh_seconds: float = Field(
         default=30.0, gt=0, description="how often the CA Secret is read again (rotation)")
-    role: Literal["all", "controller", "gateway"] = Field(
+    role: Role = Field(
         default="all",
         description="all: one process decides and serves devices; controller: the "
                     "leader-elected model decisions and device phases, no gateway; gateway: "

@@ -81,6 +81,10 @@ class Kube:
     def get(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
         return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
 
+    def list(self, plural: str, namespace: str) -> list[dict[str, Any]]:
+        listed = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)
+        return list(listed["items"])
+
     def create(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         return self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural,
                                                            body)
@@ -205,7 +209,7 @@ def start_operator(kube: Kube, namespace: str, tmp_path: Path) -> Iterator[Start
             "--artifact-file-roots", str(tmp_path), "--artifact-file-roots", str(SHARED_ARTIFACTS),
             "--namespaces", namespace, "--lease-name", lease,
             "--lease-duration-seconds", "3", "--lease-renew-seconds", "1",
-            "--status-debounce-seconds", "0.05", *extra,
+            "--status-debounce-seconds", "0.05", "--model-status-write-seconds", "1", *extra,
         ]
         with open(log_path, "wb") as log_file:
             env = {**kube.env, "KUBECONFIG": str(kubeconfig)} if kubeconfig else kube.env
@@ -309,16 +313,25 @@ class Fleet:
     OPERATOR_FLAGS = ("--heartbeat-write-seconds", "2", "--device-offline-after-seconds", "10")
 
     def __init__(self, kube: Kube, namespace: str, start_operator: StartOperator,
-                 root: Path, insecure: bool = False) -> None:
+                 root: Path, insecure: bool = False, role: str = "all") -> None:
         self.kube, self.namespace, self.root = kube, namespace, root
-        self.insecure = insecure
+        self.insecure, self.role = insecure, role
         self._start_operator = start_operator
         self.operator = start_operator(*self.operator_flags())
         self.edges: dict[str, EdgeProcess] = {}
+        # Where devices dial and enrol, when not the operator's own gateway (a Service
+        # in front of gateway replicas).
+        self.gateway_address = ""
+        self.enrolment_address = ""
 
-    def operator_flags(self, *extra: str) -> tuple[str, ...]:
+    def operator_flags(self, *extra: str, role: str = "") -> tuple[str, ...]:
         return (*self.OPERATOR_FLAGS, *(("--insecure-plaintext",) if self.insecure else ()),
-                *extra)
+                "--role", role or self.role, *extra)
+
+    def start_gateway_replica(self, identity: str) -> OperatorProcess:
+        """A gateway replica (--role gateway) beside the operator, named `identity`."""
+        return self._start_operator(*self.operator_flags("--identity", identity,
+                                                         role="gateway"))
 
     def restart_operator(self, *extra: str) -> None:
         """A crash and a new operator on the same gateway address (edges reconnect)."""
@@ -348,14 +361,15 @@ class Fleet:
         """How a device reaches and trusts the gateway."""
         if self.insecure:
             return ["--insecure-plaintext"]
-        return ["--tls-ca-file", str(self.ca_file()),
-                "--enrolment-address", f"127.0.0.1:{self.operator.enrolment_port}"]
+        return ["--tls-ca-file", str(self.ca_file()), "--enrolment-address",
+                self.enrolment_address or f"127.0.0.1:{self.operator.enrolment_port}"]
 
     def start(self, name: str, *extra: str, link: list[str] | None = None) -> EdgeProcess:
         """`link`: how the device reaches and trusts the gateway, if not link_flags()."""
         token = self.root / f"{name}.token"
         edge = launch_edge(
-            self.root / f"{name}.log", "run", "--cloud", f"127.0.0.1:{self.operator.grpc_port}",
+            self.root / f"{name}.log", "run",
+            "--cloud", self.gateway_address or f"127.0.0.1:{self.operator.grpc_port}",
             "--namespace", self.namespace, "--device", name,
             *(["--token-file", str(token)] if token.exists() else []),
             *(self.link_flags() if link is None else link),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
@@ -146,3 +147,61 @@ def serve_fleet_gateway(
             else server.add_insecure_port("127.0.0.1:0"))
     server.start()
     return server, port
+
+
+class TcpBalancer:
+    """A Service in front of several gateway replicas, on loopback: each connection goes
+    to the next backend that accepts it (round robin), bytes pass through untouched (TLS
+    ends at the replica). A replica that dies takes its connections with it."""
+
+    def __init__(self, backends: list[int]) -> None:
+        self.backends = list(backends)
+        self._next = 0
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.Server | None = None
+        started = threading.Event()
+        threading.Thread(target=self._run, args=(started,), daemon=True).start()
+        started.wait(10)
+        assert self._server is not None
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    def _run(self, started: threading.Event) -> None:
+        async def serve() -> None:
+            self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+            started.set()
+
+        self._loop.run_until_complete(serve())
+        self._loop.run_forever()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(len(self.backends)):
+            port = self.backends[self._next % len(self.backends)]
+            self._next += 1
+            try:
+                upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1",
+                                                                                 port)
+            except OSError:
+                continue
+            await asyncio.gather(self._pipe(reader, upstream_writer),
+                                 self._pipe(upstream_reader, writer))
+            return
+        writer.close()
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        def stop() -> None:
+            if self._server:
+                self._server.close()
+            self._loop.stop()
+
+        self._loop.call_soon_threadsafe(stop)

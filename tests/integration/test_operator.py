@@ -56,11 +56,15 @@ def timestamp(moment: datetime) -> str:
 
 def report(kube: Kube, namespace: str, device: str, *models: tuple[str, str, str],
            seen: datetime | None = None) -> None:
-    """Writes a device's report as the gateway would: lastSeen and held models."""
+    """Writes a device's report as the gateway holding its session would: Online,
+    lastSeen, the session and held models."""
     kube.patch_status("edgedevices", namespace, device, {
-        "lastSeen": timestamp(seen or datetime.now(UTC)),
+        "phase": "Online", "lastSeen": timestamp(seen or datetime.now(UTC)),
+        "connection": {"gateway": "gateway-0", "session": "0123abcd",
+                       "since": timestamp(datetime.now(UTC))},
         "models": [{"name": name, "version": version, "digest": f"sha256:{SHA}",
                     "state": state} for name, version, state in models],
+        "modelCount": len(models),
     })
 
 
@@ -140,13 +144,14 @@ def test_model_turns_healthy_as_devices_report_it_ready(
 def test_device_is_pending_until_seen_then_online_then_offline_after_grace(
     kube: Kube, namespace: str, start_operator: StartOperator
 ) -> None:
-    start_operator("--device-offline-after-seconds", "3")
+    start_operator("--heartbeat-write-seconds", "1", "--device-offline-after-seconds", "3")
     kube.create("edgedevices", namespace, device_body("cam-1", site="plant-7"))
     wait_status(kube, "edgedevices", namespace, "cam-1", {"phase": "Pending", "modelCount": 0})
 
     report(kube, namespace, "cam-1", ("digits", "1.0.0", "Ready"), ("faces", "3", "Loading"))
     wait_status(kube, "edgedevices", namespace, "cam-1", {"phase": "Online", "modelCount": 2})
-    # No further heartbeat: the operator's own deadline turns it Offline.
+    # No further write from its gateway (the gateway vanished): the operator's own
+    # deadline turns it Offline.
     wait_status(kube, "edgedevices", namespace, "cam-1", {"phase": "Offline"}, timeout=20)
 
     report(kube, namespace, "cam-1", seen=datetime.now(UTC))

@@ -167,11 +167,14 @@ def test_condition_transition_time_moves_only_when_status_changes() -> None:
     assert len(flipped) == 1
 
 
-def test_device_phase_uses_the_grace_period() -> None:
+def test_device_phase_needs_a_session_and_a_fresh_last_seen() -> None:
     grace = timedelta(seconds=90)
-    assert planner.device_phase(None, NOW, grace) == "Pending"
-    assert planner.device_phase(NOW - timedelta(seconds=90), NOW, grace) == "Online"
-    assert planner.device_phase(NOW - timedelta(seconds=91), NOW, grace) == "Offline"
+    assert planner.device_phase(None, False, NOW, grace) == "Pending"
+    assert planner.device_phase(NOW - timedelta(seconds=90), True, NOW, grace) == "Online"
+    # Its gateway vanished without a word: silence past the grace.
+    assert planner.device_phase(NOW - timedelta(seconds=91), True, NOW, grace) == "Offline"
+    # Its session ended: at once.
+    assert planner.device_phase(NOW, False, NOW, grace) == "Offline"
     assert planner.seconds_until_phase_change(NOW - timedelta(seconds=30), NOW, grace) == 60
     assert planner.seconds_until_phase_change(NOW - timedelta(seconds=91), NOW, grace) is None
     assert planner.seconds_until_phase_change(None, NOW, grace) is None

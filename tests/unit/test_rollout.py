@@ -8,8 +8,13 @@ from typing import Any
 
 from edgefleet.operator import planner, rollout
 from edgefleet.operator.analysis import TrafficStats
-from edgefleet.operator.resources import ArtifactStatus, EdgeModelSpec, EdgeModelStatus
-from edgefleet.operator.views import ArtifactCheck, DeviceView, ReportedModel
+from edgefleet.operator.resources import (
+    ArtifactStatus,
+    EdgeModelSpec,
+    EdgeModelStatus,
+    LabelSelector,
+)
+from edgefleet.operator.views import ArtifactCheck, DeviceView, ModelView, ReportedModel
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 NAMESPACE, MODEL = "fleet", "digits"
@@ -358,3 +363,70 @@ def test_an_ab_test_waits_while_a_rollout_moves_devices() -> None:
 def test_an_experiment_of_the_same_version_is_refused_naming_the_field() -> None:
     same = stable_spec(experiment={**EXPERIMENT, "version": "1.0"})
     assert planner.spec_problems(same)[0].startswith("spec.experiment.version")
+
+
+# ---------------------------------------------------------------- wake-ups
+
+
+def view(model_spec: EdgeModelSpec, status: EdgeModelStatus) -> ModelView:
+    return ModelView(name=MODEL, spec=model_spec, status=status)
+
+
+def assignments(model_spec: EdgeModelSpec, status: EdgeModelStatus,
+                name: str) -> list[planner.Assignment]:
+    view = ModelView(name=MODEL, spec=model_spec, status=status)
+    return planner.desired_assignments(NAMESPACE, name, {}, [view])
+
+
+def test_each_canary_step_wakes_exactly_the_devices_it_moves() -> None:
+    model_spec, status = spec(**CANARY), STABLE
+    woken_in_all = 0
+    for _ in range(10):
+        plan = reconcile(model_spec, status, fleet(status))
+        woken = planner.devices_to_wake(NAMESPACE, view(model_spec, status),
+                                        view(model_spec, plan.status), fleet(status))
+        moved = [name for name in DEVICES if assignments(model_spec, status, name)
+                 != assignments(model_spec, plan.status, name)]
+        assert sorted(woken) == sorted(moved), plan.status.step_summary
+        woken_in_all += len(woken)
+        status = plan.status
+        if status.rollout is None:
+            break
+    # Every device moved once to the new version; the promotion moves none again.
+    assert woken_in_all == len(DEVICES)
+
+
+def test_counts_moving_wake_no_device_and_are_figures_only() -> None:
+    model_spec = spec(**CANARY)
+    started = reconcile(model_spec, STABLE, fleet(STABLE)).status
+    loading = reconcile(model_spec, started, fleet(started, state="Loading")).status
+    ready = reconcile(model_spec, loading, fleet(loading)).status
+    assert loading.devices != started.devices
+    assert planner.devices_to_wake(NAMESPACE, view(model_spec, started),
+                                   view(model_spec, loading), fleet(started)) == []
+    assert planner.without_figures(loading) == planner.without_figures(started)
+    # The step's devices all ready is a decision: written at once.
+    assert planner.without_figures(ready) != planner.without_figures(loading)
+
+
+def test_a_selector_change_wakes_the_devices_of_the_old_and_the_new_selector() -> None:
+    def selecting(site: str) -> ModelView:
+        return view(spec(**CANARY).model_copy(update={"selector": LabelSelector.model_validate(
+            {"matchLabels": {"site": site}})}), STABLE)
+
+    devices = [DeviceView(name=f"cam-{site}", labels={"site": site}) for site in "abc"]
+    old, new = selecting("a"), selecting("b")
+    assert planner.devices_to_wake(NAMESPACE, old, new, devices) == ["cam-a", "cam-b"]
+    assert planner.devices_to_wake(NAMESPACE, old, None, devices) == ["cam-a"]
+    assert planner.devices_to_wake(NAMESPACE, old, old, devices) == []
+
+
+def test_a_device_report_wakes_only_the_models_that_select_it() -> None:
+    def model(name: str, site: str) -> ModelView:
+        return ModelView(name=name, spec=spec(**CANARY).model_copy(update={
+            "selector": LabelSelector.model_validate({"matchLabels": {"site": site}})}))
+
+    models = [model("digits", "a"), model("faces", "b"), model("plates", "c")]
+    assert planner.models_to_wake([{"site": "a"}], models) == ["digits"]
+    # Relabelled from a to b: both the model it leaves and the one it joins recount.
+    assert planner.models_to_wake([{"site": "a"}, {"site": "b"}], models) == ["digits", "faces"]

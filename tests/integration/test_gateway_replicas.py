@@ -1,0 +1,93 @@
+"""Gateway replicas behind one Service: a controller decides (`--role controller`), two
+gateway replicas (`--role gateway`) each serve whichever devices connect to them, and
+killing one moves its devices to the other with nothing lost."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import testmodels
+
+from tests.conftest import Fleet, Kube, StartOperator
+from tests.helpers import TcpBalancer, eventually
+from tests.integration.test_edge_cloud_link import answer, edge_model, publish
+from tests.integration.test_operator import wait_status
+
+pytestmark = pytest.mark.integration
+DEVICES = [f"cam-{i}" for i in range(4)]
+
+
+@pytest.fixture
+def replicated(kube: Kube, namespace: str, start_operator: StartOperator,
+               tmp_path: Path) -> Iterator[tuple[Fleet, dict[str, Any]]]:
+    """A controller, two gateway replicas named gateway-a and gateway-b, and a
+    balancer in front of each of their two ports, where the devices dial."""
+    fleet = Fleet(kube, namespace, start_operator, tmp_path, role="controller")
+    replicas = {name: fleet.start_gateway_replica(name) for name in ("gateway-a", "gateway-b")}
+    sessions = TcpBalancer([replica.grpc_port for replica in replicas.values()])
+    enrolment = TcpBalancer([replica.enrolment_port for replica in replicas.values()])
+    fleet.gateway_address = f"127.0.0.1:{sessions.port}"
+    fleet.enrolment_address = f"127.0.0.1:{enrolment.port}"
+    yield fleet, replicas
+    fleet.stop()
+    sessions.close()
+    enrolment.close()
+
+
+def holders(kube: Kube, namespace: str) -> dict[str, tuple[str, str]]:
+    """Each device's (phase, gateway replica holding its session)."""
+    return {item["metadata"]["name"]: (
+        item.get("status", {}).get("phase", ""),
+        (item.get("status", {}).get("connection") or {}).get("gateway", ""))
+        for item in kube.list("edgedevices", namespace)}
+
+
+def test_killing_a_gateway_replica_moves_its_devices_to_the_other(
+        replicated: tuple[Fleet, dict[str, Any]]) -> None:
+    fleet, replicas = replicated
+    kube, namespace = fleet.kube, fleet.namespace
+    for name in DEVICES:
+        fleet.add_device(name, site="plant-7")
+        fleet.start(name)
+    uri, sha = publish(fleet.root, testmodels.scaled(2.0))
+    kube.create("edgemodels", namespace, edge_model("digits", "1", uri, sha, site="plant-7"))
+    wait_status(kube, "edgemodels", namespace, "digits",
+                {"phase": "Healthy", "readySummary": f"{len(DEVICES)}/{len(DEVICES)}"},
+                timeout=90)
+    # Gateway replicas hold no finalizer and leave the controller's alone (kopf strips
+    # a finalizer that none of its handlers needs, unless told another name).
+    model = kube.get("edgemodels", namespace, "digits")
+    assert model["metadata"]["finalizers"] == ["edgefleet.io/withdrawal"]
+    time.sleep(2)
+    assert kube.get("edgemodels", namespace, "digits")["metadata"]["finalizers"] == [
+        "edgefleet.io/withdrawal"]
+    before = {name: kube.get("edgedevices", namespace, name)["status"] for name in DEVICES}
+    # Both replicas write the status of the devices they hold; the controller decides.
+    assert {status["connection"]["gateway"] for status in before.values()} <= set(replicas)
+    assert all(status["phase"] == "Online" for status in before.values())
+
+    victim = before["cam-0"]["connection"]["gateway"]
+    survivor = next(name for name in replicas if name != victim)
+    moved = sorted(name for name, status in before.items()
+                   if status["connection"]["gateway"] == victim)
+    killed_at = time.monotonic()
+    replicas[victim].kill()
+
+    eventually(lambda: all(held == ("Online", survivor)
+                           for held in holders(kube, namespace).values()) or None,
+               timeout=60, what=f"every device Online on {survivor}")
+    print(f"{len(moved)} devices moved from {victim} to {survivor} in "
+          f"{time.monotonic() - killed_at:.1f}s")
+    for name in DEVICES:
+        after = kube.get("edgedevices", namespace, name)["status"]
+        # Nothing lost: the same certificate, the same models held, still answering.
+        assert after["identity"]["serial"] == before[name]["identity"]["serial"]
+        assert [(m["name"], m["version"], m["digest"], m["state"]) for m in after["models"]] == [
+            ("digits", "1", f"sha256:{sha}", "Ready")]
+        assert answer(fleet.edges[name], "digits") == 2.0
+    wait_status(kube, "edgemodels", namespace, "digits",
+                {"phase": "Healthy", "readySummary": f"{len(DEVICES)}/{len(DEVICES)}"})
