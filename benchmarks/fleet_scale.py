@@ -90,7 +90,7 @@ LABELS = {"edgefleet-bench": "fleet"}
 WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
 CERT_VALIDITY = timedelta(days=30)  # the operator's default: no renewal during a run
 GROUPS = ("operator", "devices", "apiserver", "etcd", "kcm", "bench", "others", "machine")
-SETTLE_S = 5.0
+SETTLE_S = 5.0  # after a rollout completes, for its last writes to land
 # The rollouts measured, in order, each to a new version of the model: its first
 # deployment, then AllAtOnce, then a Canary of two steps; analysis off, no pauses.
 ROLLOUTS: list[tuple[str, dict[str, Any]]] = [
@@ -98,7 +98,7 @@ ROLLOUTS: list[tuple[str, dict[str, Any]]] = [
     ("allAtOnce", {"strategy": "AllAtOnce", "maxUnavailable": "100%"}),
     ("canary", {"strategy": "Canary", "maxUnavailable": "100%", "steps": [
         {"percent": 10, "pauseSeconds": 0}, {"percent": 100, "pauseSeconds": 0}]}),
-]  # after a rollout completes, for its last writes to land
+]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
