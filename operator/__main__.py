@@ -15,6 +15,7 @@ import contextlib
 import logging
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import grpc
 import kopf
@@ -32,6 +33,7 @@ from edgefleet.operator.gateway.server import create_server as create_gateway_se
 from edgefleet.operator.keystore import Keystore
 from edgefleet.operator.kubeapi import API_ERRORS, load_kubernetes_config
 from edgefleet.operator.leader import LeaderElector, LeadershipLost
+from edgefleet.operator.phases import DevicePhases
 from edgefleet.operator.settings import OperatorSettings
 
 logger = logging.getLogger("edgefleet.operator")
@@ -73,6 +75,10 @@ async def run(settings: OperatorSettings) -> int:
         device_links={}, credentials=credentials.CredentialStore(),
         mirror=(handlers.ArtifactMirror(artifacts, client.CoreV1Api(api_client))
                 if settings.role == "gateway" else None),
+        phases=(DevicePhases(client.CustomObjectsApi(api_client),
+                             timedelta(seconds=settings.device_offline_after_seconds),
+                             handlers.utc_now)
+                if settings.role != "gateway" else None),
     )
     gateway = None
     if memo.directory is not None:
@@ -89,6 +95,8 @@ async def run(settings: OperatorSettings) -> int:
     ), name="kopf")}
     if elector:
         tasks.add(asyncio.create_task(elector.hold(), name="lease"))
+    if memo.phases:
+        tasks.add(asyncio.create_task(memo.phases.run(), name="device-phases"))
     if gateway and gateway.keystore:
         tasks.add(asyncio.create_task(
             refresh_ca(gateway.keystore, gateway.servicer, settings.ca_refresh_seconds),
@@ -110,7 +118,7 @@ async def run(settings: OperatorSettings) -> int:
         gateway.servicer.stopping = True
     stop_flag.set()
     for task in pending:
-        if task.get_name() in ("lease", "ca-refresh"):
+        if task.get_name() in ("lease", "ca-refresh", "device-phases"):
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -2,10 +2,11 @@
 
 kopf's index (see handlers.py) keeps one DeviceView per EdgeDevice, grouped by
 namespace; it is rebuilt from the API server on every start. FleetChanges tells a
-per-object status loop that something it depends on changed, so it recomputes at once
+model's status loop that something it depends on changed, so it recomputes at once
 instead of polling: a device's report wakes only the models that select it, and a
-model's step only the devices it moves (planner.models_to_wake, devices_to_wake), so
-the work of a change grows with what it touches, never with the fleet squared.
+model's step republishes only the devices it moves (planner.models_to_wake,
+devices_to_wake), so the work of a change grows with what it touches, never with the
+fleet squared.
 """
 
 from __future__ import annotations
@@ -86,12 +87,6 @@ def model_key(namespace: str, name: str) -> str:
     """A change that may move one model's status: its own object, or a report of a
     device its selector matches."""
     return f"model/{namespace}/{name}"
-
-
-def device_key(namespace: str, name: str) -> str:
-    """A change that may move one device's status or desired state: its own object (its
-    heartbeats included), or a model whose placement of it may have moved."""
-    return f"device/{namespace}/{name}"
 
 
 class FleetChanges:

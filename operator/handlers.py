@@ -1,12 +1,12 @@
 """kopf handlers: translate watch events into calls of the planner and write the results.
 
-Each EdgeModel and EdgeDevice has a status loop (a kopf daemon) that recomputes its
-status whenever something it depends on changes (fleet.py says what wakes whom), and
-writes only when the result differs from what is stored. Status depends on *other*
-objects (a model's counts on the devices, a device's phase on the clock), which kopf's
-per-object handlers cannot express, hence daemons that patch through the API client
-instead of kopf's `patch`.
-Policy lives in planner.py; nothing here decides.
+Each EdgeModel has a status loop (a kopf daemon) that recomputes its status whenever
+something it depends on changes (fleet.py says what wakes whom), and writes only when
+the result differs from what is stored. A model's status depends on *other* objects
+(its devices), which kopf's per-object handlers cannot express, hence daemons that patch
+through the API client instead of kopf's `patch`. Device phases, which depend on the
+clock, are kept for the whole fleet by phases.py; the gateway's view of each device is
+published from the watch events. Policy lives in planner.py; nothing here decides.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -32,7 +32,6 @@ from edgefleet.operator.credentials import CredentialStore
 from edgefleet.operator.fleet import (
     FleetChanges,
     approved,
-    device_key,
     device_view,
     model_key,
     model_view,
@@ -40,6 +39,7 @@ from edgefleet.operator.fleet import (
 )
 from edgefleet.operator.gateway.directory import DeviceAccess, DeviceDirectory
 from edgefleet.operator.kubeapi import API_ERRORS
+from edgefleet.operator.phases import DeviceFacts, DevicePhases
 from edgefleet.operator.resources import (
     GROUP,
     VERSION,
@@ -76,6 +76,8 @@ class OperatorMemo(kopf.Memo):
     directory: DeviceDirectory | None
     device_links: dict[tuple[str, str], DeviceLink]
     mirror: ArtifactMirror | None
+    # The controller's part of device status (None in a gateway replica).
+    phases: DevicePhases | None
     credentials: CredentialStore  # device tokens, from the Secrets watch (credentials.py)
 
 
@@ -173,7 +175,6 @@ async def device_changed(
     annotations: Mapping[str, str], spec: Mapping[str, Any], status: Mapping[str, Any],
     memo: OperatorMemo, models_by_namespace: kopf.Index[str, ModelView], **_: Any,
 ) -> None:
-    memo.fleet.notify(device_key(namespace, name))
     # A device that registered itself with a fleet token (it has no bootstrap Secret)
     # serves nothing until an admin approves it.
     may_serve = type != "DELETED" and approved(spec, annotations)
@@ -192,7 +193,13 @@ async def device_changed(
         memo.device_links.pop((namespace, name), None)
         if memo.directory:
             memo.directory.remove(namespace, name)
+        if memo.phases:
+            memo.phases.forget(namespace, name)
         return
+    if memo.phases:
+        memo.phases.observe(namespace, name, DeviceFacts(
+            approved=approved(spec, annotations), revoked=bool(spec.get("revoked")),
+            status={key: status[key] for key in DeviceFacts.READS if key in status}))
     identity = status.get("identity") or {}
     memo.device_links[(namespace, name)] = DeviceLink(
         secret_name=(spec.get("bootstrapTokenSecretRef") or {}).get("name", ""),
@@ -479,55 +486,6 @@ async def keep_model_status(
         metrics.ROLLOUTS.discard(namespace, name)
 
 
-async def keep_device_status(
-    name: str,
-    namespace: str,
-    body: kopf.Body,
-    stopped: kopf.DaemonStopped,
-    memo: OperatorMemo,
-    **_: Any,
-) -> None:
-    """The phase of a device: the gateway holding its session writes Online, and Offline
-    when the session ends; this loop turns it Offline when no gateway wrote its lastSeen
-    for --device-offline-after-seconds (the gateway vanished), keeps an unapproved device
-    Pending, and records that a revoked device's certificate is revoked."""
-    grace = timedelta(seconds=memo.settings.device_offline_after_seconds)
-
-    def last_seen() -> datetime | None:
-        return parse_time(body.status.get("lastSeen"))
-
-    async def reconcile() -> bool:
-        identity = body.status.get("identity") or {}
-        phase = (planner.device_phase(last_seen(), bool(body.status.get("connection")),
-                                      memo.clock(), grace)
-                 if approved(body.spec, body.metadata.annotations) else "Pending")
-        desired: dict[str, Any] = {"phase": phase}
-        if "modelCount" not in body.status:  # the gateway keeps it from the first session
-            desired["modelCount"] = 0
-        if body.spec.get("revoked") and identity.get("state") == "Enrolled":
-            desired["identity"] = {**identity, "state": "Revoked"}
-        metrics.DEVICE_PHASES.set(namespace, name, phase)
-        if all(body.status.get(key) == value for key, value in desired.items()):
-            return False
-        await write_status(memo, DEVICES, namespace, name, desired)
-        log.info("status resource=EdgeDevice namespace=%s name=%s phase=%s%s", namespace, name,
-                 phase, " identity=Revoked" if "identity" in desired else "")
-        return True
-
-    def next_deadline() -> float | None:
-        remaining = planner.seconds_until_phase_change(last_seen(), memo.clock(), grace)
-        # Just past the deadline, so the device is judged Offline on waking.
-        return None if remaining is None else remaining + 0.05
-
-    try:
-        await run_status_loop(resource="EdgeDevice", namespace=namespace, name=name,
-                              keys=[device_key(namespace, name)],
-                              stopped=stopped, memo=memo, reconcile=reconcile,
-                              next_deadline=next_deadline)
-    finally:
-        metrics.DEVICE_PHASES.discard(namespace, name)
-
-
 # ---------------------------------------------------------------- deletion
 
 
@@ -621,8 +579,6 @@ def registry_for(role: Role) -> kopf.OperatorRegistry:
     if role != "gateway":
         kopf.daemon(GROUP, VERSION, MODELS, cancellation_timeout=1.0,
                     registry=registry)(keep_model_status)
-        kopf.daemon(GROUP, VERSION, DEVICES, cancellation_timeout=1.0,
-                    registry=registry)(keep_device_status)
         kopf.on.delete(GROUP, VERSION, MODELS, registry=registry)(withdraw_model)
     if role != "controller":  # device tokens, for enrolment
         kopf.on.event("", "v1", "secrets", registry=registry)(credentials.secret_changed)

@@ -35,7 +35,8 @@ def load_kubernetes_config(concurrency: int = DEFAULT_CONCURRENCY) -> client.Api
     except config.ConfigException:
         config.load_kube_config()
     configuration = client.Configuration.get_default_copy()
-    configuration.connection_pool_maxsize = concurrency
+    # The pool's calls, and a few made apart from it (the Lease, the CA Secret).
+    configuration.connection_pool_maxsize = concurrency + 4
     if concurrency != _pool_size:
         _pool.shutdown(wait=False)
         _pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kube-api")

@@ -368,6 +368,39 @@ def seconds_until_phase_change(
     return remaining if remaining >= 0 else None
 
 
+@dataclass(frozen=True)
+class DeviceStatusDue:
+    """What the controller should write of a device's status now (empty: nothing), the
+    phase that makes, and in how many seconds to look again if nothing changes."""
+
+    patch: Mapping[str, object]
+    phase: DevicePhase
+    recheck_after_s: float | None
+
+
+def device_status_due(*, approved: bool, revoked: bool, status: Mapping[str, object],
+                      now: datetime, grace: timedelta) -> DeviceStatusDue:
+    """The controller's part of an EdgeDevice's status (the gateway holding its session
+    writes the rest): `Pending` until an approved device is first seen, `Offline` once
+    no session holds it or its gateway stopped writing lastSeen for `grace`, an initial
+    modelCount, and `identity.state: Revoked` for a revoked device's certificate."""
+    seen = status.get("lastSeen")
+    last_seen = datetime.fromisoformat(seen) if isinstance(seen, str) and seen else None
+    phase = (device_phase(last_seen, bool(status.get("connection")), now, grace) if approved
+             else "Pending")
+    patch: dict[str, object] = {}
+    if status.get("phase") != phase:
+        patch["phase"] = phase
+    if "modelCount" not in status:  # the gateway keeps it from the first session on
+        patch["modelCount"] = 0
+    identity = status.get("identity")
+    if revoked and isinstance(identity, Mapping) and identity.get("state") == "Enrolled":
+        patch["identity"] = {**identity, "state": "Revoked"}
+    recheck = (seconds_until_phase_change(last_seen, now, grace)
+               if approved and phase == "Online" else None)
+    return DeviceStatusDue(patch, phase, recheck)
+
+
 def devices_holding(model: str, devices: Iterable[DeviceView]) -> list[str]:
     """Devices that still report the model: a deletion waits for them to withdraw it."""
     return sorted(device.name for device in devices if device.holds(model))

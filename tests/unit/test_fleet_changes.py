@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import asyncio
 
-from edgefleet.operator.fleet import FleetChanges, device_key, model_key
+from edgefleet.operator.fleet import FleetChanges, model_key
 
 
 def test_a_notification_wakes_the_waiters_of_its_key_and_no_other() -> None:
     async def scenario() -> tuple[bool, bool]:
         changes = FleetChanges()
-        model_loop = asyncio.ensure_future(changes.wait(
+        digits_loop = asyncio.ensure_future(changes.wait(
             changes.generations([model_key("fleet", "digits")]), timeout=None))
-        device_loop = asyncio.ensure_future(changes.wait(
-            changes.generations([device_key("fleet", "cam-1")]), timeout=None))
+        faces_loop = asyncio.ensure_future(changes.wait(
+            changes.generations([model_key("fleet", "faces")]), timeout=None))
         await asyncio.sleep(0)
-        changes.notify(device_key("fleet", "cam-1"))  # a heartbeat
+        changes.notify(model_key("fleet", "faces"))  # a report of a device only it selects
         await asyncio.sleep(0.01)
-        woke = (model_loop.done(), device_loop.done())
-        model_loop.cancel()
+        woke = (digits_loop.done(), faces_loop.done())
+        digits_loop.cancel()
         return woke
 
     assert asyncio.run(scenario()) == (False, True)

@@ -248,3 +248,35 @@ def test_long_condition_messages_are_cut_to_what_the_crd_allows() -> None:
     (condition,) = planner.set_condition([], type_="Ready", status="False", reason="Many",
                                          message="x" * 5000, now=NOW)
     assert len(condition.message) == planner.MAX_MESSAGE and condition.message.endswith("…")
+
+
+def test_the_controller_writes_only_what_is_due_of_a_device() -> None:
+    grace = timedelta(seconds=150)
+
+    def due(approved: bool = True, revoked: bool = False,
+            **status: object) -> planner.DeviceStatusDue:
+        return planner.device_status_due(approved=approved, revoked=revoked, status=status,
+                                         now=NOW, grace=grace)
+
+    fresh = (NOW - timedelta(seconds=30)).isoformat()
+    session = {"gateway": "gateway-a", "session": "0123abcd", "since": fresh}
+    # Never seen: Pending, with a count for the printer column.
+    assert due().patch == {"phase": "Pending", "modelCount": 0}
+    # The gateway wrote Online and holds the session: nothing, until the grace runs out.
+    online = due(phase="Online", lastSeen=fresh, connection=session, modelCount=1)
+    assert online.patch == {} and online.recheck_after_s == 120
+    # The gateway vanished: lastSeen older than the grace.
+    stale = (NOW - timedelta(seconds=151)).isoformat()
+    assert due(phase="Online", lastSeen=stale, connection=session, modelCount=1).patch == {
+        "phase": "Offline"}
+    # A session's end the gateway wrote is not undone, however fresh lastSeen is.
+    assert due(phase="Offline", lastSeen=fresh, modelCount=1).patch == {}
+    # Waiting for approval: Pending whatever it reports.
+    assert due(approved=False, phase="Online", lastSeen=fresh, connection=session,
+               modelCount=0).patch == {"phase": "Pending"}
+    # Revoked: the certificate's state says so, once.
+    identity = {"state": "Enrolled", "serial": "ab"}
+    assert due(revoked=True, phase="Offline", lastSeen=fresh, modelCount=0,
+               identity=identity).patch == {"identity": {"state": "Revoked", "serial": "ab"}}
+    assert due(revoked=True, phase="Offline", lastSeen=fresh, modelCount=0,
+               identity={"state": "Revoked"}).patch == {}
