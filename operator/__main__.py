@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
@@ -101,10 +102,30 @@ async def run(settings: OperatorSettings) -> int:
         tasks.add(asyncio.create_task(
             refresh_ca(gateway.keystore, gateway.servicer, settings.ca_refresh_seconds),
             name="ca-refresh"))
+
+    def stop() -> None:
+        # Before kopf stops (it cancels every task made since it started, the gateway's
+        # sessions among them): their devices move to another replica, and are not
+        # written Offline on the way.
+        if gateway:
+            gateway.servicer.stopping = True
+        stop_flag.set()
+
+    async def take_signals() -> None:
+        """kopf installs its SIGINT and SIGTERM handlers as it starts; once it is ready,
+        these replace them, so that the gateway knows it is stopping before kopf does."""
+        await operator_ready.wait()
+        for number in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(number, stop)
+
+    signals = asyncio.create_task(take_signals(), name="signals")
     done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    signals.cancel()
 
     exit_code = 0
     for task in done:
+        if task.cancelled():  # kopf, ending, cancelled it
+            continue
         error = task.exception()
         if isinstance(error, LeadershipLost):
             logger.error("leadership lost, stopping: %s", error)
@@ -112,11 +133,7 @@ async def run(settings: OperatorSettings) -> int:
         elif error is not None:
             logger.error("%s stopped with an error", task.get_name(), exc_info=error)
             exit_code = 1
-    if gateway:
-        # Before kopf stops (it cancels the tasks of the sessions as it ends): the devices
-        # move to another replica, and are not written Offline on the way.
-        gateway.servicer.stopping = True
-    stop_flag.set()
+    stop()
     for task in pending:
         if task.get_name() in ("lease", "ca-refresh", "device-phases"):
             task.cancel()

@@ -200,6 +200,8 @@ async def device_changed(
         memo.phases.observe(namespace, name, DeviceFacts(
             approved=approved(spec, annotations), revoked=bool(spec.get("revoked")),
             status={key: status[key] for key in DeviceFacts.READS if key in status}))
+    if memo.directory is None:  # the controller serves no devices
+        return
     identity = status.get("identity") or {}
     memo.device_links[(namespace, name)] = DeviceLink(
         secret_name=(spec.get("bootstrapTokenSecretRef") or {}).get("name", ""),

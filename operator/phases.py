@@ -45,6 +45,8 @@ class DeviceFacts:
 
 
 class DevicePhases:
+    """Every device's controller-written status, from its watch events and deadlines."""
+
     def __init__(self, api: client.CustomObjectsApi, grace: timedelta,
                  clock: Callable[[], datetime]) -> None:
         self._api = api
