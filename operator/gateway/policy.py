@@ -88,9 +88,11 @@ class GatewayLimits:
     status_writes_per_second: float = 1.0
     # A change of what a device holds is written once it has settled (no further change
     # for this long), so that Downloading, Verifying, Loading, Ready of a small model is
-    # one write; a device whose state keeps changing is written at least this often.
+    # one write. A state on its way (Downloading...) waits for the max delay, however
+    # quiet: a thousand devices fetching at once take seconds each, and one write when
+    # they are Ready serves better than two; a large model's progress shows after it.
     status_settle_seconds: float = 0.5
-    status_max_delay_seconds: float = 2.0
+    status_max_delay_seconds: float = 5.0
     # A failed status write is tried again after this, doubling up to the maximum.
     status_retry_seconds: float = 1.0
     status_max_retry_seconds: float = 30.0
@@ -155,8 +157,9 @@ class TokenBucket:
 class StatusSchedule:
     """When one session's next status write is due, on the caller's monotonic clock:
     at once for what must be told now (the session began); a change of what the device
-    holds once no further change came for `status_settle_seconds`, and never later than
-    `status_max_delay_seconds` after the first change not yet written; and, while the
+    holds once no further change came for `status_settle_seconds` (unless a model is on
+    its way to a state), and never later than `status_max_delay_seconds` after the first
+    change not yet written; and, while the
     device is heard from, every `heartbeat_s` (its lastSeen and statistics). After a
     failed write nothing is due before the backoff has passed."""
 
@@ -165,6 +168,7 @@ class StatusSchedule:
         self.urgent = False
         self.first_change: float | None = None  # the first change not yet written
         self.last_change: float | None = None
+        self.passing = False  # the last change left a model on its way to a state
         self.heard_at = -math.inf  # the device's last message
         self.written_at = -math.inf  # the start of the last write that succeeded
         self.retry_at: float | None = None
@@ -173,11 +177,12 @@ class StatusSchedule:
     def at_once(self) -> None:
         self.urgent = True
 
-    def changed(self, now: float) -> None:
-        """What the device holds changed (and differs from what was written)."""
+    def changed(self, now: float, passing: bool = False) -> None:
+        """What the device holds changed (and differs from what was written); `passing`:
+        a model is on its way to a state (downloading, verifying, loading, removing)."""
         if self.first_change is None:
             self.first_change = now
-        self.last_change = now
+        self.last_change, self.passing = now, passing
 
     def settled(self) -> None:
         """What the device holds is again what was written: nothing to write for it."""
@@ -192,8 +197,9 @@ class StatusSchedule:
         if self.urgent:
             at = -math.inf
         elif self.first_change is not None and self.last_change is not None:
-            at = min(self.last_change + self._limits.status_settle_seconds,
-                     self.first_change + self._limits.status_max_delay_seconds)
+            at = self.first_change + self._limits.status_max_delay_seconds
+            if not self.passing:
+                at = min(self.last_change + self._limits.status_settle_seconds, at)
         if self.heard_at > self.written_at:
             beat = self.written_at + self._heartbeat_s
             at = beat if at is None else min(at, beat)

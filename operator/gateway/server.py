@@ -79,6 +79,10 @@ NOT_CURRENT = ("the certificate is not the device's current one (superseded, or 
 ENROLLED_BY_ANNOTATION = f"{GROUP}/enrolled-by"
 STATE_NAMES = {value: name.capitalize() for name, value in pb.ModelState.State.items()
                if value != pb.ModelState.STATE_UNSPECIFIED}
+# States a model passes through on its way to Ready, Failed or gone.
+PASSING_STATES = frozenset(STATE_NAMES[state] for state in (
+    pb.ModelState.PENDING, pb.ModelState.DOWNLOADING, pb.ModelState.VERIFYING,
+    pb.ModelState.LOADING, pb.ModelState.REMOVING))
 
 
 def models_status(models: Any) -> list[dict[str, Any]]:
@@ -217,7 +221,8 @@ class DeviceStatusWriter:
         if status != self._latest.get("models"):
             self._latest["models"], self._kind = status, kind
             if self._due("models"):
-                self._schedule.changed(time.monotonic())
+                self._schedule.changed(time.monotonic(), passing=any(
+                    model["state"] in PASSING_STATES for model in status))
             else:
                 self._schedule.settled()
         inference = inference_status(stats)

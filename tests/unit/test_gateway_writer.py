@@ -45,7 +45,16 @@ def test_a_state_that_keeps_changing_is_due_within_the_max_delay() -> None:
     schedule.written(0.0)
     for step in range(30):
         schedule.changed(10.0 + 0.3 * step)
-    assert schedule.due() == pytest.approx(12.0)  # 2 s after the first unwritten change
+    assert schedule.due() == pytest.approx(15.0)  # 5 s after the first unwritten change
+
+
+def test_a_model_on_its_way_waits_for_the_max_delay_and_its_end_only_to_settle() -> None:
+    schedule = StatusSchedule(GatewayLimits(), heartbeat_s=60)
+    schedule.written(0.0)
+    schedule.changed(10.0, passing=True)  # Downloading, slow: a thousand devices fetch
+    assert schedule.due() == pytest.approx(15.0)
+    schedule.changed(12.0, passing=False)  # Ready: one write for the whole way
+    assert schedule.due() == pytest.approx(12.5)
 
 
 def test_a_device_heard_from_is_due_once_per_heartbeat_interval() -> None:
