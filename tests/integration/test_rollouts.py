@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -232,9 +233,16 @@ def test_a_good_version_is_promoted_once_each_step_saw_its_requests(fleet: Fleet
     assert on_version_2(fleet) == sorted(DEVICES)
 
 
+def breaches(message: str) -> list[str]:
+    """The gates an analysis message names as breached ("error rate and drift above ...")."""
+    found = re.search(r"failed: (.+?) above the threshold", message)
+    assert found, message
+    return found.group(1).split(" and ")
+
+
 @pytest.mark.parametrize(("bad", "breach", "threshold"), [
-    ("erring", "error rate above the threshold", "(max 0.1)"),
-    ("slow", "p99 latency above the threshold", "(max 25.0 ms)"),
+    ("erring", "error rate", "(max 0.1)"),
+    ("slow", "p99 latency", "(max 25.0 ms)"),
 ])
 def test_canary_rolls_back_a_version_that_answers_worse_at_the_first_step(
     fleet: Fleet, bad: str, breach: str, threshold: str,
@@ -250,13 +258,15 @@ def test_canary_rolls_back_a_version_that_answers_worse_at_the_first_step(
     (progressing,) = [c for c in status["conditions"] if c["type"] == "Progressing"]
     message = progressing["message"]
     print(f"\n{bad} version: {message}")
-    assert "step 1/2" in message and breach in message and threshold in message
+    # A version that fails half its requests may also shift the class shares past the
+    # drift gate; the breach under test must be among those named, not the only one.
+    assert "step 1/2" in message and breach in breaches(message) and threshold in message
     assert "rolled back to 1" in message
     assert status["rollout"]["analysis"]["verdict"] == "Fail"
     assert status["rollout"]["analysis"]["requests"] >= ANALYSIS["minRequests"]
     (event,) = eventually(lambda: [e for e in fleet.kube.events(fleet.namespace, "digits")
                                    if e.reason == "RolledBack"], what="a RolledBack Event")
-    assert breach in event.message and threshold in event.message
+    assert breach in breaches(event.message) and threshold in event.message
     eventually(lambda: all_on(fleet, "1"), timeout=60,
                what=f"every device back on version 1 (now {versions(fleet)})")
     for name in DEVICES:
