@@ -391,6 +391,18 @@ class Simulator:
                     return None
             return max(self.sessions.values())
 
+    def missing_since(self, since: float) -> list[str]:
+        """The devices with no desired state from a session after `since`."""
+        with self._changed:
+            return [n for n in self.names if self.sessions.get(n, 0.0) < since]
+
+    def where(self, names: list[str]) -> None:
+        """Has each simulator print where these devices' loops wait (to its log)."""
+        for worker in self.workers:
+            assert worker.stdin is not None
+            worker.stdin.write(f"where {' '.join(names)}\n")
+            worker.stdin.flush()
+
     def stop(self) -> None:
         for worker in self.workers:
             try:
@@ -753,6 +765,11 @@ def measure_size(cluster: localcluster.Cluster, api: client.ApiClient, n: int,
         result.storm_ready_s = round(at - stopped, 2) if at else None
         done = sim.wait_sessions(respawned, timeout)
         result.storm_sessions_s = round(done - stopped, 2) if done else None
+        if not done:
+            missing = sim.missing_since(respawned)
+            sim.where(missing[:10])
+            log(f"N={n}: storm: {len(missing)} devices without a new session, e.g. "
+                f"{' '.join(missing[:10])} (where they wait: devices-*.log)")
         fresh = datetime.fromtimestamp(math.floor(respawned), UTC)
         at = devices.wait(lambda phase, seen: phase == "Online" and seen is not None
                           and seen >= fresh, n, timeout)

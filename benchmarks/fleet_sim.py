@@ -12,6 +12,7 @@ The process talks to its parent on stdin and stdout, one line at a time:
     out: `ready N`                once the N devices are built (identities read)
     in:  `go`                     starts them all at once
     out: `session NAME UNIXTIME`  a device received its first desired state in a session
+    in:  `where NAME...`          prints to stderr where each named device's loop waits
     in:  `stop` or end of input   exits
 """
 
@@ -100,6 +101,20 @@ class SimulatedDevice(CloudAgent):
         super()._start_apply(desired)
 
 
+def where(task: asyncio.Task[None]) -> str:
+    """The chain of awaits a device's task is suspended in, outermost first."""
+    steps, awaited = [], cast(Any, task.get_coro())
+    while awaited is not None:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is None:
+            steps.append(repr(awaited)[:200])
+            break
+        steps.append(f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno} "
+                     f"{frame.f_code.co_name}")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+    return " > ".join(steps)
+
+
 def build(root: Path, cloud: str, namespace: str, names: list[str]) -> list[SimulatedDevice]:
     devices = []
     for name in names:
@@ -121,12 +136,16 @@ async def run(devices: list[SimulatedDevice]) -> None:
             return
     for device in devices:
         await device.start()
-    tasks = [asyncio.create_task(device.run()) for device in devices]
+    tasks = {device.settings.device: asyncio.create_task(device.run()) for device in devices}
     while (line := (await reader.readline()).decode().strip()) not in ("", "stop"):
-        pass
-    for task in tasks:
+        command, *names = line.split()
+        if command == "where":
+            for name in names:
+                if name in tasks:
+                    print(f"{name} waits in {where(tasks[name])}", file=sys.stderr, flush=True)
+    for task in tasks.values():
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.gather(*tasks.values(), return_exceptions=True)
 
 
 def main() -> None:
