@@ -102,7 +102,10 @@ class SimulatedDevice(CloudAgent):
 
 
 def where(task: asyncio.Task[None]) -> str:
-    """The chain of awaits a device's task is suspended in, outermost first."""
+    """The chain of awaits a device's task is suspended in, outermost first, or how
+    it ended."""
+    if task.done():
+        return f"nothing: it ended with {task.exception()!r}"
     steps, awaited = [], cast(Any, task.get_coro())
     while awaited is not None:
         frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)

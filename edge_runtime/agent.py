@@ -175,6 +175,8 @@ class CloudAgent:
                 refused = self._ended(error)
             except (OSError, InferenceError) as error:
                 logger.warning("cloud session ended: %s", error)
+            except Exception:  # a session's bug must not end the link for good
+                logger.exception("cloud session failed; connecting again")
             finally:
                 telemetry.CLOUD_CONNECTED.set(0)
                 if self._channel:
@@ -233,12 +235,26 @@ class CloudAgent:
             tasks.add(asyncio.create_task(self._renew(outbox)))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()
+            failures = [task.exception() for task in done]
+            if call.done():
+                # The gateway ended the session: its status says why, not a write that
+                # raced the end (grpc answers that one with "RPC already finished").
+                await self._raise_for_status(call)
+                return
+            for failure in failures:
+                if failure:
+                    raise failure
         finally:
             for task in tasks:
                 task.cancel()
             call.cancel()
+
+    @staticmethod
+    async def _raise_for_status(call: grpc.aio.StreamStreamCall) -> None:
+        code = await call.code()
+        if code != grpc.StatusCode.OK:
+            raise grpc.aio.AioRpcError(code, await call.initial_metadata(),
+                                       await call.trailing_metadata(), await call.details())
 
     async def _receive(self, call: grpc.aio.StreamStreamCall) -> None:
         """Acts on what it knows; a kind from a newer gateway is skipped."""
