@@ -3,7 +3,7 @@ that speak the real protocol over mutual TLS, beside a real kube-apiserver and e
 
     .venv/bin/python benchmarks/fleet_scale.py [--devices 500,1000] [--sim-processes 1]
         [--steady-seconds 60] [--operator-flag=--heartbeat-write-seconds=60 ...]
-        [--json results.json] [--svg docs/fleet-scale.svg]
+        [--gateway-replicas 2] [--json results.json] [--svg docs/fleet-scale.svg]
 
 One local control plane for the whole run; for each fleet size N a namespace of its
 own, a fresh operator serving it, and N devices (benchmarks/fleet_sim.py: the edge
@@ -28,9 +28,18 @@ that N devices never queue at the enrolment rate limit. Then, per N:
   no analysis): seconds until status.stableVersion is the new version with
   status.devices.ready == N, the API writes by resource and the operator's reconciles
   (edgefleet_operator_reconciles_total) until then (plus 5 s to settle);
-- storm: the operator restarted (SIGTERM, then started again on the same ports) with
+- storm: the gateway restarted (SIGTERM, then started again on the same ports) with
   every device connected: seconds until every device has its desired state again and
   every EdgeDevice is Online with a lastSeen the new process wrote.
+
+With --gateway-replicas K the operator runs as `--role controller` and K processes as
+`--role gateway` listen on one gRPC port (gRPC sets SO_REUSEPORT: the kernel spreads new
+connections over the live replicas, as a Service does over its ready endpoints); the
+storm restarts every replica at once. With K >= 2 a last phase, failover, kills one
+replica (SIGKILL: it writes nothing more) and measures the seconds until every device it
+served has a new session and every EdgeDevice is Online on another replica, then counts
+the devices whose status still shows the last version Ready (no status lost); it comes
+after the rollouts, before the storm (which starts the killed replica again).
 
 CPU of the operator, the devices (the simulator processes), kube-apiserver, etcd and
 the whole machine is printed per phase: where the simulator itself takes a large share,
@@ -89,7 +98,8 @@ MODEL = "fleet-model"
 LABELS = {"edgefleet-bench": "fleet"}
 WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
 CERT_VALIDITY = timedelta(days=30)  # the operator's default: no renewal during a run
-GROUPS = ("operator", "devices", "apiserver", "etcd", "kcm", "bench", "others", "machine")
+GROUPS = ("operator", "gateways", "devices", "apiserver", "etcd", "kcm", "bench", "others",
+          "machine")
 SETTLE_S = 5.0  # after a rollout completes, for its last writes to land
 # The rollouts measured, in order, each to a new version of the model: its first
 # deployment, then AllAtOnce, then a Canary of two steps; analysis off, no pauses.
@@ -273,8 +283,10 @@ def wire_bytes(gateway_port: int) -> dict[str, tuple[int, int]]:
 
 @dataclass
 class OperatorProcess:
-    """One operator serving one namespace, on ports kept across restarts."""
+    """One operator process (or gateway replica) serving one namespace, on ports kept
+    across restarts."""
 
+    name: str
     namespace: str
     root: Path
     env: dict[str, str]
@@ -301,9 +313,15 @@ class OperatorProcess:
 
     def start(self) -> None:
         self.starts += 1
-        with open(self.root / f"operator-{self.starts}.log", "wb") as log_file:
+        with open(self.root / f"{self.name}-{self.starts}.log", "wb") as log_file:
             self.process = subprocess.Popen(self.command(), env=self.env, cwd=self.root,
                                             stdout=log_file, stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, a node lost; the process writes nothing more."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
     def stop(self, timeout: float = 30.0) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -317,7 +335,7 @@ class OperatorProcess:
 
     def ready(self) -> bool:
         if self.process is None or self.process.poll() is not None:
-            raise SystemExit(f"the operator exited; its log:\n{self.log_tail()}")
+            raise SystemExit(f"{self.name} exited; its log:\n{self.log_tail()}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/readyz",
                                         timeout=2) as response:
@@ -326,7 +344,8 @@ class OperatorProcess:
             return False
 
     def log_tail(self) -> str:
-        return (self.root / f"operator-{self.starts}.log").read_text(errors="replace")[-3000:]
+        return (self.root / f"{self.name}-{self.starts}.log").read_text(
+            errors="replace")[-3000:]
 
 
 # ---------------------------------------------------------------- the devices
@@ -382,14 +401,17 @@ class Simulator:
         with self._changed:
             return sum(1 for at in self.sessions.values() if at >= since)
 
-    def wait_sessions(self, since: float, timeout: float) -> float | None:
-        """Unix time at which every device had a session's desired state after `since`."""
+    def wait_sessions(self, since: float, timeout: float,
+                      names: Iterable[str] | None = None) -> float | None:
+        """Unix time at which every device (of `names`, by default all) had a session's
+        desired state after `since`."""
+        waited = list(self.names if names is None else names)
         deadline = time.monotonic() + timeout
         with self._changed:
-            while sum(1 for at in self.sessions.values() if at >= since) < len(self.names):
+            while any(self.sessions.get(n, 0.0) < since for n in waited):
                 if not self._changed.wait(max(0.0, deadline - time.monotonic())):
                     return None
-            return max(self.sessions.values())
+            return max((self.sessions[n] for n in waited), default=since)
 
     def missing_since(self, since: float) -> list[str]:
         """The devices with no desired state from a session after `since`."""
@@ -480,14 +502,24 @@ def provision(api: client.ApiClient, namespace: str, names: list[str], root: Pat
 # ---------------------------------------------------------------- watching the API
 
 
+@dataclass(frozen=True)
+class Seen:
+    """What the API says of one device."""
+
+    phase: str
+    last_seen: datetime | None
+    gateway: str  # the replica holding its session (status.connection), "" when none
+
+
 class DeviceWatch(threading.Thread):
-    """Every EdgeDevice's phase and lastSeen in one namespace, from a list and a watch."""
+    """Every EdgeDevice's phase, lastSeen and gateway in one namespace, from a list and a
+    watch."""
 
     def __init__(self, api: client.ApiClient, namespace: str) -> None:
         super().__init__(daemon=True)
         self._custom = client.CustomObjectsApi(api)
         self._namespace = namespace
-        self.devices: dict[str, tuple[str, datetime | None]] = {}
+        self.devices: dict[str, Seen] = {}
         self._changed = threading.Condition()
         self._stop = threading.Event()
         self._listed = threading.Event()
@@ -500,8 +532,9 @@ class DeviceWatch(threading.Thread):
             if deleted:
                 self.devices.pop(name, None)
             else:
-                self.devices[name] = (status.get("phase", ""),
-                                      datetime.fromisoformat(seen) if seen else None)
+                self.devices[name] = Seen(
+                    status.get("phase", ""), datetime.fromisoformat(seen) if seen else None,
+                    (status.get("connection") or {}).get("gateway", ""))
             self._changed.notify_all()
 
     def run(self) -> None:
@@ -538,17 +571,16 @@ class DeviceWatch(threading.Thread):
     def stop(self) -> None:
         self._stop.set()
 
-    def count(self, check: Callable[[str, datetime | None], bool]) -> int:
+    def names(self, check: Callable[[Seen], bool]) -> list[str]:
         with self._changed:
-            return sum(1 for phase, seen in self.devices.values() if check(phase, seen))
+            return [name for name, seen in self.devices.items() if check(seen)]
 
-    def wait(self, check: Callable[[str, datetime | None], bool], n: int,
-             timeout: float) -> float | None:
+    def wait(self, check: Callable[[Seen], bool], n: int, timeout: float) -> float | None:
         """Unix time at which `n` devices passed `check`; None after `timeout`."""
         self._listed.wait(timeout)
         deadline = time.monotonic() + timeout
         with self._changed:
-            while sum(1 for p, s in self.devices.values() if check(p, s)) < n:
+            while sum(1 for seen in self.devices.values() if check(seen)) < n:
                 if not self._changed.wait(max(0.0, deadline - time.monotonic())):
                     return None
             return time.time()
@@ -576,6 +608,7 @@ class Rollout:
 @dataclass
 class SizeResult:
     devices: int
+    gateway_replicas: int = 0  # 0: the gateway runs in the operator (--role all)
     provision_s: float = 0.0
     start_s: float | None = None  # operator spawned -> every EdgeDevice has a phase
     online_s: float | None = None  # devices started -> every EdgeDevice Online
@@ -588,6 +621,7 @@ class SizeResult:
     wire_down_bytes_per_device_s: float = 0.0  # gateway -> device
     rss_idle_mib: float = 0.0
     rss_peak_mib: float = 0.0
+    gateway_rss_idle_mib: float = 0.0  # all replicas together
     cpu: dict[str, dict[str, float]] = field(default_factory=dict)  # phase -> group -> %
     rollouts: dict[str, Rollout] = field(default_factory=dict)
     storm_down_s: float | None = None  # SIGTERM -> the old process exited
@@ -595,6 +629,10 @@ class SizeResult:
     storm_sessions_s: float | None = None  # SIGTERM -> every device has desired state
     storm_online_s: float | None = None  # SIGTERM -> every EdgeDevice Online, new lastSeen
     storm_writes: dict[str, int] = field(default_factory=dict)
+    failover_moved: int = 0  # devices whose replica was killed
+    failover_sessions_s: float | None = None  # SIGKILL -> each of them has a new session
+    failover_online_s: float | None = None  # SIGKILL -> every EdgeDevice Online elsewhere
+    failover_status_kept: int = 0  # devices whose status still shows the last version Ready
 
     @property
     def steady_cpu(self) -> float:
@@ -666,9 +704,19 @@ def measure_size(cluster: localcluster.Cluster, api: client.ApiClient, n: int,
     log(f"N={n}: provisioned in {result.provision_s}s")
 
     env = {**cluster.env(), "PYTHONSAFEPATH": "1"}
-    operator = OperatorProcess(namespace, root, env, args.operator_flags)
+    replicas = result.gateway_replicas = args.gateway_replicas
+    operator = OperatorProcess("operator", namespace, root, env, [
+        *(["--role", "controller"] if replicas else []), *args.operator_flags])
+    # The processes devices connect to, all on the operator's gRPC port.
+    gateways = [OperatorProcess(
+        f"gateway-{i}", namespace, root, env,
+        ["--role", "gateway", "--identity", f"gateway-{i}", *args.operator_flags],
+        grpc_port=operator.grpc_port) for i in range(replicas)] or [operator]
+    processes = [operator, *gateways] if replicas else [operator]
     usage = Usage()
     usage.groups["operator"] = lambda: [operator.pid] if operator.pid else []
+    if replicas:
+        usage.groups["gateways"] = lambda: [g.pid for g in gateways if g.pid]
     usage.groups["apiserver"] = lambda: pid_of(cluster, "kube-apiserver")
     usage.groups["etcd"] = lambda: pid_of(cluster, "etcd")
     usage.groups["kcm"] = lambda: pid_of(cluster, "kube-controller-manager")
@@ -682,9 +730,11 @@ def measure_size(cluster: localcluster.Cluster, api: client.ApiClient, n: int,
         before = usage.snapshot()
         spawned = time.time()
         operator.start()
+        for gateway in gateways if replicas else []:
+            gateway.start()
         at = wait_for(lambda: operator_took_in(operator.metrics_port) >= n, timeout)
         result.start_s = round(at - spawned, 2) if at else None
-        wait_for(operator.ready, 60)
+        wait_for(lambda: all(p.ready() for p in processes), 60)
         result.cpu["start"] = Usage.percent(before, usage.snapshot())
         log(f"N={n}: operator took in every device in {result.start_s}s")
 
@@ -696,7 +746,7 @@ def measure_size(cluster: localcluster.Cluster, api: client.ApiClient, n: int,
         sim.go()
         done = sim.wait_sessions(went, timeout)
         result.sessions_s = round(done - went, 2) if done else None
-        at = devices.wait(lambda phase, _: phase == "Online", n, timeout)
+        at = devices.wait(lambda seen: seen.phase == "Online", n, timeout)
         result.online_s = round(at - went, 2) if at else None
         result.cpu["online"] = Usage.percent(before, usage.snapshot())
         log(f"N={n}: sessions {result.sessions_s}s, Online {result.online_s}s")
@@ -713,6 +763,8 @@ def measure_size(cluster: localcluster.Cluster, api: client.ApiClient, n: int,
         result.steady_writes_per_s = round(sum(result.steady_writes.values())
                                            / result.steady_s, 2)
         result.rss_idle_mib = round(rss_mib(operator.pid or 0), 1)
+        if replicas:
+            result.gateway_rss_idle_mib = round(sum(rss_mib(g.pid or 0) for g in gateways), 1)
         common = wire_before.keys() & wire_after.keys()
         result.connections = len(wire_after)
         per = n * result.steady_s
@@ -753,15 +805,19 @@ def measure_size(cluster: localcluster.Cluster, api: client.ApiClient, n: int,
                 delta(operator_reconciles(operator.metrics_port), reconciles_before), cpu)
             log(f"N={n}: rollout {label} {result.rollouts[label].seconds}s")
         result.rss_peak_mib = round(max(peak.peak, rss_mib(operator.pid or 0, "VmHWM")), 1)
+        if replicas >= 2:  # the killed replica comes back in the storm
+            measure_failover(result, gateways[0], sim, devices, custom, namespace, timeout)
 
         writes_before = apiserver_writes(cluster)
         stopped = time.time()
-        operator.stop()
+        with ThreadPoolExecutor() as pool:
+            list(pool.map(lambda gateway: gateway.stop(), gateways))
         result.storm_down_s = round(time.time() - stopped, 2)
-        before = usage.snapshot()  # the storm's CPU is the new process's, from its spawn
+        before = usage.snapshot()  # the storm's CPU is the new processes', from their spawn
         respawned = time.time()
-        operator.start()
-        at = wait_for(operator.ready, 120, every=0.1)
+        for gateway in gateways:
+            gateway.start()
+        at = wait_for(lambda: all(g.ready() for g in gateways), 120, every=0.1)
         result.storm_ready_s = round(at - stopped, 2) if at else None
         done = sim.wait_sessions(respawned, timeout)
         result.storm_sessions_s = round(done - stopped, 2) if done else None
@@ -771,8 +827,8 @@ def measure_size(cluster: localcluster.Cluster, api: client.ApiClient, n: int,
             log(f"N={n}: storm: {len(missing)} devices without a new session, e.g. "
                 f"{' '.join(missing[:10])} (where they wait: devices-*.log)")
         fresh = datetime.fromtimestamp(math.floor(respawned), UTC)
-        at = devices.wait(lambda phase, seen: phase == "Online" and seen is not None
-                          and seen >= fresh, n, timeout)
+        at = devices.wait(lambda seen: seen.phase == "Online" and seen.last_seen is not None
+                          and seen.last_seen >= fresh, n, timeout)
         result.storm_online_s = round(at - stopped, 2) if at else None
         result.cpu["storm"] = Usage.percent(before, usage.snapshot())
         time.sleep(SETTLE_S)
@@ -784,8 +840,37 @@ def measure_size(cluster: localcluster.Cluster, api: client.ApiClient, n: int,
         devices.stop()
         if simulator:
             simulator.stop()
-        operator.stop()
+        for process in processes:
+            process.stop()
     return result
+
+
+def measure_failover(result: SizeResult, victim: OperatorProcess, sim: Simulator,
+                     devices: DeviceWatch, custom: client.CustomObjectsApi, namespace: str,
+                     timeout: float) -> None:
+    """Kills one gateway replica: its devices reconnect to the others; nothing written
+    about them before may be lost."""
+    n = result.devices
+    moved = devices.names(lambda seen: seen.gateway == victim.name)
+    result.failover_moved = len(moved)
+    killed = time.time()
+    victim.kill()
+    done = sim.wait_sessions(killed, timeout, moved)
+    result.failover_sessions_s = round(done - killed, 2) if done else None
+    at = devices.wait(lambda seen: seen.phase == "Online" and seen.gateway not in ("",
+                      victim.name), n, timeout)
+    result.failover_online_s = round(at - killed, 2) if at else None
+    time.sleep(SETTLE_S)
+    version = str(len(result.rollouts))  # the last one rolled out ("0": none, none kept)
+    listed = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "edgedevices")
+    result.failover_status_kept = sum(
+        1 for item in listed["items"]
+        if any(m.get("name") == MODEL and m.get("version") == version
+               and m.get("state") == "Ready"
+               for m in (item.get("status") or {}).get("models") or []))
+    log(f"N={n}: failover: {len(moved)} devices on {victim.name}; new sessions "
+        f"{result.failover_sessions_s}s, all Online elsewhere {result.failover_online_s}s; "
+        f"{result.failover_status_kept} of {n} still report version {version} Ready")
 
 
 def pid_of(cluster: localcluster.Cluster, name: str) -> list[int]:
@@ -805,7 +890,8 @@ def show(value: float | None, digits: int = 1) -> str:
 def report(results: list[SizeResult], args: argparse.Namespace, described: str) -> str:
     lines = [f"Fleet scale, {time.strftime('%Y-%m-%d %H:%M')}, {described}, "
              f"{platform.machine()}, {os.cpu_count()} cores, "
-             f"{args.sim_processes} simulator process(es), steady window "
+             f"{args.sim_processes} simulator process(es), "
+             f"{args.gateway_replicas or 'no'} gateway replicas, steady window "
              f"{args.steady_seconds:.0f}s, operator flags: {' '.join(args.operator_flags)}"]
     head = (f"{'N':>6} {'start':>6} {'online':>7} {'sess':>6} {'storm':>6} {'stormOn':>7} "
             f"{'wr/s':>6} {'opCPU%':>6} {'RSS':>6} {'peak':>6} {'B/dev/s':>8} {'conns':>6}")
@@ -837,6 +923,13 @@ def report(results: list[SizeResult], args: argparse.Namespace, described: str) 
             lines.append(f"{r.devices:>6} {phase:>10} " + " ".join(
                 f"{shares.get(g, 0):>9.1f}" for g in
                 GROUPS))
+    if any(r.gateway_replicas for r in results):
+        lines += ["", f"{'N':>6} {'replicas':>8} {'gwRSS':>6} {'moved':>6} {'sess':>6} "
+                      f"{'Online':>7} {'kept':>6}"]
+        lines += [f"{r.devices:>6} {r.gateway_replicas:>8} {r.gateway_rss_idle_mib:>6.0f} "
+                  f"{r.failover_moved:>6} {show(r.failover_sessions_s):>6} "
+                  f"{show(r.failover_online_s):>7} {r.failover_status_kept:>6}"
+                  for r in results if r.gateway_replicas]
     lines += ["", "steady writes by resource: " + "; ".join(
         f"N={r.devices}: " + ", ".join(f"{k} {v}" for k, v in r.steady_writes.items())
         for r in results)]
@@ -844,13 +937,17 @@ def report(results: list[SizeResult], args: argparse.Namespace, described: str) 
         "",
         "start: operator spawned -> every EdgeDevice has a phase; online: devices started "
         "-> every EdgeDevice Online (API); sess: -> every device got its desired state; "
-        "storm/stormOn: operator SIGTERM -> every device has its desired state again / "
+        "storm/stormOn: gateway SIGTERM -> every device has its desired state again / "
         "every EdgeDevice Online with a lastSeen the new process wrote (seconds)",
         "wr/s: API writes/s while idle (kube-apiserver apiserver_request_total, POST/PUT/"
         "PATCH/DELETE, all clients); opCPU%: operator, % of one core; RSS/peak: operator "
         "VmRSS idle / highest seen (MiB); B/dev/s: TCP payload bytes per device per second "
         "both ways on the gateway connections (ss bytes_acked + bytes_received); conns: "
         "connections to the gateway port",
+        "replicas: gwRSS: every replica's VmRSS idle (MiB, opCPU% and RSS are then the "
+        "controller's); moved: devices on the replica killed; sess/Online: SIGKILL -> each "
+        "moved device has a new session / every EdgeDevice Online on another replica (s); "
+        "kept: devices whose status shows the last version Ready 5 s later",
         "rollouts: until stableVersion is the new version and devices.ready == N; writes "
         "(ED: edgedevices incl. status, EM: edgemodels incl. status, all: every resource) "
         f"and reconciles until then + {SETTLE_S:.0f}s, idle heartbeat writes included",
@@ -932,6 +1029,7 @@ def write_outputs(results: list[SizeResult], args: argparse.Namespace, sizes: li
         args.json.write_text(json.dumps({
             "commit": described, "cores": os.cpu_count(), "args": {
                 "devices": sizes, "sim_processes": args.sim_processes,
+                "gateway_replicas": args.gateway_replicas,
                 "steady_seconds": args.steady_seconds, "operator_flags": args.operator_flags},
             "results": [asdict(r) for r in results]}, indent=1) + "\n")
     if args.svg:
@@ -945,6 +1043,10 @@ def main() -> None:
     parser.add_argument("--sim-processes", type=int, default=1,
                         help="processes the simulated devices are spread over")
     parser.add_argument("--steady-seconds", type=float, default=60.0)
+    parser.add_argument("--gateway-replicas", type=int, default=0,
+                        help="run the gateway as this many --role gateway processes beside a "
+                             "--role controller (default 0: one --role all operator); 2 or "
+                             "more adds the failover phase")
     parser.add_argument("--operator-flag", dest="operator_flags", action="append",
                         default=[], metavar="FLAG",
                         help="extra operator flag(s), repeatable; write "
@@ -966,6 +1068,8 @@ def main() -> None:
     args.operator_flags = [part for flag in args.operator_flags for part in shlex.split(flag)]
     if not sizes or min(sizes) < 1 or args.sim_processes < 1:
         parser.error("--devices and --sim-processes must be at least 1")
+    if args.gateway_replicas < 0:
+        parser.error("--gateway-replicas must be 0 or more")
 
     # Each device holds a connection in a simulator and one in the operator.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
