@@ -23,7 +23,7 @@ import kopf
 from aiohttp import web
 from kubernetes import client
 
-from edgefleet.operator import credentials, handlers, metrics
+from edgefleet.operator import credentials, handlers, kopf_toggles, metrics
 from edgefleet.operator.artifact_sources import SourcePolicy
 from edgefleet.operator.artifacts import ArtifactCache
 from edgefleet.operator.fleet import FleetChanges
@@ -74,8 +74,9 @@ async def run(settings: OperatorSettings) -> int:
         status_api=client.CustomObjectsApi(api_client), clock=handlers.utc_now,
         artifacts=artifacts, directory=DeviceDirectory() if serves_devices else None,
         device_links={}, credentials=credentials.CredentialStore(),
-        mirror=(handlers.ArtifactMirror(artifacts, client.CoreV1Api(api_client))
-                if settings.role == "gateway" else None),
+        mirror=(handlers.ArtifactMirror(artifacts, client.CoreV1Api(api_client),
+                                        spec_sources=settings.role == "gateway")
+                if serves_devices else None),
         phases=(DevicePhases(client.CustomObjectsApi(api_client),
                              timedelta(seconds=settings.device_offline_after_seconds),
                              handlers.utc_now)
@@ -227,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     if logging.getLogger().level > logging.DEBUG:
         # kopf notes every successful handler call at INFO; keep its warnings and errors.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    kopf_toggles.install()  # before kopf builds its start-up barrier
     sys.exit(asyncio.run(run(settings)))
 
 
