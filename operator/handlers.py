@@ -162,7 +162,7 @@ async def model_changed(
     if view:
         memo.model_views[(namespace, name)] = view
     if memo.mirror:
-        memo.mirror.follow(namespace, name, body, view.spec if view else None)
+        memo.mirror.follow(namespace, name, body, view)
     if memo.directory is None:  # the controller serves no devices
         return
     for device in planner.devices_to_wake(namespace, before, view,
@@ -522,24 +522,25 @@ async def withdraw_model(
 
 
 class ArtifactMirror:
-    """A gateway replica's own verified copy of each model's artifacts, to serve
-    FetchArtifact from (the controller verifies them too, for the model's status): fetched
-    when a spec names a new source, retried with ArtifactRetry's backoff until verified."""
+    """The artifacts a gateway serves FetchArtifact from, verified in its own cache:
+    fetched when a model names a new source, retried with ArtifactRetry's backoff until
+    verified. A gateway replica follows every source (the controller verifies them too,
+    for the model's status); the gateway inside the operator only the stable version's,
+    which an operator that restarted mid-rollout with an empty cache would lack."""
 
-    def __init__(self, cache: ArtifactCache, secrets: client.CoreV1Api) -> None:
+    def __init__(self, cache: ArtifactCache, secrets: client.CoreV1Api,
+                 spec_sources: bool) -> None:
         self._cache = cache
         self._secrets = secrets
+        self._spec_sources = spec_sources
         self._fetches: dict[tuple[str, str], tuple[dict[str, ArtifactSource],
                                                    asyncio.Task[None]]] = {}
 
     def follow(self, namespace: str, name: str, body: kopf.Body,
-               spec: EdgeModelSpec | None) -> None:
-        """Fetches what the spec names (nothing more for a deleted or invalid one)."""
-        sources: dict[str, ArtifactSource] = {}
-        if spec and not planner.spec_problems(spec):
-            sources["spec.source"] = spec.source
-            if spec.experiment:
-                sources["spec.experiment.source"] = spec.experiment.source
+               view: ModelView | None) -> None:
+        """Fetches what the model names (nothing for a deleted or invalid one)."""
+        sources = (planner.sources_to_serve(view.spec, view.status, self._spec_sources)
+                   if view else {})
         following = self._fetches.get((namespace, name))
         if following and following[0] == sources:
             return

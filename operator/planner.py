@@ -20,6 +20,7 @@ from edgefleet.operator import analysis, rollout
 from edgefleet.operator.analysis import TrafficStats
 from edgefleet.operator.resources import (
     AnalysisStatus,
+    ArtifactSource,
     ArtifactStatus,
     Condition,
     ConditionStatus,
@@ -110,6 +111,34 @@ def spec_problems(spec: EdgeModelSpec) -> list[str]:
         problems.append(f"spec.experiment.version: {spec.version} is spec.version already; "
                         "an A/B test needs another version")
     return problems
+
+
+def sources_to_serve(spec: EdgeModelSpec, status: EdgeModelStatus,
+                     with_spec: bool) -> dict[str, ArtifactSource]:
+    """The artifacts a gateway may be asked for, by the field that names each, one per
+    digest: those the status assigns (the stable version's above all, which the spec
+    no longer names once a rollout began) and, `with_spec`, the spec's own; without it
+    the spec's are left to the model's own checks. None for a spec that cannot be acted
+    on."""
+    if spec_problems(spec):
+        return {}
+    own = [("spec.source", spec.source)]
+    if spec.experiment:
+        own.append(("spec.experiment.source", spec.experiment.source))
+    assigned = [(f"{field}.source", artifact.source) for field, artifact in (
+        ("status.stableArtifact", status.stable_artifact),
+        ("status.rollout.target", status.rollout.target if status.rollout else None),
+        ("status.artifact", status.artifact),
+        ("status.experiment.artifact",
+         status.experiment.artifact if status.experiment else None),
+    ) if artifact and artifact.source]
+    seen = set() if with_spec else {source.sha256.lower() for _, source in own}
+    sources = {}
+    for field, source in [*(own if with_spec else []), *assigned]:
+        if source.sha256.lower() not in seen:
+            seen.add(source.sha256.lower())
+            sources[field] = source
+    return sources
 
 
 # ---------------------------------------------------------------- conditions
@@ -229,7 +258,8 @@ def plan_model_status(
     problems = spec_problems(spec)
     targeted = [] if problems else targeted_devices(spec.selector, devices)
     verified = (ArtifactStatus(version=spec.version, digest=artifact.digest,
-                               size_bytes=artifact.size) if artifact.ready else None)
+                               size_bytes=artifact.size, source=spec.source)
+                if artifact.ready else None)
     if problems:  # nothing moves while the spec cannot be acted on
         decision = rollout.RolloutDecision(previous.stable_artifact, previous.rollout,
                                            previous.history, ("False", "InvalidSpec",
@@ -317,7 +347,7 @@ def plan_experiment(
                and d.state_of(name, wanted.version) == "Ready")
     running = ExperimentStatus(
         artifact=ArtifactStatus(version=wanted.version, digest=check.digest,
-                                size_bytes=check.size),
+                                size_bytes=check.size, source=wanted.source),
         weight=wanted.weight, ready=both,
         control=_summary(d.traffic.get((name, stable.version)) for d in targeted),
         candidate=_summary(d.traffic.get((name, wanted.version)) for d in targeted))

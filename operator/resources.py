@@ -264,6 +264,10 @@ class ArtifactStatus(Resource):
     version: ShortText
     digest: Digest
     size_bytes: Count
+    source: ArtifactSource | None = Field(
+        default=None,
+        description="Where it was fetched from: a gateway that starts after the spec moved "
+                    "on fetches the stable version from here (checked as spec.source is)")
 
 
 class AnalysisStatus(Resource):

@@ -190,10 +190,12 @@ def start_operator(kube: Kube, namespace: str, tmp_path: Path) -> Iterator[Start
 
     def start(*extra: str, lease: str = own_lease, wait_ready: bool = True,
               grpc_port: int | None = None, enrolment_port: int | None = None,
-              kubeconfig: Path | None = None) -> OperatorProcess:
+              kubeconfig: Path | None = None, artifact_cache: str = "artifacts",
+              ) -> OperatorProcess:
         """`kubeconfig`: credentials other than the admin's (a ServiceAccount's). The
         operator's own namespace (its Lease, its CA Secret) is the test's unless
-        `--lease-namespace` says otherwise."""
+        `--lease-namespace` says otherwise. `artifact_cache`: its cache folder's name
+        (restarts share it, as a volume would)."""
         port = localcluster.free_port()
         grpc_port = grpc_port or localcluster.free_port()
         enrolment_port = enrolment_port or localcluster.free_port()
@@ -203,7 +205,7 @@ def start_operator(kube: Kube, namespace: str, tmp_path: Path) -> Iterator[Start
             sys.executable, "-m", "edgefleet.operator",
             "--listen-host", "127.0.0.1", "--metrics-port", str(port),
             "--grpc-port", str(grpc_port), "--enrolment-port", str(enrolment_port),
-            "--artifact-cache-dir", str(tmp_path / "artifacts"), *own_namespace,
+            "--artifact-cache-dir", str(tmp_path / artifact_cache), *own_namespace,
             # Where tests publish artifacts; http(s) sources keep the default (public
             # addresses only), so a test serving them from loopback says so itself.
             "--artifact-file-roots", str(tmp_path), "--artifact-file-roots", str(SHARED_ARTIFACTS),
@@ -329,9 +331,11 @@ class Fleet:
                 "--role", role or self.role, *extra)
 
     def start_gateway_replica(self, identity: str) -> OperatorProcess:
-        """A gateway replica (--role gateway) beside the operator, named `identity`."""
+        """A gateway replica (--role gateway) beside the operator, named `identity`, with
+        an artifact cache of its own (a pod's emptyDir)."""
         return self._start_operator(*self.operator_flags("--identity", identity,
-                                                         role="gateway"))
+                                                         role="gateway"),
+                                    artifact_cache=f"artifacts-{identity}")
 
     def restart_operator(self, *extra: str) -> None:
         """A crash and a new operator on the same gateway address (edges reconnect)."""

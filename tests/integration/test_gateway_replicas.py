@@ -1,6 +1,8 @@
 """Gateway replicas behind one Service: a controller decides (`--role controller`), two
 gateway replicas (`--role gateway`) each serve whichever devices connect to them, and
-killing one moves its devices to the other with nothing lost."""
+killing one moves its devices to the other with nothing lost. Each replica keeps its
+own artifact cache, as a pod would: one started mid-rollout still serves the stable
+version, whose source only the model's status names by then."""
 
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ def holders(kube: Kube, namespace: str) -> dict[str, tuple[str, str]]:
         for item in kube.list("edgedevices", namespace)}
 
 
-def test_killing_a_gateway_replica_moves_its_devices_to_the_other(
+def test_killing_a_replica_moves_its_devices_and_a_new_replica_serves_mid_rollout(
         replicated: tuple[Fleet, dict[str, Any]]) -> None:
     fleet, replicas = replicated
     kube, namespace = fleet.kube, fleet.namespace
@@ -91,3 +93,24 @@ def test_killing_a_gateway_replica_moves_its_devices_to_the_other(
         assert answer(fleet.edges[name], "digits") == 2.0
     wait_status(kube, "edgemodels", namespace, "digits",
                 {"phase": "Healthy", "readySummary": f"{len(DEVICES)}/{len(DEVICES)}"})
+
+    # A rollout of version 2 that waits at a first step of 0% (no device moves): version
+    # 1 stays stable, and the spec names only version 2's source.
+    new_uri, new_sha = publish(fleet.root, testmodels.scaled(3.0))
+    kube.patch("edgemodels", namespace, "digits", {"spec": {
+        "version": "2", "source": {"uri": new_uri, "sha256": new_sha},
+        "rollout": {"strategy": "Canary", "maxUnavailable": "100%", "steps": [
+            {"percent": 0, "manualApproval": True}, {"percent": 100}]}}})
+    status = wait_status(kube, "edgemodels", namespace, "digits",
+                         {"stableVersion": "1", "stepSummary": "1/2"}, timeout=60)
+    assert status["stableArtifact"]["source"] == {"uri": uri, "sha256": sha}
+    late = fleet.start_gateway_replica("gateway-c")
+    fleet.gateway_address = f"127.0.0.1:{late.grpc_port}"
+    fleet.enrolment_address = f"127.0.0.1:{late.enrolment_port}"
+    fleet.add_device("cam-new", site="plant-7")
+    fleet.start("cam-new")
+    eventually(lambda: [(m["version"], m["state"]) for m in (kube.get(
+        "edgedevices", namespace, "cam-new").get("status") or {}).get("models", [])] == [
+        ("1", "Ready")] or None, timeout=60, what="the new device serving version 1 via "
+                                                "the late replica")
+    assert answer(fleet.edges["cam-new"], "digits") == 2.0

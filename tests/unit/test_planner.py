@@ -242,6 +242,10 @@ def test_a_new_version_is_assigned_only_once_its_artifact_is_verified() -> None:
         name="digits", generation=2, spec=spec(version="2.0"), devices=[], artifact=failing,
         previous=EdgeModelStatus(artifact=old), now=NOW)
     assert status.artifact == old  # the verified one stays until a new one is verified
+    verified = plan(name="digits", generation=2, spec=spec(version="2.0"), devices=[],
+                    artifact=VERIFIED, previous=EdgeModelStatus(artifact=old), now=NOW)
+    # Where it came from goes with it, for gateways that start after the spec moved on.
+    assert verified.artifact and verified.artifact.source == spec().source
 
 
 def test_long_condition_messages_are_cut_to_what_the_crd_allows() -> None:
@@ -280,3 +284,26 @@ def test_the_controller_writes_only_what_is_due_of_a_device() -> None:
                identity=identity).patch == {"identity": {"state": "Revoked", "serial": "ab"}}
     assert due(revoked=True, phase="Offline", lastSeen=fresh, modelCount=0,
                identity={"state": "Revoked"}).patch == {}
+
+
+def test_a_gateway_serves_the_stable_version_from_its_recorded_source_after_the_spec_moved(
+) -> None:
+    stable_source = {"uri": "file:///v1.onnx", "sha256": "b" * 64}
+    status = EdgeModelStatus.model_validate({
+        "stableVersion": "1.0",
+        "stableArtifact": {"version": "1.0", "digest": "sha256:" + "b" * 64,
+                           "sizeBytes": 10, "source": stable_source},
+        "artifact": {"version": "2.0", "digest": "sha256:" + "a" * 64, "sizeBytes": 10,
+                     "source": {"uri": "file:///m.onnx", "sha256": "A" * 64}}})
+    moved_on = spec()  # 2.0: the stable version's source is named by the status alone
+    # A gateway replica: the spec's own source and the stable one, each digest once.
+    replica = planner.sources_to_serve(moved_on, status, with_spec=True)
+    assert {field: source.uri for field, source in replica.items()} == {
+        "spec.source": "file:///m.onnx", "status.stableArtifact.source": "file:///v1.onnx"}
+    # The gateway in the operator: the spec's source is the model loop's to check.
+    inside = planner.sources_to_serve(moved_on, status, with_spec=False)
+    assert list(inside) == ["status.stableArtifact.source"]
+    # Status written before sources were recorded, or a spec that cannot be acted on.
+    assert planner.sources_to_serve(moved_on, EdgeModelStatus(), with_spec=False) == {}
+    assert planner.sources_to_serve(spec(rollout={"maxUnavailable": 0}), status,
+                                    with_spec=True) == {}
