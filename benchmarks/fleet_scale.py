@@ -223,18 +223,32 @@ def apiserver_writes(cluster: localcluster.Cluster) -> Counter[str]:
     return writes
 
 
+def operator_counter(metrics_ports: Iterable[int], name: str, label: str) -> Counter[str]:
+    """One of the operator's counters by one label, summed over processes (a process
+    that does not answer counts nothing)."""
+    counts: Counter[str] = Counter()
+    for port in metrics_ports:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                        timeout=30) as response:
+                text = response.read().decode()
+        except (urllib.error.URLError, OSError):
+            continue
+        for labels, value in parse_samples(text, name):
+            counts[labels.get(label, "?")] += int(value)
+    return counts
+
+
 def operator_reconciles(metrics_port: int) -> Counter[str]:
     """edgefleet_operator_reconciles_total by resource, all outcomes."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
-                                    timeout=30) as response:
-            text = response.read().decode()
-    except (urllib.error.URLError, OSError):
-        return Counter()
-    reconciles: Counter[str] = Counter()
-    for labels, value in parse_samples(text, "edgefleet_operator_reconciles_total"):
-        reconciles[labels.get("resource", "?")] += int(value)
-    return reconciles
+    return operator_counter([metrics_port], "edgefleet_operator_reconciles_total", "resource")
+
+
+def gateway_status_writes(gateways: list[OperatorProcess]) -> Counter[str]:
+    """The gateways' EdgeDevice status writes by cause (Connect, Models, Liveness,
+    Disconnect)."""
+    return operator_counter([g.metrics_port for g in gateways],
+                            "edgefleet_operator_gateway_status_writes_total", "cause")
 
 
 def operator_took_in(metrics_port: int) -> int:
@@ -595,6 +609,7 @@ class Rollout:
     writes: dict[str, int]
     reconciles: dict[str, int]
     cpu: dict[str, float]
+    status_writes: dict[str, int]  # the gateways' EdgeDevice writes by cause
 
     @property
     def device_writes(self) -> int:
@@ -782,6 +797,7 @@ def measure_size(cluster: localcluster.Cluster, api: client.ApiClient, n: int,
                     "selector": {"matchLabels": LABELS}, "rollout": rollout}
             writes_before = apiserver_writes(cluster)
             reconciles_before = operator_reconciles(operator.metrics_port)
+            causes_before = gateway_status_writes(gateways)
             before = usage.snapshot()
             began = time.time()
             if label == "first":
@@ -802,7 +818,8 @@ def measure_size(cluster: localcluster.Cluster, api: client.ApiClient, n: int,
             result.rollouts[label] = Rollout(
                 round(at - began, 2) if at else None,
                 delta(apiserver_writes(cluster), writes_before),
-                delta(operator_reconciles(operator.metrics_port), reconciles_before), cpu)
+                delta(operator_reconciles(operator.metrics_port), reconciles_before), cpu,
+                delta(gateway_status_writes(gateways), causes_before))
             log(f"N={n}: rollout {label} {result.rollouts[label].seconds}s")
         result.rss_peak_mib = round(max(peak.peak, rss_mib(operator.pid or 0, "VmHWM")), 1)
         if replicas >= 2:  # the killed replica comes back in the storm
@@ -904,13 +921,14 @@ def report(results: list[SizeResult], args: argparse.Namespace, described: str) 
             f"{r.steady_cpu:>6.1f} {r.rss_idle_mib:>6.0f} {r.rss_peak_mib:>6.0f} "
             f"{r.wire_up_bytes_per_device_s + r.wire_down_bytes_per_device_s:>8.1f} "
             f"{r.connections:>6}")
-    lines += ["", f"{'N':>6} {'rollout':>10} {'s':>7} {'ED wr':>7} {'EM wr':>6} "
-              f"{'all wr':>7} {'ED rec':>7} {'EM rec':>6} {'opCPU%':>6}"]
+    lines += ["", f"{'N':>6} {'rollout':>10} {'s':>7} {'ED wr':>7} {'models':>7} "
+              f"{'EM wr':>6} {'all wr':>7} {'ED rec':>7} {'EM rec':>6} {'opCPU%':>6}"]
     for r in results:
         for label, rollout in r.rollouts.items():
             lines.append(
                 f"{r.devices:>6} {label:>10} {show(rollout.seconds):>7} "
-                f"{rollout.device_writes:>7} {rollout.model_writes:>6} "
+                f"{rollout.device_writes:>7} {rollout.status_writes.get('Models', 0):>7} "
+                f"{rollout.model_writes:>6} "
                 f"{sum(rollout.writes.values()):>7} "
                 f"{rollout.reconciles.get('EdgeDevice', 0):>7} "
                 f"{rollout.reconciles.get('EdgeModel', 0):>6} "
@@ -949,8 +967,10 @@ def report(results: list[SizeResult], args: argparse.Namespace, described: str) 
         "moved device has a new session / every EdgeDevice Online on another replica (s); "
         "kept: devices whose status shows the last version Ready 5 s later",
         "rollouts: until stableVersion is the new version and devices.ready == N; writes "
-        "(ED: edgedevices incl. status, EM: edgemodels incl. status, all: every resource) "
-        f"and reconciles until then + {SETTLE_S:.0f}s, idle heartbeat writes included",
+        "(ED: edgedevices incl. status, idle liveness writes included; models: the "
+        "gateways' writes of what devices hold, edgefleet_operator_gateway_status_writes"
+        "_total{cause=\"Models\"}; EM: edgemodels incl. status; all: every resource) "
+        f"and reconciles until then + {SETTLE_S:.0f}s",
         "CPU table: % of one core per process group (devices: the simulator processes; kcm: "
         "kube-controller-manager; "
         "bench: this process, its API watch included; others: the rest of the machine); "

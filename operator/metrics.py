@@ -62,6 +62,13 @@ GATEWAY_REFUSED_SAMPLES = Counter(
     "Metric samples from devices that were not forwarded, by reason",
     ["reason"],
 )
+GATEWAY_STATUS_WRITES = Counter(
+    "edgefleet_operator_gateway_status_writes",
+    "EdgeDevice status writes by the gateway, by cause: Connect (a session began), "
+    "Models (what a device holds settled), Liveness (lastSeen and statistics only, at most "
+    "every --heartbeat-write-seconds), Disconnect (a session ended: Offline)",
+    ["cause"],
+)
 GATEWAY_QUEUED_BYTES = Gauge(
     "edgefleet_operator_gateway_queued_metrics_bytes",
     "Bytes of device metrics batches waiting for Prometheus, all sessions together",

@@ -300,6 +300,9 @@ class DeviceStatusWriter:
             else:
                 await self._patch({"status": {**status, "connection": self.connection}},
                                   MERGE_PATCH)
+            metrics.GATEWAY_STATUS_WRITES.labels(
+                "Models" if established and "models" in fields
+                else "Liveness" if established else "Connect").inc()
         except ApiException as error:
             if error.status == 404:
                 self.standing = "gone"
@@ -348,6 +351,7 @@ class DeviceStatusWriter:
                    {"op": "remove", "path": "/status/connection"}]
             try:
                 await self._patch(ops, JSON_PATCH)
+                metrics.GATEWAY_STATUS_WRITES.labels("Disconnect").inc()
                 return
             except ApiException as error:
                 if error.status == 404 or patch_not_applied(error):

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
+from prometheus_client import REGISTRY
 
 from edgefleet.operator.gateway.directory import DeviceEntry
 from edgefleet.operator.gateway.policy import GatewayLimits, Refusal, StatusSchedule, TokenBucket
@@ -192,9 +193,15 @@ def test_hello_is_written_at_once_with_the_connection_that_names_the_replica() -
     assert writer.established
 
 
+def status_writes(cause: str) -> float:
+    return REGISTRY.get_sample_value("edgefleet_operator_gateway_status_writes_total",
+                                     {"cause": cause}) or 0.0
+
+
 def test_a_small_model_rolled_out_costs_one_write_of_its_settled_state() -> None:
     api = FakeApi()
     writer = writer_for(api)
+    before = {cause: status_writes(cause) for cause in ("Connect", "Models", "Liveness")}
 
     async def scenario() -> None:
         await writer.hello(pb.Capabilities(), [])
@@ -219,6 +226,9 @@ def test_a_small_model_rolled_out_costs_one_write_of_its_settled_state() -> None
     assert [m["state"] for m in written["models"]] == ["Ready"]
     assert (written["phase"], written["modelCount"]) == ("Online", 1)
     assert api.status["models"][0]["state"] == "Ready"
+    # Counted by cause, for the fleet's dashboards and benchmark.
+    assert {cause: status_writes(cause) - was for cause, was in before.items()} == {
+        "Connect": 1, "Models": 1, "Liveness": 0}
 
 
 def test_a_state_that_keeps_changing_is_written_within_the_max_delay() -> None:
@@ -347,6 +357,7 @@ def test_a_session_another_took_over_writes_nothing_more_not_even_its_end() -> N
 def test_the_end_of_a_session_writes_offline_and_removes_its_connection_at_once() -> None:
     api = FakeApi()
     writer = writer_for(api)
+    disconnects = status_writes("Disconnect")
 
     async def scenario() -> None:
         await writer.hello(pb.Capabilities(), [])
@@ -357,6 +368,7 @@ def test_the_end_of_a_session_writes_offline_and_removes_its_connection_at_once(
 
     asyncio.run(scenario())
     assert len(api.writes) == 2
+    assert status_writes("Disconnect") == disconnects + 1
     (end, content_type) = api.writes[-1]
     assert content_type == "application/json-patch+json"
     assert end[0] == {"op": "test", "path": "/status/connection", "value": writer.connection}
