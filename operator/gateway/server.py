@@ -216,6 +216,7 @@ class DeviceStatusWriter:
     def report(self, kind: str, models: Any, stats: Any) -> None:
         """A heartbeat or report the policy took: what the device holds, and how its
         versions answered; written when due."""
+        due = self._schedule.due()
         self._heard()
         status = models_status(models)
         if status != self._latest.get("models"):
@@ -228,7 +229,8 @@ class DeviceStatusWriter:
         inference = inference_status(stats)
         if inference != self._latest.get("inference"):
             self._latest["inference"], self._kind = inference, kind
-        self._wake.set()
+        if self._schedule.due() != due:  # most heartbeats move nothing: the writer sleeps on
+            self._wake.set()
 
     def start(self) -> asyncio.Task[None]:
         self._task = asyncio.create_task(self.run(), name=f"status of {self._device}")
