@@ -203,7 +203,7 @@ async def device_changed(
     if memo.directory is None:  # the controller serves no devices
         return
     identity = status.get("identity") or {}
-    memo.device_links[(namespace, name)] = DeviceLink(
+    link = DeviceLink(
         secret_name=(spec.get("bootstrapTokenSecretRef") or {}).get("name", ""),
         labels=dict(labels), may_serve=may_serve,
         access=DeviceAccess(serial=str(identity.get("serial", "")),
@@ -211,7 +211,11 @@ async def device_changed(
                             revoked=bool(spec.get("revoked")),
                             certificate_revoked=identity.get("state") == "Revoked",
                             not_before=parse_time(identity.get("notBefore"))))
-    publish(memo, namespace, name, models_by_namespace)
+    # Most events are a status write by a gateway (lastSeen, models held): they move
+    # nothing the directory is told; the models' own changes publish what they move.
+    if memo.device_links.get((namespace, name)) != link:
+        memo.device_links[(namespace, name)] = link
+        publish(memo, namespace, name, models_by_namespace)
 
 
 # ---------------------------------------------------------------- status writes
