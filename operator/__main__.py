@@ -23,7 +23,7 @@ import kopf
 from aiohttp import web
 from kubernetes import client
 
-from edgefleet.operator import credentials, handlers, kopf_toggles, metrics
+from edgefleet.operator import credentials, handlers, kopf_toggles, kubeapi, metrics
 from edgefleet.operator.artifact_sources import SourcePolicy
 from edgefleet.operator.artifacts import ArtifactCache
 from edgefleet.operator.fleet import FleetChanges
@@ -135,6 +135,7 @@ async def run(settings: OperatorSettings) -> int:
             logger.error("%s stopped with an error", task.get_name(), exc_info=error)
             exit_code = 1
     stop()
+    kubeapi.drop_queued()
     for task in pending:
         if task.get_name() in ("lease", "ca-refresh", "device-phases"):
             task.cancel()

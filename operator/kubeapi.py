@@ -48,3 +48,10 @@ async def call(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Runs one blocking API call in the API call pool."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(_pool, functools.partial(function, *args, **kwargs))
+
+
+def drop_queued() -> None:
+    """Drops the calls not yet started (those running finish): a stopping process must
+    not hold its Lease, nor keep its successor waiting, while it works off a backlog
+    of status writes that the next process redoes from what it watches."""
+    _pool.shutdown(wait=False, cancel_futures=True)
