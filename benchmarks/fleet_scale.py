@@ -35,7 +35,7 @@ that N devices never queue at the enrolment rate limit. Then, per N:
 With --gateway-replicas K the operator runs as `--role controller` and K processes as
 `--role gateway` listen on one gRPC port (gRPC sets SO_REUSEPORT: the kernel spreads new
 connections over the live replicas, as a Service does over its ready endpoints); the
-storm restarts every replica at once. With K >= 2 a last phase, failover, kills one
+storm restarts every replica at once. With K >= 2 a further phase, failover, kills one
 replica (SIGKILL: it writes nothing more) and measures the seconds until every device it
 served has a new session and every EdgeDevice is Online on another replica, then counts
 the devices whose status still shows the last version Ready (no status lost); it comes
