@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -230,7 +231,15 @@ def main(argv: list[str] | None = None) -> None:
         # kopf notes every successful handler call at INFO; keep its warnings and errors.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf_toggles.install()  # before kopf builds its start-up barrier
-    sys.exit(asyncio.run(run(settings)))
+    code = asyncio.new_event_loop().run_until_complete(run(settings))
+    # run() has done all a stopping operator owes (sessions ended, servers stopped, the
+    # Lease released). Closing the loop and the interpreter after thousands of gRPC
+    # calls can wait 30 s and more on gRPC's poller thread, blocked writing to a socket
+    # the closed loop no longer reads (grpc/grpc#40989); a successor would wait as long.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
