@@ -65,10 +65,20 @@ def ensure_binaries() -> Path:
     return Path(result.stdout.strip().splitlines()[-1])
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port free now and not handed out before by this process: processes
+    started side by side bind theirs later, so the kernel could otherwise hand the same
+    port to two of them (and gRPC, which binds with SO_REUSEPORT, would share it)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def _openssl(*args: str, cwd: Path) -> None:

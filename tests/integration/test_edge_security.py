@@ -395,8 +395,14 @@ def test_a_foreign_state_file_is_set_aside_and_the_runtime_starts_afresh(
 def listening_addresses(pid: int) -> set[tuple[str, int]]:
     """(address, port) of the TCP sockets the process listens on; an IPv4-mapped IPv6
     address (how gRPC may bind an IPv4 one) is shown as IPv4."""
-    inodes = {os.readlink(fd)[8:-1] for fd in Path(f"/proc/{pid}/fd").iterdir()
-              if os.readlink(fd).startswith("socket:[")}
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:  # closed while listed: not a listening socket
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
     found = set()
     for table in ("tcp", "tcp6"):
         for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
