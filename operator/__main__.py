@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -24,10 +25,10 @@ import kopf
 from aiohttp import web
 from kubernetes import client
 
-from edgefleet.operator import credentials, handlers, kopf_toggles, kubeapi, metrics
+from edgefleet.operator import credentials, handlers, kubeapi, metrics
 from edgefleet.operator.artifact_sources import SourcePolicy
 from edgefleet.operator.artifacts import ArtifactCache
-from edgefleet.operator.fleet import FleetChanges
+from edgefleet.operator.fleet import FleetChanges, FleetIndex
 from edgefleet.operator.gateway.directory import DeviceDirectory
 from edgefleet.operator.gateway.remote_write import RemoteWriter
 from edgefleet.operator.gateway.server import FleetGateway
@@ -37,6 +38,7 @@ from edgefleet.operator.kubeapi import API_ERRORS, load_kubernetes_config
 from edgefleet.operator.leader import LeaderElector, LeadershipLost
 from edgefleet.operator.phases import DevicePhases
 from edgefleet.operator.settings import OperatorSettings
+from edgefleet.operator.watches import FleetWatch
 
 logger = logging.getLogger("edgefleet.operator")
 
@@ -71,7 +73,7 @@ async def run(settings: OperatorSettings) -> int:
         settings.artifact_http_timeout_seconds)
     serves_devices = settings.role != "controller"
     memo = handlers.OperatorMemo(
-        settings=settings, fleet=FleetChanges(), device_reports={}, model_views={},
+        settings=settings, fleet=FleetChanges(), index=FleetIndex(),
         status_api=client.CustomObjectsApi(api_client), clock=handlers.utc_now,
         artifacts=artifacts, directory=DeviceDirectory() if serves_devices else None,
         device_links={}, credentials=credentials.CredentialStore(),
@@ -89,6 +91,11 @@ async def run(settings: OperatorSettings) -> int:
                                       memo.credentials)
         if gateway is None:
             return 1
+    # The fleet's own kinds, on connections of their own (the pool's are for calls).
+    watch = FleetWatch(client.ApiClient(api_client.configuration), settings.namespaces, {
+        handlers.MODELS: functools.partial(handlers.model_changed, memo),
+        handlers.DEVICES: functools.partial(handlers.device_changed, memo),
+    }, memo.index.listed)
     stop_flag = asyncio.Event()
     tasks = {asyncio.create_task(kopf.operator(
         registry=handlers.registry_for(settings.role),
@@ -96,6 +103,7 @@ async def run(settings: OperatorSettings) -> int:
         standalone=True,  # the Lease above, not kopf's peering, decides who acts
         stop_flag=stop_flag, ready_flag=operator_ready, memo=memo,
     ), name="kopf")}
+    tasks.add(asyncio.create_task(watch.run(), name="fleet-watch"))
     if elector:
         tasks.add(asyncio.create_task(elector.hold(), name="lease"))
     if memo.phases:
@@ -138,7 +146,7 @@ async def run(settings: OperatorSettings) -> int:
     stop()
     kubeapi.drop_queued()
     for task in pending:
-        if task.get_name() in ("lease", "ca-refresh", "device-phases"):
+        if task.get_name() in ("lease", "ca-refresh", "device-phases", "fleet-watch"):
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -230,7 +238,6 @@ def main(argv: list[str] | None = None) -> None:
     if logging.getLogger().level > logging.DEBUG:
         # kopf notes every successful handler call at INFO; keep its warnings and errors.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    kopf_toggles.install()  # before kopf builds its start-up barrier
     code = asyncio.new_event_loop().run_until_complete(run(settings))
     # run() has done all a stopping operator owes (sessions ended, servers stopped, the
     # Lease released). Closing the loop and the interpreter after thousands of gRPC

@@ -1,7 +1,7 @@
-"""The operator's in-memory view of the fleet, fed by kopf's watches.
+"""The operator's in-memory view of the fleet, fed by the watches (watches.py).
 
-kopf's index (see handlers.py) keeps one DeviceView per EdgeDevice, grouped by
-namespace; it is rebuilt from the API server on every start. FleetChanges tells a
+FleetIndex keeps one DeviceView per approved EdgeDevice and one ModelView per EdgeModel,
+grouped by namespace; it is rebuilt from the API server on every start. FleetChanges tells a
 model's status loop that something it depends on changed, so it recomputes at once
 instead of polling: a device's report wakes only the models that select it, and a
 model's step republishes only the devices it moves (planner.models_to_wake,
@@ -81,6 +81,23 @@ def model_view(name: str, meta: Mapping[str, Any], spec: Mapping[str, Any],
         parsed_status = EdgeModelStatus()
     return ModelView(name=name, spec=parsed, status=parsed_status,
                      deleting=bool(meta.get("deletionTimestamp")))
+
+
+class FleetIndex:
+    """Every approved EdgeDevice and every EdgeModel whose spec parses, by namespace and
+    name, as handlers.py keeps them from the watches; `listed` is set once every one
+    that existed at start is in."""
+
+    def __init__(self) -> None:
+        self.devices: defaultdict[str, dict[str, DeviceView]] = defaultdict(dict)
+        self.models: defaultdict[str, dict[str, ModelView]] = defaultdict(dict)
+        self.listed = asyncio.Event()
+
+    def devices_in(self, namespace: str) -> list[DeviceView]:
+        return list(self.devices.get(namespace, {}).values())
+
+    def models_in(self, namespace: str) -> list[ModelView]:
+        return list(self.models.get(namespace, {}).values())
 
 
 def model_key(namespace: str, name: str) -> str:

@@ -4,9 +4,11 @@ Each EdgeModel has a status loop (a kopf daemon) that recomputes its status when
 something it depends on changes (fleet.py says what wakes whom), and writes only when
 the result differs from what is stored. A model's status depends on *other* objects
 (its devices), which kopf's per-object handlers cannot express, hence daemons that patch
-through the API client instead of kopf's `patch`. Device phases, which depend on the
-clock, are kept for the whole fleet by phases.py; the gateway's view of each device is
-published from the watch events. Policy lives in planner.py; nothing here decides.
+through the API client instead of kopf's `patch`. EdgeDevices and EdgeModels reach the
+fleet index from watches.py, a lighter path than kopf's for the thousands of events a
+fleet's heartbeats bring. Device phases, which depend on the clock, are kept for the
+whole fleet by phases.py; the gateway's view of each device is published from the watch
+events. Policy lives in planner.py; nothing here decides.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from edgefleet.operator.artifacts import Artifact, ArtifactCache
 from edgefleet.operator.credentials import CredentialStore
 from edgefleet.operator.fleet import (
     FleetChanges,
+    FleetIndex,
     approved,
     device_view,
     model_key,
@@ -51,6 +54,7 @@ from edgefleet.operator.resources import (
 )
 from edgefleet.operator.settings import OperatorSettings, Role
 from edgefleet.operator.views import ArtifactCheck, DeviceView, ModelView
+from edgefleet.operator.watches import Body
 
 MODELS = "edgemodels"
 DEVICES = "edgedevices"
@@ -64,10 +68,7 @@ class OperatorMemo(kopf.Memo):
 
     settings: OperatorSettings
     fleet: FleetChanges
-    # What each device last reported that its models' status depends on (labels, held
-    # models, statistics), and each model as last seen: what a change is compared with.
-    device_reports: dict[tuple[str, str], tuple[Any, ...]]
-    model_views: dict[tuple[str, str], ModelView]
+    index: FleetIndex  # every device and model, from watches.py
     status_api: client.CustomObjectsApi
     clock: Clock
     artifacts: ArtifactCache
@@ -112,84 +113,61 @@ def configure(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any) -> 
 
 # ---------------------------------------------------------------- fleet index
 #
-# Index and event handlers are coroutines: kopf runs plain functions in threads, which
-# would cost a thread hop per watch event and wake the loops from outside their loop.
+# The fleet's own kinds come from watches.py, not from kopf: one call per watch event,
+# on the loop, models before devices once everything is listed.
 
 
-async def devices_by_namespace(
-    namespace: str, name: str, labels: Mapping[str, str], annotations: Mapping[str, str],
-    spec: Mapping[str, Any], status: Mapping[str, Any], **_: Any
-) -> dict[str, DeviceView] | None:
-    # A device waiting for approval is no model's target: it counts nowhere.
-    if not approved(spec, annotations):
-        return None
-    return {namespace: device_view(name, labels, status)}
-
-
-async def models_by_namespace(
-    namespace: str, name: str, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status,
-    **_: Any,
-) -> dict[str, ModelView] | None:
-    view = model_view(name, meta, spec, status)
-    return {namespace: view} if view else None
-
-
-# kopf updates the indexes before it calls event handlers, so what is derived here sees
-# this very change.
-
-
-def publish(memo: OperatorMemo, namespace: str, name: str,
-            models: kopf.Index[str, ModelView]) -> None:
+def publish(memo: OperatorMemo, namespace: str, name: str) -> None:
     """Tells the gateway what the device should serve now, and who may act as it."""
     link = memo.device_links.get((namespace, name))
     if memo.directory is None or link is None:
         return
     assignments = (planner.desired_assignments(namespace, name, link.labels,
-                                               models.get(namespace, []))
+                                               memo.index.models_in(namespace))
                    if link.may_serve else [])
     memo.directory.publish(namespace, name, link.secret_name, assignments, link.access)
 
 
-async def model_changed(
-    namespace: str, name: str, type: str | None, body: kopf.Body, meta: kopf.Meta,
-    spec: kopf.Spec, status: kopf.Status, memo: OperatorMemo,
-    devices_by_namespace: kopf.Index[str, DeviceView],
-    models_by_namespace: kopf.Index[str, ModelView], **_: Any,
-) -> None:
+def model_changed(memo: OperatorMemo, namespace: str, name: str, body: Body | None) -> None:
+    """An EdgeModel watched (None: deleted): indexed, its status loop woken, and the
+    devices whose assignments it moves republished."""
     memo.fleet.notify(model_key(namespace, name))
-    view = None if type == "DELETED" else model_view(name, meta, spec, status)
-    before = memo.model_views.pop((namespace, name), None)
+    view = (model_view(name, body["metadata"], body.get("spec") or {},
+                       body.get("status") or {}) if body else None)
+    models = memo.index.models[namespace]
+    before = models.pop(name, None)
     if view:
-        memo.model_views[(namespace, name)] = view
-    if memo.mirror:
-        memo.mirror.follow(namespace, name, body, view)
+        models[name] = view
     if memo.directory is None:  # the controller serves no devices
         return
     for device in planner.devices_to_wake(namespace, before, view,
-                                          devices_by_namespace.get(namespace, [])):
-        publish(memo, namespace, device, models_by_namespace)
+                                          memo.index.devices_in(namespace)):
+        publish(memo, namespace, device)
 
 
-async def device_changed(
-    namespace: str, name: str, type: str | None, labels: Mapping[str, str],
-    annotations: Mapping[str, str], spec: Mapping[str, Any], status: Mapping[str, Any],
-    memo: OperatorMemo, models_by_namespace: kopf.Index[str, ModelView], **_: Any,
-) -> None:
+def device_changed(memo: OperatorMemo, namespace: str, name: str, body: Body | None) -> None:
+    """An EdgeDevice watched (None: deleted): indexed, the models that select it woken
+    when what they read of it moved, its phase decided, and the gateway told."""
+    metadata = body["metadata"] if body else {}
+    annotations = metadata.get("annotations") or {}
+    spec = (body.get("spec") if body else None) or {}
+    status = (body.get("status") if body else None) or {}
     # A device that registered itself with a fleet token (it has no bootstrap Secret)
-    # serves nothing until an admin approves it.
-    may_serve = type != "DELETED" and approved(spec, annotations)
+    # serves nothing until an admin approves it; until then it counts nowhere.
+    may_serve = body is not None and approved(spec, annotations)
+    labels = metadata.get("labels") or {}
+    view = device_view(name, labels, status) if may_serve else None
+    devices = memo.index.devices[namespace]
+    before = devices.pop(name, None)
+    if view:
+        devices[name] = view
     # Labels, approval, held models and statistics matter to models; a heartbeat that
     # only moves lastSeen changes none of them.
-    view = device_view(name, labels, status)
-    report = (view.labels, view.models, view.traffic) if may_serve else None
-    before = memo.device_reports.pop((namespace, name), None)
-    if report:
-        memo.device_reports[(namespace, name)] = report
-    if report != before:
-        label_sets = [seen[0] for seen in (before, report) if seen]
-        for model in planner.models_to_wake(label_sets, models_by_namespace.get(namespace, [])):
+    if report(before) != report(view):
+        label_sets = [seen.labels for seen in (before, view) if seen]
+        for model in planner.models_to_wake(label_sets, memo.index.models_in(namespace)):
             memo.fleet.notify(model_key(namespace, model))
-    if type == "DELETED":
+    if body is None:
         memo.device_links.pop((namespace, name), None)
         if memo.directory:
             memo.directory.remove(namespace, name)
@@ -215,7 +193,21 @@ async def device_changed(
     # nothing the directory is told; the models' own changes publish what they move.
     if memo.device_links.get((namespace, name)) != link:
         memo.device_links[(namespace, name)] = link
-        publish(memo, namespace, name, models_by_namespace)
+        publish(memo, namespace, name)
+
+
+def report(view: DeviceView | None) -> tuple[Any, ...] | None:
+    """What a device's models read of it."""
+    return (view.labels, view.models, view.traffic) if view else None
+
+
+async def follow_artifacts(namespace: str, name: str, type: str | None, body: kopf.Body,
+                           meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status,
+                           memo: OperatorMemo, **_: Any) -> None:
+    """A kopf handler, so that the artifact fetches it starts can post Events."""
+    if memo.mirror:
+        memo.mirror.follow(namespace, name, body, None if type == "DELETED"
+                           else model_view(name, meta, spec, status))
 
 
 # ---------------------------------------------------------------- status writes
@@ -394,9 +386,9 @@ async def keep_model_status(
     body: kopf.Body,
     stopped: kopf.DaemonStopped,
     memo: OperatorMemo,
-    devices_by_namespace: kopf.Index[str, DeviceView],
     **_: Any,
 ) -> None:
+    await memo.index.listed.wait()  # a status from a partial fleet would be wrong
     reported: set[tuple[int | None, str, str]] = set()  # already in Events
     secrets = client.CoreV1Api(memo.status_api.api_client)  # publishers' keys
     artifacts = ArtifactRetry(memo.artifacts, body, namespace, secrets)
@@ -442,7 +434,7 @@ async def keep_model_status(
                           if spec.experiment and not problems else None)
             plan = planner.plan_model_status(
                 namespace=namespace, name=name, generation=generation, spec=spec,
-                devices=devices_by_namespace.get(namespace, []), artifact=artifact,
+                devices=memo.index.devices_in(namespace), artifact=artifact,
                 previous=previous,
                 approved_step=rollout.approved_step(body.meta.annotations, spec.version),
                 now=memo.clock(), experiment=experiment,
@@ -501,12 +493,12 @@ async def withdraw_model(
     meta: kopf.Meta,
     body: kopf.Body,
     memo: OperatorMemo,
-    devices_by_namespace: kopf.Index[str, DeviceView],
     **_: Any,
 ) -> None:
     """Holds the finalizer until no device reports the model any more, for a bounded
     time; then lets the object go and says in an Event which devices did not confirm."""
-    holding = planner.devices_holding(name, devices_by_namespace.get(namespace, []))
+    await memo.index.listed.wait()
+    holding = planner.devices_holding(name, memo.index.devices_in(namespace))
     if not holding:
         return
     deleted_at = parse_time(meta.get("deletionTimestamp")) or memo.clock()
@@ -579,14 +571,11 @@ def registry_for(role: Role) -> kopf.OperatorRegistry:
     # The credentials the operator's own API client found (kubeconfig or in-cluster).
     kopf.on.login(registry=registry)(kopf.login_via_client)
     kopf.on.startup(registry=registry)(configure)
-    kopf.index(GROUP, VERSION, DEVICES, registry=registry)(devices_by_namespace)
-    kopf.index(GROUP, VERSION, MODELS, registry=registry)(models_by_namespace)
-    kopf.on.event(GROUP, VERSION, MODELS, registry=registry)(model_changed)
-    kopf.on.event(GROUP, VERSION, DEVICES, registry=registry)(device_changed)
     if role != "gateway":
         kopf.daemon(GROUP, VERSION, MODELS, cancellation_timeout=1.0,
                     registry=registry)(keep_model_status)
         kopf.on.delete(GROUP, VERSION, MODELS, registry=registry)(withdraw_model)
-    if role != "controller":  # device tokens, for enrolment
+    if role != "controller":  # device tokens for enrolment, artifacts to serve
         kopf.on.event("", "v1", "secrets", registry=registry)(credentials.secret_changed)
+        kopf.on.event(GROUP, VERSION, MODELS, registry=registry)(follow_artifacts)
     return registry
