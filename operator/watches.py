@@ -100,9 +100,12 @@ class ListWatch:
                 delay_s = FIRST_RETRY_S
             except WatchExpired:
                 version = None
-            except (*API_ERRORS, ValueError, KeyError) as error:
+            except Exception as error:  # a watch that ended for good would blind the fleet
+                if self._stopping.is_set():  # the loop may be closed already
+                    return
+                expected = isinstance(error, (*API_ERRORS, OSError, ValueError, KeyError))
                 log.warning("watch of %s failed: %s; again in %.0fs", self._where, error,
-                            delay_s)
+                            delay_s, exc_info=not expected)
                 self._stopping.wait(delay_s)
                 delay_s = min(delay_s * 2, MAX_RETRY_S)
 
