@@ -88,11 +88,14 @@ class GatewayLimits:
     status_writes_per_second: float = 1.0
     # A change of what a device holds is written once it has settled (no further change
     # for this long), so that Downloading, Verifying, Loading, Ready of a small model is
-    # one write. A state on its way (Downloading...) waits for the max delay, however
-    # quiet: a thousand devices fetching at once take seconds each, and one write when
-    # they are Ready serves better than two; a large model's progress shows after it.
+    # one write, and never later than the max delay after the first change not written.
+    # A model on its way (Downloading...) is written at most every progress interval,
+    # however quiet: thousands of devices fetching at once take a minute and more each,
+    # and one write when they are Ready serves better than several; a large model's
+    # progress shows every half minute.
     status_settle_seconds: float = 0.5
     status_max_delay_seconds: float = 5.0
+    status_progress_seconds: float = 30.0
     # A failed status write is tried again after this, doubling up to the maximum.
     status_retry_seconds: float = 1.0
     status_max_retry_seconds: float = 30.0
@@ -157,9 +160,9 @@ class TokenBucket:
 class StatusSchedule:
     """When one session's next status write is due, on the caller's monotonic clock:
     at once for what must be told now (the session began); a change of what the device
-    holds once no further change came for `status_settle_seconds` (unless a model is on
-    its way to a state), and never later than `status_max_delay_seconds` after the first
-    change not yet written; and, while the
+    holds once no further change came for `status_settle_seconds`, and never later
+    than `status_max_delay_seconds` after the first change not yet written, or, while a
+    model is on its way to a state, `status_progress_seconds` after it; and, while the
     device is heard from, every `heartbeat_s` (its lastSeen and statistics). After a
     failed write nothing is due before the backoff has passed."""
 
@@ -197,9 +200,11 @@ class StatusSchedule:
         if self.urgent:
             at = -math.inf
         elif self.first_change is not None and self.last_change is not None:
-            at = self.first_change + self._limits.status_max_delay_seconds
-            if not self.passing:
-                at = min(self.last_change + self._limits.status_settle_seconds, at)
+            if self.passing:
+                at = self.first_change + self._limits.status_progress_seconds
+            else:
+                at = min(self.last_change + self._limits.status_settle_seconds,
+                         self.first_change + self._limits.status_max_delay_seconds)
         if self.heard_at > self.written_at:
             beat = self.written_at + self._heartbeat_s
             at = beat if at is None else min(at, beat)

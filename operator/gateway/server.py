@@ -155,7 +155,8 @@ class DeviceStatusWriter:
       a merge patch, so that a session takes the device over from any earlier one;
     - a change of what the device holds once it has settled (GatewayLimits
       status_settle_seconds, never later than status_max_delay_seconds after the first
-      change not yet written), within the device's allowance of writes (`writes`);
+      change not yet written; a model on its way every status_progress_seconds), within
+      the device's allowance of writes (`writes`);
     - lastSeen and the inference statistics at most every `heartbeat_write_s`.
 
     Every later write is a JSON patch whose first op tests that `connection` is still

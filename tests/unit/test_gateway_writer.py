@@ -27,6 +27,7 @@ from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 DIGEST = "sha256:" + "a" * 64
 # Short intervals, so that the writer's own clock runs the scenarios in a second or two.
 FAST = replace(GatewayLimits(), status_settle_seconds=0.15, status_max_delay_seconds=0.5,
+               status_progress_seconds=0.5,
                status_retry_seconds=0.05, status_max_retry_seconds=0.2)
 
 
@@ -49,13 +50,13 @@ def test_a_state_that_keeps_changing_is_due_within_the_max_delay() -> None:
     assert schedule.due() == pytest.approx(15.0)  # 5 s after the first unwritten change
 
 
-def test_a_model_on_its_way_waits_for_the_max_delay_and_its_end_only_to_settle() -> None:
+def test_a_model_on_its_way_is_written_every_progress_interval_and_its_end_at_once() -> None:
     schedule = StatusSchedule(GatewayLimits(), heartbeat_s=60)
     schedule.written(0.0)
-    schedule.changed(10.0, passing=True)  # Downloading, slow: a thousand devices fetch
-    assert schedule.due() == pytest.approx(15.0)
-    schedule.changed(12.0, passing=False)  # Ready: one write for the whole way
-    assert schedule.due() == pytest.approx(12.5)
+    schedule.changed(10.0, passing=True)  # Downloading, slow: thousands of devices fetch
+    assert schedule.due() == pytest.approx(40.0)
+    schedule.changed(32.0, passing=False)  # Ready after 22 s: one write for the whole way
+    assert schedule.due() == pytest.approx(15.0)  # overdue: written at once
 
 
 def test_a_device_heard_from_is_due_once_per_heartbeat_interval() -> None:
@@ -231,7 +232,7 @@ def test_a_small_model_rolled_out_costs_one_write_of_its_settled_state() -> None
         "Connect": 1, "Models": 1, "Liveness": 0}
 
 
-def test_a_state_that_keeps_changing_is_written_within_the_max_delay() -> None:
+def test_a_download_that_keeps_progressing_is_written_once_per_progress_interval() -> None:
     api = FakeApi()
     writer = writer_for(api)
 
@@ -247,7 +248,7 @@ def test_a_state_that_keeps_changing_is_written_within_the_max_delay() -> None:
         await writer.stop()
 
     asyncio.run(scenario())
-    # One write per max delay (0.5 s) of the 1.2 s, not one per change (24).
+    # One write per progress interval (0.5 s) of the 1.2 s, not one per change (24).
     assert 2 <= len(api.writes) - 1 <= 3
 
 
