@@ -176,7 +176,7 @@ def device_changed(memo: OperatorMemo, namespace: str, name: str, body: Body | N
         return
     if memo.phases:
         memo.phases.observe(namespace, name, DeviceFacts(
-            approved=approved(spec, annotations), revoked=bool(spec.get("revoked")),
+            approved=may_serve, revoked=bool(spec.get("revoked")),
             status={key: status[key] for key in DeviceFacts.READS if key in status}))
     if memo.directory is None:  # the controller serves no devices
         return
