@@ -2,7 +2,7 @@
 that speak the real protocol over mutual TLS, beside a real kube-apiserver and etcd.
 
     .venv/bin/python benchmarks/fleet_scale.py [--devices 500,1000] [--sim-processes 1]
-        [--steady-seconds 60] [--operator-flag=--heartbeat-write-seconds=60 ...]
+        [--steady-seconds 300] [--operator-flag=--heartbeat-write-seconds=60 ...]
         [--gateway-replicas 2] [--json results.json] [--svg docs/fleet-scale.svg]
 
 One local control plane for the whole run; for each fleet size N a namespace of its
@@ -17,7 +17,9 @@ that N devices never queue at the enrolment rate limit. Then, per N:
 - start: operator spawned until every EdgeDevice has a phase (it lists and publishes all);
 - online: devices started until every EdgeDevice is Online (a watch on the API); also
   until every device received its desired state (the devices' side);
-- steady (devices idle, --steady-seconds): API writes/s from the kube-apiserver's own
+- steady (devices idle, --steady-seconds, by default one period of the operator's
+  --last-seen-write-seconds, so that every device's lastSeen is written once in it):
+  API writes/s from the kube-apiserver's own
   apiserver_request_total (POST/PUT/PATCH/DELETE, by resource/subresource); operator
   CPU (utime+stime of /proc/PID/stat, % of one core) and RSS (VmRSS); TCP payload bytes
   per device per second on the gateway connections (`ss -ti`: bytes_acked, what the
@@ -1062,7 +1064,7 @@ def main() -> None:
                         help="fleet sizes, comma-separated (default 500,1000)")
     parser.add_argument("--sim-processes", type=int, default=1,
                         help="processes the simulated devices are spread over")
-    parser.add_argument("--steady-seconds", type=float, default=60.0)
+    parser.add_argument("--steady-seconds", type=float, default=300.0)
     parser.add_argument("--gateway-replicas", type=int, default=0,
                         help="run the gateway as this many --role gateway processes beside a "
                              "--role controller (default 0: one --role all operator); 2 or "

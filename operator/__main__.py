@@ -18,14 +18,13 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
-from datetime import timedelta
 
 import grpc
 import kopf
 from aiohttp import web
 from kubernetes import client
 
-from edgefleet.operator import credentials, handlers, kubeapi, metrics
+from edgefleet.operator import credentials, handlers, kubeapi, liveness, metrics
 from edgefleet.operator.artifact_sources import SourcePolicy
 from edgefleet.operator.artifacts import ArtifactCache
 from edgefleet.operator.fleet import FleetChanges, FleetIndex
@@ -36,6 +35,7 @@ from edgefleet.operator.gateway.server import create_server as create_gateway_se
 from edgefleet.operator.keystore import Keystore
 from edgefleet.operator.kubeapi import API_ERRORS, load_kubernetes_config
 from edgefleet.operator.leader import LeaderElector, LeadershipLost
+from edgefleet.operator.liveness import GatewayLease, GatewayLeases
 from edgefleet.operator.phases import DevicePhases
 from edgefleet.operator.settings import OperatorSettings
 from edgefleet.operator.watches import FleetWatch
@@ -72,6 +72,9 @@ async def run(settings: OperatorSettings) -> int:
                      allow_private_networks=settings.artifact_allow_private_networks),
         settings.artifact_http_timeout_seconds)
     serves_devices = settings.role != "controller"
+    gateways = (GatewayLeases(client.CoordinationV1Api(api_client), settings.lease_namespace,
+                              settings.lease_renew_seconds)
+                if settings.role != "gateway" else None)
     memo = handlers.OperatorMemo(
         settings=settings, fleet=FleetChanges(), index=FleetIndex(),
         status_api=client.CustomObjectsApi(api_client), clock=handlers.utc_now,
@@ -80,10 +83,8 @@ async def run(settings: OperatorSettings) -> int:
         mirror=(handlers.ArtifactMirror(artifacts, client.CoreV1Api(api_client),
                                         spec_sources=settings.role == "gateway")
                 if serves_devices else None),
-        phases=(DevicePhases(client.CustomObjectsApi(api_client),
-                             timedelta(seconds=settings.device_offline_after_seconds),
-                             handlers.utc_now)
-                if settings.role != "gateway" else None),
+        phases=(DevicePhases(client.CustomObjectsApi(api_client), gateways)
+                if gateways else None),
     )
     gateway = None
     if memo.directory is not None:
@@ -106,8 +107,12 @@ async def run(settings: OperatorSettings) -> int:
     tasks.add(asyncio.create_task(watch.run(), name="fleet-watch"))
     if elector:
         tasks.add(asyncio.create_task(elector.hold(), name="lease"))
-    if memo.phases:
+    if memo.phases and gateways:
         tasks.add(asyncio.create_task(memo.phases.run(), name="device-phases"))
+        tasks.add(asyncio.create_task(gateways.run(memo.phases.gateway_changed),
+                                      name="gateway-leases"))
+    if gateway:
+        tasks.add(asyncio.create_task(gateway.lease.hold(), name="gateway-lease"))
     if gateway and gateway.keystore:
         tasks.add(asyncio.create_task(
             refresh_ca(gateway.keystore, gateway.servicer, settings.ca_refresh_seconds),
@@ -146,12 +151,15 @@ async def run(settings: OperatorSettings) -> int:
     stop()
     kubeapi.drop_queued()
     for task in pending:
-        if task.get_name() in ("lease", "ca-refresh", "device-phases", "fleet-watch"):
+        if task.get_name() in ("lease", "ca-refresh", "device-phases", "fleet-watch",
+                               "gateway-leases", "gateway-lease"):
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
     metrics.LEADER.set(0)
     if gateway:
+        if exit_code == 0:  # a clean stop: its devices have a while to move
+            await gateway.lease.hand_over()
         await gateway.stop()
     if elector and exit_code == 0:
         await elector.release()
@@ -163,6 +171,7 @@ async def run(settings: OperatorSettings) -> int:
 class RunningGateway:
     server: grpc.aio.Server
     servicer: FleetGateway
+    lease: GatewayLease
     keystore: Keystore | None
     remote_writer: RemoteWriter | None
 
@@ -206,7 +215,17 @@ async def start_gateway(settings: OperatorSettings, api_client: client.ApiClient
         directory, artifacts, api_client, settings.heartbeat_write_seconds,
         credentials=device_credentials, keystore=keystore,
         device_cert_validity=settings.device_cert_validity, remote_writer=remote_writer,
-        replica=settings.identity)
+        replica=settings.identity, last_seen_write_s=settings.last_seen_write_seconds)
+    lease = GatewayLease(
+        client.CustomObjectsApi(api_client), namespace=settings.lease_namespace,
+        name=liveness.lease_name(settings.identity),
+        replica=settings.identity, duration_s=settings.lease_duration_seconds,
+        renew_s=settings.lease_renew_seconds, regained=servicer.write_every_session)
+    try:  # before the first session: the controller judges its devices by it
+        await lease.take()
+    except API_ERRORS as error:
+        logger.error("cannot serve the fleet gateway without its Lease: %s", error)
+        return None
     server = create_gateway_server(servicer, settings.listen_host, settings.grpc_port,
                                    settings.enrolment_port, keystore)
     await server.start()
@@ -217,7 +236,7 @@ async def start_gateway(settings: OperatorSettings, api_client: client.ApiClient
     else:
         logger.info("fleet gateway on %s:%d (plaintext)", settings.listen_host,
                     settings.grpc_port)
-    return RunningGateway(server, servicer, keystore, remote_writer)
+    return RunningGateway(server, servicer, lease, keystore, remote_writer)
 
 
 async def refresh_ca(keystore: Keystore, gateway: FleetGateway, interval_s: float) -> None:

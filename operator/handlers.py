@@ -6,9 +6,9 @@ the result differs from what is stored. A model's status depends on *other* obje
 (its devices), which kopf's per-object handlers cannot express, hence daemons that patch
 through the API client instead of kopf's `patch`. EdgeDevices and EdgeModels reach the
 fleet index from watches.py, a lighter path than kopf's for the thousands of events a
-fleet's heartbeats bring. Device phases, which depend on the clock, are kept for the
-whole fleet by phases.py; the gateway's view of each device is published from the watch
-events. Policy lives in planner.py; nothing here decides.
+fleet's heartbeats bring. Device phases, which depend on the gateways' Leases, are kept
+for the whole fleet by phases.py; the gateway's view of each device is published from
+the watch events. Policy lives in planner.py; nothing here decides.
 """
 
 from __future__ import annotations

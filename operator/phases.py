@@ -1,8 +1,9 @@
 """The controller's part of every EdgeDevice's status (planner.device_status_due says
 what it is), kept for the whole fleet by a few tasks instead of one per device: a
-device's own watch events say what it is now, and one timer wakes a silent device when
-its grace runs out. A task and a finalizer per device cost hundreds of megabytes and a
-write each at start for a fleet of thousands; this costs a dict entry per device.
+device's own watch events say what it is now, and its gateway's Lease (liveness.py)
+whether the session it names is alive; a gateway that dies wakes only its devices. A
+task and a finalizer per device cost hundreds of megabytes and a write each at start
+for a fleet of thousands; this costs a dict entry per device.
 
 Writes are merge patches of the due fields alone, one device at a time, retried after
 a failure; the watch brings each back, and a device whose status is as it should be
@@ -12,13 +13,12 @@ costs no write at all.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from kubernetes import client
 
@@ -44,40 +44,77 @@ class DeviceFacts:
     status: Mapping[str, Any]
 
 
-class DevicePhases:
-    """Every device's controller-written status, from its watch events and deadlines."""
+class Gateways(planner.GatewayStanding, Protocol):
+    """The gateway replicas as liveness.GatewayLeases knows them."""
 
-    def __init__(self, api: client.CustomObjectsApi, grace: timedelta,
-                 clock: Callable[[], datetime]) -> None:
+    listed: bool  # their Leases were read: no device is judged before
+
+    def unknown(self, replica: str) -> bool: ...
+
+    def look_for(self, replica: str) -> None: ...
+
+
+class DevicePhases:
+    """Every device's controller-written status, from its watch events and its gateway's
+    standing (`gateway_changed`)."""
+
+    def __init__(self, api: client.CustomObjectsApi, gateways: Gateways) -> None:
         self._api = api
-        self._grace = grace
-        self._clock = clock
+        self._gateways = gateways
         self._facts: dict[Key, DeviceFacts] = {}
+        self._by_gateway: dict[str, set[Key]] = defaultdict(set)  # replica -> its devices
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
-        self._deadlines: list[tuple[float, Key]] = []  # a heap of (monotonic time, device)
-        self._deadline_changed = asyncio.Event()
 
     def observe(self, namespace: str, name: str, facts: DeviceFacts) -> None:
         """A watch event of the device: decides at once, writes soon if anything is due."""
         key = (namespace, name)
+        self._index(key, self._facts.get(key), facts)
         self._facts[key] = facts
         self._decide(key)
 
     def forget(self, namespace: str, name: str) -> None:
-        self._facts.pop((namespace, name), None)
+        key = (namespace, name)
+        self._index(key, self._facts.pop(key, None), None)
         metrics.DEVICE_PHASES.discard(namespace, name)
+
+    def gateway_changed(self, replicas: set[str] | None) -> None:
+        """These gateway replicas died, came back or began again (None: the first look at
+        all of them): their devices are judged again."""
+        keys = (list(self._facts) if replicas is None else
+                [key for replica in replicas for key in self._by_gateway.get(replica, ())])
+        for key in keys:
+            self._decide(key)
+
+    def _index(self, key: Key, before: DeviceFacts | None, after: DeviceFacts | None) -> None:
+        was, now = gateway_of(before), gateway_of(after)
+        if was == now:
+            return
+        if was is not None:
+            self._by_gateway[was].discard(key)
+            if not self._by_gateway[was]:
+                del self._by_gateway[was]
+        if now is not None:
+            self._by_gateway[now].add(key)
 
     def _due(self, key: Key) -> planner.DeviceStatusDue | None:
         facts = self._facts.get(key)
         if facts is None:
             return None
         return planner.device_status_due(approved=facts.approved, revoked=facts.revoked,
-                                         status=facts.status, now=self._clock(),
-                                         grace=self._grace)
+                                         status=facts.status, gateways=self._gateways)
 
     def _decide(self, key: Key) -> None:
-        """Queues the device for a write if anything is due, and sets its next deadline."""
+        """Queues the device for a write if anything is due, once its gateway's Lease
+        was looked for (until then a session's standing is not known)."""
+        if not self._gateways.listed:
+            return
+        gateway = gateway_of(self._facts.get(key))
+        if gateway is not None and self._gateways.unknown(gateway):
+            # A replica begun since the last read of the Leases, most likely: looked for
+            # now, and its devices judged by what is found.
+            self._gateways.look_for(gateway)
+            return
         started = time.perf_counter()
         due = self._due(key)
         if due is None:
@@ -89,34 +126,14 @@ class DevicePhases:
         elif key not in self._queued:
             self._queued.add(key)
             self._queue.put_nowait(key)
-        if due.recheck_after_s is not None:
-            # Just past the deadline, so the device is judged Offline on waking.
-            heapq.heappush(self._deadlines, (time.monotonic() + due.recheck_after_s + 0.05,
-                                             key))
-            self._deadline_changed.set()
 
     async def run(self) -> None:
         writers = [asyncio.create_task(self._write_due()) for _ in range(WRITERS)]
         try:
-            await self._wake_at_deadlines()
+            await asyncio.gather(*writers)
         finally:
             for writer in writers:
                 writer.cancel()
-
-    async def _wake_at_deadlines(self) -> None:
-        """Looks again at each device whose deadline passed (a later event may have
-        moved it: deciding again is cheap, and writes only what is due)."""
-        while True:
-            self._deadline_changed.clear()
-            now = time.monotonic()
-            while self._deadlines and self._deadlines[0][0] <= now:
-                _, key = heapq.heappop(self._deadlines)
-                self._decide(key)
-            wait_s = self._deadlines[0][0] - now if self._deadlines else None
-            try:
-                await asyncio.wait_for(self._deadline_changed.wait(), wait_s)
-            except TimeoutError:
-                pass
 
     async def _write_due(self) -> None:
         while True:
@@ -151,3 +168,10 @@ class DevicePhases:
             log.info("status resource=EdgeDevice namespace=%s name=%s %s", key[0], key[1],
                      " ".join(f"{field}={value}" if field != "identity" else "identity=Revoked"
                               for field, value in due.patch.items()))
+
+
+def gateway_of(facts: DeviceFacts | None) -> str | None:
+    """The gateway replica the device's status says holds its session."""
+    connection = facts.status.get("connection") if facts else None
+    gateway = connection.get("gateway") if isinstance(connection, Mapping) else None
+    return gateway if isinstance(gateway, str) else None

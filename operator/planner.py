@@ -14,7 +14,8 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
+from typing import Protocol
 
 from edgefleet.operator import analysis, rollout
 from edgefleet.operator.analysis import TrafficStats
@@ -379,56 +380,75 @@ def invalid_model_status(
 # ---------------------------------------------------------------- EdgeDevice phase
 
 
-def device_phase(last_seen: datetime | None, connected: bool, now: datetime,
-                 grace: timedelta) -> DevicePhase:
-    """Pending until the device first connects; then Online while a gateway holds its
-    session (status.connection) and writes its lastSeen."""
+def _time(value: object) -> datetime | None:
+    """A time the status holds (the schema checks its format); None if none."""
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) and value else None
+    except ValueError:
+        return None
+
+
+class GatewayStanding(Protocol):
+    """What the controller knows of the gateway replicas (liveness.GatewayLeases)."""
+
+    def alive(self, replica: str, session_since: datetime | None) -> bool: ...
+
+    def last_alive(self, replica: str) -> datetime | None: ...
+
+
+def session_alive(status: Mapping[str, object], gateways: GatewayStanding) -> bool:
+    """A gateway holds the device's session (status.connection) and is alive, as the
+    same process that began the session."""
+    connection = status.get("connection")
+    if not isinstance(connection, Mapping) or not isinstance(connection.get("gateway"), str):
+        return False
+    return gateways.alive(connection["gateway"], _time(connection.get("since")))
+
+
+def device_phase(last_seen: datetime | None, alive: bool) -> DevicePhase:
+    """Pending until the device first connects; then Online while a live gateway holds
+    its session."""
     if last_seen is None:
         return "Pending"
-    return "Online" if connected and now - last_seen <= grace else "Offline"
-
-
-def seconds_until_phase_change(
-    last_seen: datetime | None, now: datetime, grace: timedelta
-) -> float | None:
-    """When an Online device turns Offline if nothing is heard; None if nothing is due."""
-    if last_seen is None:
-        return None
-    remaining = (last_seen + grace - now).total_seconds()
-    return remaining if remaining >= 0 else None
+    return "Online" if alive else "Offline"
 
 
 @dataclass(frozen=True)
 class DeviceStatusDue:
-    """What the controller should write of a device's status now (empty: nothing), the
-    phase that makes, and in how many seconds to look again if nothing changes."""
+    """What the controller should write of a device's status now (empty: nothing), and
+    the phase that makes."""
 
     patch: Mapping[str, object]
     phase: DevicePhase
-    recheck_after_s: float | None
 
 
 def device_status_due(*, approved: bool, revoked: bool, status: Mapping[str, object],
-                      now: datetime, grace: timedelta) -> DeviceStatusDue:
+                      gateways: GatewayStanding) -> DeviceStatusDue:
     """The controller's part of an EdgeDevice's status (the gateway holding its session
     writes the rest): `Pending` until an approved device is first seen, `Offline` once
-    no session holds it or its gateway stopped writing lastSeen for `grace`, an initial
-    modelCount, and `identity.state: Revoked` for a revoked device's certificate."""
-    seen = status.get("lastSeen")
-    last_seen = datetime.fromisoformat(seen) if isinstance(seen, str) and seen else None
-    phase = (device_phase(last_seen, bool(status.get("connection")), now, grace) if approved
-             else "Pending")
+    no session holds it or the gateway process that began its session is gone (when
+    the gateway died, lastSeen becomes its last renewal, if later), an initial
+    modelCount, and
+    `identity.state: Revoked` for a revoked device's certificate."""
+    last_seen = _time(status.get("lastSeen"))
+    alive = session_alive(status, gateways)
+    phase = device_phase(last_seen, alive) if approved else "Pending"
     patch: dict[str, object] = {}
     if status.get("phase") != phase:
         patch["phase"] = phase
+    connection = status.get("connection")
+    gateway = str(connection.get("gateway")) if isinstance(connection, Mapping) else ""
+    if phase == "Offline" and gateway and last_seen and not gateways.alive(gateway, None):
+        # Its gateway died: the session was last known alive at its last renewal.
+        last_alive = gateways.last_alive(gateway)
+        if last_alive is not None and last_alive > last_seen:
+            patch["lastSeen"] = last_alive.strftime("%Y-%m-%dT%H:%M:%SZ")
     if "modelCount" not in status:  # the gateway keeps it from the first session on
         patch["modelCount"] = 0
     identity = status.get("identity")
     if revoked and isinstance(identity, Mapping) and identity.get("state") == "Enrolled":
         patch["identity"] = {**identity, "state": "Revoked"}
-    recheck = (seconds_until_phase_change(last_seen, now, grace)
-               if approved and phase == "Online" else None)
-    return DeviceStatusDue(patch, phase, recheck)
+    return DeviceStatusDue(patch, phase)
 
 
 def devices_holding(model: str, devices: Iterable[DeviceView]) -> list[str]:

@@ -63,9 +63,14 @@ class OperatorSettings(BaseSettings):
                     "desired state from the same watches, writing only its devices' status")
     heartbeat_write_seconds: float = Field(
         default=60.0, gt=0,
-        description="a connected device's lastSeen and inference statistics (what rollout "
-                    "analysis reads) are written at most this often; connecting and "
-                    "disconnecting are written at once")
+        description="a connected device's inference statistics (what rollout analysis "
+                    "reads), when they changed, are written at most this often; connecting "
+                    "and disconnecting are written at once")
+    last_seen_write_seconds: float = Field(
+        default=300.0, gt=0,
+        description="a connected device's lastSeen, when nothing else is written, is "
+                    "written this often (its gateway's Lease says meanwhile that it is "
+                    "connected)")
     model_status_write_seconds: float = Field(
         default=10.0, ge=0,
         description="an EdgeModel status whose only change is its device counts is written "
@@ -101,11 +106,6 @@ class OperatorSettings(BaseSettings):
     listen_host: str = Field(default="0.0.0.0", description="address the servers bind to")
     namespaces: list[str] = Field(default_factory=list,
                                   description="namespaces to serve; empty serves all")
-    device_offline_after_seconds: float = Field(
-        default=150.0, gt=0,
-        description="a device whose gateway stopped writing its lastSeen (the gateway "
-                    "vanished) turns Offline after this long; more than "
-                    "--heartbeat-write-seconds")
     deletion_timeout_seconds: float = Field(
         default=120.0, ge=0,
         description="how long a deleted EdgeModel waits for devices to confirm withdrawal")
@@ -116,8 +116,13 @@ class OperatorSettings(BaseSettings):
     lease_name: str = "edgefleet-operator"
     lease_namespace: str = Field(default_factory=lambda: os.environ.get("POD_NAMESPACE",
                                                                         "default"))
-    lease_duration_seconds: int = Field(default=15, ge=1)
-    lease_renew_seconds: float = Field(default=5.0, gt=0)
+    lease_duration_seconds: int = Field(
+        default=15, ge=1,
+        description="the controller's Lease and each gateway replica's: a replica silent "
+                    "this long is gone, and the devices it held are Offline")
+    lease_renew_seconds: float = Field(default=5.0, gt=0,
+                                       description="how often a Lease is renewed (and the "
+                                                   "gateways' Leases read)")
     identity: str = Field(default_factory=_default_identity,
                           description="this replica's name in the Lease")
     log_level: str = "INFO"
@@ -134,9 +139,9 @@ class OperatorSettings(BaseSettings):
     def _consistent(self) -> OperatorSettings:
         if self.enrolment_port == self.grpc_port and not self.insecure_plaintext:
             raise ValueError("--enrolment-port and --grpc-port must differ")
-        if self.device_offline_after_seconds <= self.heartbeat_write_seconds:
+        if self.lease_renew_seconds >= self.lease_duration_seconds:
             raise ValueError(
-                f"--device-offline-after-seconds ({self.device_offline_after_seconds:g}) must "
-                f"exceed --heartbeat-write-seconds ({self.heartbeat_write_seconds:g}): a "
-                "connected device would turn Offline between two writes of its lastSeen")
+                f"--lease-renew-seconds ({self.lease_renew_seconds:g}) must be shorter than "
+                f"--lease-duration-seconds ({self.lease_duration_seconds}): a Lease would "
+                "expire between two renewals")
         return self

@@ -312,7 +312,7 @@ class Fleet:
     Devices enrol with their bootstrap token and hold sessions over mutual TLS, trusting
     the CA the operator made; `insecure` runs both sides with --insecure-plaintext."""
 
-    OPERATOR_FLAGS = ("--heartbeat-write-seconds", "2", "--device-offline-after-seconds", "10")
+    OPERATOR_FLAGS = ("--heartbeat-write-seconds", "2", "--last-seen-write-seconds", "2")
 
     def __init__(self, kube: Kube, namespace: str, start_operator: StartOperator,
                  root: Path, insecure: bool = False, role: str = "all") -> None:

@@ -162,17 +162,21 @@ class StatusSchedule:
     at once for what must be told now (the session began); a change of what the device
     holds once no further change came for `status_settle_seconds`, and never later
     than `status_max_delay_seconds` after the first change not yet written, or, while a
-    model is on its way to a state, `status_progress_seconds` after it; and, while the
-    device is heard from, every `heartbeat_s` (its lastSeen and statistics). After a
-    failed write nothing is due before the backoff has passed."""
+    model is on its way to a state, `status_progress_seconds` after it; statistics
+    that changed (`news`) `heartbeat_s` after the last write; and, while the device is
+    heard from, its lastSeen alone `last_seen_s` after the last write. After a failed
+    write nothing is due before the backoff has passed."""
 
-    def __init__(self, limits: GatewayLimits, heartbeat_s: float) -> None:
+    def __init__(self, limits: GatewayLimits, heartbeat_s: float,
+                 last_seen_s: float | None = None) -> None:
         self._limits, self._heartbeat_s = limits, heartbeat_s
+        self._last_seen_s = heartbeat_s if last_seen_s is None else last_seen_s
         self.urgent = False
         self.first_change: float | None = None  # the first change not yet written
         self.last_change: float | None = None
         self.passing = False  # the last change left a model on its way to a state
         self.heard_at = -math.inf  # the device's last message
+        self.news_at = -math.inf  # the last change of its statistics
         self.written_at = -math.inf  # the start of the last write that succeeded
         self.retry_at: float | None = None
         self._backoff = limits.status_retry_seconds
@@ -194,6 +198,10 @@ class StatusSchedule:
     def heard(self, now: float) -> None:
         self.heard_at = now
 
+    def news(self) -> None:
+        """The statistics changed (the device was heard just now)."""
+        self.news_at = self.heard_at
+
     def due(self) -> float | None:
         """When the next write is due (past values: now); None while nothing is."""
         at: float | None = None
@@ -206,7 +214,8 @@ class StatusSchedule:
                 at = min(self.last_change + self._limits.status_settle_seconds,
                          self.first_change + self._limits.status_max_delay_seconds)
         if self.heard_at > self.written_at:
-            beat = self.written_at + self._heartbeat_s
+            beat = self.written_at + (self._heartbeat_s if self.news_at > self.written_at
+                                      else self._last_seen_s)
             at = beat if at is None else min(at, beat)
         if at is not None and self.retry_at is not None:
             at = max(at, self.retry_at)

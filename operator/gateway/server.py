@@ -157,7 +157,9 @@ class DeviceStatusWriter:
       status_settle_seconds, never later than status_max_delay_seconds after the first
       change not yet written; a model on its way every status_progress_seconds), within
       the device's allowance of writes (`writes`);
-    - lastSeen and the inference statistics at most every `heartbeat_write_s`.
+    - inference statistics that changed at most every `heartbeat_write_s`, and lastSeen
+      alone at most every `last_seen_write_s` (the replica's Lease says meanwhile that
+      the session is alive).
 
     Every later write is a JSON patch whose first op tests that `connection` is still
     this session's: a session that another (on any replica) took over writes nothing
@@ -168,13 +170,14 @@ class DeviceStatusWriter:
 
     def __init__(self, api: client.CustomObjectsApi, entry: DeviceEntry,
                  heartbeat_write_s: float, writes: TokenBucket | None = None, *,
-                 gateway: str = "", limits: GatewayLimits | None = None,
+                 last_seen_write_s: float | None = None, gateway: str = "",
+                 limits: GatewayLimits | None = None,
                  refused: Callable[[Refusal], Awaitable[None]] | None = None) -> None:
         self._api = api
         self._entry = entry
         self._writes = writes
         self._limits = limits or GatewayLimits()
-        self._schedule = StatusSchedule(self._limits, heartbeat_write_s)
+        self._schedule = StatusSchedule(self._limits, heartbeat_write_s, last_seen_write_s)
         self._on_refused = refused
         self.connection = {"gateway": gateway or default_replica(),
                            "session": secrets.token_hex(4), "since": timestamp()}
@@ -230,8 +233,14 @@ class DeviceStatusWriter:
         inference = inference_status(stats)
         if inference != self._latest.get("inference"):
             self._latest["inference"], self._kind = inference, kind
+            if self._due("inference"):
+                self._schedule.news()
         if self._schedule.due() != due:  # most heartbeats move nothing: the writer sleeps on
             self._wake.set()
+
+    def write_now(self) -> None:
+        self._schedule.at_once()
+        self._wake.set()
 
     def start(self) -> asyncio.Task[None]:
         self._task = asyncio.create_task(self.run(), name=f"status of {self._device}")
@@ -473,14 +482,16 @@ class FleetGateway:
                  credentials: CredentialStore, keystore: Keystore | None,
                  device_cert_validity: timedelta = timedelta(days=30),
                  remote_writer: RemoteWriter | None = None, ping_s: float = 30.0,
-                 limits: GatewayLimits | None = None, replica: str = "") -> None:
+                 limits: GatewayLimits | None = None, replica: str = "",
+                 last_seen_write_s: float | None = None) -> None:
         """`keystore` None: plaintext, devices authenticated by bearer token alone.
         `replica`: this gateway's name in status.connection (the process's identity;
-        host and pid by default)."""
+        host and pid by default). `last_seen_write_s`: how often a lastSeen alone is
+        written (as often as statistics when None)."""
         self.replica = replica or default_replica()
         # Set while the server shuts down: its sessions end without writing Offline (the
-        # devices reconnect to another replica at once; the controller's grace decides
-        # for those that do not).
+        # devices reconnect to another replica at once; for those that do not, the
+        # controller sees this replica's Lease expire).
         self.stopping = False
         self._endings: set[asyncio.Task[None]] = set()
         self._directory = directory
@@ -492,6 +503,7 @@ class FleetGateway:
         self._core = client.CoreV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
         self._heartbeat_write_s = heartbeat_write_s
+        self._last_seen_write_s = last_seen_write_s
         self._ping_s = ping_s
         self.limits = limits or GatewayLimits()
         self._peers = PeerThrottle(self.limits)
@@ -501,6 +513,13 @@ class FleetGateway:
         self._enrolments = TokenBucket(self.limits.enrolments_per_second,
                                        self.limits.enrolment_burst)
         self._enrolling: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def write_every_session(self) -> None:
+        """Every open session's status is written again at once: this replica's Lease
+        lapsed, and the controller may have turned its devices Offline meanwhile."""
+        for session in self._directory.sessions():
+            if isinstance(session, Session):
+                session.writer.write_now()
 
     def trust_changed(self) -> None:
         """Sends every open session the new CA bundle (CA rotation); a session whose
@@ -605,7 +624,8 @@ class FleetGateway:
 
         session = Session(entry, DeviceStatusWriter(
             self._custom, entry, self._heartbeat_write_s, entry.status_writes,
-            gateway=self.replica, limits=self.limits, refused=refused),
+            last_seen_write_s=self._last_seen_write_s, gateway=self.replica,
+            limits=self.limits, refused=refused),
             self.limits, self._queue_budget, serial, context.peer())
         if not self._directory.claim(entry, session):  # the device's one session
             await context.abort(grpc.StatusCode.ALREADY_EXISTS,

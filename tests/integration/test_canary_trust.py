@@ -17,7 +17,13 @@ import testmodels
 from tests.conftest import Kube, StartOperator
 from tests.helpers import eventually
 from tests.integration.test_edge_cloud_link import edge_model, publish
-from tests.integration.test_operator import device_body, report, status_of, wait_status
+from tests.integration.test_operator import (  # noqa: F401 (gateway_alive: autouse)
+    device_body,
+    gateway_alive,
+    report,
+    status_of,
+    wait_status,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +115,16 @@ def test_killing_a_replica_moves_its_devices_and_a_new_replica_serves_mid_rollou
         ("1", "Ready")] or None, timeout=60, what="the new device serving version 1 via "
                                                 "the late replica")
     assert answer(fleet.edges["cam-new"], "digits") == 2.0
+
+    # The late replica dies, and cam-new (which dials it alone) cannot move: once the
+    # replica's Lease runs out (3 s here) the controller turns cam-new Offline, last
+    # seen when the replica was last alive; the devices on the survivor stay Online.
+    killed = datetime.now(UTC).replace(microsecond=0)
+    late.kill()
+    offline = wait_status(kube, "edgedevices", namespace, "cam-new", {"phase": "Offline"},
+                          timeout=30)
+    assert offline["connection"]["gateway"] == "gateway-c"  # its end was never written
+    assert killed - timedelta(seconds=3) <= datetime.fromisoformat(offline["lastSeen"]) <= (
+        killed + timedelta(seconds=1))
+    assert {name: held for name, held in holders(kube, namespace).items()
+            if name != "cam-new"} == {name: ("Online", survivor) for name in DEVICES}

@@ -210,7 +210,7 @@ def test_cloud_chart_switches_follow_the_values(helm: Helm, namespace: str) -> N
     (deployment,) = [m for m in two if m["kind"] == "Deployment"]
     assert deployment["spec"]["template"]["spec"]["containers"][0]["args"] == [
         "--leader-election"]
-    assert "Role/release-edgefleet-leader" in kinds(two)
+    assert "Role/release-edgefleet-leases" in kinds(two)
     # "auto" renders the ServiceMonitor where the cluster serves the API.
     auto = helm.template(CLOUD, [], namespace, "--api-versions", "monitoring.coreos.com/v1")
     assert "ServiceMonitor/release-edgefleet" in kinds(auto)
@@ -247,7 +247,7 @@ def serving_roles(manifests: list[dict]) -> list[dict]:
     """The Roles of the namespaces the operator serves: not its Lease's nor its
     identity Secrets' (which are the release namespace's alone)."""
     return [m for m in manifests if m["kind"] == "Role"
-            and not m["metadata"]["name"].endswith(("-leader", "-identity"))]
+            and not m["metadata"]["name"].endswith(("-leases", "-identity"))]
 
 
 def test_cloud_chart_reads_secrets_only_in_the_namespaces_it_serves(
@@ -273,7 +273,8 @@ def test_cloud_chart_reads_secrets_only_in_the_namespaces_it_serves(
         "fleet", "plant-7"]
     assert all("create" in grants(r["rules"], "edgedevices") for r in serving_roles(listed))
     assert sorted(b["metadata"]["namespace"] for b in listed if b["kind"] == "RoleBinding"
-                  and not b["metadata"]["name"].endswith("-identity")) == ["fleet", "plant-7"]
+                  and not b["metadata"]["name"].endswith(("-identity", "-leases"))) == [
+        "fleet", "plant-7"]
     env = container_env(listed, "Deployment")
     assert json.loads(env["EDGEFLEET_NAMESPACES"]) == ["fleet", "plant-7"]
     assert not grants(the(listed, "ClusterRole")["rules"], "secrets")
@@ -284,15 +285,16 @@ def test_cloud_chart_reads_secrets_only_in_the_namespaces_it_serves(
     assert "create" in grants(the(wide, "ClusterRole")["rules"], "edgedevices")
     assert not serving_roles(wide)
     assert "EDGEFLEET_NAMESPACES" not in container_env(wide, "Deployment")
-    # The leader Lease and the identity Secrets stay Roles of the release namespace in
-    # every mode.
+    # The Leases (the leader's, the gateway replicas') and the identity Secrets stay
+    # Roles of the release namespace in every mode.
     leader = helm.template(CLOUD, ["--set", "clusterWide=true", "--set", "replicas=2"],
                            namespace)
     identity_role, lease_role = sorted((m for m in leader if m["kind"] == "Role"),
                                        key=lambda m: m["metadata"]["name"])
-    assert lease_role["metadata"]["name"].endswith("-leader")
+    assert lease_role["metadata"]["name"].endswith("-leases")
     assert lease_role["metadata"]["namespace"] == namespace
-    assert grants(lease_role["rules"], "leases") == {"get", "create", "update"}
+    assert grants(lease_role["rules"], "leases") == {"get", "list", "create", "update",
+                                                     "patch", "delete"}
     assert identity_role["metadata"]["namespace"] == namespace
 
 

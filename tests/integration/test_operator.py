@@ -7,12 +7,15 @@ gateway writes them, through the status subresource."""
 from __future__ import annotations
 
 import hashlib
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import testmodels
+from kubernetes.client.exceptions import ApiException
 
+from edgefleet.operator import liveness
 from tests.conftest import SHARED_ARTIFACTS, Kube, StartOperator
 from tests.helpers import eventually, printed_row
 
@@ -54,14 +57,43 @@ def timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+GATEWAY = "gateway-0"  # the gateway replica report() writes as
+
+
+def hold_gateway_lease(kube: Kube, namespace: str, replica: str, duration_s: int,
+                       started: datetime | None = None) -> None:
+    """The Lease a gateway replica holds (liveness.GatewayLease), written once: it stays
+    alive for `duration_s` after the controller sees it, as the process that began at
+    `started`."""
+    body = liveness.lease_body(liveness.lease_name(replica), replica, duration_s,
+                               started or datetime.now(UTC) - timedelta(hours=1),
+                               datetime.now(UTC))
+    try:
+        kube.custom.create_namespaced_custom_object(*liveness.leases_at(namespace), body)
+    except ApiException as error:
+        if error.status != 409:
+            raise
+        kube.custom.patch_namespaced_custom_object(
+            *liveness.leases_at(namespace), body["metadata"]["name"], body,
+            _content_type=liveness.MERGE_PATCH)
+
+
+@pytest.fixture(autouse=True)
+def gateway_alive(kube: Kube, namespace: str) -> None:
+    """Held for an hour before any operator starts: the sessions report() writes are
+    alive from the controller's first look."""
+    hold_gateway_lease(kube, namespace, GATEWAY, duration_s=3600)
+
+
 def report(kube: Kube, namespace: str, device: str, *models: tuple[str, str, str],
-           seen: datetime | None = None) -> None:
+           seen: datetime | None = None, gateway: str = GATEWAY,
+           since: datetime | None = None) -> None:
     """Writes a device's report as the gateway holding its session would: Online,
-    lastSeen, the session and held models."""
+    lastSeen, the session (begun at `since`) and held models."""
     kube.patch_status("edgedevices", namespace, device, {
         "phase": "Online", "lastSeen": timestamp(seen or datetime.now(UTC)),
-        "connection": {"gateway": "gateway-0", "session": "0123abcd",
-                       "since": timestamp(datetime.now(UTC))},
+        "connection": {"gateway": gateway, "session": "0123abcd",
+                       "since": timestamp(since or datetime.now(UTC))},
         "models": [{"name": name, "version": version, "digest": f"sha256:{SHA}",
                     "state": state} for name, version, state in models],
         "modelCount": len(models),
@@ -141,23 +173,40 @@ def test_model_turns_healthy_as_devices_report_it_ready(
                                      "PHASE": "Healthy", "AGE": ""}
 
 
-def test_device_is_pending_until_seen_then_online_then_offline_after_grace(
+def test_device_is_pending_until_seen_then_online_while_its_gateway_lives(
     kube: Kube, namespace: str, start_operator: StartOperator
 ) -> None:
-    start_operator("--heartbeat-write-seconds", "1", "--device-offline-after-seconds", "3")
+    start_operator()
     kube.create("edgedevices", namespace, device_body("cam-1", site="plant-7"))
     wait_status(kube, "edgedevices", namespace, "cam-1", {"phase": "Pending", "modelCount": 0})
 
-    report(kube, namespace, "cam-1", ("digits", "1.0.0", "Ready"), ("faces", "3", "Loading"))
+    # An hour since lastSeen was written: Online all the same, while its gateway's
+    # Lease is renewed.
+    report(kube, namespace, "cam-1", ("digits", "1.0.0", "Ready"), ("faces", "3", "Loading"),
+           seen=datetime.now(UTC) - timedelta(hours=1))
     wait_status(kube, "edgedevices", namespace, "cam-1", {"phase": "Online", "modelCount": 2})
-    # No further write from its gateway (the gateway vanished): the operator's own
-    # deadline turns it Offline.
-    wait_status(kube, "edgedevices", namespace, "cam-1", {"phase": "Offline"}, timeout=20)
 
-    report(kube, namespace, "cam-1", seen=datetime.now(UTC))
+    # A gateway that dies: its Lease is not renewed, and after its 2 s (and the
+    # controller's next look, every second here) its device is Offline, last seen when
+    # the controller last saw the gateway alive.
+    hold_gateway_lease(kube, namespace, "gateway-1", duration_s=2)
+    report(kube, namespace, "cam-1", seen=datetime.now(UTC) - timedelta(hours=1),
+           gateway="gateway-1")
+    lease_written = datetime.now(UTC).replace(microsecond=0)
+    offline = wait_status(kube, "edgedevices", namespace, "cam-1", {"phase": "Offline"},
+                          timeout=20)
+    assert offline["connection"]["gateway"] == "gateway-1"  # no word from the gateway
+    assert lease_written - timedelta(seconds=3) <= datetime.fromisoformat(
+        offline["lastSeen"]) <= datetime.now(UTC)
+    # The same replica back as a new process: a session of the earlier one stays over,
+    # one of its own is alive.
+    began = datetime.now(UTC)
+    hold_gateway_lease(kube, namespace, "gateway-1", duration_s=3600, started=began)
+    report(kube, namespace, "cam-1", gateway="gateway-1", since=began - timedelta(minutes=5))
+    time.sleep(3)  # three looks at the Leases
+    assert status_of(kube, "edgedevices", namespace, "cam-1")["phase"] == "Offline"
+    report(kube, namespace, "cam-1", gateway="gateway-1", since=began + timedelta(seconds=1))
     wait_status(kube, "edgedevices", namespace, "cam-1", {"phase": "Online", "modelCount": 0})
-    report(kube, namespace, "cam-1", seen=datetime.now(UTC) - timedelta(hours=1))
-    wait_status(kube, "edgedevices", namespace, "cam-1", {"phase": "Offline"})
 
 
 def test_selector_that_can_never_match_gets_ready_false_and_an_event(

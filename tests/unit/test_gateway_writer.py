@@ -69,6 +69,19 @@ def test_a_device_heard_from_is_due_once_per_heartbeat_interval() -> None:
     assert schedule.due() is None
 
 
+def test_new_statistics_are_due_per_heartbeat_interval_a_last_seen_alone_less_often() -> None:
+    schedule = StatusSchedule(GatewayLimits(), heartbeat_s=60, last_seen_s=300)
+    schedule.written(0.0)
+    schedule.heard(5.0)  # the same figures as written: only lastSeen would move
+    assert schedule.due() == 300.0
+    schedule.heard(7.0)
+    schedule.news()  # its versions answered requests since
+    assert schedule.due() == 60.0
+    schedule.written(60.0)
+    schedule.heard(65.0)
+    assert schedule.due() == 360.0
+
+
 def test_what_changed_while_a_write_was_on_its_way_stays_due() -> None:
     schedule = StatusSchedule(GatewayLimits(), heartbeat_s=60)
     schedule.changed(10.0)
@@ -162,14 +175,15 @@ def stats(requests: int) -> list[pb.VersionStats]:
 
 def writer_for(api: FakeApi, limits: GatewayLimits = FAST, heartbeat_s: float = 3600,
                writes: TokenBucket | None = None, entry: DeviceEntry | None = None,
-               refused: list[Refusal] | None = None) -> DeviceStatusWriter:
+               refused: list[Refusal] | None = None,
+               last_seen_s: float | None = None) -> DeviceStatusWriter:
     async def tell(refusal: Refusal) -> None:
         assert refused is not None
         refused.append(refusal)
 
     return DeviceStatusWriter(api, entry or DeviceEntry("fleet", "cam-1", "cam-1-token"),  # type: ignore[arg-type]
-                              heartbeat_s, writes, gateway="gw-0", limits=limits,
-                              refused=tell)
+                              heartbeat_s, writes, last_seen_write_s=last_seen_s,
+                              gateway="gw-0", limits=limits, refused=tell)
 
 
 def ops(patch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -271,6 +285,25 @@ def test_quiet_heartbeats_refresh_last_seen_and_statistics_once_per_interval() -
     assert beats[0]["inference"][0]["requests"] == 4  # statistics ride on the first
     assert all("models" not in beat and "inference" not in beat for beat in beats[1:])
     assert all(beat["phase"] == "Online" and beat["modelCount"] == 1 for beat in beats)
+
+
+def test_a_quiet_device_costs_no_write_until_its_last_seen_is_due() -> None:
+    api = FakeApi()
+    writer = writer_for(api, heartbeat_s=0.2, last_seen_s=3600)
+
+    async def scenario() -> None:
+        await writer.hello(pb.Capabilities(), held(pb.ModelState.READY))
+        writer.start()
+        for requests in (4, 4, 4, 4, 4, 4, 9, 9, 9, 9, 9, 9):  # figures move once
+            writer.report("heartbeat", held(pb.ModelState.READY), stats(requests))
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)
+        await writer.stop()
+
+    asyncio.run(scenario())
+    beats = [ops(patch) for patch in api.applied()[1:]]
+    # The figures as they first came and as they moved: two writes in 1.5 s, not seven.
+    assert [beat["inference"][0]["requests"] for beat in beats] == [4, 9]
 
 
 def test_an_api_error_is_retried_with_backoff_and_loses_nothing_due() -> None:

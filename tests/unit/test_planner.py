@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -167,17 +168,26 @@ def test_condition_transition_time_moves_only_when_status_changes() -> None:
     assert len(flipped) == 1
 
 
-def test_device_phase_needs_a_session_and_a_fresh_last_seen() -> None:
-    grace = timedelta(seconds=90)
-    assert planner.device_phase(None, False, NOW, grace) == "Pending"
-    assert planner.device_phase(NOW - timedelta(seconds=90), True, NOW, grace) == "Online"
-    # Its gateway vanished without a word: silence past the grace.
-    assert planner.device_phase(NOW - timedelta(seconds=91), True, NOW, grace) == "Offline"
-    # Its session ended: at once.
-    assert planner.device_phase(NOW, False, NOW, grace) == "Offline"
-    assert planner.seconds_until_phase_change(NOW - timedelta(seconds=30), NOW, grace) == 60
-    assert planner.seconds_until_phase_change(NOW - timedelta(seconds=91), NOW, grace) is None
-    assert planner.seconds_until_phase_change(None, NOW, grace) is None
+def test_device_phase_needs_a_session_its_gateway_keeps_alive() -> None:
+    assert planner.device_phase(None, False) == "Pending"
+    assert planner.device_phase(NOW - timedelta(hours=1), True) == "Online"
+    # Its session ended, or its gateway is gone: however fresh lastSeen is.
+    assert planner.device_phase(NOW, False) == "Offline"
+
+
+@dataclass
+class Gateways:
+    """Gateway replicas as the controller knows them: alive since when, last renewal."""
+
+    started: dict[str, datetime]
+    renewed: dict[str, datetime]
+
+    def alive(self, replica: str, session_since: datetime | None) -> bool:
+        started = self.started.get(replica)
+        return started is not None and (session_since is None or session_since >= started)
+
+    def last_alive(self, replica: str) -> datetime | None:
+        return self.renewed.get(replica)
 
 
 def test_devices_holding_a_model_are_listed_for_withdrawal() -> None:
@@ -255,35 +265,53 @@ def test_long_condition_messages_are_cut_to_what_the_crd_allows() -> None:
 
 
 def test_the_controller_writes_only_what_is_due_of_a_device() -> None:
-    grace = timedelta(seconds=150)
+    began = NOW - timedelta(hours=2)
+    gateways = Gateways(started={"gateway-a": began}, renewed={"gateway-a": NOW})
 
     def due(approved: bool = True, revoked: bool = False,
             **status: object) -> planner.DeviceStatusDue:
         return planner.device_status_due(approved=approved, revoked=revoked, status=status,
-                                         now=NOW, grace=grace)
+                                         gateways=gateways)
 
-    fresh = (NOW - timedelta(seconds=30)).isoformat()
-    session = {"gateway": "gateway-a", "session": "0123abcd", "since": fresh}
+    seen = (NOW - timedelta(minutes=4)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    since = (NOW - timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    session = {"gateway": "gateway-a", "session": "0123abcd", "since": since}
     # Never seen: Pending, with a count for the printer column.
     assert due().patch == {"phase": "Pending", "modelCount": 0}
-    # The gateway wrote Online and holds the session: nothing, until the grace runs out.
-    online = due(phase="Online", lastSeen=fresh, connection=session, modelCount=1)
-    assert online.patch == {} and online.recheck_after_s == 120
-    # The gateway vanished: lastSeen older than the grace.
-    stale = (NOW - timedelta(seconds=151)).isoformat()
-    assert due(phase="Online", lastSeen=stale, connection=session, modelCount=1).patch == {
+    # The gateway wrote Online, holds the session and renews its Lease: nothing to write,
+    # however old lastSeen is.
+    assert due(phase="Online", lastSeen=seen, connection=session, modelCount=1).patch == {}
+    # A session the same replica name held in an earlier process: over, and when that
+    # process was last alive is not known.
+    earlier = {**session, "since": (began - timedelta(seconds=1)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")}
+    assert due(phase="Online", lastSeen=seen, connection=earlier, modelCount=1).patch == {
         "phase": "Offline"}
-    # A session's end the gateway wrote is not undone, however fresh lastSeen is.
-    assert due(phase="Offline", lastSeen=fresh, modelCount=1).patch == {}
+    # The gateway is gone (its Lease expired): Offline, last seen when it last renewed.
+    gateways.started.clear()
+    gone = due(phase="Online", lastSeen=seen, connection=session, modelCount=1)
+    assert gone.patch == {"phase": "Offline", "lastSeen": NOW.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    assert gone.phase == "Offline"
+    # Once written, nothing more; a gateway never known: Offline, lastSeen as it is.
+    now_seen = NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert due(phase="Offline", lastSeen=now_seen, connection=session, modelCount=1).patch == {}
+    assert due(phase="Online", lastSeen=seen, modelCount=1,
+               connection={**session, "gateway": "gateway-z"}).patch == {"phase": "Offline"}
+    gateways.started["gateway-a"] = began
+    # A session's end the gateway wrote is not undone while its gateway lives.
+    assert due(phase="Offline", lastSeen=seen, modelCount=1).patch == {}
     # Waiting for approval: Pending whatever it reports.
-    assert due(approved=False, phase="Online", lastSeen=fresh, connection=session,
+    assert due(approved=False, phase="Online", lastSeen=seen, connection=session,
                modelCount=0).patch == {"phase": "Pending"}
     # Revoked: the certificate's state says so, once.
     identity = {"state": "Enrolled", "serial": "ab"}
-    assert due(revoked=True, phase="Offline", lastSeen=fresh, modelCount=0,
+    assert due(revoked=True, phase="Offline", lastSeen=seen, modelCount=0,
                identity=identity).patch == {"identity": {"state": "Revoked", "serial": "ab"}}
-    assert due(revoked=True, phase="Offline", lastSeen=fresh, modelCount=0,
+    assert due(revoked=True, phase="Offline", lastSeen=seen, modelCount=0,
                identity={"state": "Revoked"}).patch == {}
+    # A malformed time is no time: the device was never seen.
+    assert due(phase="Online", lastSeen="yesterday", connection=session,
+               modelCount=1).patch == {"phase": "Pending"}
 
 
 def test_a_gateway_serves_the_stable_version_from_its_recorded_source_after_the_spec_moved(

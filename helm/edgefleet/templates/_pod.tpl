@@ -14,7 +14,7 @@ remote-write URL (a controller holds no device session, so it has no samples to 
 - {name: EDGEFLEET_GRPC_PORT, value: {{ $gw.port | quote }}}
 - {name: EDGEFLEET_METRICS_PORT, value: {{ $v.metrics.port | quote }}}
 - {name: EDGEFLEET_HEARTBEAT_WRITE_SECONDS, value: {{ $gw.heartbeatWriteSeconds | quote }}}
-- {name: EDGEFLEET_DEVICE_OFFLINE_AFTER_SECONDS, value: {{ $v.deviceOfflineAfterSeconds | quote }}}
+- {name: EDGEFLEET_LAST_SEEN_WRITE_SECONDS, value: {{ $gw.lastSeenWriteSeconds | quote }}}
 - {name: EDGEFLEET_ARTIFACT_CACHE_DIR, value: /var/cache/edgefleet}
 - {name: EDGEFLEET_ARTIFACT_MAX_BYTES, value: {{ $v.artifacts.maxBytes | int64 | quote }}}
 {{- if .remoteWrite }}
