@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import re
 import time
@@ -53,11 +54,14 @@ HANDOVER_S = 180
 
 
 def lease_name(replica: str) -> str:
-    """A DNS-subdomain name for the replica's Lease (a host name may hold characters a
-    name may not); the replica itself (a pod's name: one per namespace) is the Lease's
-    holderIdentity, kept as it is."""
-    name = "edgefleet-gateway-" + re.sub(r"[^a-z0-9.-]", "-", replica.lower())
-    return name[:253].rstrip("-.")
+    """A DNS-subdomain name for the replica's Lease; the replica itself (a pod's name:
+    one per namespace) is the Lease's holderIdentity, kept as it is. A name that had to
+    change (a host name may hold characters a Lease's name may not) ends in a hash of
+    the replica's, so that two replicas never share a Lease."""
+    safe = re.sub(r"[^a-z0-9.-]", "-", replica)[:200].strip("-.")
+    if safe != replica:
+        safe = f"{safe}-{hashlib.sha256(replica.encode()).hexdigest()[:10]}".lstrip("-.")
+    return f"edgefleet-gateway-{safe}"
 
 
 def micro_time(moment: datetime) -> str:

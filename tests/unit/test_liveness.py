@@ -40,9 +40,12 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 
 def test_a_lease_name_is_a_dns_subdomain_whatever_the_host_is_called() -> None:
-    name = liveness.lease_name("Edge_Gateway.Plant-7-4711" + "x" * 300)
-    assert re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", name) and len(name) <= 253
+    for replica in ("Edge_Gateway.Plant-7-4711" + "x" * 300, "_", "gw_1", "GW-1"):
+        name = liveness.lease_name(replica)
+        assert re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", name) and len(name) <= 253
     assert liveness.lease_name("gw-0") == "edgefleet-gateway-gw-0"
+    # Names that had to change stay apart.
+    assert len({liveness.lease_name(r) for r in ("gw_1", "gw-1", "GW-1", "gw.1")}) == 4
 
 
 class Listing:
