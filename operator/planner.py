@@ -14,7 +14,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol
 
 from edgefleet.operator import analysis, rollout
@@ -381,11 +381,13 @@ def invalid_model_status(
 
 
 def _time(value: object) -> datetime | None:
-    """A time the status holds (the schema checks its format); None if none."""
+    """A time the status holds (the schema checks its format; one without a zone is
+    UTC); None if none."""
     try:
-        return datetime.fromisoformat(value) if isinstance(value, str) and value else None
+        moment = datetime.fromisoformat(value) if isinstance(value, str) and value else None
     except ValueError:
         return None
+    return moment.replace(tzinfo=UTC) if moment and moment.tzinfo is None else moment
 
 
 class GatewayStanding(Protocol):

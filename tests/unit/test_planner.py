@@ -291,6 +291,9 @@ def test_the_controller_writes_only_what_is_due_of_a_device() -> None:
     gateways.started.clear()
     gone = due(phase="Online", lastSeen=seen, connection=session, modelCount=1)
     assert gone.patch == {"phase": "Offline", "lastSeen": NOW.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    # A time without a zone is UTC.
+    assert due(phase="Online", lastSeen=seen.rstrip("Z"), connection=session,
+               modelCount=1).patch == gone.patch
     assert gone.phase == "Offline"
     # Once written, nothing more; a gateway never known: Offline, lastSeen as it is.
     now_seen = NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
