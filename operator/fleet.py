@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
-from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
@@ -26,11 +25,7 @@ from edgefleet.operator.resources import (
     EdgeModelStatus,
     VersionInference,
 )
-from edgefleet.operator.views import DeviceView, ModelView, ReportedModel
-
-
-def parse_time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
+from edgefleet.operator.views import DeviceView, ModelView, ReportedModel, parse_time
 
 
 def approved(spec: Mapping[str, Any], annotations: Mapping[str, str]) -> bool:

@@ -38,7 +38,6 @@ from edgefleet.operator.fleet import (
     device_view,
     model_key,
     model_view,
-    parse_time,
 )
 from edgefleet.operator.gateway.directory import DeviceAccess, DeviceDirectory
 from edgefleet.operator.kubeapi import API_ERRORS
@@ -53,7 +52,7 @@ from edgefleet.operator.resources import (
     describe_validation_error,
 )
 from edgefleet.operator.settings import OperatorSettings, Role
-from edgefleet.operator.views import ArtifactCheck, DeviceView, ModelView
+from edgefleet.operator.views import ArtifactCheck, DeviceView, ModelView, parse_time
 from edgefleet.operator.watches import Body
 
 MODELS = "edgemodels"

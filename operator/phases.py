@@ -171,7 +171,4 @@ class DevicePhases:
 
 
 def gateway_of(facts: DeviceFacts | None) -> str | None:
-    """The gateway replica the device's status says holds its session."""
-    connection = facts.status.get("connection") if facts else None
-    gateway = connection.get("gateway") if isinstance(connection, Mapping) else None
-    return gateway if isinstance(gateway, str) else None
+    return planner.session_gateway(facts.status) if facts else None

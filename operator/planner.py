@@ -14,7 +14,7 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
 from edgefleet.operator import analysis, rollout
@@ -35,7 +35,7 @@ from edgefleet.operator.resources import (
     RuntimeSettings,
     TrafficSummary,
 )
-from edgefleet.operator.views import ArtifactCheck, DeviceView, ModelView
+from edgefleet.operator.views import ArtifactCheck, DeviceView, ModelView, parse_time
 
 READY = "Ready"
 ARTIFACT_READY = "ArtifactReady"
@@ -380,16 +380,6 @@ def invalid_model_status(
 # ---------------------------------------------------------------- EdgeDevice phase
 
 
-def _time(value: object) -> datetime | None:
-    """A time the status holds (the schema checks its format; one without a zone is
-    UTC); None if none."""
-    try:
-        moment = datetime.fromisoformat(value) if isinstance(value, str) and value else None
-    except ValueError:
-        return None
-    return moment.replace(tzinfo=UTC) if moment and moment.tzinfo is None else moment
-
-
 class GatewayStanding(Protocol):
     """What the controller knows of the gateway replicas (liveness.GatewayLeases)."""
 
@@ -398,13 +388,20 @@ class GatewayStanding(Protocol):
     def last_alive(self, replica: str) -> datetime | None: ...
 
 
+def session_gateway(status: Mapping[str, object]) -> str | None:
+    """The gateway replica the status says holds the device's session (its connection)."""
+    connection = status.get("connection")
+    gateway = connection.get("gateway") if isinstance(connection, Mapping) else None
+    return gateway if isinstance(gateway, str) else None
+
+
 def session_alive(status: Mapping[str, object], gateways: GatewayStanding) -> bool:
     """A gateway holds the device's session (status.connection) and is alive, as the
     same process that began the session."""
+    gateway = session_gateway(status)
     connection = status.get("connection")
-    if not isinstance(connection, Mapping) or not isinstance(connection.get("gateway"), str):
-        return False
-    return gateways.alive(connection["gateway"], _time(connection.get("since")))
+    since = parse_time(connection.get("since")) if isinstance(connection, Mapping) else None
+    return gateway is not None and gateways.alive(gateway, since)
 
 
 def device_phase(last_seen: datetime | None, alive: bool) -> DevicePhase:
@@ -432,14 +429,13 @@ def device_status_due(*, approved: bool, revoked: bool, status: Mapping[str, obj
     the gateway died, lastSeen becomes its last renewal, if later), an initial
     modelCount, and
     `identity.state: Revoked` for a revoked device's certificate."""
-    last_seen = _time(status.get("lastSeen"))
+    last_seen = parse_time(status.get("lastSeen"))
     alive = session_alive(status, gateways)
     phase = device_phase(last_seen, alive) if approved else "Pending"
     patch: dict[str, object] = {}
     if status.get("phase") != phase:
         patch["phase"] = phase
-    connection = status.get("connection")
-    gateway = str(connection.get("gateway")) if isinstance(connection, Mapping) else ""
+    gateway = session_gateway(status)
     if phase == "Offline" and gateway and last_seen and not gateways.alive(gateway, None):
         # Its gateway died: the session was last known alive at its last renewal.
         last_alive = gateways.last_alive(gateway)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from edgefleet.operator.analysis import TrafficStats
 from edgefleet.operator.resources import DevicePhase, EdgeModelSpec, EdgeModelStatus
@@ -62,3 +62,13 @@ class ModelView:
     # Its status as last written (what devices serve follows from it); empty until then.
     status: EdgeModelStatus = field(default_factory=EdgeModelStatus)
     deleting: bool = False
+
+
+def parse_time(value: object) -> datetime | None:
+    """A time an object holds (the schema checks its format; one without a zone is
+    UTC); None if none or malformed."""
+    try:
+        moment = datetime.fromisoformat(value) if isinstance(value, str) and value else None
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment and moment.tzinfo is None else moment
