@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from edgefleet.edge_runtime import telemetry
 from edgefleet.edge_runtime.engine import Engine
 from edgefleet.edge_runtime.errors import InferenceError
+from edgefleet.edge_runtime.health import HealthProbe, HealthSample
 from edgefleet.edge_runtime.identity import TARGET_OPTIONS, DeviceIdentity, IdentityError
 from edgefleet.edge_runtime.metrics_buffer import MetricsBuffer, sample_registry
 from edgefleet.edge_runtime.settings import RunSettings
@@ -35,6 +36,7 @@ from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 
 logger = logging.getLogger(__name__)
 SERVICE = "/edgefleet.v1.FleetGateway"
+RUNTIME_VERSION = package_version("edgefleet")
 State = pb.ModelState.State
 
 
@@ -55,6 +57,17 @@ def stats_message(model: str, version: str, stats: VersionStats) -> pb.VersionSt
         model=model, version=version, requests=stats.requests, errors=stats.errors,
         latency_bounds_seconds=LATENCY_BOUNDS_S, latency_counts=stats.latency_counts,
         top_class_counts=stats.top_class_counts.tolist() if stats.classifies else [])
+
+
+def health_message(sample: HealthSample, restarts: int) -> pb.Health:
+    """A health sample as the heartbeat carries it; the clock reading is taken now."""
+    figures = {name: getattr(sample, name) for name in (
+        "cpu_percent", "cpu_throttled_percent", "memory_available_bytes",
+        "memory_total_bytes", "disk_free_bytes", "disk_total_bytes", "temperature_celsius",
+        "uptime_seconds")}
+    return pb.Health(**{name: value for name, value in figures.items() if value is not None},
+                     restarts=restarts, os=platform.system(), kernel=platform.release(),
+                     time_ms=int(time.time() * 1000))
 
 
 def capabilities() -> pb.Capabilities:
@@ -95,6 +108,10 @@ class CloudAgent:
         self._apply_task: asyncio.Task[None] | None = None
         self._channel: grpc.aio.Channel | None = None
         self.identity = DeviceIdentity(settings)
+        self.health = HealthProbe(settings.data_dir, procfs=settings.procfs_path,
+                                  sysfs=settings.sysfs_path)
+        self._health_sample = self.health.sample()  # a first reading: CPU needs two
+        telemetry.HEALTH.sample = self._health_sample
         self._token = (settings.token_file.read_text().strip()
                        if settings.insecure_plaintext and settings.token_file else "")
         telemetry.CLOUD_INSECURE.set(1 if settings.insecure_plaintext else 0)
@@ -102,7 +119,12 @@ class CloudAgent:
     # ------------------------------------------------------------ start-up
 
     async def start(self) -> None:
-        """Serves the last-known-good models from the store: no cloud needed."""
+        """Serves the last-known-good models from the store: no cloud needed. Counts
+        the start (health reports restarts)."""
+        self.state.starts += 1
+        await asyncio.to_thread(self._save_state)
+        telemetry.RESTARTS.set(self.state.starts - 1)
+        telemetry.RUNTIME_INFO.labels(RUNTIME_VERSION).set(1)
         if self.settings.insecure_plaintext:
             logger.warning(
                 "--insecure-plaintext: the gateway session is plaintext, the bootstrap token "
@@ -141,12 +163,25 @@ class CloudAgent:
     async def run(self) -> None:
         """Connects, and reconnects with jittered exponential backoff, forever; samples
         the metrics meanwhile, whether the cloud is there or not."""
-        sampler = asyncio.create_task(self._sample_metrics()) if self.metrics else None
+        samplers = [asyncio.create_task(self._sample_health())]
+        if self.metrics:
+            samplers.append(asyncio.create_task(self._sample_metrics()))
         try:
             await self._connect_forever()
         finally:
-            if sampler:
+            for sampler in samplers:
                 sampler.cancel()
+
+    async def _sample_health(self) -> None:
+        """Reads the device's health every heartbeat interval, connected or not (the
+        metrics show it while the cloud is away; a heartbeat sends the latest)."""
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+            self._health_sample = self.health.sample()  # a few small files: no thread hop
+            telemetry.HEALTH.sample = self._health_sample
+
+    def _health(self) -> pb.Health:
+        return health_message(self._health_sample, self.state.starts - 1)
 
     async def _sample_metrics(self) -> None:
         assert self.metrics is not None
@@ -224,8 +259,8 @@ class CloudAgent:
         call = connect(metadata=self._metadata())
         await call.write(pb.DeviceMessage(hello=pb.Hello(
             capabilities=capabilities(), models=self.models.values(),
-            applied_revision=self.state.revision,
-            runtime_version=package_version("edgefleet"))))
+            applied_revision=self.state.revision, runtime_version=RUNTIME_VERSION,
+            health=self._health())))
         # The session lasts while both directions do: a sender that fails ends it too,
         # and the next session starts afresh.
         outbox: asyncio.Queue[pb.DeviceMessage] = asyncio.Queue()
@@ -333,7 +368,7 @@ class CloudAgent:
                     stats=self._stats())))
             elif time.monotonic() >= heartbeat_due:
                 await call.write(pb.DeviceMessage(heartbeat=pb.Heartbeat(
-                    models=self.models.values(), stats=self._stats())))
+                    models=self.models.values(), stats=self._stats(), health=self._health())))
             else:
                 continue
             heartbeat_due = time.monotonic() + self.settings.heartbeat_seconds
@@ -470,6 +505,11 @@ class CloudAgent:
             response_deserializer=pb.ArtifactChunk.FromString)
         offset = self.store.partial_size(model.digest)
         total = model.size_bytes
+        free = await asyncio.to_thread(self.store.free_bytes)
+        if total - offset > free:  # said now, not as a failed write halfway through
+            raise InferenceError.unavailable(
+                f"not enough disk for the artifact: {total - offset} more bytes needed, "
+                f"{free} free in {self.settings.data_dir}")
         self._set(model.name, model.version, model.digest, State.DOWNLOADING, "", offset, total)
         reported_at = time.monotonic()
         try:

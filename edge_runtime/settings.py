@@ -127,7 +127,16 @@ class RunSettings(ServingSettings):
     enrolment_address: str | None = Field(
         default=None, description="HOST:PORT of the gateway's enrolment port (default: "
                                   "--cloud's host, port 50052)")
-    heartbeat_seconds: float = Field(default=10.0, gt=0)
+    heartbeat_seconds: float = Field(
+        default=10.0, gt=0,
+        description="how often the device's health is read and a heartbeat sent")
+    procfs_path: Path = Field(
+        default=Path("/proc"),
+        description="where procfs is mounted: memory, CPU and uptime are read there (a "
+                    "container that mounts the host's at /host/proc reports the host)")
+    sysfs_path: Path = Field(
+        default=Path("/sys"),
+        description="where sysfs is mounted: thermal zones and cgroup limits are read there")
     backoff_base_seconds: float = Field(default=0.5, gt=0)
     backoff_max_seconds: float = Field(default=30.0, gt=0)
     gc_grace_seconds: float = Field(default=600.0, ge=0,

@@ -86,6 +86,7 @@ class DeviceState:
     desired: list[StoredModel] = field(default_factory=list)
     # What served last: loaded again at start, with no cloud needed.
     last_known_good: list[StoredModel] = field(default_factory=list)
+    starts: int = 0  # of the runtime on this data dir (its health reports restarts)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -142,6 +143,11 @@ class Store:
         except OSError:
             return 0
 
+    def free_bytes(self) -> int:
+        """Bytes free for the runtime on the data dir's filesystem."""
+        stats = os.statvfs(self.root)
+        return stats.f_bavail * stats.f_frsize
+
     def complete(self, digest: str) -> Path:
         """Verifies the finished download and moves it into the store; a mismatch deletes
         it (the next attempt starts from zero) and raises."""
@@ -193,7 +199,8 @@ class Store:
             document = _StateDocument.model_validate_json(text)
         except ValidationError as error:
             return self._set_aside(problems(error))
-        return DeviceState(document.revision, document.desired, document.last_known_good)
+        return DeviceState(document.revision, document.desired, document.last_known_good,
+                           document.starts)
 
     def _set_aside(self, reason: str) -> DeviceState:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
@@ -213,6 +220,7 @@ class Store:
             "version": STATE_VERSION, "revision": state.revision,
             "desired": [asdict(m) for m in state.desired],
             "lastKnownGood": [asdict(m) for m in state.last_known_good],
+            "starts": state.starts,
         }
         write_atomically(self.state_path, json.dumps(document, indent=1).encode())
 
@@ -225,6 +233,7 @@ class _StateDocument(BaseModel):
     revision: str
     desired: list[StoredModel]
     last_known_good: list[StoredModel] = Field(alias="lastKnownGood")
+    starts: int = Field(default=0, ge=0)  # absent from files of older runtimes
 
 
 def problems(error: ValidationError) -> str:

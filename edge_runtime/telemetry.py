@@ -3,10 +3,14 @@ come from what is loaded (requests for unknown models count under model="")."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
+from edgefleet.edge_runtime.health import HealthSample
 from edgefleet.edge_runtime.stats import LATENCY_BOUNDS_S
 
 LATENCY_BUCKETS = LATENCY_BOUNDS_S
@@ -49,6 +53,52 @@ CLOUD_INSECURE = Gauge("edgefleet_edge_cloud_insecure",
 ASSIGNMENTS_REFUSED = Counter("edgefleet_edge_assignments_refused",
                               "Model assignments refused because their signature does not "
                               "verify with the pinned signing key, by reason", ["reason"])
+
+RUNTIME_INFO = Gauge("edgefleet_edge_runtime_info", "1, labelled with the runtime's version",
+                     ["version"])
+RESTARTS = Gauge("edgefleet_edge_restarts", "Runtime starts on this data dir before this one")
+
+
+class HealthCollector(Collector):
+    """The device itself, as health.HealthProbe last read it: a figure it could not read
+    is absent, never a zero that reads as a fact."""
+
+    def __init__(self) -> None:
+        self.sample: HealthSample | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        sample = self.sample
+        if sample is None:
+            return
+        for name, help_text, value in (
+            ("edgefleet_device_cpu_usage_ratio",
+             "CPU used since the last sample, of what the runtime may use (0..1)",
+             None if sample.cpu_percent is None else sample.cpu_percent / 100),
+            ("edgefleet_device_cpu_throttled_ratio",
+             "Share of CPU quota periods throttled since the last sample (0..1)",
+             None if sample.cpu_throttled_percent is None
+             else sample.cpu_throttled_percent / 100),
+            ("edgefleet_device_memory_available_bytes",
+             "Memory available (of the container's limit, where it has one)",
+             sample.memory_available_bytes),
+            ("edgefleet_device_memory_total_bytes",
+             "Memory in all (the container's limit, where it has one)",
+             sample.memory_total_bytes),
+            ("edgefleet_device_disk_free_bytes", "Free on the data directory's disk",
+             sample.disk_free_bytes),
+            ("edgefleet_device_disk_total_bytes", "Size of the data directory's disk",
+             sample.disk_total_bytes),
+            ("edgefleet_device_temperature_celsius", "The hottest thermal zone",
+             sample.temperature_celsius),
+            ("edgefleet_device_uptime_seconds", "Seconds since the host booted",
+             sample.uptime_seconds),
+        ):
+            if value is not None:
+                yield GaugeMetricFamily(name, help_text, value=value)
+
+
+HEALTH = HealthCollector()
+REGISTRY.register(HEALTH)
 
 
 def set_identity_state(state: str) -> None:

@@ -27,6 +27,7 @@ from kubernetes import client
 from edgefleet.operator import credentials, handlers, kubeapi, liveness, metrics
 from edgefleet.operator.artifact_sources import SourcePolicy
 from edgefleet.operator.artifacts import ArtifactCache
+from edgefleet.operator.device_health import HealthThresholds
 from edgefleet.operator.fleet import FleetChanges, FleetIndex
 from edgefleet.operator.gateway.directory import DeviceDirectory
 from edgefleet.operator.gateway.remote_write import RemoteWriter
@@ -83,7 +84,8 @@ async def run(settings: OperatorSettings) -> int:
         mirror=(handlers.ArtifactMirror(artifacts, client.CoreV1Api(api_client),
                                         spec_sources=settings.role == "gateway")
                 if serves_devices else None),
-        phases=(DevicePhases(client.CustomObjectsApi(api_client), gateways)
+        phases=(DevicePhases(client.CustomObjectsApi(api_client), gateways,
+                             client.CoreV1Api(api_client))
                 if gateways else None),
     )
     gateway = None
@@ -215,7 +217,12 @@ async def start_gateway(settings: OperatorSettings, api_client: client.ApiClient
         directory, artifacts, api_client, settings.heartbeat_write_seconds,
         credentials=device_credentials, keystore=keystore,
         device_cert_validity=settings.device_cert_validity, remote_writer=remote_writer,
-        replica=settings.identity, last_seen_write_s=settings.last_seen_write_seconds)
+        replica=settings.identity, last_seen_write_s=settings.last_seen_write_seconds,
+        thresholds=HealthThresholds(
+            memory_available_percent=settings.memory_pressure_percent,
+            disk_free_percent=settings.disk_pressure_percent,
+            temperature_celsius=settings.overheating_celsius,
+            clock_offset_seconds=settings.clock_skew_seconds))
     lease = GatewayLease(
         client.CustomObjectsApi(api_client), namespace=settings.lease_namespace,
         name=liveness.lease_name(settings.identity),

@@ -40,7 +40,7 @@ class ResourceKind:
     short_name: str
     spec: type[BaseModel]
     status: type[BaseModel]
-    printer_columns: list[dict[str, str]]
+    printer_columns: list[dict[str, str | int]]
 
     @property
     def file_name(self) -> str:
@@ -69,11 +69,17 @@ KINDS = (
         spec=EdgeDeviceSpec, status=EdgeDeviceStatus,
         printer_columns=[
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Health", "type": "string", "jsonPath": ".status.healthSummary",
+             "description": "the health conditions that are True, or Healthy"},
             {"name": "Models", "type": "integer", "jsonPath": ".status.modelCount"},
             {"name": "Last-Seen", "type": "date", "jsonPath": ".status.lastSeen"},
             # A string: kubectl prints a date column in the future as "<invalid>".
             {"name": "Cert-Expires", "type": "string", "jsonPath": ".status.identity.notAfter",
              "description": "when the device's client certificate expires"},
+            {"name": "Runtime", "type": "string", "jsonPath": ".status.health.runtimeVersion",
+             "description": "the edge runtime's version"},
+            {"name": "Disk-Free", "type": "integer", "jsonPath": ".status.health.diskFreeBytes",
+             "priority": 1, "description": "bytes free on the data directory's disk"},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
     ),

@@ -176,9 +176,12 @@ def device_changed(memo: OperatorMemo, namespace: str, name: str, body: Body | N
     if memo.phases:
         memo.phases.observe(namespace, name, DeviceFacts(
             approved=may_serve, revoked=bool(spec.get("revoked")),
-            status={key: status[key] for key in DeviceFacts.READS if key in status}))
+            status={key: status[key] for key in DeviceFacts.READS if key in status},
+            generation=metadata.get("generation"), uid=str(metadata.get("uid", ""))))
     if memo.directory is None:  # the controller serves no devices
         return
+    if entry := memo.directory.get(namespace, name):
+        entry.conditions = list(status.get("conditions") or [])
     identity = status.get("identity") or {}
     link = DeviceLink(
         secret_name=(spec.get("bootstrapTokenSecretRef") or {}).get("name", ""),

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from edgefleet.operator.resources import API_VERSION
+
+logger = logging.getLogger(__name__)
 # An answer that is an error (ApiException) or no answer at all (HTTPError).
 API_ERRORS = (ApiException, HTTPError)
 DEFAULT_CONCURRENCY = 16
@@ -55,3 +60,22 @@ def drop_queued() -> None:
     not hold its Lease, nor keep its successor waiting, while it works off a backlog
     of status writes that the next process redoes from what it watches."""
     _pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def post_device_event(core: client.CoreV1Api, *, namespace: str, name: str, uid: str,
+                            reason: str, message: str, kind: Literal["Normal", "Warning"],
+                            component: str) -> None:
+    """An Event about an EdgeDevice; one the API server refuses is logged, not raised
+    (an Event is never worth a retry that delays the work it tells of)."""
+    now = datetime.now(UTC)
+    event = client.CoreV1Event(
+        metadata=client.V1ObjectMeta(generate_name=f"{name}."),
+        involved_object=client.V1ObjectReference(
+            api_version=API_VERSION, kind="EdgeDevice", name=name, namespace=namespace,
+            uid=uid or None),
+        reason=reason, message=message[:1024], type=kind, count=1, first_timestamp=now,
+        last_timestamp=now, source=client.V1EventSource(component=component))
+    try:
+        await call(core.create_namespaced_event, namespace, event)
+    except API_ERRORS as error:
+        logger.warning("device=%s/%s: cannot post Event %s: %s", namespace, name, reason, error)

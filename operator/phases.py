@@ -13,6 +13,7 @@ costs no write at all.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -22,7 +23,7 @@ from typing import Any, ClassVar, Protocol
 
 from kubernetes import client
 
-from edgefleet.operator import kubeapi, metrics, planner
+from edgefleet.operator import device_health, kubeapi, metrics, planner
 from edgefleet.operator.kubeapi import API_ERRORS
 from edgefleet.operator.resources import GROUP, VERSION
 
@@ -37,11 +38,14 @@ class DeviceFacts:
     """What the controller's decision reads of one EdgeDevice, as last watched."""
 
     READS: ClassVar[tuple[str, ...]] = ("phase", "lastSeen", "connection", "modelCount",
-                                        "identity")  # of its status
+                                        "identity", "conditions",
+                                        "observedGeneration")  # of its status
 
     approved: bool
     revoked: bool
     status: Mapping[str, Any]
+    generation: int | None = None
+    uid: str = ""
 
 
 class Gateways(planner.GatewayStanding, Protocol):
@@ -58,8 +62,11 @@ class DevicePhases:
     """Every device's controller-written status, from its watch events and its gateway's
     standing (`gateway_changed`)."""
 
-    def __init__(self, api: client.CustomObjectsApi, gateways: Gateways) -> None:
+    def __init__(self, api: client.CustomObjectsApi, gateways: Gateways,
+                 core: client.CoreV1Api | None = None) -> None:
+        """`core`: for the Events of devices turned Offline (none without it)."""
         self._api = api
+        self._core = core
         self._gateways = gateways
         self._facts: dict[Key, DeviceFacts] = {}
         self._by_gateway: dict[str, set[Key]] = defaultdict(set)  # replica -> its devices
@@ -102,7 +109,8 @@ class DevicePhases:
         if facts is None:
             return None
         return planner.device_status_due(approved=facts.approved, revoked=facts.revoked,
-                                         status=facts.status, gateways=self._gateways)
+                                         status=facts.status, gateways=self._gateways,
+                                         generation=facts.generation)
 
     def _decide(self, key: Key) -> None:
         """Queues the device for a write if anything is due, once its gateway's Lease
@@ -163,8 +171,17 @@ class DevicePhases:
             metrics.RECONCILE_SECONDS.labels("EdgeDevice").observe(time.perf_counter() - started)
             facts = self._facts.get(key)
             if facts is not None:  # until the watch brings it back: written, not due again
-                self._facts[key] = DeviceFacts(facts.approved, facts.revoked,
-                                               {**facts.status, **due.patch})
+                self._facts[key] = dataclasses.replace(facts,
+                                                       status={**facts.status, **due.patch})
+            if self._core is not None:
+                for transition in due.transitions:
+                    await kubeapi.post_device_event(
+                        self._core, namespace=key[0], name=key[1],
+                        uid=facts.uid if facts else "",
+                        reason=device_health.event_reason(transition),
+                        message=device_health.event_message(key[1], transition, None),
+                        kind="Warning" if transition.bad else "Normal",
+                        component="edgefleet-operator")
             log.info("status resource=EdgeDevice namespace=%s name=%s %s", key[0], key[1],
                      " ".join(f"{field}={value}" if field != "identity" else "identity=Revoked"
                               for field, value in due.patch.items()))

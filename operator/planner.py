@@ -14,10 +14,10 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol
 
-from edgefleet.operator import analysis, rollout
+from edgefleet.operator import analysis, device_health, rollout
 from edgefleet.operator.analysis import TrafficStats
 from edgefleet.operator.resources import (
     AnalysisStatus,
@@ -414,21 +414,28 @@ def device_phase(last_seen: datetime | None, alive: bool) -> DevicePhase:
 
 @dataclass(frozen=True)
 class DeviceStatusDue:
-    """What the controller should write of a device's status now (empty: nothing), and
-    the phase that makes."""
+    """What the controller should write of a device's status now (empty: nothing), the
+    phase that makes, and the condition transitions it writes (for Events)."""
 
     patch: Mapping[str, object]
     phase: DevicePhase
+    transitions: tuple[device_health.Transition, ...] = ()
+
+
+GATEWAY_LOST = ("GatewayLost", "the gateway replica that held its session stopped renewing "
+                "its Lease")
+NO_SESSION = ("Disconnected", "no fleet gateway holds a session with it")
 
 
 def device_status_due(*, approved: bool, revoked: bool, status: Mapping[str, object],
-                      gateways: GatewayStanding) -> DeviceStatusDue:
+                      gateways: GatewayStanding, generation: int | None = None,
+                      now: datetime | None = None) -> DeviceStatusDue:
     """The controller's part of an EdgeDevice's status (the gateway holding its session
     writes the rest): `Pending` until an approved device is first seen, `Offline` once
     no session holds it or the gateway process that began its session is gone (when
-    the gateway died, lastSeen becomes its last renewal, if later), an initial
-    modelCount, and
-    `identity.state: Revoked` for a revoked device's certificate."""
+    the gateway died, lastSeen becomes its last renewal, if later), with its Ready
+    condition False; an initial modelCount; `identity.state: Revoked` for a revoked
+    device's certificate; observedGeneration."""
     last_seen = parse_time(status.get("lastSeen"))
     alive = session_alive(status, gateways)
     phase = device_phase(last_seen, alive) if approved else "Pending"
@@ -441,12 +448,25 @@ def device_status_due(*, approved: bool, revoked: bool, status: Mapping[str, obj
         last_alive = gateways.last_alive(gateway)
         if last_alive is not None and last_alive > last_seen:
             patch["lastSeen"] = last_alive.strftime("%Y-%m-%dT%H:%M:%SZ")
+    transitions: tuple[device_health.Transition, ...] = ()
+    conditions = status.get("conditions")
+    conditions = [c for c in conditions if isinstance(c, Mapping)] if isinstance(
+        conditions, list) else []
+    if phase == "Offline" and not any(c.get("type") == device_health.READY
+                                      and c.get("status") == "False" for c in conditions):
+        why = GATEWAY_LOST if gateway else NO_SESSION
+        merged, moved = device_health.merge_conditions(
+            conditions, [device_health.ready_condition("Offline", *why)],
+            (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        patch["conditions"], transitions = merged, tuple(moved)
+    if generation is not None and status.get("observedGeneration") != generation:
+        patch["observedGeneration"] = generation
     if "modelCount" not in status:  # the gateway keeps it from the first session on
         patch["modelCount"] = 0
     identity = status.get("identity")
     if revoked and isinstance(identity, Mapping) and identity.get("state") == "Enrolled":
         patch["identity"] = {**identity, "state": "Revoked"}
-    return DeviceStatusDue(patch, phase)
+    return DeviceStatusDue(patch, phase, transitions)
 
 
 def devices_holding(model: str, devices: Iterable[DeviceView]) -> list[str]:

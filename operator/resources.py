@@ -391,6 +391,10 @@ class DeviceModelStatus(Resource):
     digest: Digest
     state: ModelState
     message: Message = ""
+    bytes_done: Count | None = Field(default=None,
+                                     description="While Downloading: the bytes the device holds")
+    bytes_total: Count | None = Field(default=None,
+                                      description="While Downloading: the artifact's size")
 
 
 LATENCY_COUNTS_RULE = ("size(self.latencyCounts) == 0 || "
@@ -422,6 +426,31 @@ class VersionInference(Resource):
                 self.latency_bounds_seconds) + 1:
             raise ValueError("latencyCounts needs one count per bound and one above them")
         return self
+
+
+class DeviceHealth(Resource):
+    """The device itself, from its last heartbeat (figures it cannot read are absent;
+    in a container with limits, memory and CPU are the container's)."""
+
+    cpu_percent: float | None = Field(default=None, ge=0, le=100,
+                                      description="CPU used, of what the runtime may use")
+    cpu_throttled_percent: float | None = Field(
+        default=None, ge=0, le=100, description="CPU quota periods throttled (a quota only)")
+    memory_available_bytes: Count | None = None
+    memory_total_bytes: Count | None = None
+    disk_free_bytes: Count | None = Field(default=None,
+                                          description="free on the data directory's disk")
+    disk_total_bytes: Count | None = None
+    temperature_celsius: float | None = Field(default=None, ge=-100, le=200,
+                                              description="the hottest thermal zone")
+    uptime_seconds: Count | None = Field(default=None, description="the host's uptime")
+    restarts: Count | None = Field(default=None, description="runtime starts on its data "
+                                                             "directory, less one")
+    runtime_version: ShortText | None = None
+    os: ShortText | None = None
+    kernel: ShortText | None = None
+    clock_offset_seconds: float | None = Field(
+        default=None, description="the device's clock less the gateway's, when it reported")
 
 
 DevicePhase = Literal["Pending", "Online", "Offline"]
@@ -471,7 +500,15 @@ class EdgeDeviceStatus(Resource):
         default=None,
         description="The open session with a fleet gateway; absent while the device is "
                     "not connected")
-    conditions: list[Condition] = Field(default_factory=list, max_length=16)
+    health: DeviceHealth | None = None
+    health_summary: ShortText = Field(
+        default="", description="The health conditions that are True (Healthy: none; "
+                                "NotReported: the runtime sends no health), for the printer "
+                                "column")
+    conditions: list[Condition] = Field(
+        default_factory=list, max_length=16,
+        description="Ready, MemoryPressure, DiskPressure, Overheating, ClockSkew")
+    observed_generation: int | None = Field(default=None, ge=0)
 
 
 def field_path(loc: tuple[int | str, ...], root: str = "spec") -> str:

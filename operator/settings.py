@@ -71,6 +71,21 @@ class OperatorSettings(BaseSettings):
         description="a connected device's lastSeen, when nothing else is written, is "
                     "written this often (its gateway's Lease says meanwhile that it is "
                     "connected)")
+    memory_pressure_percent: float = Field(
+        default=10.0, ge=0, le=100,
+        description="a device whose available memory is below this share of its total (its "
+                    "container's limit, where it has one) has MemoryPressure")
+    disk_pressure_percent: float = Field(
+        default=10.0, ge=0, le=100,
+        description="a device whose data directory's disk has less than this share free has "
+                    "DiskPressure")
+    overheating_celsius: float = Field(
+        default=85.0, ge=-50, le=200,
+        description="a device whose hottest thermal zone is above this is Overheating")
+    clock_skew_seconds: float = Field(
+        default=60.0, gt=0,
+        description="a device whose clock is further than this from the gateway's has "
+                    "ClockSkew (its metric samples and certificates misbehave)")
     model_status_write_seconds: float = Field(
         default=10.0, ge=0,
         description="an EdgeModel status whose only change is its device counts is written "

@@ -48,6 +48,17 @@ FAMILIES = (
     Family("edgefleet_edge_certificate_expiry_timestamp_seconds", "gauge"),
     Family("edgefleet_edge_cloud_insecure", "gauge"),
     Family("edgefleet_edge_assignments_refused", "counter", ("reason",)),
+    Family("edgefleet_edge_runtime_info", "gauge", ("version",)),
+    Family("edgefleet_edge_restarts", "gauge"),
+    # The device itself (edge_runtime/health.py), sampled every heartbeat interval.
+    Family("edgefleet_device_cpu_usage_ratio", "gauge"),
+    Family("edgefleet_device_cpu_throttled_ratio", "gauge"),
+    Family("edgefleet_device_memory_available_bytes", "gauge"),
+    Family("edgefleet_device_memory_total_bytes", "gauge"),
+    Family("edgefleet_device_disk_free_bytes", "gauge"),
+    Family("edgefleet_device_disk_total_bytes", "gauge"),
+    Family("edgefleet_device_temperature_celsius", "gauge"),
+    Family("edgefleet_device_uptime_seconds", "gauge"),
     # prometheus_client's default collectors: the runtime's own process.
     Family("process_virtual_memory_bytes", "gauge"),
     Family("process_resident_memory_bytes", "gauge"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 from edgefleet.operator.gateway.policy import TokenBucket
 from edgefleet.operator.planner import Assignment, revision
@@ -58,6 +59,8 @@ class DeviceEntry:
     session: object | None = None
     removed: bool = False
     uid: str = ""  # from the status writes, for the Events that name the device
+    # status.conditions as last watched: a new session goes on from them.
+    conditions: list[dict[str, Any]] = field(default_factory=list)
     # The allowance of status writes: kept across sessions, so that a device that
     # reconnects in a loop is written at a bounded rate.
     status_writes: TokenBucket | None = None

@@ -34,6 +34,8 @@ _LABEL_VALUE = re.compile(LABEL_VALUE_PATTERN)
 _STATES = frozenset(value for value in pb.ModelState.State.values()
                     if value != pb.ModelState.STATE_UNSPECIFIED)
 INT64_MAX = 2**63 - 1  # what a Kubernetes status can hold
+MIN_CELSIUS, MAX_CELSIUS = -100.0, 200.0  # thermal zones no hardware outside reports
+MAX_UPTIME_S = 100 * 365 * 86400.0
 
 
 class Refusal(Exception):
@@ -301,6 +303,10 @@ def check_models(kind: str, models: Sequence[pb.ModelState], limits: GatewayLimi
         if model.state not in _STATES:
             raise Refusal(kind, f"{where}.state", "Malformed",
                           f"{model.state} is not a known model state")
+        if model.bytes_total > INT64_MAX or (model.bytes_total
+                                             and model.bytes_done > model.bytes_total):
+            raise Refusal(kind, f"{where}.bytes_done", "Implausible",
+                          f"{model.bytes_done} bytes done of {model.bytes_total}")
 
 
 def check_stats(kind: str, stats: Sequence[pb.VersionStats], limits: GatewayLimits) -> None:
@@ -336,6 +342,33 @@ def check_stats(kind: str, stats: Sequence[pb.VersionStats], limits: GatewayLimi
                           f"{item.errors} errors of {item.requests} requests")
 
 
+def check_health(kind: str, health: pb.Health, limits: GatewayLimits) -> None:
+    """Figures a device could truly read of itself: shares within 0..100, parts no larger
+    than their wholes, temperatures a machine survives, short texts."""
+    where = f"{kind}.health"
+    for name in ("cpu_percent", "cpu_throttled_percent"):
+        value = getattr(health, name)
+        if health.HasField(name) and not (math.isfinite(value) and 0 <= value <= 100):
+            raise Refusal(kind, f"{where}.{name}", "Implausible", f"{value} is not 0..100")
+    for part, whole in (("memory_available_bytes", "memory_total_bytes"),
+                        ("disk_free_bytes", "disk_total_bytes")):
+        value, total = getattr(health, part), getattr(health, whole)
+        if total > INT64_MAX or (health.HasField(whole) and value > total):
+            raise Refusal(kind, f"{where}.{part}", "Implausible", f"{value} of {total} bytes")
+    celsius = health.temperature_celsius
+    if health.HasField("temperature_celsius") and not (
+            math.isfinite(celsius) and MIN_CELSIUS <= celsius <= MAX_CELSIUS):
+        raise Refusal(kind, f"{where}.temperature_celsius", "Implausible",
+                      f"{celsius} °C is not {MIN_CELSIUS}..{MAX_CELSIUS}")
+    uptime = health.uptime_seconds
+    if health.HasField("uptime_seconds") and not (math.isfinite(uptime)
+                                                  and 0 <= uptime <= MAX_UPTIME_S):
+        raise Refusal(kind, f"{where}.uptime_seconds", "Implausible",
+                      f"{uptime} s is not 0..{MAX_UPTIME_S:.0f}")
+    _text(kind, f"{where}.os", health.os, limits.max_text_chars)
+    _text(kind, f"{where}.kernel", health.kernel, limits.max_text_chars)
+
+
 def check_hello(hello: pb.Hello, limits: GatewayLimits) -> None:
     caps = hello.capabilities
     _text("hello", "hello.capabilities.arch", caps.arch, limits.max_text_chars)
@@ -349,6 +382,7 @@ def check_hello(hello: pb.Hello, limits: GatewayLimits) -> None:
                       f"{caps.memory_bytes} is past 2^63-1")
     _text("hello", "hello.applied_revision", hello.applied_revision, limits.max_text_chars)
     _text("hello", "hello.runtime_version", hello.runtime_version, limits.max_text_chars)
+    check_health("hello", hello.health, limits)
     _cap("hello", "hello.models", hello.models, limits.max_models)
 
 

@@ -26,7 +26,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -37,9 +37,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from edgefleet.operator import kubeapi, metrics, pki
+from edgefleet.operator import device_health, kubeapi, metrics, pki
 from edgefleet.operator.artifacts import ArtifactCache
 from edgefleet.operator.credentials import CredentialStore, FleetPolicy
+from edgefleet.operator.device_health import HealthThresholds, Transition
 from edgefleet.operator.gateway.directory import DeviceAccess, DeviceDirectory, DeviceEntry
 from edgefleet.operator.gateway.policy import (
     ByteBudget,
@@ -51,6 +52,7 @@ from edgefleet.operator.gateway.policy import (
     StatusSchedule,
     Throttle,
     TokenBucket,
+    check_health,
     check_hello,
     check_metrics_batch,
     check_models,
@@ -86,9 +88,45 @@ PASSING_STATES = frozenset(STATE_NAMES[state] for state in (
 
 
 def models_status(models: Any) -> list[dict[str, Any]]:
-    """ModelState messages (checked by policy.check_models) as status.models entries."""
+    """ModelState messages (checked by policy.check_models) as status.models entries,
+    with a download's progress while it runs."""
     return [{"name": m.name, "version": m.version, "digest": m.digest,
-             "state": STATE_NAMES[m.state], "message": m.message} for m in models]
+             "state": STATE_NAMES[m.state], "message": m.message,
+             **({"bytesDone": m.bytes_done, "bytesTotal": m.bytes_total}
+                if m.state == pb.ModelState.DOWNLOADING and m.bytes_total else {})}
+            for m in models]
+
+
+# status.health: what Health's optional figures are called there, and how many decimals
+# a float keeps (finer figures are noise, and each change is a status change).
+HEALTH_FIGURES = {"cpu_percent": ("cpuPercent", 1),
+                  "cpu_throttled_percent": ("cpuThrottledPercent", 1),
+                  "memory_available_bytes": ("memoryAvailableBytes", None),
+                  "memory_total_bytes": ("memoryTotalBytes", None),
+                  "disk_free_bytes": ("diskFreeBytes", None),
+                  "disk_total_bytes": ("diskTotalBytes", None),
+                  "temperature_celsius": ("temperatureCelsius", 1),
+                  "uptime_seconds": ("uptimeSeconds", 0)}
+
+
+def health_status(health: pb.Health | None, runtime_version: str,
+                  now_s: float) -> dict[str, Any] | None:
+    """A Health message (checked by policy.check_health) as status.health, with the
+    device's clock offset from this gateway's (`now_s`, when the message came); None
+    for a runtime that sends none."""
+    if health is None:
+        return None
+    status: dict[str, Any] = {}
+    for field, (key, decimals) in HEALTH_FIGURES.items():
+        if health.HasField(field):
+            value = getattr(health, field)
+            status[key] = value if decimals is None else (
+                int(value) if decimals == 0 else round(value, decimals))
+    if health.time_ms:
+        status["clockOffsetSeconds"] = round(health.time_ms / 1000 - now_s, 1)
+    status.update({"restarts": health.restarts, "runtimeVersion": runtime_version,
+                   "os": health.os, "kernel": health.kernel})
+    return status
 
 
 def inference_status(stats: Any) -> list[dict[str, Any]]:
@@ -142,7 +180,12 @@ def default_replica() -> str:
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
-REPORTED = ("capabilities", "models", "inference")  # status fields the device's word fills
+# Status fields the device's word fills; the first three are written once settled, the
+# others ride along (or wait for the next lastSeen).
+REPORTED = ("capabilities", "models", "conditions", "healthSummary", "inference", "health")
+SETTLED = ("models", "conditions", "healthSummary")
+CONNECTED = ("Connected", "in a session with the fleet gateway")
+DISCONNECTED = ("Disconnected", "its session with the fleet gateway ended")
 Standing = Literal["held", "superseded", "gone"]
 
 
@@ -153,13 +196,16 @@ class DeviceStatusWriter:
 
     - hello at once, with `connection` (this replica, a random session id, since when):
       a merge patch, so that a session takes the device over from any earlier one;
-    - a change of what the device holds once it has settled (GatewayLimits
+    - a change of what the device holds, or of its conditions (device_health.py: the
+      health figures against `thresholds`, and Ready), once it has settled (GatewayLimits
       status_settle_seconds, never later than status_max_delay_seconds after the first
       change not yet written; a model on its way every status_progress_seconds), within
       the device's allowance of writes (`writes`);
     - inference statistics that changed at most every `heartbeat_write_s`, and lastSeen
       alone at most every `last_seen_write_s` (the replica's Lease says meanwhile that
-      the session is alive).
+      the session is alive); the health figures go with any write.
+
+    A condition that turns bad or good again is told to `transitions` (for an Event).
 
     Every later write is a JSON patch whose first op tests that `connection` is still
     this session's: a session that another (on any replica) took over writes nothing
@@ -172,13 +218,22 @@ class DeviceStatusWriter:
                  heartbeat_write_s: float, writes: TokenBucket | None = None, *,
                  last_seen_write_s: float | None = None, gateway: str = "",
                  limits: GatewayLimits | None = None,
-                 refused: Callable[[Refusal], Awaitable[None]] | None = None) -> None:
+                 refused: Callable[[Refusal], Awaitable[None]] | None = None,
+                 thresholds: HealthThresholds | None = None,
+                 transitions: Callable[[list[Transition], Mapping[str, Any] | None], None]
+                 | None = None) -> None:
         self._api = api
         self._entry = entry
         self._writes = writes
         self._limits = limits or GatewayLimits()
         self._schedule = StatusSchedule(self._limits, heartbeat_write_s, last_seen_write_s)
         self._on_refused = refused
+        self._thresholds = thresholds or HealthThresholds()
+        self._on_transitions = transitions
+        # The conditions as this session makes them, from the last the watch brought.
+        self._conditions: list[dict[str, Any]] = list(entry.conditions)
+        self._health: dict[str, Any] | None = None
+        self._runtime_version = ""
         self.connection = {"gateway": gateway or default_replica(),
                            "session": secrets.token_hex(4), "since": timestamp()}
         self._latest: dict[str, Any] = {}  # what the device reported last, as status fields
@@ -206,26 +261,62 @@ class DeviceStatusWriter:
         return value is not None and value != self._written.get(key) and (
             value != self._refused.get(key))
 
-    async def hello(self, caps: pb.Capabilities, models: Any) -> None:
+    def _settled_due(self) -> bool:
+        return any(self._due(key) for key in SETTLED)
+
+    def _judge(self, health: pb.Health | None, ready: tuple[str, str] | None = None) -> bool:
+        """status.health and the conditions from the device's figures (and Ready, when
+        the session begins); True when the conditions changed. Transitions are told at
+        once."""
+        self._health = health_status(health, self._runtime_version, time.time())
+        self._latest["health"] = self._health or {"runtimeVersion": self._runtime_version}
+        verdicts = device_health.health_conditions(self._health, self._conditions,
+                                                   self._thresholds)
+        if ready is not None:
+            verdicts.insert(0, device_health.ready_condition("Online", *ready))
+        return self._decide(verdicts)
+
+    def _decide(self, verdicts: list[dict[str, Any]]) -> bool:
+        conditions, transitions = device_health.merge_conditions(
+            self._conditions, verdicts, timestamp())
+        if transitions and self._on_transitions is not None:
+            self._on_transitions(transitions, self._health)
+        if conditions == self._conditions and "conditions" in self._latest:
+            return False
+        self._conditions = conditions
+        self._latest["conditions"] = conditions
+        self._latest["healthSummary"] = device_health.summary(conditions)
+        return True
+
+    async def hello(self, hello: pb.Hello, models: Any) -> None:
         """The session began: written at once. Raises Refusal when the API server refuses
         the status; one it cannot take now is written by `run`, with backoff."""
+        caps = hello.capabilities
         self._latest["capabilities"] = {
             "arch": caps.arch, "cpus": caps.cpus, "memoryBytes": caps.memory_bytes,
             "executionProviders": list(caps.execution_providers)}
         self._latest["models"] = models_status(models)
+        self._runtime_version = hello.runtime_version
+        self._judge(hello.health if hello.HasField("health") else None, CONNECTED)
         self._heard()
         self._schedule.at_once()
         await self._write()
 
-    def report(self, kind: str, models: Any, stats: Any) -> None:
-        """A heartbeat or report the policy took: what the device holds, and how its
-        versions answered; written when due."""
+    def report(self, kind: str, models: Any, stats: Any,
+               health: pb.Health | None = None) -> None:
+        """A heartbeat or report the policy took: what the device holds, how its versions
+        answered, and (heartbeats) its health; written when due."""
         due = self._schedule.due()
         self._heard()
         status = models_status(models)
+        changed = False
         if status != self._latest.get("models"):
             self._latest["models"], self._kind = status, kind
-            if self._due("models"):
+            changed = True
+        if kind == "heartbeat" and self._judge(health):
+            self._kind, changed = kind, True
+        if changed:
+            if self._settled_due():
                 self._schedule.changed(time.monotonic(), passing=any(
                     model["state"] in PASSING_STATES for model in status))
             else:
@@ -239,6 +330,9 @@ class DeviceStatusWriter:
             self._wake.set()
 
     def write_now(self) -> None:
+        """Writes everything again at once (the controller may have turned the device
+        Offline meanwhile)."""
+        self._written.clear()
         self._schedule.at_once()
         self._wake.set()
 
@@ -325,7 +419,7 @@ class DeviceStatusWriter:
             elif error.status == 422:
                 self._refused.update(fields)  # not sent again as it is
                 self._schedule.failed(time.monotonic())
-                if not self._due("models"):
+                if not self._settled_due():
                     self._schedule.settled()
                 raise schema_refused(self._kind, error) from error
             else:
@@ -339,7 +433,7 @@ class DeviceStatusWriter:
         self.established = True
         self._written.update(fields)
         self._schedule.written(started)
-        if not self._due("models"):
+        if not self._settled_due():
             self._schedule.settled()
 
     def _retry(self, error: Exception) -> None:
@@ -355,9 +449,11 @@ class DeviceStatusWriter:
         its lastSeen is old enough."""
         if not self.established or self.standing != "held":
             return
+        self._decide([device_health.ready_condition("Offline", *DISCONNECTED)])
         delay = self._limits.status_retry_seconds
         while True:
-            fields, model_count = self._fields("models", "inference")
+            fields, model_count = self._fields("models", "inference", "conditions",
+                                               "healthSummary")
             ops = [*self._guarded({"phase": "Offline", "lastSeen": self._last_seen, **fields,
                                    "modelCount": model_count}),
                    {"op": "remove", "path": "/status/connection"}]
@@ -483,11 +579,13 @@ class FleetGateway:
                  device_cert_validity: timedelta = timedelta(days=30),
                  remote_writer: RemoteWriter | None = None, ping_s: float = 30.0,
                  limits: GatewayLimits | None = None, replica: str = "",
-                 last_seen_write_s: float | None = None) -> None:
+                 last_seen_write_s: float | None = None,
+                 thresholds: HealthThresholds | None = None) -> None:
         """`keystore` None: plaintext, devices authenticated by bearer token alone.
         `replica`: this gateway's name in status.connection (the process's identity;
         host and pid by default). `last_seen_write_s`: how often a lastSeen alone is
-        written (as often as statistics when None)."""
+        written (as often as statistics when None). `thresholds`: where the devices'
+        health figures make conditions."""
         self.replica = replica or default_replica()
         # Set while the server shuts down: its sessions end without writing Offline (the
         # devices reconnect to another replica at once; for those that do not, the
@@ -504,6 +602,8 @@ class FleetGateway:
         self._custom = client.CustomObjectsApi(api_client)
         self._heartbeat_write_s = heartbeat_write_s
         self._last_seen_write_s = last_seen_write_s
+        self._thresholds = thresholds or HealthThresholds()
+        self._posting: set[asyncio.Task[None]] = set()  # Events on their way
         self._ping_s = ping_s
         self.limits = limits or GatewayLimits()
         self._peers = PeerThrottle(self.limits)
@@ -625,7 +725,8 @@ class FleetGateway:
         session = Session(entry, DeviceStatusWriter(
             self._custom, entry, self._heartbeat_write_s, entry.status_writes,
             last_seen_write_s=self._last_seen_write_s, gateway=self.replica,
-            limits=self.limits, refused=refused),
+            limits=self.limits, refused=refused, thresholds=self._thresholds,
+            transitions=lambda moved, health: self._transitions(entry, moved, health)),
             self.limits, self._queue_budget, serial, context.peer())
         if not self._directory.claim(entry, session):  # the device's one session
             await context.abort(grpc.StatusCode.ALREADY_EXISTS,
@@ -648,7 +749,7 @@ class FleetGateway:
             try:
                 check_hello(first.hello, self.limits)
                 check_models("hello", models, self.limits)
-                await session.writer.hello(first.hello.capabilities, models)
+                await session.writer.hello(first.hello, models)
             except Refusal as refusal:
                 await self._refused(entry, refusal)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(refusal))
@@ -752,8 +853,12 @@ class FleetGateway:
             models = with_assigned_digests(report.models, assigned_digests(session.entry))
             check_models(kind, models, self.limits)
             check_stats(kind, report.stats, self.limits)
+            health = (message.heartbeat.health
+                      if kind == "heartbeat" and message.heartbeat.HasField("health") else None)
+            if health is not None:
+                check_health(kind, health, self.limits)
             session.baseline.check(kind, report.stats, time.monotonic())
-            session.writer.report(kind, models, report.stats)
+            session.writer.report(kind, models, report.stats, health)
         elif kind == "metrics":
             await self._metrics(message.metrics, session)
         elif kind == "renew":
@@ -857,21 +962,28 @@ class FleetGateway:
                                    f"Refused a {refusal.kind} from device {entry.name}: "
                                    f"{refusal}{more}")
 
-    async def _post_event(self, entry: DeviceEntry, reason: str, message: str) -> None:
-        now = datetime.now(UTC)
-        event = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(generate_name=f"{entry.name}."),
-            involved_object=client.V1ObjectReference(
-                api_version=f"{GROUP}/{VERSION}", kind="EdgeDevice", name=entry.name,
-                namespace=entry.namespace, uid=entry.uid or None),
-            reason=reason, message=message[:1024], type="Warning", count=1,
-            first_timestamp=now, last_timestamp=now,
-            source=client.V1EventSource(component="edgefleet-gateway"))
-        try:
-            await kubeapi.call(self._core.create_namespaced_event, entry.namespace, event)
-        except API_ERRORS as error:
-            logger.warning("device=%s/%s: cannot post Event %s: %s", entry.namespace,
-                           entry.name, reason, error)
+    def _transitions(self, entry: DeviceEntry, transitions: list[Transition],
+                     health: Mapping[str, Any] | None) -> None:
+        """An Event for each condition of the device that turned bad or good again (at
+        most one per device and reason per interval), posted apart from the session."""
+        for transition in transitions:
+            reason = device_health.event_reason(transition)
+            held = self._told.due(f"{entry.namespace}/{entry.name}/event/{reason}")
+            if held is None:
+                continue
+            message = device_health.event_message(entry.name, transition, health)
+            if held:
+                message += f" ({held} more since the last)"
+            posting = asyncio.create_task(self._post_event(
+                entry, reason, message, "Warning" if transition.bad else "Normal"))
+            self._posting.add(posting)
+            posting.add_done_callback(self._posting.discard)
+
+    async def _post_event(self, entry: DeviceEntry, reason: str, message: str,
+                          kind: Literal["Normal", "Warning"] = "Warning") -> None:
+        await kubeapi.post_device_event(
+            self._core, namespace=entry.namespace, name=entry.name, uid=entry.uid,
+            reason=reason, message=message, kind=kind, component="edgefleet-gateway")
 
     async def Enroll(self, request: pb.EnrollRequest,
                      context: grpc.aio.ServicerContext) -> pb.EnrollResponse:

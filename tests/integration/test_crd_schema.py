@@ -52,7 +52,10 @@ def test_kubectl_shows_columns_short_names_and_category(kube: Kube, namespace: s
     assert models[0].split() == ["NAME", "VERSION", "STABLE", "STEP", "UPDATED", "READY",
                                  "PHASE", "AGE"]
     devices = kube.kubectl("get", "ed", "-n", namespace).stdout.splitlines()
-    assert devices[0].split() == ["NAME", "PHASE", "MODELS", "LAST-SEEN", "CERT-EXPIRES", "AGE"]
+    assert devices[0].split() == ["NAME", "PHASE", "HEALTH", "MODELS", "LAST-SEEN",
+                                  "CERT-EXPIRES", "RUNTIME", "AGE"]
+    wide = kube.kubectl("get", "ed", "-n", namespace, "-o", "wide").stdout.splitlines()
+    assert "DISK-FREE" in wide[0].split()
     everything = kube.kubectl("get", "edgefleet", "-n", namespace, "-o", "name").stdout.split()
     assert sorted(everything) == ["edgedevice.edgefleet.io/device",
                                   "edgemodel.edgefleet.io/minimal"]

@@ -19,6 +19,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import REGISTRY
 
+from edgefleet.operator.device_health import Transition
 from edgefleet.operator.gateway.directory import DeviceEntry
 from edgefleet.operator.gateway.policy import GatewayLimits, Refusal, StatusSchedule, TokenBucket
 from edgefleet.operator.gateway.server import DeviceStatusWriter
@@ -176,14 +177,17 @@ def stats(requests: int) -> list[pb.VersionStats]:
 def writer_for(api: FakeApi, limits: GatewayLimits = FAST, heartbeat_s: float = 3600,
                writes: TokenBucket | None = None, entry: DeviceEntry | None = None,
                refused: list[Refusal] | None = None,
-               last_seen_s: float | None = None) -> DeviceStatusWriter:
+               last_seen_s: float | None = None,
+               told: list[Transition] | None = None) -> DeviceStatusWriter:
     async def tell(refusal: Refusal) -> None:
         assert refused is not None
         refused.append(refusal)
 
     return DeviceStatusWriter(api, entry or DeviceEntry("fleet", "cam-1", "cam-1-token"),  # type: ignore[arg-type]
                               heartbeat_s, writes, last_seen_write_s=last_seen_s,
-                              gateway="gw-0", limits=limits, refused=tell)
+                              gateway="gw-0", limits=limits, refused=tell,
+                              transitions=None if told is None
+                              else lambda moved, _: told.extend(moved))
 
 
 def ops(patch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -195,7 +199,8 @@ def ops(patch: list[dict[str, Any]]) -> dict[str, Any]:
 def test_hello_is_written_at_once_with_the_connection_that_names_the_replica() -> None:
     api = FakeApi()
     writer = writer_for(api)
-    asyncio.run(writer.hello(pb.Capabilities(arch="x86_64", cpus=2), held(pb.ModelState.READY)))
+    hello = pb.Hello(capabilities=pb.Capabilities(arch="x86_64", cpus=2))
+    asyncio.run(writer.hello(hello, held(pb.ModelState.READY)))
     ((patch, content_type),) = api.writes
     assert content_type == "application/merge-patch+json"  # takes over from any session
     status = patch["status"]
@@ -219,7 +224,7 @@ def test_a_small_model_rolled_out_costs_one_write_of_its_settled_state() -> None
     before = {cause: status_writes(cause) for cause in ("Connect", "Models", "Liveness")}
 
     async def scenario() -> None:
-        await writer.hello(pb.Capabilities(), [])
+        await writer.hello(pb.Hello(), [])
         task = writer.start()
         for state in (pb.ModelState.DOWNLOADING, pb.ModelState.VERIFYING,
                       pb.ModelState.LOADING, pb.ModelState.READY):
@@ -251,7 +256,7 @@ def test_a_download_that_keeps_progressing_is_written_once_per_progress_interval
     writer = writer_for(api)
 
     async def scenario() -> None:
-        await writer.hello(pb.Capabilities(), [])
+        await writer.hello(pb.Hello(), [])
         writer.start()
         started = time.monotonic()
         step = 0
@@ -271,7 +276,7 @@ def test_quiet_heartbeats_refresh_last_seen_and_statistics_once_per_interval() -
     writer = writer_for(api, heartbeat_s=0.3)
 
     async def scenario() -> None:
-        await writer.hello(pb.Capabilities(), held(pb.ModelState.READY))
+        await writer.hello(pb.Hello(), held(pb.ModelState.READY))
         writer.start()
         started = time.monotonic()
         while time.monotonic() - started < 1.0:
@@ -292,7 +297,7 @@ def test_a_quiet_device_costs_no_write_until_its_last_seen_is_due() -> None:
     writer = writer_for(api, heartbeat_s=0.2, last_seen_s=3600)
 
     async def scenario() -> None:
-        await writer.hello(pb.Capabilities(), held(pb.ModelState.READY))
+        await writer.hello(pb.Hello(), held(pb.ModelState.READY))
         writer.start()
         for requests in (4, 4, 4, 4, 4, 4, 9, 9, 9, 9, 9, 9):  # figures move once
             writer.report("heartbeat", held(pb.ModelState.READY), stats(requests))
@@ -311,7 +316,7 @@ def test_an_api_error_is_retried_with_backoff_and_loses_nothing_due() -> None:
     writer = writer_for(api)
 
     async def scenario() -> None:
-        await writer.hello(pb.Capabilities(), [])
+        await writer.hello(pb.Hello(), [])
         writer.start()
         api.failures = [ApiException(status=500, reason="etcd unavailable"),
                         ApiException(status=429, reason="Too Many Requests")]
@@ -331,7 +336,7 @@ def test_an_api_error_at_hello_leaves_it_to_be_written_by_the_session_task() -> 
     writer = writer_for(api)
 
     async def scenario() -> None:
-        await writer.hello(pb.Capabilities(arch="arm64"), [])
+        await writer.hello(pb.Hello(capabilities=pb.Capabilities(arch="arm64")), [])
         assert not writer.established
         writer.start()
         await asyncio.sleep(0.15)
@@ -349,7 +354,7 @@ def test_a_status_the_api_server_refuses_is_told_to_the_device_and_not_sent_agai
     writer = writer_for(api, refused=refused)
 
     async def scenario() -> None:
-        await writer.hello(pb.Capabilities(), [])
+        await writer.hello(pb.Hello(), [])
         writer.start()
         for _ in range(4):
             writer.report("heartbeat", held(pb.ModelState.FAILED, "bad"), [])
@@ -373,9 +378,9 @@ def test_a_session_another_took_over_writes_nothing_more_not_even_its_end() -> N
     old, new = writer_for(api, entry=entry), writer_for(api, entry=entry)
 
     async def scenario() -> None:
-        await old.hello(pb.Capabilities(), [])
+        await old.hello(pb.Hello(), [])
         task = old.start()
-        await new.hello(pb.Capabilities(), [])  # the device came back, at another replica
+        await new.hello(pb.Hello(), [])  # the device came back, at another replica
         old.report("heartbeat", held(pb.ModelState.READY), [])
         await asyncio.wait_for(task, timeout=2)  # the old session's writer gives up
         await old.stop()
@@ -394,7 +399,7 @@ def test_the_end_of_a_session_writes_offline_and_removes_its_connection_at_once(
     disconnects = status_writes("Disconnect")
 
     async def scenario() -> None:
-        await writer.hello(pb.Capabilities(), [])
+        await writer.hello(pb.Hello(), [])
         writer.start()
         writer.report("report", held(pb.ModelState.READY), [])  # not settled yet
         await writer.stop()
@@ -418,8 +423,8 @@ def test_the_end_of_a_session_another_took_over_changes_nothing() -> None:
     old, new = writer_for(api, entry=entry), writer_for(api, entry=entry)
 
     async def scenario() -> None:
-        await old.hello(pb.Capabilities(), [])
-        await new.hello(pb.Capabilities(), [])
+        await old.hello(pb.Hello(), [])
+        await new.hello(pb.Hello(), [])
         await old.end()
 
     asyncio.run(scenario())
@@ -437,9 +442,52 @@ def test_a_device_that_reconnects_in_a_loop_is_written_at_a_bounded_rate() -> No
         started = time.monotonic()
         for _ in range(6):
             writer = writer_for(api, entry=entry, writes=writes)
-            await writer.hello(pb.Capabilities(), [])
+            await writer.hello(pb.Hello(), [])
         return time.monotonic() - started
 
     took = asyncio.run(scenario())
     assert len(api.writes) == 6
     assert took >= (6 - 2) / 20 * 0.99  # four writes past the burst, at 20 a second
+
+
+def test_health_conditions_are_written_once_settled_and_their_transitions_told() -> None:
+    api = FakeApi()
+    told: list[Transition] = []
+    writer = writer_for(api, told=told)
+    roomy = pb.Health(disk_free_bytes=50, disk_total_bytes=100, memory_available_bytes=3,
+                      memory_total_bytes=4, time_ms=int(time.time() * 1000))
+
+    async def scenario() -> None:
+        await writer.hello(pb.Hello(runtime_version="1.2.3", health=roomy), [])
+        writer.start()
+        for _ in range(3):  # the same figures: nothing new to write
+            writer.report("heartbeat", [], [], roomy)
+        await asyncio.sleep(0.4)
+        full = pb.Health()
+        full.CopyFrom(roomy)
+        full.disk_free_bytes = 4
+        writer.report("heartbeat", [], [], full)
+        await asyncio.sleep(0.4)  # settled (0.15 s): written
+        await writer.stop()
+        await writer.end()
+
+    asyncio.run(scenario())
+    hello, disk, end = api.applied()
+    assert hello["healthSummary"] == "Healthy"
+    assert hello["health"]["runtimeVersion"] == "1.2.3"
+    assert abs(hello["health"]["clockOffsetSeconds"]) < 5
+    assert {c["type"]: c["status"] for c in hello["conditions"]}["Ready"] == "True"
+    assert ops(disk)["healthSummary"] == "DiskPressure"
+    assert ops(disk)["health"]["diskFreeBytes"] == 4
+    assert {c["type"]: c["reason"] for c in ops(end)["conditions"]}["Ready"] == "Disconnected"
+    assert [(t.type, t.bad) for t in told] == [("Ready", False), ("DiskPressure", True),
+                                               ("Ready", True)]
+
+
+def test_a_runtime_without_health_reads_not_reported() -> None:
+    api = FakeApi()
+    writer = writer_for(api)
+    asyncio.run(writer.hello(pb.Hello(runtime_version="0.9.0"), []))
+    (hello,) = api.applied()
+    assert hello["healthSummary"] == "NotReported"
+    assert hello["health"] == {"runtimeVersion": "0.9.0"}

@@ -271,7 +271,13 @@ def test_the_controller_writes_only_what_is_due_of_a_device() -> None:
     def due(approved: bool = True, revoked: bool = False,
             **status: object) -> planner.DeviceStatusDue:
         return planner.device_status_due(approved=approved, revoked=revoked, status=status,
-                                         gateways=gateways)
+                                         gateways=gateways, now=NOW)
+
+    def not_ready(why: tuple[str, str]) -> list[dict[str, str]]:
+        return [{"type": "Ready", "status": "False", "reason": why[0], "message": why[1],
+                 "lastTransitionTime": NOW.strftime("%Y-%m-%dT%H:%M:%SZ")}]
+
+    lost = not_ready(planner.GATEWAY_LOST)
 
     seen = (NOW - timedelta(minutes=4)).strftime("%Y-%m-%dT%H:%M:%SZ")
     since = (NOW - timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -286,32 +292,47 @@ def test_the_controller_writes_only_what_is_due_of_a_device() -> None:
     earlier = {**session, "since": (began - timedelta(seconds=1)).strftime(
         "%Y-%m-%dT%H:%M:%SZ")}
     assert due(phase="Online", lastSeen=seen, connection=earlier, modelCount=1).patch == {
-        "phase": "Offline"}
+        "phase": "Offline", "conditions": lost}
     # The gateway is gone (its Lease expired): Offline, last seen when it last renewed.
     gateways.started.clear()
     gone = due(phase="Online", lastSeen=seen, connection=session, modelCount=1)
-    assert gone.patch == {"phase": "Offline", "lastSeen": NOW.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    assert gone.patch == {"phase": "Offline", "lastSeen": NOW.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                          "conditions": lost}
+    # Its Ready condition turned False: an Event says the device is offline.
+    assert [(t.type, t.bad) for t in gone.transitions] == [("Ready", True)]
     # A time without a zone is UTC.
     assert due(phase="Online", lastSeen=seen.rstrip("Z"), connection=session,
                modelCount=1).patch == gone.patch
     assert gone.phase == "Offline"
     # Once written, nothing more; a gateway never known: Offline, lastSeen as it is.
     now_seen = NOW.strftime("%Y-%m-%dT%H:%M:%SZ")
-    assert due(phase="Offline", lastSeen=now_seen, connection=session, modelCount=1).patch == {}
+    assert due(phase="Offline", lastSeen=now_seen, connection=session, modelCount=1,
+               conditions=lost).patch == {}
     assert due(phase="Online", lastSeen=seen, modelCount=1,
-               connection={**session, "gateway": "gateway-z"}).patch == {"phase": "Offline"}
+               connection={**session, "gateway": "gateway-z"}).patch == {
+        "phase": "Offline", "conditions": lost}
     gateways.started["gateway-a"] = began
     # A session's end the gateway wrote is not undone while its gateway lives.
-    assert due(phase="Offline", lastSeen=seen, modelCount=1).patch == {}
+    ended = not_ready(("Disconnected", "its session with the fleet gateway ended"))
+    assert due(phase="Offline", lastSeen=seen, modelCount=1, conditions=ended).patch == {}
+    # An Offline device whose Ready condition says otherwise (written before conditions
+    # were): set right, once.
+    assert due(phase="Offline", lastSeen=seen, modelCount=1).patch == {
+        "conditions": not_ready(planner.NO_SESSION)}
     # Waiting for approval: Pending whatever it reports.
     assert due(approved=False, phase="Online", lastSeen=seen, connection=session,
                modelCount=0).patch == {"phase": "Pending"}
     # Revoked: the certificate's state says so, once.
     identity = {"state": "Enrolled", "serial": "ab"}
-    assert due(revoked=True, phase="Offline", lastSeen=seen, modelCount=0,
+    assert due(revoked=True, phase="Offline", lastSeen=seen, modelCount=0, conditions=ended,
                identity=identity).patch == {"identity": {"state": "Revoked", "serial": "ab"}}
-    assert due(revoked=True, phase="Offline", lastSeen=seen, modelCount=0,
+    assert due(revoked=True, phase="Offline", lastSeen=seen, modelCount=0, conditions=ended,
                identity={"state": "Revoked"}).patch == {}
+    # Status follows spec: the generation it was judged at.
+    assert planner.device_status_due(
+        approved=True, revoked=False, gateways=gateways, generation=3,
+        status={"phase": "Pending", "modelCount": 0, "observedGeneration": 2},
+    ).patch == {"observedGeneration": 3}
     # A malformed time is no time: the device was never seen.
     assert due(phase="Online", lastSeen="yesterday", connection=session,
                modelCount=1).patch == {"phase": "Pending"}

@@ -90,16 +90,18 @@ class MetricSample(_message.Message):
     def __init__(self, name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., value: _Optional[float] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("capabilities", "models", "applied_revision", "runtime_version")
+    __slots__ = ("capabilities", "models", "applied_revision", "runtime_version", "health")
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     APPLIED_REVISION_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
     capabilities: Capabilities
     models: _containers.RepeatedCompositeFieldContainer[ModelState]
     applied_revision: str
     runtime_version: str
-    def __init__(self, capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., models: _Optional[_Iterable[_Union[ModelState, _Mapping]]] = ..., applied_revision: _Optional[str] = ..., runtime_version: _Optional[str] = ...) -> None: ...
+    health: Health
+    def __init__(self, capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., models: _Optional[_Iterable[_Union[ModelState, _Mapping]]] = ..., applied_revision: _Optional[str] = ..., runtime_version: _Optional[str] = ..., health: _Optional[_Union[Health, _Mapping]] = ...) -> None: ...
 
 class Capabilities(_message.Message):
     __slots__ = ("arch", "cpus", "memory_bytes", "execution_providers")
@@ -150,12 +152,42 @@ class ModelState(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., digest: _Optional[str] = ..., state: _Optional[_Union[ModelState.State, str]] = ..., message: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("models", "stats")
+    __slots__ = ("models", "stats", "health")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelState]
     stats: _containers.RepeatedCompositeFieldContainer[VersionStats]
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelState, _Mapping]]] = ..., stats: _Optional[_Iterable[_Union[VersionStats, _Mapping]]] = ...) -> None: ...
+    health: Health
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelState, _Mapping]]] = ..., stats: _Optional[_Iterable[_Union[VersionStats, _Mapping]]] = ..., health: _Optional[_Union[Health, _Mapping]] = ...) -> None: ...
+
+class Health(_message.Message):
+    __slots__ = ("cpu_percent", "cpu_throttled_percent", "memory_available_bytes", "memory_total_bytes", "disk_free_bytes", "disk_total_bytes", "temperature_celsius", "uptime_seconds", "restarts", "os", "kernel", "time_ms")
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    CPU_THROTTLED_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_AVAILABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_CELSIUS_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    OS_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_FIELD_NUMBER: _ClassVar[int]
+    TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    cpu_percent: float
+    cpu_throttled_percent: float
+    memory_available_bytes: int
+    memory_total_bytes: int
+    disk_free_bytes: int
+    disk_total_bytes: int
+    temperature_celsius: float
+    uptime_seconds: float
+    restarts: int
+    os: str
+    kernel: str
+    time_ms: int
+    def __init__(self, cpu_percent: _Optional[float] = ..., cpu_throttled_percent: _Optional[float] = ..., memory_available_bytes: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., disk_total_bytes: _Optional[int] = ..., temperature_celsius: _Optional[float] = ..., uptime_seconds: _Optional[float] = ..., restarts: _Optional[int] = ..., os: _Optional[str] = ..., kernel: _Optional[str] = ..., time_ms: _Optional[int] = ...) -> None: ...
 
 class StateReport(_message.Message):
     __slots__ = ("models", "applied_revision", "stats")

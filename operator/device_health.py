@@ -1,0 +1,223 @@
+"""A device's health as its EdgeDevice status shows it, in the manner of a Node's: the
+figures its heartbeats carry (`status.health`, checked by gateway/policy.check_health),
+the conditions they make against the thresholds the admin sets, a one-word summary for
+the printer column, and the transitions that become Events.
+
+Pure: the gateway computes them on every heartbeat it takes, the controller when it
+turns a device Offline for a gateway that died. Conditions are plain status dicts
+(camelCase, times as strings): thousands of devices report every few seconds, and most
+reports change nothing.
+
+A condition's message names the threshold, not the figure, so that it stays put while
+the figure moves (the figure is in status.health; the Event of a transition quotes it).
+A pressure clears only once its figure is back past the threshold by a margin, so that
+a figure hovering at the threshold does not flap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+READY = "Ready"
+MEMORY_PRESSURE = "MemoryPressure"
+DISK_PRESSURE = "DiskPressure"
+OVERHEATING = "Overheating"
+CLOCK_SKEW = "ClockSkew"
+# The conditions under which a rollout holds a device back: a new version would make
+# them worse (a download, a second session in memory, more heat).
+PRESSURES = (MEMORY_PRESSURE, DISK_PRESSURE, OVERHEATING)
+HEALTH_CONDITIONS = (*PRESSURES, CLOCK_SKEW)
+NOT_REPORTED = "NotReported"
+HEALTHY = "Healthy"
+# How far back past its threshold a figure must be before its condition clears.
+PERCENT_MARGIN = 2.0
+CELSIUS_MARGIN = 5.0
+CLOCK_MARGIN = 0.9  # of the threshold
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+Condition = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class HealthThresholds:
+    """Where a device's figures make a condition True (operator flags, chart values)."""
+
+    memory_available_percent: float = 10.0  # MemoryPressure below this share of total
+    disk_free_percent: float = 10.0  # DiskPressure below this share of the data dir's disk
+    temperature_celsius: float = 85.0  # Overheating above this
+    clock_offset_seconds: float = 60.0  # ClockSkew beyond this, either way
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A condition that turned bad, or good again: an Event."""
+
+    type: str
+    bad: bool  # it turned bad (Warning), else it cleared (Normal)
+    reason: str
+    message: str
+
+
+def _verdict(type_: str, status: ConditionStatus, reason: str, message: str) -> Condition:
+    return {"type": type_, "status": status, "reason": reason, "message": message}
+
+
+def _share_below(value: object, total: object, percent: float, was_true: bool) -> bool | None:
+    if not isinstance(value, int) or not isinstance(total, int) or total <= 0:
+        return None
+    limit = percent + (PERCENT_MARGIN if was_true else 0.0)
+    return value * 100 < limit * total
+
+
+def _judge(type_: str, health: Mapping[str, Any] | None, thresholds: HealthThresholds,
+           was_true: bool) -> Condition:
+    """One health condition from the figures (None: the runtime reports none)."""
+    if health is None:
+        return _verdict(type_, "Unknown", NOT_REPORTED,
+                        "the runtime reports no health (older than health reporting)")
+    if type_ == MEMORY_PRESSURE:
+        low = _share_below(health.get("memoryAvailableBytes"), health.get("memoryTotalBytes"),
+                           thresholds.memory_available_percent, was_true)
+        rule = f"{thresholds.memory_available_percent:g}% of its memory"
+        return (_verdict(type_, "Unknown", "NotMeasured", "the runtime reads no memory figures")
+                if low is None else
+                _verdict(type_, "True", "MemoryLow", f"less than {rule} is available")
+                if low else
+                _verdict(type_, "False", "MemorySufficient", f"{rule} or more is available"))
+    if type_ == DISK_PRESSURE:
+        low = _share_below(health.get("diskFreeBytes"), health.get("diskTotalBytes"),
+                           thresholds.disk_free_percent, was_true)
+        rule = f"{thresholds.disk_free_percent:g}% of the data directory's disk"
+        return (_verdict(type_, "Unknown", "NotMeasured", "the runtime reads no disk figures")
+                if low is None else
+                _verdict(type_, "True", "DiskLow", f"less than {rule} is free")
+                if low else
+                _verdict(type_, "False", "DiskSufficient", f"{rule} or more is free"))
+    if type_ == OVERHEATING:
+        celsius = health.get("temperatureCelsius")
+        limit = thresholds.temperature_celsius - (CELSIUS_MARGIN if was_true else 0.0)
+        rule = f"{thresholds.temperature_celsius:g} °C"
+        if not isinstance(celsius, (int, float)):
+            return _verdict(type_, "Unknown", "NoThermalZone",
+                            "the device exposes no temperature")
+        return (_verdict(type_, "True", "TooHot", f"the hottest zone is above {rule}")
+                if celsius > limit else
+                _verdict(type_, "False", "TemperatureNormal", f"every zone is at {rule} or below"))
+    offset = health.get("clockOffsetSeconds")
+    limit = thresholds.clock_offset_seconds * (CLOCK_MARGIN if was_true else 1.0)
+    rule = f"{thresholds.clock_offset_seconds:g} s"
+    if not isinstance(offset, (int, float)):
+        return _verdict(type_, "Unknown", "NotMeasured", "the runtime sends no clock reading")
+    return (_verdict(type_, "True", "ClockOffset",
+                     f"the device's clock is more than {rule} off the gateway's")
+            if abs(offset) > limit else
+            _verdict(type_, "False", "ClockInSync", f"within {rule} of the gateway's clock"))
+
+
+def _figures(type_: str, health: Mapping[str, Any] | None) -> str:
+    """The figures behind a condition, for its Event."""
+    if health is None:
+        return ""
+    if type_ == MEMORY_PRESSURE:
+        return (f": {_size(health.get('memoryAvailableBytes'))} of "
+                f"{_size(health.get('memoryTotalBytes'))} available")
+    if type_ == DISK_PRESSURE:
+        return (f": {_size(health.get('diskFreeBytes'))} of "
+                f"{_size(health.get('diskTotalBytes'))} free")
+    if type_ == OVERHEATING and isinstance(health.get("temperatureCelsius"), (int, float)):
+        return f": {health['temperatureCelsius']:.1f} °C"
+    if type_ == CLOCK_SKEW and isinstance(health.get("clockOffsetSeconds"), (int, float)):
+        offset = health["clockOffsetSeconds"]
+        return f": {abs(offset):.1f} s {'ahead' if offset > 0 else 'behind'}"
+    return ""
+
+
+def _size(value: object) -> str:
+    if not isinstance(value, int):
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024  # type: ignore[assignment]
+    raise AssertionError("unreachable")
+
+
+def ready_condition(phase: str, reason: str, message: str) -> Condition:
+    """The Ready condition that goes with a device's phase."""
+    return _verdict(READY, "True" if phase == "Online" else "False", reason, message)
+
+
+def merge_conditions(previous: Sequence[Mapping[str, Any]], verdicts: Sequence[Condition],
+                     now: str) -> tuple[list[Condition], list[Transition]]:
+    """`previous` with each verdict in place of its type's condition (others kept, in
+    their order; new types after them); lastTransitionTime moves only when a status
+    does. The transitions into a bad state and out of one, for Events: Ready True is
+    good (no Ready yet is bad), the other conditions True are bad."""
+    by_type = {str(c.get("type")): c for c in previous}
+    transitions: list[Transition] = []
+    merged: dict[str, Condition] = {key: dict(c) for key, c in by_type.items()}
+    for verdict in verdicts:
+        before = by_type.get(verdict["type"])
+        moved = before is None or before.get("status") != verdict["status"]
+        merged[verdict["type"]] = {**verdict, "lastTransitionTime": (
+            now if moved or before is None else before.get("lastTransitionTime", now))}
+        if moved:
+            # A device never Ready before was not online: its first Ready is news.
+            was_bad = _bad(before) if before else verdict["type"] == READY
+            bad = _bad(verdict)
+            if bad or was_bad:
+                transitions.append(Transition(verdict["type"], bad, verdict["reason"],
+                                              verdict["message"]))
+    return list(merged.values()), transitions
+
+
+def _bad(condition: Mapping[str, Any]) -> bool:
+    if condition.get("type") == READY:
+        return condition.get("status") != "True"
+    return condition.get("status") == "True"
+
+
+def health_conditions(health: Mapping[str, Any] | None, previous: Sequence[Mapping[str, Any]],
+                      thresholds: HealthThresholds) -> list[Condition]:
+    """The verdicts on MemoryPressure, DiskPressure, Overheating and ClockSkew."""
+    was_true = {str(c.get("type")) for c in previous if c.get("status") == "True"}
+    return [_judge(type_, health, thresholds, type_ in was_true)
+            for type_ in HEALTH_CONDITIONS]
+
+
+def event_message(device: str, transition: Transition, health: Mapping[str, Any] | None) -> str:
+    """An Event's message for a transition, quoting the figures behind it."""
+    if transition.type == READY:
+        return f"device {device} is {'offline' if transition.bad else 'online'}: " + (
+            transition.message)
+    state = "has" if transition.bad else "no longer has"
+    return (f"device {device} {state} {transition.type}{_figures(transition.type, health)} "
+            f"({transition.message})")
+
+
+def event_reason(transition: Transition) -> str:
+    """DeviceOnline and DeviceOffline for Ready; the condition's type when it turns
+    bad, and <type>Cleared when it clears."""
+    if transition.type == READY:
+        return "DeviceOffline" if transition.bad else "DeviceOnline"
+    return transition.type if transition.bad else f"{transition.type}Cleared"
+
+
+def summary(conditions: Sequence[Mapping[str, Any]]) -> str:
+    """The printer column: the health conditions that are True, comma-separated;
+    NotReported when the runtime sends no health; otherwise Healthy."""
+    bad = [str(c["type"]) for c in conditions
+           if c.get("type") in HEALTH_CONDITIONS and c.get("status") == "True"]
+    if bad:
+        return ",".join(bad)
+    if any(c.get("reason") == NOT_REPORTED for c in conditions):
+        return NOT_REPORTED
+    return HEALTHY
+
+
+def under_pressure(conditions: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The pressures that hold the device back from a rollout now."""
+    return tuple(str(c["type"]) for c in conditions
+                 if c.get("type") in PRESSURES and c.get("status") == "True")
