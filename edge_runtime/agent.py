@@ -181,7 +181,7 @@ class CloudAgent:
             telemetry.HEALTH.sample = self._health_sample
 
     def _health(self) -> pb.Health:
-        return health_message(self._health_sample, self.state.starts - 1)
+        return health_message(self._health_sample, max(0, self.state.starts - 1))
 
     async def _sample_metrics(self) -> None:
         assert self.metrics is not None

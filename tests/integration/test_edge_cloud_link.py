@@ -81,8 +81,9 @@ def test_apply_to_ready_on_targeted_devices_relabel_and_withdraw(fleet: Fleet) -
     printed = printed_row(kube.kubectl("get", "em", "digits", "-n", namespace).stdout)
     assert (printed["VERSION"], printed["READY"], printed["PHASE"]) == ("1.0.0", "2/2", "Healthy")
     devices = kube.kubectl("get", "ed", "-n", namespace).stdout
-    assert [line.split()[1:3] for line in devices.splitlines()[1:]] == [
-        ["Online", "1"], ["Online", "1"], ["Online", "0"]]
+    assert [(row["PHASE"], row["HEALTH"], row["MODELS"])
+            for row in (printed_row(devices, i) for i in range(3))] == [
+        ("Online", "Healthy", "1"), ("Online", "Healthy", "1"), ("Online", "Healthy", "0")]
 
     # Relabel: the model follows the label.
     kube.patch("edgedevices", namespace, "cam-3", {"metadata": {"labels": {"site": "plant-7"}}})
