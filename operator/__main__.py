@@ -46,6 +46,7 @@ logger = logging.getLogger("edgefleet.operator")
 
 async def run(settings: OperatorSettings) -> int:
     api_client = load_kubernetes_config(settings.api_concurrency)
+    metrics.DEVICES.label_keys = tuple(settings.device_metric_labels)
     operator_ready = asyncio.Event()
     health = web.AppRunner(metrics.health_app(operator_ready.is_set), access_log=None)
     await health.setup()

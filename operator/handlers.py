@@ -177,7 +177,8 @@ def device_changed(memo: OperatorMemo, namespace: str, name: str, body: Body | N
         memo.phases.observe(namespace, name, DeviceFacts(
             approved=may_serve, revoked=bool(spec.get("revoked")),
             status={key: status[key] for key in DeviceFacts.READS if key in status},
-            generation=metadata.get("generation"), uid=str(metadata.get("uid", ""))))
+            generation=metadata.get("generation"), uid=str(metadata.get("uid", "")),
+            labels=labels))
     if memo.directory is None:  # the controller serves no devices
         return
     if entry := memo.directory.get(namespace, name):

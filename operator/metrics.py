@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import get_args
 
 from aiohttp import web
@@ -76,6 +78,79 @@ GATEWAY_QUEUED_BYTES = Gauge(
 
 MODEL_PHASES = PhaseTally(get_args(ModelPhase))
 DEVICE_PHASES = PhaseTally(get_args(DevicePhase))
+
+
+def device_label_name(key: str) -> str:
+    """The metric label a device label becomes on the info series: `site` is
+    `label_site`, `topology.kubernetes.io/zone` is `label_topology_kubernetes_io_zone`."""
+    return "label_" + re.sub(r"[^A-Za-z0-9_]", "_", key)
+
+
+@dataclass(frozen=True)
+class DeviceSeries:
+    """What the per-device series say of one EdgeDevice."""
+
+    up: bool | None  # Online; None while Pending (never seen: no series, no alert)
+    conditions: tuple[str, ...] = ()  # health conditions that are True
+    runtime_version: str = ""
+    labels: tuple[str, ...] = ()  # the values of DeviceTally.label_keys, in order
+    failed: tuple[tuple[str, str], ...] = ()  # (model, version) it reports Failed
+
+
+class DeviceTally:
+    """Every device's series, as the controller last judged it. `label_keys`: the device
+    labels the info series carries (--device-metric-labels)."""
+
+    def __init__(self) -> None:
+        self.by_device: dict[tuple[str, str], DeviceSeries] = {}
+        self.label_keys: tuple[str, ...] = ()
+
+    def set(self, namespace: str, name: str, series: DeviceSeries) -> None:
+        self.by_device[(namespace, name)] = series
+
+    def discard(self, namespace: str, name: str) -> None:
+        self.by_device.pop((namespace, name), None)
+
+
+DEVICES = DeviceTally()
+
+
+class DeviceCollector(Collector):
+    """Per-device series, bounded for fleets of thousands: `up` and `info` are one series
+    per device seen; a condition or a failed model version is a series only while it is
+    True, so that a healthy fleet of 5,000 exports 10,000 series here, not 40,000."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        device = ["namespace", "device"]
+        up = GaugeMetricFamily("edgefleet_operator_device_up",
+                               "1 while the EdgeDevice is Online, 0 while Offline (no series "
+                               "until it is first seen)", labels=device)
+        conditions = GaugeMetricFamily(
+            "edgefleet_operator_device_condition",
+            "1 for each health condition that is True on the EdgeDevice (MemoryPressure, "
+            "DiskPressure, Overheating, ClockSkew); no series while it is not",
+            labels=[*device, "condition"])
+        info = GaugeMetricFamily(
+            "edgefleet_operator_device_info",
+            "1, labelled with the EdgeDevice's runtime version and the device labels "
+            "--device-metric-labels names",
+            labels=[*device, "runtime_version",
+                    *(device_label_name(key) for key in DEVICES.label_keys)])
+        failed = GaugeMetricFamily(
+            "edgefleet_operator_device_model_failed",
+            "1 for each model version the EdgeDevice reports Failed; no series otherwise",
+            labels=[*device, "model", "version"])
+        keys = len(DEVICES.label_keys)
+        for (namespace, name), series in sorted(DEVICES.by_device.items()):
+            if series.up is not None:
+                up.add_metric([namespace, name], 1 if series.up else 0)
+            for condition in series.conditions:
+                conditions.add_metric([namespace, name, condition], 1)
+            labels = [*series.labels[:keys], *[""] * (keys - len(series.labels))]
+            info.add_metric([namespace, name, series.runtime_version, *labels], 1)
+            for model, version in series.failed:
+                failed.add_metric([namespace, name, model, version], 1)
+        yield from (up, conditions, info, failed)
 
 
 class PhaseCollector(Collector):
@@ -162,6 +237,7 @@ class RolloutCollector(Collector):
 
 REGISTRY.register(PhaseCollector())
 REGISTRY.register(RolloutCollector())
+REGISTRY.register(DeviceCollector())
 
 
 def health_app(is_ready: Callable[[], bool]) -> web.Application:

@@ -38,14 +38,15 @@ class DeviceFacts:
     """What the controller's decision reads of one EdgeDevice, as last watched."""
 
     READS: ClassVar[tuple[str, ...]] = ("phase", "lastSeen", "connection", "modelCount",
-                                        "identity", "conditions",
-                                        "observedGeneration")  # of its status
+                                        "identity", "conditions", "observedGeneration",
+                                        "health", "models")  # of its status
 
     approved: bool
     revoked: bool
     status: Mapping[str, Any]
     generation: int | None = None
     uid: str = ""
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 class Gateways(planner.GatewayStanding, Protocol):
@@ -84,6 +85,7 @@ class DevicePhases:
         key = (namespace, name)
         self._index(key, self._facts.pop(key, None), None)
         metrics.DEVICE_PHASES.discard(namespace, name)
+        metrics.DEVICES.discard(namespace, name)
 
     def gateway_changed(self, replicas: set[str] | None) -> None:
         """These gateway replicas died, came back or began again (None: the first look at
@@ -128,6 +130,8 @@ class DevicePhases:
         if due is None:
             return
         metrics.DEVICE_PHASES.set(*key, due.phase)
+        facts = self._facts[key]
+        metrics.DEVICES.set(*key, device_series(facts, due.phase, metrics.DEVICES.label_keys))
         if not due.patch:  # a reconcile that found nothing to write
             metrics.RECONCILES.labels("EdgeDevice", "unchanged").inc()
             metrics.RECONCILE_SECONDS.labels("EdgeDevice").observe(time.perf_counter() - started)
@@ -189,3 +193,22 @@ class DevicePhases:
 
 def gateway_of(facts: DeviceFacts | None) -> str | None:
     return planner.session_gateway(facts.status) if facts else None
+
+
+def device_series(facts: DeviceFacts, phase: str,
+                  label_keys: tuple[str, ...]) -> metrics.DeviceSeries:
+    """The per-device series of a device as watched, in the phase the controller judged."""
+    status = facts.status
+    conditions = status.get("conditions")
+    health = status.get("health")
+    models = status.get("models")
+    return metrics.DeviceSeries(
+        up=None if phase == "Pending" else phase == "Online",
+        conditions=tuple(str(c.get("type")) for c in (conditions or [])
+                         if isinstance(c, Mapping) and c.get("status") == "True"
+                         and c.get("type") in device_health.HEALTH_CONDITIONS),
+        runtime_version=str(health.get("runtimeVersion") or "")
+        if isinstance(health, Mapping) else "",
+        labels=tuple(facts.labels.get(key, "") for key in label_keys),
+        failed=tuple((str(m.get("name")), str(m.get("version"))) for m in (models or [])
+                     if isinstance(m, Mapping) and m.get("state") == "Failed"))

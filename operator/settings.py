@@ -4,6 +4,7 @@ variables and overridden by command-line flags (`edgefleet-operator --help`)."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tempfile
 from datetime import timedelta
@@ -12,6 +13,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from edgefleet.operator.metrics import device_label_name
+from edgefleet.operator.resources import LABEL_KEY_PATTERN
 
 Role = Literal["all", "controller", "gateway"]
 
@@ -86,6 +90,11 @@ class OperatorSettings(BaseSettings):
         default=60.0, gt=0,
         description="a device whose clock is further than this from the gateway's has "
                     "ClockSkew (its metric samples and certificates misbehave)")
+    device_metric_labels: list[str] = Field(
+        default_factory=list, max_length=10,
+        description="EdgeDevice labels the per-device info series carries (as "
+                    "label_<key>), e.g. site: each adds no series, only a label to the one "
+                    "per device")
     model_status_write_seconds: float = Field(
         default=10.0, ge=0,
         description="an EdgeModel status whose only change is its device counts is written "
@@ -149,6 +158,18 @@ class OperatorSettings(BaseSettings):
         if isinstance(value, str) and value.replace(".", "", 1).isdigit():
             return float(value)
         return value
+
+    @field_validator("device_metric_labels")
+    @classmethod
+    def _label_keys(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            if not re.fullmatch(LABEL_KEY_PATTERN, key) or len(key) > 317:
+                raise ValueError(f"{key!r} is not a Kubernetes label key")
+        names = [device_label_name(key) for key in keys]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{keys} name the same metric label twice once '.', '/' and "
+                             "'-' become '_'")
+        return keys
 
     @model_validator(mode="after")
     def _consistent(self) -> OperatorSettings:

@@ -405,6 +405,16 @@ def plaintext_fleet(kube: Kube, namespace: str, start_operator: StartOperator,
     started.stop()
 
 
+@pytest.fixture
+def devices() -> Iterator[list[Any]]:
+    """Fake devices (test_gateway_security.FakeDevice) a test connects; all closed
+    afterwards."""
+    connected: list[Any] = []
+    yield connected
+    for device in connected:
+        device.close()
+
+
 @dataclass
 class Prometheus:
     """A real Prometheus scraping the given targets every second."""

@@ -23,6 +23,7 @@ from tritonclient.utils import InferenceServerException
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as fleet
 
 EXAMPLES = Path(__file__).parent / "examples"
+MONITORING = Path(__file__).resolve().parents[1] / "monitoring"
 T = TypeVar("T")
 
 
@@ -205,3 +206,9 @@ class TcpBalancer:
             self._loop.stop()
 
         self._loop.call_soon_threadsafe(stop)
+
+
+def alert_expressions() -> dict[str, str]:
+    """Every alert of monitoring/alerts.yaml by name, with its expression."""
+    rules = yaml.safe_load((MONITORING / "alerts.yaml").read_text())
+    return {rule["alert"]: rule["expr"] for group in rules["groups"] for rule in group["rules"]}

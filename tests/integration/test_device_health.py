@@ -130,10 +130,3 @@ def test_a_runtime_that_sends_no_health_is_shown_as_not_reporting_it(
     assert {c["reason"] for c in status["conditions"] if c["type"] != "Ready"} == {
         "NotReported"}
 
-
-@pytest.fixture
-def devices() -> Iterator[list[FakeDevice]]:
-    connected: list[FakeDevice] = []
-    yield connected
-    for device in connected:
-        device.close()

@@ -19,10 +19,9 @@ from kubernetes import client
 
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 from tests.conftest import Fleet, Kube, OperatorProcess, StartOperator, StartPrometheus
-from tests.helpers import eventually
+from tests.helpers import alert_expressions, eventually
 from tests.integration.test_device_identity import enroll, pem_key, tls_options
 from tests.integration.test_link_faults import silent_server  # noqa: F401 (a fixture)
-from tests.integration.test_monitoring import alert_expressions
 from tests.integration.test_operator import wait_status
 
 pytestmark = pytest.mark.integration
@@ -102,15 +101,6 @@ class FakeDevice:
         self._responses.cancel()
         self._thread.join(timeout=10)
         self._channel.close()
-
-
-@pytest.fixture
-def devices() -> Iterator[list[FakeDevice]]:
-    """Fake devices the test connects; all closed afterwards."""
-    connected: list[FakeDevice] = []
-    yield connected
-    for device in connected:
-        device.close()
 
 
 def connect_fake(fleet: Fleet, devices: list[FakeDevice], name: str,

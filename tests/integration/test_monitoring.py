@@ -9,18 +9,20 @@ import json
 import math
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import testmodels
 
+from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 from tests.conftest import Fleet, Prometheus, StartPrometheus
-from tests.helpers import Traffic, eventually
+from tests.helpers import MONITORING, Traffic, alert_expressions, eventually
 from tests.integration.test_edge_cloud_link import edge_model, publish
+from tests.integration.test_gateway_security import FakeDevice, connect_fake, written
 from tests.integration.test_operator import wait_status
 
 pytestmark = pytest.mark.integration
-MONITORING = Path(__file__).resolve().parents[2] / "monitoring"
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -31,7 +33,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_promtool_checks_and_unit_tests_the_alert_rules() -> None:
     checked = promtool("check", "rules", "alerts.yaml")
-    assert checked.returncode == 0 and "SUCCESS: 6 rules found" in checked.stdout, checked
+    assert checked.returncode == 0 and "SUCCESS: 12 rules found" in checked.stdout, checked
     tested = promtool("test", "rules", "alerts_test.yaml")
     assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
 
@@ -45,28 +47,36 @@ def dashboard_queries() -> list[tuple[str, str]]:
     return queries
 
 
-def alert_expressions() -> dict[str, str]:
-    import yaml
-
-    rules = yaml.safe_load((MONITORING / "alerts.yaml").read_text())
-    return {rule["alert"]: rule["expr"] for group in rules["groups"] for rule in group["rules"]}
-
-
 def finite(server: Prometheus, promql: str) -> bool:
     return any(math.isfinite(float(sample["value"][1])) for sample in server.query(promql))
 
 
 def test_prometheus_answers_every_dashboard_query_and_every_alert_fires(
-    fleet: Fleet, prometheus: StartPrometheus,
+    fleet: Fleet, prometheus: StartPrometheus, devices: list[FakeDevice], tmp_path: Path,
 ) -> None:
     """A fleet in trouble on purpose: a device offline, a rollout rolled back, another
     held at a gate with its canary failing half its requests, an artifact that fails
-    verification, and devices whose metrics buffer overflows (no remote write, a tiny
-    buffer). Every dashboard query returns data, and so does every alert expression."""
+    verification, devices whose metrics buffer overflows (no remote write, a tiny
+    buffer), a device overheating (its thermal zone at 95 °C) and one short of memory
+    and disk, its clock an hour behind, with a model that failed there. Every dashboard
+    query returns data, and so does every alert expression."""
     kube, namespace = fleet.kube, fleet.namespace
+    hot = tmp_path / "hot-sys" / "class" / "thermal" / "thermal_zone0"
+    hot.mkdir(parents=True)
+    (hot / "temp").write_text("95000\n")
     for name, site in (("cam-1", "plant-7"), ("cam-2", "plant-7"), ("cam-3", "plant-9")):
         fleet.add_device(name, site=site)
-        fleet.start(name, "--metrics-push-seconds", "0.2", "--metrics-buffer-bytes", "65536")
+        fleet.start(name, "--metrics-push-seconds", "0.2", "--metrics-buffer-bytes", "65536",
+                    *(["--sysfs-path", str(tmp_path / "hot-sys")] if name == "cam-1" else []))
+    fleet.add_device("cam-4", site="plant-9")
+    troubled = connect_fake(fleet, devices, "cam-4")
+    written(fleet, troubled, pb.DeviceMessage(heartbeat=pb.Heartbeat(
+        models=[pb.ModelState(name="digits", version="0", digest="sha256:" + "0" * 64,
+                              state=pb.ModelState.FAILED, message="not enough disk")],
+        health=pb.Health(memory_available_bytes=1, memory_total_bytes=100, disk_free_bytes=1,
+                         disk_total_bytes=100, time_ms=int(time.time() * 1000) - 3_600_000))),
+        lambda status: status.get("healthSummary") == "MemoryPressure,DiskPressure,ClockSkew",
+        "cam-4 in trouble")
     stable_uri, stable_sha = publish(fleet.root, testmodels.scaled(1.0))
     for model in ("digits", "doomed"):
         kube.create("edgemodels", namespace,
@@ -100,3 +110,4 @@ def test_prometheus_answers_every_dashboard_query_and_every_alert_fires(
         for alert, expr in alert_expressions().items():
             eventually(lambda q=expr: server.query(q), timeout=90,
                        what=f"the expression of {alert} to return data: {expr}")
+

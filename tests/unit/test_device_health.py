@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from edgefleet.operator import device_health
+from edgefleet.operator import device_health, metrics
 from edgefleet.operator.device_health import HealthThresholds
 from edgefleet.operator.gateway.policy import GatewayLimits, Refusal, check_health
+from edgefleet.operator.phases import DeviceFacts, device_series
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 
 GIB = 2**30
@@ -122,3 +123,47 @@ def test_the_gateway_takes_the_figures_a_real_device_reads() -> None:
         disk_free_bytes=0, disk_total_bytes=8 * GIB, temperature_celsius=-20.0,
         uptime_seconds=3600.0, restarts=2, os="Linux", kernel="6.1.0-18-arm64",
         time_ms=1_764_547_200_000), GatewayLimits())
+
+
+def test_per_device_series_name_the_device_and_only_what_is_wrong() -> None:
+    facts = DeviceFacts(approved=True, revoked=False, labels={"site": "plant-7"}, status={
+        "conditions": [{"type": "Ready", "status": "True"},
+                       {"type": "DiskPressure", "status": "True"},
+                       {"type": "Overheating", "status": "False"}],
+        "health": {"runtimeVersion": "1.2.3"},
+        "models": [{"name": "digits", "version": "2", "state": "Failed"},
+                   {"name": "digits", "version": "1", "state": "Ready"}]})
+    series = device_series(facts, "Online", ("site", "topology.kubernetes.io/zone"))
+    assert series == metrics.DeviceSeries(
+        up=True, conditions=("DiskPressure",), runtime_version="1.2.3",
+        labels=("plant-7", ""), failed=(("digits", "2"),))
+    assert device_series(facts, "Pending", ()).up is None  # never seen: no up series
+
+    metrics.DEVICES.label_keys = ("site", "topology.kubernetes.io/zone")
+    metrics.DEVICES.set("fleet", "cam-1", series)
+    metrics.DEVICES.set("fleet", "cam-2", metrics.DeviceSeries(up=False))
+    try:
+        samples = {(family.name, tuple(sorted(sample.labels.items())), sample.value)
+                   for family in metrics.DeviceCollector().collect()
+                   for sample in family.samples}
+    finally:
+        metrics.DEVICES.discard("fleet", "cam-1")
+        metrics.DEVICES.discard("fleet", "cam-2")
+        metrics.DEVICES.label_keys = ()
+    def labelled(**labels: str) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted(labels.items()))
+
+    cam_1, cam_2 = {"namespace": "fleet", "device": "cam-1"}, {"namespace": "fleet",
+                                                               "device": "cam-2"}
+    no_labels = {"label_site": "", "label_topology_kubernetes_io_zone": ""}
+    assert samples == {
+        ("edgefleet_operator_device_up", labelled(**cam_1), 1),
+        ("edgefleet_operator_device_up", labelled(**cam_2), 0),
+        ("edgefleet_operator_device_condition", labelled(**cam_1, condition="DiskPressure"), 1),
+        ("edgefleet_operator_device_info",
+         labelled(**cam_1, **{**no_labels, "label_site": "plant-7"}, runtime_version="1.2.3"), 1),
+        ("edgefleet_operator_device_info", labelled(**cam_2, **no_labels, runtime_version=""),
+         1),
+        ("edgefleet_operator_device_model_failed",
+         labelled(**cam_1, model="digits", version="2"), 1),
+    }

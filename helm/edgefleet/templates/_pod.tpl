@@ -15,6 +15,11 @@ remote-write URL (a controller holds no device session, so it has no samples to 
 - {name: EDGEFLEET_METRICS_PORT, value: {{ $v.metrics.port | quote }}}
 - {name: EDGEFLEET_HEARTBEAT_WRITE_SECONDS, value: {{ $gw.heartbeatWriteSeconds | quote }}}
 - {name: EDGEFLEET_LAST_SEEN_WRITE_SECONDS, value: {{ $gw.lastSeenWriteSeconds | quote }}}
+- {name: EDGEFLEET_MEMORY_PRESSURE_PERCENT, value: {{ $v.deviceHealth.memoryPressurePercent | quote }}}
+- {name: EDGEFLEET_DISK_PRESSURE_PERCENT, value: {{ $v.deviceHealth.diskPressurePercent | quote }}}
+- {name: EDGEFLEET_OVERHEATING_CELSIUS, value: {{ $v.deviceHealth.overheatingCelsius | quote }}}
+- {name: EDGEFLEET_CLOCK_SKEW_SECONDS, value: {{ $v.deviceHealth.clockSkewSeconds | quote }}}
+- {name: EDGEFLEET_DEVICE_METRIC_LABELS, value: {{ $v.deviceHealth.metricLabels | toJson | quote }}}
 - {name: EDGEFLEET_ARTIFACT_CACHE_DIR, value: /var/cache/edgefleet}
 - {name: EDGEFLEET_ARTIFACT_MAX_BYTES, value: {{ $v.artifacts.maxBytes | int64 | quote }}}
 {{- if .remoteWrite }}
