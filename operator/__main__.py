@@ -30,6 +30,7 @@ from edgefleet.operator.artifacts import ArtifactCache
 from edgefleet.operator.device_health import HealthThresholds
 from edgefleet.operator.fleet import FleetChanges, FleetIndex
 from edgefleet.operator.gateway.directory import DeviceDirectory
+from edgefleet.operator.gateway.policy import GatewayLimits
 from edgefleet.operator.gateway.remote_write import RemoteWriter
 from edgefleet.operator.gateway.server import FleetGateway
 from edgefleet.operator.gateway.server import create_server as create_gateway_server
@@ -219,6 +220,8 @@ async def start_gateway(settings: OperatorSettings, api_client: client.ApiClient
         credentials=device_credentials, keystore=keystore,
         device_cert_validity=settings.device_cert_validity, remote_writer=remote_writer,
         replica=settings.identity, last_seen_write_s=settings.last_seen_write_seconds,
+        limits=GatewayLimits(
+            status_progress_seconds=settings.download_progress_write_seconds),
         thresholds=HealthThresholds(
             memory_available_percent=settings.memory_pressure_percent,
             disk_free_percent=settings.disk_pressure_percent,

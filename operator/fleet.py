@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from edgefleet.operator.analysis import TrafficStats
+from edgefleet.operator.device_health import under_pressure
 from edgefleet.operator.resources import (
     DEVICE_APPROVED_ANNOTATION,
     EdgeModelSpec,
@@ -55,10 +56,13 @@ def device_view(name: str, labels: Mapping[str, str], status: Mapping[str, Any])
         traffic[(seen.model, seen.version)] = TrafficStats(
             seen.requests, seen.errors, tuple(seen.latency_bounds_seconds) if counts else (),
             counts, tuple(seen.top_class_counts))
+    conditions = status.get("conditions")
     return DeviceView(
         name=name, labels=dict(labels), models=models,
         phase=status.get("phase") or "Pending", last_seen=parse_time(status.get("lastSeen")),
         traffic=traffic,
+        pressure=under_pressure([c for c in conditions if isinstance(c, Mapping)]
+                                if isinstance(conditions, list) else []),
     )
 
 

@@ -160,8 +160,8 @@ def device_changed(memo: OperatorMemo, namespace: str, name: str, body: Body | N
     before = devices.pop(name, None)
     if view:
         devices[name] = view
-    # Labels, approval, held models and statistics matter to models; a heartbeat that
-    # only moves lastSeen changes none of them.
+    # Labels, approval, phase, pressure, held models and statistics matter to models; a
+    # heartbeat that only moves lastSeen changes none of them.
     if report(before) != report(view):
         label_sets = [seen.labels for seen in (before, view) if seen]
         for model in planner.models_to_wake(label_sets, memo.index.models_in(namespace)):
@@ -201,7 +201,8 @@ def device_changed(memo: OperatorMemo, namespace: str, name: str, body: Body | N
 
 def report(view: DeviceView | None) -> tuple[Any, ...] | None:
     """What a device's models read of it."""
-    return (view.labels, view.models, view.traffic) if view else None
+    return (view.labels, view.models, view.traffic, view.phase,
+            view.pressure) if view else None
 
 
 async def follow_artifacts(namespace: str, name: str, type: str | None, body: kopf.Body,

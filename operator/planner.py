@@ -12,7 +12,7 @@ import hashlib
 import itertools
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -174,24 +174,28 @@ def set_condition(
 
 
 def count_devices(model: str, target_version: str, targeted: Iterable[DeviceView],
-                  assigned: Mapping[str, ArtifactStatus | None]) -> DeviceCounts:
+                  assigned: Mapping[str, ArtifactStatus | None],
+                  lost: Collection[str] = ()) -> DeviceCounts:
     """`updated`: devices on the spec's version; `ready` and `failed`: devices serving,
     or failing, the version `assigned` to them by name (the stable one outside a
-    rollout's cohort)."""
+    rollout's cohort), and `lost` devices (offline past the timeout) never ready:
+    their last report is no word on now; `offline`: devices Offline now."""
     targeted = list(targeted)
-    updated = ready = failed = 0
+    updated = ready = failed = offline = 0
     for device in targeted:
+        offline += device.phase == "Offline"
         if device.state_of(model, target_version) not in (None, "Failed"):
             updated += 1
         if artifact := assigned.get(device.name):
             state = device.state_of(model, artifact.version)
-            ready += state == "Ready"
+            ready += state == "Ready" and device.name not in lost
             failed += state == "Failed"
-    return DeviceCounts(targeted=len(targeted), updated=updated, ready=ready, failed=failed)
+    return DeviceCounts(targeted=len(targeted), updated=updated, ready=ready, failed=failed,
+                        offline=offline)
 
 
 def model_phase(problems: list[str], counts: DeviceCounts, status: EdgeModelStatus,
-                paused: bool) -> ModelPhase:
+                paused: bool, lost: int = 0) -> ModelPhase:
     current = status.rollout
     if problems:
         return "Failed"
@@ -205,6 +209,8 @@ def model_phase(problems: list[str], counts: DeviceCounts, status: EdgeModelStat
         return "Degraded"
     if current:
         return "Progressing"
+    if lost:
+        return "Degraded"
     if counts.targeted and counts.ready == counts.targeted:
         return "Healthy"
     if counts.ready == 0:
@@ -214,7 +220,7 @@ def model_phase(problems: list[str], counts: DeviceCounts, status: EdgeModelStat
 
 def _ready_condition(
     problems: list[str], counts: DeviceCounts, failed_devices: list[str],
-    artifact: ArtifactCheck, status: EdgeModelStatus,
+    artifact: ArtifactCheck, status: EdgeModelStatus, lost: list[str], timeout_s: int,
 ) -> tuple[ConditionStatus, str, str]:
     if problems:
         return "False", "InvalidSpec", "; ".join(problems)
@@ -225,6 +231,11 @@ def _ready_condition(
     if counts.failed:
         return "False", "DevicesFailed", (
             f"{counts.failed} of {counts.targeted} devices failed: {'; '.join(failed_devices)}")
+    if lost:
+        shown = ", ".join(lost[:10]) + (f" and {len(lost) - 10} more" if len(lost) > 10 else "")
+        return "False", "DevicesOffline", (
+            f"{counts.ready} of {counts.targeted} devices serve their assigned version; "
+            f"{len(lost)} have been offline for more than {timeout_s}s: {shown}")
     if counts.ready == counts.targeted:
         return "True", "AllDevicesReady", (
             f"all {counts.targeted} targeted devices serve their assigned version")
@@ -279,7 +290,12 @@ def plan_model_status(
     })
     assigned = {device.name: rollout.assigned_artifact(namespace, name, device.name, status)
                 for device in targeted}
-    counts = count_devices(name, spec.version, targeted, assigned)
+    timeout_s = spec.rollout.offline_timeout_seconds
+    away = {device.name: device.offline_for(now) for device in targeted}
+    lost = sorted(device for device, seconds in away.items() if seconds > timeout_s)
+    counts = count_devices(name, spec.version, targeted, assigned, set(lost))
+    # Wake when the next offline device's timeout runs out: it stops counting as ready.
+    expiring = [timeout_s - seconds for seconds in away.values() if 0 < seconds <= timeout_s]
     failed_devices = sorted(
         f"{device.name} ({report.message})" if report.message else device.name
         for device in targeted
@@ -288,7 +304,7 @@ def plan_model_status(
         and report.state == "Failed"
     )
     ready_status, reason, message = _ready_condition(problems, counts, failed_devices,
-                                                     artifact, status)
+                                                     artifact, status, lost, timeout_s)
     conditions = set_condition(previous.conditions, type_=READY, status=ready_status,
                                reason=reason, message=message, now=now, generation=generation)
     conditions = set_condition(conditions, type_=ARTIFACT_READY,
@@ -309,7 +325,7 @@ def plan_model_status(
         conditions = [c for c in conditions if c.type != EXPERIMENT]
     active = current is not None and current.state == "Progressing"
     status = status.model_copy(update={
-        "phase": model_phase(problems, counts, status, spec.rollout.paused),
+        "phase": model_phase(problems, counts, status, spec.rollout.paused, len(lost)),
         "observed_generation": generation,
         "devices": counts,
         "ready_summary": f"{counts.ready}/{counts.targeted}",
@@ -321,7 +337,8 @@ def plan_model_status(
     device_states = Counter((version, report.state) for device in targeted
                             for (model, version), report in device.models.items()
                             if model == name)
-    return ModelPlan(status, decision.events, decision.recheck_after_s, dict(device_states))
+    recheck = [s for s in (decision.recheck_after_s, *expiring) if s is not None]
+    return ModelPlan(status, decision.events, min(recheck, default=None), dict(device_states))
 
 
 def plan_experiment(
@@ -532,6 +549,7 @@ class ModelPlacement:
     artifact: ArtifactStatus | None
     target: ArtifactStatus | None
     cohort_limit: str
+    held_back: tuple[str, ...]
     rolled_back: bool
     experiment: tuple[ArtifactStatus, int] | None
 
@@ -543,6 +561,7 @@ def model_placement(model: ModelView) -> ModelPlacement:
         stable=status.stable_artifact, artifact=status.artifact,
         target=current.target if current else None,
         cohort_limit=current.cohort_limit if current else "",
+        held_back=tuple(current.held_back) if current else (),
         rolled_back=bool(current and current.state == "RolledBack"),
         experiment=((status.experiment.artifact, status.experiment.weight)
                     if status.experiment else None))

@@ -234,6 +234,9 @@ class EdgeModelSpec(Resource):
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]
+# Devices a rollout holds back at once; past this, devices under pressure are waited for
+# like any other (the list lives in one object's status).
+MAX_HELD_BACK = 100
 
 
 class Condition(Resource):
@@ -256,6 +259,7 @@ class DeviceCounts(Resource):
     updated: Count = 0
     ready: Count = 0
     failed: Count = 0
+    offline: Count = Field(default=0, description="Targeted devices Offline now")
 
 
 class ArtifactStatus(Resource):
@@ -302,6 +306,10 @@ class RolloutStatus(Resource):
     # The candidate's requests when the step began: each step waits for minRequests
     # more of its own.
     step_start_requests: Count = 0
+    held_back: list[ObjectName] = Field(
+        default_factory=list, max_length=MAX_HELD_BACK,
+        description="Devices of the cohort kept on the stable version while under "
+                    "MemoryPressure, DiskPressure or Overheating; each joins once it clears")
 
 
 HistoryOutcome = Literal["Promoted", "RolledBack", "Superseded"]

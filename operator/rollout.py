@@ -22,6 +22,7 @@ from edgefleet.operator import analysis
 from edgefleet.operator.analysis import TrafficStats
 from edgefleet.operator.resources import (
     APPROVAL_ANNOTATION,
+    MAX_HELD_BACK,
     AnalysisStatus,
     ArtifactStatus,
     ConditionStatus,
@@ -81,7 +82,8 @@ def assigned_artifact(namespace: str, model: str, device: str,
         return status.artifact
     rollout = status.rollout
     if (rollout and rollout.state != "RolledBack"
-            and in_cohort(rank_key(namespace, model, device), rollout.cohort_limit)):
+            and in_cohort(rank_key(namespace, model, device), rollout.cohort_limit)
+            and device not in rollout.held_back):
         return rollout.target
     return stable
 
@@ -271,19 +273,23 @@ def _progress(namespace: str, name: str, spec: EdgeModelSpec, steps: list[Rollou
         away_s = {d.name: _away_for(d, current.started_at, now) for d in ranked}
         skipped = [d for d in cohort
                    if not _ready_on(d, name, target) and away_s[d.name] > timeout_s]
-        switching = [d for d in cohort
-                     if not _ready_on(d, name, target) and d not in skipped]
+        held = _held_back(cohort, name, target, skipped)
+        switching = [d for d in cohort if not _ready_on(d, name, target)
+                     and d not in skipped and d not in held]
         room = min(budget - len(switching), goal - len(cohort))
         if room > 0:
             added = [d for d in ranked if not in_cohort(keys[d.name], current.cohort_limit)]
             added = added[:room]
             current = current.model_copy(update={"cohort_limit": keys[added[-1].name]})
             cohort += added
-            switching += added
+            held = _held_back(cohort, name, target, skipped)
+            switching += [d for d in added if d not in held]
+        current, told = _hold_back(current, held, where, stable)
+        events.extend(told)
         if len(cohort) < goal or switching:
             # Wake when an offline device's timeout runs out (it may have just begun).
             waits = [timeout_s - away_s[d.name] for d in switching if d.phase != "Online"]
-            ready = len(cohort) - len(switching) - len(skipped)
+            ready = len(cohort) - len(switching) - len(skipped) - len(held)
             return RolloutDecision(stable, current, history, (
                 "True", "StepInProgress",
                 f"{where}: {ready} of {goal} devices serve {target.version}"
@@ -332,6 +338,28 @@ def _progress(namespace: str, name: str, spec: EdgeModelSpec, steps: list[Rollou
             f"({math.ceil(next_step.percent * len(ranked) / 100)} of {len(ranked)}) "
             f"to {target.version}")))
     raise AssertionError("unreachable: the last step promotes or waits")
+
+
+def _held_back(cohort: list[DeviceView], name: str, target: ArtifactStatus,
+               skipped: list[DeviceView]) -> list[DeviceView]:
+    """Devices of the cohort under pressure that do not serve the target yet: kept on the
+    stable version, and not waited for (at most MAX_HELD_BACK)."""
+    return [d for d in cohort if d.pressure and not _ready_on(d, name, target)
+            and d not in skipped][:MAX_HELD_BACK]
+
+
+def _hold_back(current: RolloutStatus, held: list[DeviceView], where: str,
+               stable: ArtifactStatus) -> tuple[RolloutStatus, list[RolloutEvent]]:
+    """The rollout status holding `held` back, and an Event naming those newly held."""
+    names = sorted(d.name for d in held)
+    if names == current.held_back:
+        return current, []
+    new = [d for d in held if d.name not in current.held_back]
+    events = [RolloutEvent("Warning", "DevicesHeldBack", (
+        f"{where} holds back {len(new)} devices under pressure on {stable.version} until it "
+        f"clears: " + ", ".join(f"{d.name} ({','.join(d.pressure)})" for d in new[:10])
+        + (f" and {len(new) - 10} more" if len(new) > 10 else "")))] if new else []
+    return current.model_copy(update={"held_back": names}), events
 
 
 def _away_for(device: DeviceView, rollout_started: datetime, now: datetime) -> float:

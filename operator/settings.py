@@ -75,6 +75,11 @@ class OperatorSettings(BaseSettings):
         description="a connected device's lastSeen, when nothing else is written, is "
                     "written this often (its gateway's Lease says meanwhile that it is "
                     "connected)")
+    download_progress_write_seconds: float = Field(
+        default=30.0, gt=0,
+        description="a model on its way to a device (downloading, with bytes done of total; "
+                    "verifying; loading) is written to the device's status at most this often; "
+                    "Ready or Failed soon after the device reports it")
     memory_pressure_percent: float = Field(
         default=10.0, ge=0, le=100,
         description="a device whose available memory is below this share of its total (its "

@@ -44,9 +44,17 @@ class DeviceView:
     last_seen: datetime | None = None
     # What each loaded (model, version) has answered, as last reported.
     traffic: Mapping[tuple[str, str], TrafficStats] = field(default_factory=dict)
+    # Its health conditions that hold it back from rollouts (device_health.PRESSURES).
+    pressure: tuple[str, ...] = ()
 
     def holds(self, model: str) -> bool:
         return any(name == model for name, _ in self.models)
+
+    def offline_for(self, now: datetime) -> float:
+        """Seconds since it was last seen while it is Offline; 0 otherwise."""
+        if self.phase != "Offline" or self.last_seen is None:
+            return 0.0
+        return max(0.0, (now - self.last_seen).total_seconds())
 
     def state_of(self, model: str, version: str) -> str | None:
         report = self.models.get((model, version))

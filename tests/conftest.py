@@ -456,13 +456,15 @@ def prometheus(tmp_path: Path) -> Iterator[StartPrometheus]:
     binary = shutil.which("prometheus")
     assert binary, "prometheus is not installed: run `make prometheus` (make test does)"
 
-    def start(targets: list[str],
-              labels: dict[str, dict[str, str]] | None = None) -> Prometheus:
+    def start(targets: list[str], labels: dict[str, dict[str, str]] | None = None,
+              rule_files: list[Path] | None = None) -> Prometheus:
         """Scrapes `targets` every second; `labels` adds labels per target (a device's
-        name, as a site's scrape configuration would)."""
+        name, as a site's scrape configuration would); `rule_files` are evaluated every
+        second."""
         config = tmp_path / "prometheus.yml"
         config.write_text(json.dumps({
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(path) for path in rule_files or []],
             "scrape_configs": [{"job_name": "edgefleet", "static_configs": [
                 {"targets": [target], "labels": (labels or {}).get(target, {})}
                 for target in targets]}],

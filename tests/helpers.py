@@ -155,13 +155,17 @@ class TcpBalancer:
     to the next backend that accepts it (round robin), bytes pass through untouched (TLS
     ends at the replica). A replica that dies takes its connections with it."""
 
-    def __init__(self, backends: list[int]) -> None:
+    def __init__(self, backends: list[int], bytes_per_second: float | None = None) -> None:
+        """`bytes_per_second`: what each connection carries towards the client at most
+        (a slow uplink)."""
         self.backends = list(backends)
+        self._rate = bytes_per_second
         self._next = 0
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         started = threading.Event()
-        threading.Thread(target=self._run, args=(started,), daemon=True).start()
+        self._thread = threading.Thread(target=self._run, args=(started,), daemon=True)
+        self._thread.start()
         started.wait(10)
         assert self._server is not None
         self.port = int(self._server.sockets[0].getsockname()[1])
@@ -184,28 +188,38 @@ class TcpBalancer:
             except OSError:
                 continue
             await asyncio.gather(self._pipe(reader, upstream_writer),
-                                 self._pipe(upstream_reader, writer))
+                                 self._pipe(upstream_reader, writer, self._rate))
             return
         writer.close()
 
     @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    rate: float | None = None) -> None:
         try:
             while data := await reader.read(65536):
                 writer.write(data)
                 await writer.drain()
+                if rate:
+                    await asyncio.sleep(len(data) / rate)
         except OSError:
             pass
         finally:
             writer.close()
 
     def close(self) -> None:
-        def stop() -> None:
+        """Stops serving, ends every connection, and the loop's thread with them."""
+        async def stop() -> None:
             if self._server:
                 self._server.close()
-            self._loop.stop()
+            pipes = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in pipes:
+                task.cancel()
+            await asyncio.gather(*pipes, return_exceptions=True)
 
-        self._loop.call_soon_threadsafe(stop)
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
 
 
 def alert_expressions() -> dict[str, str]:

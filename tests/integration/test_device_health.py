@@ -1,7 +1,9 @@
 """Device health end to end: a real edge runtime reads its health from procfs and sysfs
 (a meminfo and a thermal zone the test writes, a data dir on a small tmpfs), the real
 gateway turns the figures into EdgeDevice conditions against its thresholds, and an
-Event tells each transition; a runtime that sends no health is shown as such."""
+Event tells each transition; a runtime that sends no health is shown as such. The fleet
+acts on it: a rollout holds back a device under pressure, a model stops counting a
+device offline past its timeout, and a download's progress shows while it runs."""
 
 from __future__ import annotations
 
@@ -13,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import testmodels
 
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
-from tests.conftest import Fleet, stop_edge
-from tests.helpers import eventually
+from tests.conftest import Fleet, Kube, stop_edge
+from tests.helpers import TcpBalancer, eventually, printed_row
+from tests.integration.test_edge_cloud_link import answer, edge_model, publish, reported
 from tests.integration.test_gateway_security import FakeDevice, connect_fake, written
 from tests.integration.test_operator import wait_status
 
@@ -130,3 +134,100 @@ def test_a_runtime_that_sends_no_health_is_shown_as_not_reporting_it(
     assert {c["reason"] for c in status["conditions"] if c["type"] != "Ready"} == {
         "NotReported"}
 
+
+
+def test_a_rollout_holds_back_a_device_under_disk_pressure_until_it_clears(
+    fleet: Fleet, small_disk: Path,
+) -> None:
+    kube, namespace = fleet.kube, fleet.namespace
+    for name in ("cam-1", "cam-2"):  # cam-1's data dir is the small disk
+        fleet.add_device(name, site="plant-7")
+        fleet.start(name)
+    uri, sha = publish(fleet.root, testmodels.scaled(1.0))
+    kube.create("edgemodels", namespace, edge_model("digits", "1", uri, sha, site="plant-7"))
+    wait_status(kube, "edgemodels", namespace, "digits", {"phase": "Healthy"}, timeout=60)
+    (small_disk / "filler").write_bytes(b"\0" * (15 * MIB))
+    wait_status(kube, "edgedevices", namespace, "cam-1", {"healthSummary": "DiskPressure"})
+
+    uri, sha = publish(fleet.root, testmodels.scaled(2.0))
+    kube.patch("edgemodels", namespace, "digits", {"spec": {
+        "version": "2", "source": {"uri": uri, "sha256": sha}, "rollout": {
+            "strategy": "Canary", "maxUnavailable": 2,
+            "steps": [{"percent": 50}, {"percent": 100, "manualApproval": True}]}}})
+    # The step is ready without cam-1, which keeps serving version 1.
+    status = wait_status(kube, "edgemodels", namespace, "digits", {"stepSummary": "2/2"},
+                         timeout=60)
+    eventually(lambda: condition_reason(kube, namespace) == "AwaitingApproval", timeout=60,
+               what="the last step ready but for cam-1")
+    status = kube.get("edgemodels", namespace, "digits")["status"]
+    assert status["rollout"]["heldBack"] == ["cam-1"]
+    assert answer(fleet.edges["cam-1"], "digits") == 1.0
+    assert answer(fleet.edges["cam-2"], "digits") == 2.0
+    (held,) = eventually(lambda: [e.message for e in kube.events(namespace, "digits")
+                                  if e.reason == "DevicesHeldBack"], what="the step's Event")
+    assert "cam-1 (DiskPressure)" in held
+
+    # Room again: cam-1 joins the cohort it belongs to.
+    (small_disk / "filler").unlink()
+    eventually(lambda: answer(fleet.edges["cam-1"], "digits") == 2.0, timeout=60,
+               what="cam-1 on version 2 once its disk has room")
+    assert kube.get("edgemodels", namespace, "digits")["status"]["rollout"]["heldBack"] == []
+
+
+def condition_reason(kube: Kube, namespace: str) -> str | None:
+    conditions = kube.get("edgemodels", namespace, "digits").get("status", {}).get(
+        "conditions", [])
+    return next((c["reason"] for c in conditions if c["type"] == "Progressing"), None)
+
+
+def test_a_model_stops_counting_a_device_offline_past_the_timeout(fleet: Fleet) -> None:
+    kube, namespace = fleet.kube, fleet.namespace
+    for name in ("cam-1", "cam-2"):
+        fleet.add_device(name, site="plant-7")
+        fleet.start(name)
+    uri, sha = publish(fleet.root, testmodels.scaled(1.0))
+    model = edge_model("digits", "1", uri, sha, site="plant-7")
+    model["spec"]["rollout"] = {"offlineTimeoutSeconds": 5}
+    kube.create("edgemodels", namespace, model)
+    wait_status(kube, "edgemodels", namespace, "digits",
+                {"phase": "Healthy", "readySummary": "2/2"}, timeout=60)
+    stop_edge(fleet.edges.pop("cam-2"))
+    # Offline: counted at once, still ready until its timeout runs out.
+    status = wait_status(kube, "edgemodels", namespace, "digits", {"readySummary": "2/2"})
+    eventually(lambda: kube.get("edgemodels", namespace, "digits")["status"]["devices"][
+        "offline"] == 1, what="one device offline")
+    status = wait_status(kube, "edgemodels", namespace, "digits",
+                         {"readySummary": "1/2", "phase": "Degraded"}, timeout=30)
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "DevicesOffline" and "cam-2" in ready["message"]
+    printed = printed_row(kube.kubectl("get", "em", "digits", "-n", namespace).stdout)
+    assert printed["READY"] == "1/2"
+    fleet.start("cam-2")
+    wait_status(kube, "edgemodels", namespace, "digits",
+                {"phase": "Healthy", "readySummary": "2/2"}, timeout=60)
+
+
+def test_a_large_downloads_progress_shows_in_the_device_status(fleet: Fleet) -> None:
+    kube, namespace = fleet.kube, fleet.namespace
+    fleet.restart_operator("--download-progress-write-seconds", "1")
+    slow = TcpBalancer([fleet.operator.grpc_port], bytes_per_second=4 * MIB)  # a thin uplink
+    try:
+        fleet.gateway_address = f"127.0.0.1:{slow.port}"
+        fleet.add_device("cam-1", site="plant-7")
+        fleet.start("cam-1")
+        model = testmodels.large(24)  # six seconds through the uplink
+        uri, sha = publish(fleet.root, model)
+        kube.create("edgemodels", namespace, edge_model("large", "1", uri, sha,
+                                                        site="plant-7"))
+
+        def downloading() -> dict[str, Any] | None:
+            return next((m for m in reported(kube, namespace, "cam-1")
+                         if m["state"] == "Downloading" and 0 < m.get("bytesDone", 0)), None)
+
+        midway = eventually(downloading, interval=0.2, timeout=60, what="progress in status")
+        assert midway["bytesDone"] < midway["bytesTotal"] == len(model)
+        eventually(lambda: [m for m in reported(kube, namespace, "cam-1")
+                            if m["state"] == "Ready" and "bytesDone" not in m],
+                   timeout=90, what="the model Ready, progress gone")
+    finally:
+        slow.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import testmodels
+import yaml
 
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 from tests.conftest import Fleet, Prometheus, StartPrometheus
@@ -100,7 +101,15 @@ def test_prometheus_answers_every_dashboard_query_and_every_alert_fires(
     edges = {f"127.0.0.1:{fleet.edges[n].metrics_port}": {"device": n, "job": "edgefleet-edge"}
              for n in fleet.edges}
     # Started once the rollout holds at its step: the step has not changed since.
-    server = prometheus([f"127.0.0.1:{fleet.operator.metrics_port}", *edges], edges)
+    # The alert rules as they are, but firing at once: their `for` is minutes long.
+    rules = yaml.safe_load((MONITORING / "alerts.yaml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule.pop("for", None)
+    immediate = tmp_path / "alerts-now.yaml"
+    immediate.write_text(yaml.safe_dump(rules))
+    server = prometheus([f"127.0.0.1:{fleet.operator.metrics_port}", *edges], edges,
+                        rule_files=[immediate])
     with Traffic([edge.grpc_url for edge in fleet.edges.values()]):
         for where, expr in dashboard_queries():
             promql = (expr.replace("$__rate_interval", "30s").replace("$namespace", namespace)
@@ -110,4 +119,16 @@ def test_prometheus_answers_every_dashboard_query_and_every_alert_fires(
         for alert, expr in alert_expressions().items():
             eventually(lambda q=expr: server.query(q), timeout=90,
                        what=f"the expression of {alert} to return data: {expr}")
-
+        # Each device alert fires naming the device in trouble (and the model).
+        for alert, labels in (
+                ("EdgeFleetDeviceOffline", {"device": "cam-3"}),
+                ("EdgeFleetDeviceOverheating", {"device": "cam-1"}),
+                ("EdgeFleetDeviceMemoryPressure", {"device": "cam-4"}),
+                ("EdgeFleetDeviceDiskPressure", {"device": "cam-4"}),
+                ("EdgeFleetDeviceClockSkew", {"device": "cam-4"}),
+                ("EdgeFleetDeviceModelFailed", {"device": "cam-4", "model": "digits"})):
+            selector = ",".join(f'{key}="{value}"' for key, value in
+                                {"alertname": alert, "alertstate": "firing",
+                                 "namespace": namespace, **labels}.items())
+            eventually(lambda q=f"ALERTS{{{selector}}}": server.query(q), timeout=60,
+                       what=f"{alert} firing for {labels}")

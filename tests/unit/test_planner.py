@@ -110,7 +110,8 @@ def test_counts_only_targeted_devices_on_the_spec_version() -> None:
     status = plan(name="digits", generation=3, spec=spec(),
                                        devices=devices, artifact=VERIFIED,
                                        previous=EdgeModelStatus(), now=NOW)
-    assert status.devices.model_dump() == {"targeted": 4, "updated": 2, "ready": 1, "failed": 1}
+    assert status.devices.model_dump() == {"targeted": 4, "updated": 2, "ready": 1, "failed": 1,
+                                           "offline": 0}
     assert status.ready_summary == "1/4"
     assert status.phase == "Degraded"
     ready = next(c for c in status.conditions if c.type == "Ready")

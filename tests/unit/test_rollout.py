@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -430,3 +431,55 @@ def test_a_device_report_wakes_only_the_models_that_select_it() -> None:
     assert planner.models_to_wake([{"site": "a"}], models) == ["digits"]
     # Relabelled from a to b: both the model it leaves and the one it joins recount.
     assert planner.models_to_wake([{"site": "a"}, {"site": "b"}], models) == ["digits", "faces"]
+
+
+def under_pressure(devices: list[DeviceView], names: set[str]) -> list[DeviceView]:
+    return [dataclasses.replace(d, pressure=("DiskPressure",)) if d.name in names else d
+            for d in devices]
+
+
+def test_a_device_under_pressure_is_held_back_on_the_stable_version_until_it_clears() -> None:
+    model_spec = spec(**CANARY)
+    (first,) = on_target(reconcile(model_spec, STABLE, fleet(STABLE)).status)
+    plan = reconcile(model_spec, STABLE, under_pressure(fleet(STABLE), {first}))
+    assert plan.status.rollout is not None and plan.status.rollout.held_back == [first]
+    assert rollout.assigned_artifact(NAMESPACE, MODEL, first, plan.status) == OLD
+    (held,) = [e for e in plan.events if e.reason == "DevicesHeldBack"]
+    assert f"{first} (DiskPressure)" in held.message and held.type == "Warning"
+    # Not waited for: the step went on without it; told once.
+    assert plan.status.rollout.step >= 2
+    again = reconcile(model_spec, plan.status, under_pressure(fleet(plan.status), {first}))
+    assert again.status.rollout is not None and again.status.rollout.held_back == [first]
+    assert not [e for e in again.events if e.reason == "DevicesHeldBack"]
+    # The pressure clears: it joins the cohort it belongs to.
+    cleared = reconcile(model_spec, again.status, fleet(again.status))
+    assert cleared.status.rollout is not None and cleared.status.rollout.held_back == []
+    assert rollout.assigned_artifact(NAMESPACE, MODEL, first, cleared.status) != OLD
+    # Its gateway is told: the release moves that device alone.
+    assert planner.devices_to_wake(NAMESPACE, view(model_spec, again.status),
+                                   view(model_spec, cleared.status),
+                                   fleet(again.status)) == [first]
+
+
+def test_a_device_offline_past_the_timeout_no_longer_counts_as_ready() -> None:
+    model_spec = spec(offlineTimeoutSeconds=300)
+    status = STABLE
+    for _ in range(20):  # to 2.0, a quarter of the devices at a time
+        status = reconcile(model_spec, status, fleet(status)).status
+        if status.rollout is None:
+            break
+    assert status.phase == "Healthy" and status.ready_summary == "10/10"
+    gone = DEVICES[3]
+
+    def seen(ago_s: float) -> list[DeviceView]:
+        return [dataclasses.replace(d, phase="Offline", last_seen=NOW - timedelta(seconds=ago_s))
+                if d.name == gone else d for d in fleet(status)]
+
+    recent = reconcile(model_spec, status, seen(200))
+    assert recent.status.ready_summary == "10/10" and recent.status.devices.offline == 1
+    assert recent.recheck_after_s == 100  # when its timeout runs out
+    lost = reconcile(model_spec, status, seen(400))
+    assert lost.status.ready_summary == "9/10" and lost.status.phase == "Degraded"
+    assert condition(lost.status, "Ready")[:2] == ("False", "DevicesOffline")
+    assert f"1 have been offline for more than 300s: {gone}" in condition(lost.status,
+                                                                           "Ready")[2]
