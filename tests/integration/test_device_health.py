@@ -231,3 +231,20 @@ def test_a_large_downloads_progress_shows_in_the_device_status(fleet: Fleet) -> 
                    timeout=90, what="the model Ready, progress gone")
     finally:
         slow.close()
+
+
+def test_a_model_too_large_for_the_disk_is_reported_before_its_download(
+    fleet: Fleet, small_disk: Path,
+) -> None:
+    kube, namespace = fleet.kube, fleet.namespace
+    fleet.add_device("cam-1", site="plant-7")  # its data dir: 16 MiB
+    fleet.start("cam-1")
+    model = testmodels.large(24)
+    uri, sha = publish(fleet.root, model)
+    kube.create("edgemodels", namespace, edge_model("large", "1", uri, sha, site="plant-7"))
+    (failed,) = eventually(lambda: [m for m in reported(kube, namespace, "cam-1")
+                                    if m["state"] == "Failed"], timeout=60,
+                           what="the model refused for want of disk")
+    assert f"not enough disk for the artifact: {len(model)} more bytes needed" in (
+        failed["message"])
+    assert not (small_disk / "partial" / f"{sha}.partial").exists()  # nothing fetched
