@@ -248,3 +248,26 @@ def test_a_model_too_large_for_the_disk_is_reported_before_its_download(
     assert f"not enough disk for the artifact: {len(model)} more bytes needed" in (
         failed["message"])
     assert not (small_disk / "partial" / f"{sha}.partial").exists()  # nothing fetched
+
+
+def test_health_figures_no_device_could_read_are_refused_and_the_last_kept(
+    fleet: Fleet, devices: list[FakeDevice],
+) -> None:
+    fleet.add_device("cam-1", site="plant-7")
+    device = connect_fake(fleet, devices, "cam-1")
+    sane = pb.Health(disk_free_bytes=50, disk_total_bytes=100, temperature_celsius=40.0)
+    written(fleet, device, pb.DeviceMessage(heartbeat=pb.Heartbeat(health=sane)),
+            lambda status: status.get("healthSummary") == "Healthy", "the sane figures")
+    device.send(pb.DeviceMessage(heartbeat=pb.Heartbeat(health=pb.Health(cpu_percent=500.0))))
+    device.send(pb.DeviceMessage(heartbeat=pb.Heartbeat(health=pb.Health(
+        disk_free_bytes=2**63, disk_total_bytes=1))))
+    device.send(pb.DeviceMessage(heartbeat=pb.Heartbeat(health=pb.Health(
+        temperature_celsius=float("inf")))))
+    refusals = eventually(lambda: len(device.refusals()) == 3 and device.refusals(),
+                          what="three refusals")
+    assert [(r.field, r.reason) for r in refusals] == [
+        ("heartbeat.health.cpu_percent", "Implausible"),
+        ("heartbeat.health.disk_free_bytes", "Implausible"),
+        ("heartbeat.health.temperature_celsius", "Implausible")]
+    status = fleet.kube.get("edgedevices", fleet.namespace, "cam-1")["status"]
+    assert status["health"]["temperatureCelsius"] == 40.0 and status["healthSummary"] == "Healthy"
