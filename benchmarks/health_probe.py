@@ -5,9 +5,9 @@ building and serializing a heartbeat-sized protobuf message, measured in the sam
 
 The probe reads this machine's own /proc and /sys (with its cgroup limits, if any) and
 statvfs's a temporary data directory; the heartbeat is one ModelState, as a device with
-one model sends. Prints p50 and mean microseconds per call of each, their ratio, and the
-share of one core a probe every 10 s costs. Timings on a shared machine are noisy,
-ratios less so.
+one model sends. Prints p50 and mean microseconds per call of each, their ratio, the
+share of one core a probe every 10 s costs, and the size of the Health message. Timings
+on a shared machine are noisy, ratios less so.
 """
 
 from __future__ import annotations
@@ -21,11 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefleet.edge_runtime.health import HealthProbe
+from edgefleet.edge_runtime.agent import health_message
+from edgefleet.edge_runtime.health import HealthProbe, HealthSample
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 
 PROBE_PERIOD_S = 10.0
 WARM_UP = 50
+FULL = HealthSample(100.0, 100.0, 2**63 - 1, 2**63 - 1, 2**63 - 1, 2**63 - 1, 199.9, 3e9)
 
 
 @dataclass
@@ -75,6 +77,10 @@ def main() -> None:
     share = probe_figures.mean_us / 1e6 / PROBE_PERIOD_S * 100
     print(f"a probe every {PROBE_PERIOD_S:.0f} s: {share:.5f}% of one core")
     print(f"a sample 1 s after the last: {last}")
+    size = health_message(last, restarts=3).ByteSize()
+    print(f"its Health message in a heartbeat: {size} bytes (every figure set: "
+          f"{health_message(FULL, restarts=2**32 - 1).ByteSize()} bytes at most, less "
+          "the OS and kernel texts)")
 
 
 if __name__ == "__main__":
