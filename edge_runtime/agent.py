@@ -110,6 +110,7 @@ class CloudAgent:
         self.identity = DeviceIdentity(settings)
         self.health = HealthProbe(settings.data_dir, procfs=settings.procfs_path,
                                   sysfs=settings.sysfs_path)
+        self.restarts = 0  # starts on this data dir before this one (start() counts)
         self._health_sample = self.health.sample()  # a first reading: CPU needs two
         telemetry.HEALTH.sample = self._health_sample
         self._token = (settings.token_file.read_text().strip()
@@ -121,9 +122,11 @@ class CloudAgent:
     async def start(self) -> None:
         """Serves the last-known-good models from the store: no cloud needed. Counts
         the start (health reports restarts)."""
-        self.state.starts += 1
-        await asyncio.to_thread(self._save_state)
-        telemetry.RESTARTS.set(self.state.starts - 1)
+        try:
+            self.restarts = await asyncio.to_thread(self.store.count_start)
+        except OSError as error:  # serving goes on; health reports the count it has
+            logger.error("cannot count the start in %s: %s", self.store.starts_path, error)
+        telemetry.RESTARTS.set(self.restarts)
         telemetry.RUNTIME_INFO.labels(RUNTIME_VERSION).set(1)
         if self.settings.insecure_plaintext:
             logger.warning(
@@ -181,7 +184,7 @@ class CloudAgent:
             telemetry.HEALTH.sample = self._health_sample
 
     def _health(self) -> pb.Health:
-        return health_message(self._health_sample, max(0, self.state.starts - 1))
+        return health_message(self._health_sample, self.restarts)
 
     async def _sample_metrics(self) -> None:
         assert self.metrics is not None

@@ -86,7 +86,6 @@ class DeviceState:
     desired: list[StoredModel] = field(default_factory=list)
     # What served last: loaded again at start, with no cloud needed.
     last_known_good: list[StoredModel] = field(default_factory=list)
-    starts: int = 0  # of the runtime on this data dir (its health reports restarts)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -118,6 +117,9 @@ class Store:
         self.blobs = root / "blobs" / "sha256"
         self.partial = root / "partial"
         self.state_path = root / "state.json"
+        # Apart from state.json, which a runtime rolled back to an older version reads
+        # strictly (an unknown key would set the whole file aside).
+        self.starts_path = root / "starts"
         try:
             for directory in (self.blobs, self.partial):
                 directory.mkdir(parents=True, exist_ok=True)
@@ -142,6 +144,16 @@ class Store:
             return self.partial_path(digest).stat().st_size
         except OSError:
             return 0
+
+    def count_start(self) -> int:
+        """Counts this start of the runtime on the data dir; returns the starts before it
+        (0 for a fresh data dir, or a count that cannot be read)."""
+        try:
+            before = max(0, int(self.starts_path.read_text()))
+        except (OSError, ValueError):
+            before = 0
+        write_atomically(self.starts_path, f"{before + 1}\n".encode())
+        return before
 
     def free_bytes(self) -> int:
         """Bytes free for the runtime on the data dir's filesystem."""
@@ -199,8 +211,7 @@ class Store:
             document = _StateDocument.model_validate_json(text)
         except ValidationError as error:
             return self._set_aside(problems(error))
-        return DeviceState(document.revision, document.desired, document.last_known_good,
-                           document.starts)
+        return DeviceState(document.revision, document.desired, document.last_known_good)
 
     def _set_aside(self, reason: str) -> DeviceState:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
@@ -220,7 +231,6 @@ class Store:
             "version": STATE_VERSION, "revision": state.revision,
             "desired": [asdict(m) for m in state.desired],
             "lastKnownGood": [asdict(m) for m in state.last_known_good],
-            "starts": state.starts,
         }
         write_atomically(self.state_path, json.dumps(document, indent=1).encode())
 
@@ -233,7 +243,6 @@ class _StateDocument(BaseModel):
     revision: str
     desired: list[StoredModel]
     last_known_good: list[StoredModel] = Field(alias="lastKnownGood")
-    starts: int = Field(default=0, ge=0)  # absent from files of older runtimes
 
 
 def problems(error: ValidationError) -> str:

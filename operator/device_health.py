@@ -36,6 +36,11 @@ PERCENT_MARGIN = 2.0
 CELSIUS_MARGIN = 5.0
 CLOCK_MARGIN = 0.9  # of the threshold
 
+# Device Events for the whole fleet, each poster on its own: a gateway replica that dies
+# turns thousands of devices Offline at once, and the status says it all anyway.
+EVENTS_PER_SECOND = 20.0
+EVENT_BURST = 200
+
 ConditionStatus = Literal["True", "False", "Unknown"]
 Condition = dict[str, Any]
 
@@ -67,7 +72,7 @@ def _verdict(type_: str, status: ConditionStatus, reason: str, message: str) -> 
 def _share_below(value: object, total: object, percent: float, was_true: bool) -> bool | None:
     if not isinstance(value, int) or not isinstance(total, int) or total <= 0:
         return None
-    limit = percent + (PERCENT_MARGIN if was_true else 0.0)
+    limit = min(100.0, percent + (PERCENT_MARGIN if was_true else 0.0))
     return value * 100 < limit * total
 
 
@@ -167,7 +172,7 @@ def merge_conditions(previous: Sequence[Mapping[str, Any]], verdicts: Sequence[C
             # A device never Ready before was not online: its first Ready is news.
             was_bad = _bad(before) if before else verdict["type"] == READY
             bad = _bad(verdict)
-            if bad or was_bad:
+            if bad != was_bad:
                 transitions.append(Transition(verdict["type"], bad, verdict["reason"],
                                               verdict["message"]))
     return list(merged.values()), transitions

@@ -178,11 +178,9 @@ def device_changed(memo: OperatorMemo, namespace: str, name: str, body: Body | N
             approved=may_serve, revoked=bool(spec.get("revoked")),
             status={key: status[key] for key in DeviceFacts.READS if key in status},
             generation=metadata.get("generation"), uid=str(metadata.get("uid", "")),
-            labels=labels))
+            labels=labels, resource_version=str(metadata.get("resourceVersion", ""))))
     if memo.directory is None:  # the controller serves no devices
         return
-    if entry := memo.directory.get(namespace, name):
-        entry.conditions = list(status.get("conditions") or [])
     identity = status.get("identity") or {}
     link = DeviceLink(
         secret_name=(spec.get("bootstrapTokenSecretRef") or {}).get("name", ""),
@@ -197,6 +195,8 @@ def device_changed(memo: OperatorMemo, namespace: str, name: str, body: Body | N
     if memo.device_links.get((namespace, name)) != link:
         memo.device_links[(namespace, name)] = link
         publish(memo, namespace, name)
+    if entry := memo.directory.get(namespace, name):  # a new session goes on from them
+        entry.conditions = list(status.get("conditions") or [])
 
 
 def report(view: DeviceView | None) -> tuple[Any, ...] | None:

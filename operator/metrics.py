@@ -71,6 +71,12 @@ GATEWAY_STATUS_WRITES = Counter(
     "every --heartbeat-write-seconds), Disconnect (a session ended: Offline)",
     ["cause"],
 )
+EVENTS_DROPPED = Counter(
+    "edgefleet_operator_device_events_dropped",
+    "EdgeDevice Events not posted because the fleet's Event rate was spent (the status "
+    "still says it all), by who would have posted them: gateway or controller",
+    ["by"],
+)
 GATEWAY_QUEUED_BYTES = Gauge(
     "edgefleet_operator_gateway_queued_metrics_bytes",
     "Bytes of device metrics batches waiting for Prometheus, all sessions together",

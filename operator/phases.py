@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Protocol
 from kubernetes import client
 
 from edgefleet.operator import device_health, kubeapi, metrics, planner
+from edgefleet.operator.gateway.policy import TokenBucket
 from edgefleet.operator.kubeapi import API_ERRORS
 from edgefleet.operator.resources import GROUP, VERSION
 
@@ -47,6 +48,9 @@ class DeviceFacts:
     generation: int | None = None
     uid: str = ""
     labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    # The version the decision read: the write applies only to it (a gateway may have
+    # written the device since, e.g. a new session's hello).
+    resource_version: str = ""
 
 
 class Gateways(planner.GatewayStanding, Protocol):
@@ -68,6 +72,9 @@ class DevicePhases:
         """`core`: for the Events of devices turned Offline (none without it)."""
         self._api = api
         self._core = core
+        # Events within the fleet's rate, posted apart from the writes.
+        self._events = TokenBucket(device_health.EVENTS_PER_SECOND, device_health.EVENT_BURST)
+        self._posting: set[asyncio.Task[None]] = set()
         self._gateways = gateways
         self._facts: dict[Key, DeviceFacts] = {}
         self._by_gateway: dict[str, set[Key]] = defaultdict(set)  # replica -> its devices
@@ -155,13 +162,21 @@ class DevicePhases:
             due = self._due(key)  # what is due now, events since the queueing included
             if due is None or not due.patch:
                 continue
+            facts = self._facts.get(key)
+            precondition = ({"metadata": {"resourceVersion": facts.resource_version}}
+                            if facts and facts.resource_version else {})
             try:
                 await kubeapi.call(self._api.patch_namespaced_custom_object_status, GROUP,
                                    VERSION, key[0], "edgedevices", key[1],
-                                   {"status": dict(due.patch)})
+                                   {**precondition, "status": dict(due.patch)})
             except API_ERRORS as error:
                 if getattr(error, "status", None) == 404:  # deleted meanwhile
                     self.forget(*key)
+                    continue
+                if getattr(error, "status", None) == 409:
+                    # Written since it was read: the watch brings that version, and the
+                    # decision is made again on it.
+                    metrics.RECONCILES.labels("EdgeDevice", "conflict").inc()
                     continue
                 metrics.RECONCILES.labels("EdgeDevice", "error").inc()
                 metrics.RECONCILE_SECONDS.labels("EdgeDevice").observe(
@@ -177,18 +192,27 @@ class DevicePhases:
             if facts is not None:  # until the watch brings it back: written, not due again
                 self._facts[key] = dataclasses.replace(facts,
                                                        status={**facts.status, **due.patch})
-            if self._core is not None:
-                for transition in due.transitions:
-                    await kubeapi.post_device_event(
-                        self._core, namespace=key[0], name=key[1],
-                        uid=facts.uid if facts else "",
-                        reason=device_health.event_reason(transition),
-                        message=device_health.event_message(key[1], transition, None),
-                        kind="Warning" if transition.bad else "Normal",
-                        component="edgefleet-operator")
+            for transition in due.transitions:
+                self._post(key, facts.uid if facts else "", transition)
             log.info("status resource=EdgeDevice namespace=%s name=%s %s", key[0], key[1],
                      " ".join(f"{field}={value}" if field != "identity" else "identity=Revoked"
                               for field, value in due.patch.items()))
+
+
+    def _post(self, key: Key, uid: str, transition: device_health.Transition) -> None:
+        if self._core is None:
+            return
+        if not self._events.available():
+            metrics.EVENTS_DROPPED.labels("controller").inc()
+            return
+        self._events.take()
+        posting = asyncio.create_task(kubeapi.post_device_event(
+            self._core, namespace=key[0], name=key[1], uid=uid,
+            reason=device_health.event_reason(transition),
+            message=device_health.event_message(key[1], transition, None),
+            kind="Warning" if transition.bad else "Normal", component="edgefleet-operator"))
+        self._posting.add(posting)
+        posting.add_done_callback(self._posting.discard)
 
 
 def gateway_of(facts: DeviceFacts | None) -> str | None:
@@ -197,7 +221,9 @@ def gateway_of(facts: DeviceFacts | None) -> str | None:
 
 def device_series(facts: DeviceFacts, phase: str,
                   label_keys: tuple[str, ...]) -> metrics.DeviceSeries:
-    """The per-device series of a device as watched, in the phase the controller judged."""
+    """The per-device series of a device as watched, in the phase the controller judged.
+    An offline device's conditions are its last word, not news: no condition series (its
+    offline alert says it all)."""
     status = facts.status
     conditions = status.get("conditions")
     health = status.get("health")
@@ -205,7 +231,8 @@ def device_series(facts: DeviceFacts, phase: str,
     return metrics.DeviceSeries(
         up=None if phase == "Pending" else phase == "Online",
         conditions=tuple(str(c.get("type")) for c in (conditions or [])
-                         if isinstance(c, Mapping) and c.get("status") == "True"
+                         if phase == "Online" and isinstance(c, Mapping)
+                         and c.get("status") == "True"
                          and c.get("type") in device_health.HEALTH_CONDITIONS),
         runtime_version=str(health.get("runtimeVersion") or "")
         if isinstance(health, Mapping) else "",

@@ -472,8 +472,12 @@ def device_status_due(*, approved: bool, revoked: bool, status: Mapping[str, obj
     if phase == "Offline" and not any(c.get("type") == device_health.READY
                                       and c.get("status") == "False" for c in conditions):
         why = GATEWAY_LOST if gateway else NO_SESSION
+        before = conditions
+        if status.get("phase") == "Online" and not any(
+                c.get("type") == device_health.READY for c in conditions):
+            before = [*conditions, {"type": device_health.READY, "status": "True"}]  # older
         merged, moved = device_health.merge_conditions(
-            conditions, [device_health.ready_condition("Offline", *why)],
+            before, [device_health.ready_condition("Offline", *why)],
             (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ"))
         patch["conditions"], transitions = merged, tuple(moved)
     if generation is not None and status.get("observedGeneration") != generation:

@@ -286,6 +286,12 @@ def _progress(namespace: str, name: str, spec: EdgeModelSpec, steps: list[Rollou
             switching += [d for d in added if d not in held]
         current, told = _hold_back(current, held, where, stable)
         events.extend(told)
+        if held and not any(_ready_on(d, name, target) for d in cohort):
+            # A step that no device has run proves nothing: it waits for one.
+            return RolloutDecision(stable, current, history, (
+                "True", "StepInProgress",
+                f"{where}: every device of the step is held back under pressure "
+                f"({_names(held)}); waiting for one to serve {target.version}"), events)
         if len(cohort) < goal or switching:
             # Wake when an offline device's timeout runs out (it may have just begun).
             waits = [timeout_s - away_s[d.name] for d in switching if d.phase != "Online"]
@@ -342,9 +348,10 @@ def _progress(namespace: str, name: str, spec: EdgeModelSpec, steps: list[Rollou
 
 def _held_back(cohort: list[DeviceView], name: str, target: ArtifactStatus,
                skipped: list[DeviceView]) -> list[DeviceView]:
-    """Devices of the cohort under pressure that do not serve the target yet: kept on the
-    stable version, and not waited for (at most MAX_HELD_BACK)."""
-    return [d for d in cohort if d.pressure and not _ready_on(d, name, target)
+    """Devices of the cohort under pressure that have not begun to take the target: kept
+    on the stable version, and not waited for (at most MAX_HELD_BACK). One already on its
+    way goes on: sending it back would undo the download that caused the pressure."""
+    return [d for d in cohort if d.pressure and d.state_of(name, target.version) is None
             and d not in skipped][:MAX_HELD_BACK]
 
 

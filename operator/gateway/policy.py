@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from edgefleet.operator.device_health import EVENT_BURST, EVENTS_PER_SECOND
 from edgefleet.operator.resources import (
     DNS_SUBDOMAIN_PATTERN,
     LABEL_KEY_PATTERN,
@@ -114,8 +115,11 @@ class GatewayLimits:
     auth_failure_burst: int = 60
     auth_failures_per_second: float = 1.0
     max_tracked_peers: int = 10_000
-    # At most one Event per device and reason in this interval.
+    # At most one Event per device and reason in this interval, and so many a second
+    # for the whole fleet (a gateway replica that dies turns thousands Offline at once).
     event_interval_seconds: float = 60.0
+    events_per_second: float = EVENTS_PER_SECOND
+    event_burst: int = EVENT_BURST
     # Enrolments the gateway takes, all devices together: a thousand devices provisioned
     # at once enrol within a minute; a stolen fleet token creates devices no faster.
     enrolments_per_second: float = 20.0
@@ -353,7 +357,7 @@ def check_health(kind: str, health: pb.Health, limits: GatewayLimits) -> None:
     for part, whole in (("memory_available_bytes", "memory_total_bytes"),
                         ("disk_free_bytes", "disk_total_bytes")):
         value, total = getattr(health, part), getattr(health, whole)
-        if total > INT64_MAX or (health.HasField(whole) and value > total):
+        if value > INT64_MAX or total > INT64_MAX or (health.HasField(whole) and value > total):
             raise Refusal(kind, f"{where}.{part}", "Implausible", f"{value} of {total} bytes")
     celsius = health.temperature_celsius
     if health.HasField("temperature_celsius") and not (
@@ -382,7 +386,6 @@ def check_hello(hello: pb.Hello, limits: GatewayLimits) -> None:
                       f"{caps.memory_bytes} is past 2^63-1")
     _text("hello", "hello.applied_revision", hello.applied_revision, limits.max_text_chars)
     _text("hello", "hello.runtime_version", hello.runtime_version, limits.max_text_chars)
-    check_health("hello", hello.health, limits)
     _cap("hello", "hello.models", hello.models, limits.max_models)
 
 

@@ -274,19 +274,24 @@ class DeviceStatusWriter:
                                                    self._thresholds)
         if ready is not None:
             verdicts.insert(0, device_health.ready_condition("Online", *ready))
-        return self._decide(verdicts)
+        changed, transitions = self._decide(verdicts)
+        self._tell(transitions)
+        return changed
 
-    def _decide(self, verdicts: list[dict[str, Any]]) -> bool:
+    def _decide(self, verdicts: list[dict[str, Any]]) -> tuple[bool, list[Transition]]:
+        """The conditions with these verdicts: whether they changed, and the transitions."""
         conditions, transitions = device_health.merge_conditions(
             self._conditions, verdicts, timestamp())
-        if transitions and self._on_transitions is not None:
-            self._on_transitions(transitions, self._health)
         if conditions == self._conditions and "conditions" in self._latest:
-            return False
+            return False, transitions
         self._conditions = conditions
         self._latest["conditions"] = conditions
         self._latest["healthSummary"] = device_health.summary(conditions)
-        return True
+        return True, transitions
+
+    def _tell(self, transitions: list[Transition]) -> None:
+        if transitions and self._on_transitions is not None:
+            self._on_transitions(transitions, self._health)
 
     async def hello(self, hello: pb.Hello, models: Any) -> None:
         """The session began: written at once. Raises Refusal when the API server refuses
@@ -303,9 +308,10 @@ class DeviceStatusWriter:
         await self._write()
 
     def report(self, kind: str, models: Any, stats: Any,
-               health: pb.Health | None = None) -> None:
+               health: pb.Health | None = None, *, health_refused: bool = False) -> None:
         """A heartbeat or report the policy took: what the device holds, how its versions
-        answered, and (heartbeats) its health; written when due."""
+        answered, and (heartbeats) its health, unless the policy refused that (the last
+        figures stand); written when due."""
         due = self._schedule.due()
         self._heard()
         status = models_status(models)
@@ -313,7 +319,7 @@ class DeviceStatusWriter:
         if status != self._latest.get("models"):
             self._latest["models"], self._kind = status, kind
             changed = True
-        if kind == "heartbeat" and self._judge(health):
+        if kind == "heartbeat" and not health_refused and self._judge(health):
             self._kind, changed = kind, True
         if changed:
             if self._settled_due():
@@ -449,7 +455,7 @@ class DeviceStatusWriter:
         its lastSeen is old enough."""
         if not self.established or self.standing != "held":
             return
-        self._decide([device_health.ready_condition("Offline", *DISCONNECTED)])
+        _, transitions = self._decide([device_health.ready_condition("Offline", *DISCONNECTED)])
         delay = self._limits.status_retry_seconds
         while True:
             fields, model_count = self._fields("models", "inference", "conditions",
@@ -460,6 +466,7 @@ class DeviceStatusWriter:
             try:
                 await self._patch(ops, JSON_PATCH)
                 metrics.GATEWAY_STATUS_WRITES.labels("Disconnect").inc()
+                self._tell(transitions)  # only once it is so: another session may hold it
                 return
             except ApiException as error:
                 if error.status == 404 or patch_not_applied(error):
@@ -610,6 +617,7 @@ class FleetGateway:
         self._queue_budget = ByteBudget(self.limits.gateway_queue_bytes)
         metrics.GATEWAY_QUEUED_BYTES.set_function(lambda: self._queue_budget.held)
         self._told = Throttle(self.limits.event_interval_seconds)
+        self._events = TokenBucket(self.limits.events_per_second, self.limits.event_burst)
         self._enrolments = TokenBucket(self.limits.enrolments_per_second,
                                        self.limits.enrolment_burst)
         self._enrolling: dict[tuple[str, str], asyncio.Lock] = {}
@@ -746,10 +754,15 @@ class FleetGateway:
                                     f"{HELLO_TIMEOUT_S:.0f} s")
             models = with_assigned_digests(first.hello.models, assigned_digests(entry))
             session.budget.read(first.ByteSize())
+            hello = first.hello
+            if hello.HasField("health") and (refusal := self._health_refusal("hello", hello)):
+                await self._refused(entry, refusal)  # its figures are left out, not it
+                await session.outbox.put(refusal.to_message())
+                hello.ClearField("health")
             try:
-                check_hello(first.hello, self.limits)
+                check_hello(hello, self.limits)
                 check_models("hello", models, self.limits)
-                await session.writer.hello(first.hello, models)
+                await session.writer.hello(hello, models)
             except Refusal as refusal:
                 await self._refused(entry, refusal)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(refusal))
@@ -853,12 +866,15 @@ class FleetGateway:
             models = with_assigned_digests(report.models, assigned_digests(session.entry))
             check_models(kind, models, self.limits)
             check_stats(kind, report.stats, self.limits)
-            health = (message.heartbeat.health
-                      if kind == "heartbeat" and message.heartbeat.HasField("health") else None)
-            if health is not None:
-                check_health(kind, health, self.limits)
             session.baseline.check(kind, report.stats, time.monotonic())
-            session.writer.report(kind, models, report.stats, health)
+            heartbeat = message.heartbeat
+            health = heartbeat.health if kind == "heartbeat" and heartbeat.HasField(
+                "health") else None
+            refusal = self._health_refusal(kind, heartbeat) if health is not None else None
+            session.writer.report(kind, models, report.stats, health,
+                                  health_refused=refusal is not None)
+            if refusal is not None:  # the rest of the heartbeat is taken
+                raise refusal
         elif kind == "metrics":
             await self._metrics(message.metrics, session)
         elif kind == "renew":
@@ -868,6 +884,13 @@ class FleetGateway:
         else:
             raise Refusal("unknown", "kind", "Malformed",
                           "the message has no kind this gateway knows")
+
+    def _health_refusal(self, kind: str, message: pb.Hello | pb.Heartbeat) -> Refusal | None:
+        try:
+            check_health(kind, message.health, self.limits)
+        except Refusal as refusal:
+            return refusal
+        return None
 
     async def _renew(self, request: pb.CertificateRequest, session: Session) -> None:
         """A new certificate for the session's device, for the key of its CSR. The
@@ -965,12 +988,17 @@ class FleetGateway:
     def _transitions(self, entry: DeviceEntry, transitions: list[Transition],
                      health: Mapping[str, Any] | None) -> None:
         """An Event for each condition of the device that turned bad or good again (at
-        most one per device and reason per interval), posted apart from the session."""
+        most one per device and reason per interval, and within the fleet's rate),
+        posted apart from the session."""
         for transition in transitions:
             reason = device_health.event_reason(transition)
             held = self._told.due(f"{entry.namespace}/{entry.name}/event/{reason}")
             if held is None:
                 continue
+            if not self._events.available():
+                metrics.EVENTS_DROPPED.labels("gateway").inc()
+                continue
+            self._events.take()
             message = device_health.event_message(entry.name, transition, health)
             if held:
                 message += f" ({held} more since the last)"

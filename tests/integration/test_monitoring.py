@@ -59,8 +59,9 @@ def test_prometheus_answers_every_dashboard_query_and_every_alert_fires(
     held at a gate with its canary failing half its requests, an artifact that fails
     verification, devices whose metrics buffer overflows (no remote write, a tiny
     buffer), a device overheating (its thermal zone at 95 °C) and one short of memory
-    and disk, its clock an hour behind, with a model that failed there. Every dashboard
-    query returns data, and so does every alert expression."""
+    and disk, its clock an hour behind, with a model that failed there, and three of six
+    devices offline. Every dashboard query returns data, and so does every alert
+    expression."""
     kube, namespace = fleet.kube, fleet.namespace
     hot = tmp_path / "hot-sys" / "class" / "thermal" / "thermal_zone0"
     hot.mkdir(parents=True)
@@ -78,6 +79,9 @@ def test_prometheus_answers_every_dashboard_query_and_every_alert_fires(
                          disk_total_bytes=100, time_ms=int(time.time() * 1000) - 3_600_000))),
         lambda status: status.get("healthSummary") == "MemoryPressure,DiskPressure,ClockSkew",
         "cam-4 in trouble")
+    for name in ("cam-5", "cam-6"):  # seen once, then gone: with cam-3, many offline
+        fleet.add_device(name, site="plant-9")
+        connect_fake(fleet, devices, name).close()
     stable_uri, stable_sha = publish(fleet.root, testmodels.scaled(1.0))
     for model in ("digits", "doomed"):
         kube.create("edgemodels", namespace,

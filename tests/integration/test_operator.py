@@ -130,7 +130,8 @@ def test_model_targets_devices_by_selector_and_follows_label_and_selector_change
 
     status = wait_status(kube, "edgemodels", namespace, "digits",
                          {"phase": "Pending", "readySummary": "0/2"})
-    assert status["devices"] == {"targeted": 2, "updated": 0, "ready": 0, "failed": 0}
+    assert status["devices"] == {"targeted": 2, "updated": 0, "ready": 0, "failed": 0,
+                                 "offline": 0}
     condition = ready_condition(status)
     assert (condition["status"], condition["reason"]) == ("False", "DevicesNotReady")
     assert condition["lastTransitionTime"] and condition["observedGeneration"] == 1

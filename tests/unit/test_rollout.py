@@ -439,17 +439,18 @@ def under_pressure(devices: list[DeviceView], names: set[str]) -> list[DeviceVie
 
 
 def test_a_device_under_pressure_is_held_back_on_the_stable_version_until_it_clears() -> None:
-    model_spec = spec(**CANARY)
-    (first,) = on_target(reconcile(model_spec, STABLE, fleet(STABLE)).status)
+    model_spec = spec(strategy="Canary", maxUnavailable="100%",
+                      steps=[{"percent": 50}, {"percent": 100}])
+    first = ranked()[0]
     plan = reconcile(model_spec, STABLE, under_pressure(fleet(STABLE), {first}))
     assert plan.status.rollout is not None and plan.status.rollout.held_back == [first]
     assert rollout.assigned_artifact(NAMESPACE, MODEL, first, plan.status) == OLD
     (held,) = [e for e in plan.events if e.reason == "DevicesHeldBack"]
     assert f"{first} (DiskPressure)" in held.message and held.type == "Warning"
-    # Not waited for: the step went on without it; told once.
-    assert plan.status.rollout.step >= 2
+    # Not waited for: the step's other devices take it to the next step; told once.
     again = reconcile(model_spec, plan.status, under_pressure(fleet(plan.status), {first}))
-    assert again.status.rollout is not None and again.status.rollout.held_back == [first]
+    assert again.status.rollout is not None and again.status.rollout.step == 2
+    assert again.status.rollout.held_back == [first]
     assert not [e for e in again.events if e.reason == "DevicesHeldBack"]
     # The pressure clears: it joins the cohort it belongs to.
     cleared = reconcile(model_spec, again.status, fleet(again.status))
@@ -459,6 +460,25 @@ def test_a_device_under_pressure_is_held_back_on_the_stable_version_until_it_cle
     assert planner.devices_to_wake(NAMESPACE, view(model_spec, again.status),
                                    view(model_spec, cleared.status),
                                    fleet(again.status)) == [first]
+
+
+def test_a_step_whose_every_device_is_held_back_waits_for_one() -> None:
+    model_spec = spec(**CANARY)  # 10 %: one device
+    first = ranked()[0]
+    plan = reconcile(model_spec, STABLE, under_pressure(fleet(STABLE), {first}))
+    plan = reconcile(model_spec, plan.status, under_pressure(fleet(plan.status), {first}))
+    assert plan.status.rollout is not None and plan.status.rollout.step == 1
+    assert "every device of the step is held back" in condition(plan.status, "Progressing")[2]
+
+
+def test_a_device_already_taking_the_target_is_not_held_back() -> None:
+    model_spec = spec(**CANARY)
+    first = ranked()[0]
+    status = reconcile(model_spec, STABLE, fleet(STABLE)).status  # first is on its way
+    downloading = under_pressure(fleet(status, state="Downloading"), {first})
+    plan = reconcile(model_spec, status, downloading)
+    assert plan.status.rollout is not None and plan.status.rollout.held_back == []
+    assert rollout.assigned_artifact(NAMESPACE, MODEL, first, plan.status) != OLD
 
 
 def test_a_device_offline_past_the_timeout_no_longer_counts_as_ready() -> None:

@@ -135,3 +135,13 @@ def test_a_state_file_that_cannot_be_read_is_set_aside(tmp_path: Path) -> None:
     assert Store(tmp_path).load_state() == DeviceState()
     assert [p.name.startswith("state.json.invalid-") for p in tmp_path.glob("state.json*")] \
         == [True]
+
+
+def test_starts_are_counted_apart_from_the_state_an_older_runtime_reads(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    assert [store.count_start() for _ in range(3)] == [0, 1, 2]
+    store.save_state(DeviceState(revision="r1"))
+    assert set(json.loads(store.state_path.read_text())) == {
+        "version", "revision", "desired", "lastKnownGood"}  # no new key: older runtimes read it
+    store.starts_path.write_text("not a number")
+    assert store.count_start() == 0  # a count that cannot be read starts over

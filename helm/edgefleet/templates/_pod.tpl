@@ -15,11 +15,15 @@ remote-write URL (a controller holds no device session, so it has no samples to 
 - {name: EDGEFLEET_METRICS_PORT, value: {{ $v.metrics.port | quote }}}
 - {name: EDGEFLEET_HEARTBEAT_WRITE_SECONDS, value: {{ $gw.heartbeatWriteSeconds | quote }}}
 - {name: EDGEFLEET_LAST_SEEN_WRITE_SECONDS, value: {{ $gw.lastSeenWriteSeconds | quote }}}
-- {name: EDGEFLEET_MEMORY_PRESSURE_PERCENT, value: {{ $v.deviceHealth.memoryPressurePercent | quote }}}
-- {name: EDGEFLEET_DISK_PRESSURE_PERCENT, value: {{ $v.deviceHealth.diskPressurePercent | quote }}}
-- {name: EDGEFLEET_OVERHEATING_CELSIUS, value: {{ $v.deviceHealth.overheatingCelsius | quote }}}
-- {name: EDGEFLEET_CLOCK_SKEW_SECONDS, value: {{ $v.deviceHealth.clockSkewSeconds | quote }}}
-- {name: EDGEFLEET_DEVICE_METRIC_LABELS, value: {{ $v.deviceHealth.metricLabels | toJson | quote }}}
+{{- /* Device health thresholds; a value left unset (an upgrade with --reuse-values from
+before they existed) keeps the operator's default. */}}
+{{- $health := $v.deviceHealth | default dict }}
+{{- range $key, $variable := dict "memoryPressurePercent" "EDGEFLEET_MEMORY_PRESSURE_PERCENT" "diskPressurePercent" "EDGEFLEET_DISK_PRESSURE_PERCENT" "overheatingCelsius" "EDGEFLEET_OVERHEATING_CELSIUS" "clockSkewSeconds" "EDGEFLEET_CLOCK_SKEW_SECONDS" }}
+{{- if hasKey $health $key }}
+- {name: {{ $variable }}, value: {{ get $health $key | quote }}}
+{{- end }}
+{{- end }}
+- {name: EDGEFLEET_DEVICE_METRIC_LABELS, value: {{ $health.metricLabels | default list | toJson | quote }}}
 - {name: EDGEFLEET_ARTIFACT_CACHE_DIR, value: /var/cache/edgefleet}
 - {name: EDGEFLEET_ARTIFACT_MAX_BYTES, value: {{ $v.artifacts.maxBytes | int64 | quote }}}
 {{- if .remoteWrite }}
