@@ -16,6 +16,7 @@ a figure hovering at the threshold does not flap.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -76,49 +77,59 @@ def _share_below(value: object, total: object, percent: float, was_true: bool) -
     return value * 100 < limit * total
 
 
-def _judge(type_: str, health: Mapping[str, Any] | None, thresholds: HealthThresholds,
-           was_true: bool) -> Condition:
-    """One health condition from the figures (None: the runtime reports none)."""
+@functools.lru_cache(maxsize=16)
+def _verdicts(thresholds: HealthThresholds) -> dict[tuple[str, str], Condition]:
+    """Every verdict the thresholds can give, by (type, reason): built once and shared,
+    never changed (a gateway judges thousands of heartbeats a minute)."""
+    memory = f"{thresholds.memory_available_percent:g}% of its memory"
+    disk = f"{thresholds.disk_free_percent:g}% of the data directory's disk"
+    heat = f"{thresholds.temperature_celsius:g} °C"
+    clock = f"{thresholds.clock_offset_seconds:g} s"
+    verdicts = [
+        _verdict(MEMORY_PRESSURE, "Unknown", "NotMeasured", "the runtime reads no memory figures"),
+        _verdict(MEMORY_PRESSURE, "True", "MemoryLow", f"less than {memory} is available"),
+        _verdict(MEMORY_PRESSURE, "False", "MemorySufficient", f"{memory} or more is available"),
+        _verdict(DISK_PRESSURE, "Unknown", "NotMeasured", "the runtime reads no disk figures"),
+        _verdict(DISK_PRESSURE, "True", "DiskLow", f"less than {disk} is free"),
+        _verdict(DISK_PRESSURE, "False", "DiskSufficient", f"{disk} or more is free"),
+        _verdict(OVERHEATING, "Unknown", "NoThermalZone", "the device exposes no temperature"),
+        _verdict(OVERHEATING, "True", "TooHot", f"the hottest zone is above {heat}"),
+        _verdict(OVERHEATING, "False", "TemperatureNormal", f"every zone is at {heat} or below"),
+        _verdict(CLOCK_SKEW, "Unknown", "NotMeasured", "the runtime sends no clock reading"),
+        _verdict(CLOCK_SKEW, "True", "ClockOffset",
+                 f"the device's clock is more than {clock} off the gateway's"),
+        _verdict(CLOCK_SKEW, "False", "ClockInSync", f"within {clock} of the gateway's clock"),
+        *(_verdict(type_, "Unknown", NOT_REPORTED,
+                   "the runtime reports no health (older than health reporting)")
+          for type_ in HEALTH_CONDITIONS)]
+    return {(verdict["type"], verdict["reason"]): verdict for verdict in verdicts}
+
+
+def _reason(type_: str, health: Mapping[str, Any] | None, thresholds: HealthThresholds,
+            was_true: bool) -> str:
+    """The reason of one health condition's verdict on the figures (None: the runtime
+    reports none)."""
     if health is None:
-        return _verdict(type_, "Unknown", NOT_REPORTED,
-                        "the runtime reports no health (older than health reporting)")
+        return NOT_REPORTED
     if type_ == MEMORY_PRESSURE:
         low = _share_below(health.get("memoryAvailableBytes"), health.get("memoryTotalBytes"),
                            thresholds.memory_available_percent, was_true)
-        rule = f"{thresholds.memory_available_percent:g}% of its memory"
-        return (_verdict(type_, "Unknown", "NotMeasured", "the runtime reads no memory figures")
-                if low is None else
-                _verdict(type_, "True", "MemoryLow", f"less than {rule} is available")
-                if low else
-                _verdict(type_, "False", "MemorySufficient", f"{rule} or more is available"))
+        return "NotMeasured" if low is None else "MemoryLow" if low else "MemorySufficient"
     if type_ == DISK_PRESSURE:
         low = _share_below(health.get("diskFreeBytes"), health.get("diskTotalBytes"),
                            thresholds.disk_free_percent, was_true)
-        rule = f"{thresholds.disk_free_percent:g}% of the data directory's disk"
-        return (_verdict(type_, "Unknown", "NotMeasured", "the runtime reads no disk figures")
-                if low is None else
-                _verdict(type_, "True", "DiskLow", f"less than {rule} is free")
-                if low else
-                _verdict(type_, "False", "DiskSufficient", f"{rule} or more is free"))
+        return "NotMeasured" if low is None else "DiskLow" if low else "DiskSufficient"
     if type_ == OVERHEATING:
         celsius = health.get("temperatureCelsius")
-        limit = thresholds.temperature_celsius - (CELSIUS_MARGIN if was_true else 0.0)
-        rule = f"{thresholds.temperature_celsius:g} °C"
         if not isinstance(celsius, (int, float)):
-            return _verdict(type_, "Unknown", "NoThermalZone",
-                            "the device exposes no temperature")
-        return (_verdict(type_, "True", "TooHot", f"the hottest zone is above {rule}")
-                if celsius > limit else
-                _verdict(type_, "False", "TemperatureNormal", f"every zone is at {rule} or below"))
+            return "NoThermalZone"
+        limit = thresholds.temperature_celsius - (CELSIUS_MARGIN if was_true else 0.0)
+        return "TooHot" if celsius > limit else "TemperatureNormal"
     offset = health.get("clockOffsetSeconds")
-    limit = thresholds.clock_offset_seconds * (CLOCK_MARGIN if was_true else 1.0)
-    rule = f"{thresholds.clock_offset_seconds:g} s"
     if not isinstance(offset, (int, float)):
-        return _verdict(type_, "Unknown", "NotMeasured", "the runtime sends no clock reading")
-    return (_verdict(type_, "True", "ClockOffset",
-                     f"the device's clock is more than {rule} off the gateway's")
-            if abs(offset) > limit else
-            _verdict(type_, "False", "ClockInSync", f"within {rule} of the gateway's clock"))
+        return "NotMeasured"
+    limit = thresholds.clock_offset_seconds * (CLOCK_MARGIN if was_true else 1.0)
+    return "ClockOffset" if abs(offset) > limit else "ClockInSync"
 
 
 def _figures(type_: str, health: Mapping[str, Any] | None) -> str:
@@ -178,6 +189,17 @@ def merge_conditions(previous: Sequence[Mapping[str, Any]], verdicts: Sequence[C
     return list(merged.values()), transitions
 
 
+def unchanged(previous: Sequence[Mapping[str, Any]], verdicts: Sequence[Condition]) -> bool:
+    """Whether every verdict is already what `previous` says (most heartbeats)."""
+    by_type = {c.get("type"): c for c in previous}
+    for verdict in verdicts:
+        before = by_type.get(verdict["type"])
+        if before is None or before.get("status") != verdict["status"] or before.get(
+                "reason") != verdict["reason"] or before.get("message") != verdict["message"]:
+            return False
+    return True
+
+
 def _bad(condition: Mapping[str, Any]) -> bool:
     if condition.get("type") == READY:
         return condition.get("status") != "True"
@@ -188,7 +210,8 @@ def health_conditions(health: Mapping[str, Any] | None, previous: Sequence[Mappi
                       thresholds: HealthThresholds) -> list[Condition]:
     """The verdicts on MemoryPressure, DiskPressure, Overheating and ClockSkew."""
     was_true = {str(c.get("type")) for c in previous if c.get("status") == "True"}
-    return [_judge(type_, health, thresholds, type_ in was_true)
+    verdicts = _verdicts(thresholds)
+    return [verdicts[(type_, _reason(type_, health, thresholds, type_ in was_true))]
             for type_ in HEALTH_CONDITIONS]
 
 

@@ -350,27 +350,27 @@ def check_health(kind: str, health: pb.Health, limits: GatewayLimits) -> None:
     """Figures a device could truly read of itself: shares within 0..100, parts no larger
     than their wholes, temperatures a machine survives, short texts."""
     where = f"{kind}.health"
+    figures = {descriptor.name: value for descriptor, value in health.ListFields()}
     for name in ("cpu_percent", "cpu_throttled_percent"):
-        value = getattr(health, name)
-        if health.HasField(name) and not (math.isfinite(value) and 0 <= value <= 100):
+        value = figures.get(name)
+        if value is not None and not (math.isfinite(value) and 0 <= value <= 100):
             raise Refusal(kind, f"{where}.{name}", "Implausible", f"{value} is not 0..100")
     for part, whole in (("memory_available_bytes", "memory_total_bytes"),
                         ("disk_free_bytes", "disk_total_bytes")):
-        value, total = getattr(health, part), getattr(health, whole)
-        if value > INT64_MAX or total > INT64_MAX or (health.HasField(whole) and value > total):
+        value, total = figures.get(part, 0), figures.get(whole)
+        if value > INT64_MAX or (total is not None and (total > INT64_MAX or value > total)):
             raise Refusal(kind, f"{where}.{part}", "Implausible", f"{value} of {total} bytes")
-    celsius = health.temperature_celsius
-    if health.HasField("temperature_celsius") and not (
-            math.isfinite(celsius) and MIN_CELSIUS <= celsius <= MAX_CELSIUS):
+    celsius = figures.get("temperature_celsius")
+    if celsius is not None and not (math.isfinite(celsius)
+                                    and MIN_CELSIUS <= celsius <= MAX_CELSIUS):
         raise Refusal(kind, f"{where}.temperature_celsius", "Implausible",
                       f"{celsius} °C is not {MIN_CELSIUS}..{MAX_CELSIUS}")
-    uptime = health.uptime_seconds
-    if health.HasField("uptime_seconds") and not (math.isfinite(uptime)
-                                                  and 0 <= uptime <= MAX_UPTIME_S):
+    uptime = figures.get("uptime_seconds")
+    if uptime is not None and not (math.isfinite(uptime) and 0 <= uptime <= MAX_UPTIME_S):
         raise Refusal(kind, f"{where}.uptime_seconds", "Implausible",
                       f"{uptime} s is not 0..{MAX_UPTIME_S:.0f}")
-    _text(kind, f"{where}.os", health.os, limits.max_text_chars)
-    _text(kind, f"{where}.kernel", health.kernel, limits.max_text_chars)
+    _text(kind, f"{where}.os", figures.get("os", ""), limits.max_text_chars)
+    _text(kind, f"{where}.kernel", figures.get("kernel", ""), limits.max_text_chars)
 
 
 def check_hello(hello: pb.Hello, limits: GatewayLimits) -> None:

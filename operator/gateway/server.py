@@ -117,9 +117,9 @@ def health_status(health: pb.Health | None, runtime_version: str,
     if health is None:
         return None
     status: dict[str, Any] = {}
-    for field, (key, decimals) in HEALTH_FIGURES.items():
-        if health.HasField(field):
-            value = getattr(health, field)
+    for descriptor, value in health.ListFields():  # the figures set, in one call
+        if figure := HEALTH_FIGURES.get(descriptor.name):
+            key, decimals = figure
             status[key] = value if decimals is None else (
                 int(value) if decimals == 0 else round(value, decimals))
     if health.time_ms:
@@ -280,6 +280,9 @@ class DeviceStatusWriter:
 
     def _decide(self, verdicts: list[dict[str, Any]]) -> tuple[bool, list[Transition]]:
         """The conditions with these verdicts: whether they changed, and the transitions."""
+        if "conditions" in self._latest and device_health.unchanged(self._conditions,
+                                                                    verdicts):
+            return False, []  # most heartbeats
         conditions, transitions = device_health.merge_conditions(
             self._conditions, verdicts, timestamp())
         if conditions == self._conditions and "conditions" in self._latest:

@@ -65,7 +65,7 @@ def test_prometheus_answers_every_dashboard_query_and_every_alert_fires(
     kube, namespace = fleet.kube, fleet.namespace
     hot = tmp_path / "hot-sys" / "class" / "thermal" / "thermal_zone0"
     hot.mkdir(parents=True)
-    (hot / "temp").write_text("95000\n")
+    (hot / "temp").write_text("45000\n")  # 95 °C once its canary step holds
     for name, site in (("cam-1", "plant-7"), ("cam-2", "plant-7"), ("cam-3", "plant-9")):
         fleet.add_device(name, site=site)
         fleet.start(name, "--metrics-push-seconds", "0.2", "--metrics-buffer-bytes", "65536",
@@ -99,6 +99,8 @@ def test_prometheus_answers_every_dashboard_query_and_every_alert_fires(
             "analysis": {"minRequests": 10, "maxErrorRate": 0.9}}}})
     wait_status(kube, "edgemodels", namespace, "doomed", {"phase": "RolledBack"}, timeout=60)
     wait_status(kube, "edgemodels", namespace, "digits", {"stepSummary": "1/2"}, timeout=60)
+    # Hot only now: a device under pressure would be held back from the canary.
+    (hot / "temp").write_text("95000\n")
     fleet.edges.pop("cam-3").process.kill()  # offline from now on
 
     # Scraped as a site would scrape its devices: the devices' job, a device label.
