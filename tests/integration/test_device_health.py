@@ -269,3 +269,29 @@ def test_health_figures_no_device_could_read_are_refused_and_the_last_kept(
         ("heartbeat.health.temperature_celsius", "Implausible")]
     status = fleet.kube.get("edgedevices", fleet.namespace, "cam-1")["status"]
     assert status["health"]["temperatureCelsius"] == 40.0 and status["healthSummary"] == "Healthy"
+
+
+def test_a_runtime_whose_clock_is_an_hour_ahead_has_clock_skew_until_it_is_set_right(
+    fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kube, namespace = fleet.kube, fleet.namespace
+    # The runtime's Python clock an hour ahead (its TLS and the gateway's keep the real
+    # one), as a device with a wrong wall clock reads it.
+    shifted = tmp_path / "shifted-clock"
+    shifted.mkdir()
+    (shifted / "sitecustomize.py").write_text(
+        "import time\n_time = time.time\ntime.time = lambda: _time() + 3600\n")
+    fleet.add_device("cam-1", site="plant-7")
+    with monkeypatch.context() as patched:
+        patched.setenv("PYTHONPATH", str(shifted))
+        fleet.start("cam-1")
+    status = wait_status(kube, "edgedevices", namespace, "cam-1",
+                         {"phase": "Online", "healthSummary": "ClockSkew"})
+    assert 3590 < status["health"]["clockOffsetSeconds"] < 3610
+    (skew,) = eventually(lambda: event_messages(fleet, "ClockSkew"), what="a ClockSkew Event")
+    assert "s ahead" in skew
+    stop_edge(fleet.edges.pop("cam-1"))
+    fleet.start("cam-1")  # its clock set right
+    wait_status(kube, "edgedevices", namespace, "cam-1",
+                {"phase": "Online", "healthSummary": "Healthy"})
+    eventually(lambda: event_messages(fleet, "ClockSkewCleared"), what="ClockSkewCleared")
