@@ -275,7 +275,7 @@ def test_digests_that_would_name_paths_outside_the_store_are_refused_and_serving
             f"data/{name}" for name in files_under(tmp_path / "data")}
         assert files_under(tmp_path / "data") == {
             "blobs", "blobs/sha256", f"blobs/sha256/{digest_of(good)[7:]}", "partial",
-            "state.json"}
+            "state.json", "starts"}
         assert not Path("/tmp/edgefleet-owned.partial").exists()
         assert answer(edge, "digits") == 3.0
         saved = json.loads((tmp_path / "data" / "state.json").read_text())
