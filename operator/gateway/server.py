@@ -313,8 +313,9 @@ class DeviceStatusWriter:
     def report(self, kind: str, models: Any, stats: Any,
                health: pb.Health | None = None, *, health_refused: bool = False) -> None:
         """A heartbeat or report the policy took: what the device holds, how its versions
-        answered, and (heartbeats) its health, unless the policy refused that (the last
-        figures stand); written when due."""
+        answered (None: the policy refused the counts; the last stand), and (heartbeats)
+        its health, unless the policy refused that (the last figures stand); written when
+        due."""
         due = self._schedule.due()
         self._heard()
         status = models_status(models)
@@ -330,8 +331,8 @@ class DeviceStatusWriter:
                     model["state"] in PASSING_STATES for model in status))
             else:
                 self._schedule.settled()
-        inference = inference_status(stats)
-        if inference != self._latest.get("inference"):
+        inference = None if stats is None else inference_status(stats)
+        if inference is not None and inference != self._latest.get("inference"):
             self._latest["inference"], self._kind = inference, kind
             if self._due("inference"):
                 self._schedule.news()
@@ -868,16 +869,22 @@ class FleetGateway:
             report = message.heartbeat if kind == "heartbeat" else message.report
             models = with_assigned_digests(report.models, assigned_digests(session.entry))
             check_models(kind, models, self.limits)
-            check_stats(kind, report.stats, self.limits)
-            session.baseline.check(kind, report.stats, time.monotonic())
+            stats: Any = report.stats
+            refusal: Refusal | None = None
+            try:
+                check_stats(kind, stats, self.limits)
+                session.baseline.check(kind, stats, time.monotonic())
+            except Refusal as refused:  # what the device holds is still taken
+                stats, refusal = None, refused
             heartbeat = message.heartbeat
             health = heartbeat.health if kind == "heartbeat" and heartbeat.HasField(
                 "health") else None
-            refusal = self._health_refusal(kind, heartbeat) if health is not None else None
-            session.writer.report(kind, models, report.stats, health,
-                                  health_refused=refusal is not None)
-            if refusal is not None:  # the rest of the heartbeat is taken
-                raise refusal
+            health_refusal = (self._health_refusal(kind, heartbeat) if health is not None
+                              else None)
+            session.writer.report(kind, models, stats, health,
+                                  health_refused=health_refusal is not None)
+            if refusal or health_refusal:  # the rest of the message was taken
+                raise refusal or health_refusal
         elif kind == "metrics":
             await self._metrics(message.metrics, session)
         elif kind == "renew":
