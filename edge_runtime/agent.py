@@ -12,6 +12,7 @@ signature for this device is refused, never downloaded.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import platform
@@ -61,11 +62,10 @@ def stats_message(model: str, version: str, stats: VersionStats) -> pb.VersionSt
 
 def health_message(sample: HealthSample, restarts: int) -> pb.Health:
     """A health sample as the heartbeat carries it; the clock reading is taken now."""
-    figures = {name: getattr(sample, name) for name in (
-        "cpu_percent", "cpu_throttled_percent", "memory_available_bytes",
-        "memory_total_bytes", "disk_free_bytes", "disk_total_bytes", "temperature_celsius",
-        "uptime_seconds")}
-    return pb.Health(**{name: value for name, value in figures.items() if value is not None},
+    # HealthSample's fields are Health's figures, by name; one not read stays unset.
+    figures = {name: value for name, value in dataclasses.asdict(sample).items()
+               if value is not None}
+    return pb.Health(**figures,
                      restarts=restarts, os=platform.system(), kernel=platform.release(),
                      time_ms=int(time.time() * 1000))
 
