@@ -18,13 +18,14 @@ import os
 import platform
 import random
 import time
+from collections.abc import Sequence
 from importlib.metadata import version as package_version
 
 import grpc
 from pydantic import ValidationError
 
 from edgefleet.edge_runtime import telemetry
-from edgefleet.edge_runtime.engine import Engine
+from edgefleet.edge_runtime.engine import Engine, provider_fallback
 from edgefleet.edge_runtime.errors import InferenceError
 from edgefleet.edge_runtime.health import HealthProbe, HealthSample
 from edgefleet.edge_runtime.identity import TARGET_OPTIONS, DeviceIdentity, IdentityError
@@ -50,7 +51,8 @@ def stored(assignment: pb.ModelAssignment) -> StoredModel:
         size_bytes=assignment.size_bytes, intra_op_threads=runtime.intra_op_threads,
         inter_op_threads=runtime.inter_op_threads,
         max_batch_size=max(1, runtime.max_batch_size),
-        max_delay_micros=runtime.max_delay_micros, weight=assignment.weight or 100)
+        max_delay_micros=runtime.max_delay_micros, weight=assignment.weight or 100,
+        variant=assignment.variant, execution_providers=list(runtime.execution_providers))
 
 
 def stats_message(model: str, version: str, stats: VersionStats) -> pb.VersionStats:
@@ -382,11 +384,17 @@ class CloudAgent:
     # ------------------------------------------------------------ applying
 
     def _set(self, name: str, version: str, digest: str, state: State, message: str = "",
-             done: int = 0, total: int = 0) -> None:
-        self.models[(name, version)] = pb.ModelState(name=name, version=version, digest=digest,
-                                          state=state, message=message, bytes_done=done,
-                                          bytes_total=total)
+             done: int = 0, total: int = 0, *, variant: str = "",
+             providers: Sequence[str] = ()) -> None:
+        self.models[(name, version)] = pb.ModelState(
+            name=name, version=version, digest=digest, state=state, message=message,
+            bytes_done=done, bytes_total=total, variant=variant, execution_providers=providers)
         self._changed.set()
+
+    def _set_model(self, model: StoredModel, state: State, message: str = "", done: int = 0,
+                   total: int = 0, *, providers: Sequence[str] = ()) -> None:
+        self._set(model.name, model.version, model.digest, state, message, done, total,
+                  variant=model.variant, providers=providers)
 
     def _start_apply(self, desired: pb.DesiredState) -> None:
         """The newest desired state wins: an apply in progress is cancelled (downloads
@@ -477,17 +485,17 @@ class CloudAgent:
                 pending.append(model.name)
                 reason = (f"{error.code().name}: {error.details()}"
                           if isinstance(error, grpc.aio.AioRpcError) else str(error))
-                self._set(model.name, model.version, model.digest, State.DOWNLOADING, reason,
+                self._set_model(model, State.DOWNLOADING, reason,
                           self.store.partial_size(model.digest), model.size_bytes)
             except InferenceError as error:
                 logger.error("model=%s version=%s failed: %s", model.name, model.version,
                              error.message)
-                self._set(model.name, model.version, model.digest, State.FAILED, error.message)
+                self._set_model(model, State.FAILED, error.message)
             except OSError as error:  # the device's storage
                 message = f"storage: {error.strerror}: {error.filename}"
                 logger.error("model=%s version=%s failed: %s", model.name, model.version,
                              message)
-                self._set(model.name, model.version, model.digest, State.FAILED, message)
+                self._set_model(model, State.FAILED, message)
         return pending
 
     def _save_state(self) -> None:
@@ -513,7 +521,7 @@ class CloudAgent:
             raise InferenceError.unavailable(
                 f"not enough disk for the artifact: {total - offset} more bytes needed, "
                 f"{free} free in {self.settings.data_dir}")
-        self._set(model.name, model.version, model.digest, State.DOWNLOADING, "", offset, total)
+        self._set_model(model, State.DOWNLOADING, "", offset, total)
         reported_at = time.monotonic()
         try:
             with open(self.store.partial_path(model.digest), "ab") as partial:
@@ -528,7 +536,7 @@ class CloudAgent:
                     total = chunk.total_size
                     if time.monotonic() - reported_at > 0.5:  # progress, not a flood
                         reported_at = time.monotonic()
-                        self._set(model.name, model.version, model.digest, State.DOWNLOADING,
+                        self._set_model(model, State.DOWNLOADING,
                                   "", offset, total)
                 partial.flush()
                 os.fsync(partial.fileno())
@@ -539,21 +547,22 @@ class CloudAgent:
         if offset != total:
             raise LinkInterrupted(f"download ended at {offset} of {total} bytes; it resumes "
                                   "from there")
-        self._set(model.name, model.version, model.digest, State.VERIFYING, "", offset, total)
+        self._set_model(model, State.VERIFYING, "", offset, total)
         await asyncio.to_thread(self.store.complete, model.digest)
 
     async def _load(self, model: StoredModel, wanted: list[StoredModel]) -> None:
         """Loads and warms the version, then routes its model anew among `wanted`."""
-        self._set(model.name, model.version, model.digest, State.LOADING)
-        if model.version in self.engine.versions(model.name):
-            if self.engine.resolve(model.name, model.version).digest != model.digest:
-                # The same version with other bytes: it cannot be loaded beside itself.
-                await self.engine.unload(model.name, model.version)
-        if model.version not in self.engine.versions(model.name):
+        self._set_model(model, State.LOADING)
+        if (model.version not in self.engine.versions(model.name) or self.engine.resolve(
+                model.name, model.version).digest != model.digest):
+            # Other bytes of a version it serves (another variant) take its place once
+            # loaded: the version keeps answering meanwhile.
             await self.engine.load(model.name, model.version,
                                    self.store.blob_path(model.digest), model.runtime(),
                                    model.digest)
-        self._set(model.name, model.version, model.digest, State.READY)
+        running = self.engine.resolve(model.name, model.version).session.get_providers()
+        self._set_model(model, State.READY,
+                        provider_fallback(model.execution_providers, running), providers=running)
         await self._route(model.name, wanted)
 
     async def _route(self, name: str, wanted: list[StoredModel]) -> None:

@@ -126,6 +126,16 @@ def choose_providers(wanted: Sequence[str], available: Sequence[str]) -> list[st
     return [*chosen, "CPUExecutionProvider"] if "CPUExecutionProvider" not in chosen else chosen
 
 
+def provider_fallback(wanted: Sequence[str], running: Sequence[str]) -> str:
+    """Why a loaded model runs on other providers than it was assigned: "" when it runs
+    on every one wanted."""
+    missing = [provider for provider in wanted if provider not in running]
+    if not missing:
+        return ""
+    return (f"{', '.join(missing)} not available on this device; running on "
+            f"{', '.join(running)}")
+
+
 def warmup_inputs(specs: Iterable[TensorSpec]) -> dict[str, np.ndarray]:
     """Zeros of every input, variable dimensions set to 1."""
     feeds = {}
@@ -216,7 +226,8 @@ class Engine:
 
     async def load(self, name: str, version: str, path: Path, runtime: RuntimeConfig,
                    digest: str = "") -> ModelVersion:
-        """Creates the session and warms it up; only then may it take traffic."""
+        """Creates the session and warms it up; only then may it take traffic, in place of
+        the same version's earlier bytes if it had any."""
         loaded = await asyncio.get_running_loop().run_in_executor(
             self._pool, self._create, name, version, path, runtime, digest)
         if runtime.batching and runtime.batching.max_batch_size > 1 and loaded.batchable:
@@ -228,10 +239,15 @@ class Engine:
         elif runtime.batching and runtime.batching.max_batch_size > 1:
             logger.info("model=%s version=%s: batching off, its batch dimension is fixed",
                         name, version)
-        self._versions.setdefault(name, {})[version] = loaded
+        # Other bytes of a version already loaded (another variant of it) take its place
+        # only now, ready: its requests never meet a gap. The one replaced drains.
+        replaced = self._versions.setdefault(name, {}).get(version)
+        self._versions[name][version] = loaded
         telemetry.LOADED.labels(name, version, loaded.digest).set(1)
         logger.info("loaded model=%s version=%s digest=%s providers=%s", name, version,
                     loaded.digest, loaded.session.get_providers())
+        if replaced is not None:
+            await self._release(name, version, replaced)
         return loaded
 
     def _create(self, name: str, version: str, path: Path, runtime: RuntimeConfig,
@@ -290,13 +306,19 @@ class Engine:
             self._routes.pop(name, None)
         if not versions:
             self._versions.pop(name, None)
+        await self._release(name, version, loaded)
+
+    async def _release(self, name: str, version: str, loaded: ModelVersion) -> None:
+        """Frees a version out of routing once its requests in flight end."""
         if loaded.in_flight:
             loaded.drained.clear()
             await loaded.drained.wait()
         if loaded.batcher:
             await loaded.batcher.close()
-        telemetry.LOADED.remove(name, version, loaded.digest)
-        logger.info("unloaded model=%s version=%s", name, version)
+        if (current := self._versions.get(name, {}).get(version)) is None or (
+                current.digest != loaded.digest):
+            telemetry.LOADED.remove(name, version, loaded.digest)
+        logger.info("unloaded model=%s version=%s digest=%s", name, version, loaded.digest)
 
     async def close(self) -> None:
         for name in self.models():

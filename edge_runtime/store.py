@@ -60,13 +60,17 @@ class StoredModel:
     max_delay_micros: int = 0
     # Share of the model's unpinned requests (an A/B test lists two versions).
     weight: int = Field(default=100, ge=0)
+    # The EdgeModel variant these bytes are ("" the source): only reported back.
+    variant: str = Field(default="", max_length=63)
+    execution_providers: list[str] = Field(default_factory=list)
 
     def runtime(self) -> RuntimeConfig:
         batching = (BatchingConfig(max_batch_size=self.max_batch_size,
                                    max_delay_micros=self.max_delay_micros)
                     if self.max_batch_size > 1 else None)
         return RuntimeConfig(intra_op_threads=self.intra_op_threads,
-                             inter_op_threads=self.inter_op_threads, batching=batching)
+                             inter_op_threads=self.inter_op_threads, batching=batching,
+                             execution_providers=self.execution_providers)
 
     @field_validator("digest")
     @classmethod

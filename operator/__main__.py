@@ -40,6 +40,7 @@ from edgefleet.operator.leader import LeaderElector, LeadershipLost
 from edgefleet.operator.liveness import GatewayLease, GatewayLeases
 from edgefleet.operator.phases import DevicePhases
 from edgefleet.operator.settings import OperatorSettings
+from edgefleet.operator.variant_builder import VariantBuilder
 from edgefleet.operator.watches import FleetWatch
 
 logger = logging.getLogger("edgefleet.operator")
@@ -89,6 +90,11 @@ async def run(settings: OperatorSettings) -> int:
         phases=(DevicePhases(client.CustomObjectsApi(api_client), gateways,
                              client.CoreV1Api(api_client))
                 if gateways else None),
+        variants=(VariantBuilder(artifacts, settings.artifact_cache_dir,
+                                 concurrency=settings.variant_build_concurrency,
+                                 timeout_s=settings.variant_build_timeout_seconds,
+                                 memory_bytes=settings.variant_build_memory_bytes)
+                  if settings.role != "gateway" else None),
     )
     gateway = None
     if memo.directory is not None:

@@ -22,6 +22,7 @@ from edgefleet.operator.analysis import TrafficStats
 from edgefleet.operator.device_health import under_pressure
 from edgefleet.operator.resources import (
     DEVICE_APPROVED_ANNOTATION,
+    Capabilities,
     EdgeModelSpec,
     EdgeModelStatus,
     VersionInference,
@@ -57,13 +58,21 @@ def device_view(name: str, labels: Mapping[str, str], status: Mapping[str, Any])
             seen.requests, seen.errors, tuple(seen.latency_bounds_seconds) if counts else (),
             counts, tuple(seen.top_class_counts))
     conditions = status.get("conditions")
-    return DeviceView(
+    return DeviceView(capabilities=capabilities_of(status),
         name=name, labels=dict(labels), models=models,
         phase=status.get("phase") or "Pending", last_seen=parse_time(status.get("lastSeen")),
         traffic=traffic,
         pressure=under_pressure([c for c in conditions if isinstance(c, Mapping)]
                                 if isinstance(conditions, list) else []),
     )
+
+
+def capabilities_of(status: Mapping[str, Any]) -> Capabilities | None:
+    """What an EdgeDevice status says the device has; None when absent or malformed."""
+    try:
+        return Capabilities.model_validate(status["capabilities"])
+    except (KeyError, ValidationError):
+        return None
 
 
 def model_view(name: str, meta: Mapping[str, Any], spec: Mapping[str, Any],

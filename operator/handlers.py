@@ -35,6 +35,7 @@ from edgefleet.operator.fleet import (
     FleetChanges,
     FleetIndex,
     approved,
+    capabilities_of,
     device_view,
     model_key,
     model_view,
@@ -46,12 +47,15 @@ from edgefleet.operator.resources import (
     GROUP,
     VERSION,
     ArtifactSource,
+    Capabilities,
     EdgeDeviceStatus,
     EdgeModelSpec,
     EdgeModelStatus,
     describe_validation_error,
 )
 from edgefleet.operator.settings import OperatorSettings, Role
+from edgefleet.operator.variant_builder import BuildRequest, VariantBuilder
+from edgefleet.operator.variants import BuildOutcome
 from edgefleet.operator.views import ArtifactCheck, DeviceView, ModelView, parse_time
 from edgefleet.operator.watches import Body
 
@@ -79,6 +83,7 @@ class OperatorMemo(kopf.Memo):
     # The controller's part of device status (None in a gateway replica).
     phases: DevicePhases | None
     credentials: CredentialStore  # device tokens, from the Secrets watch (credentials.py)
+    variants: VariantBuilder | None  # the controller's: builds spec.variants
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,7 @@ class DeviceLink:
     labels: Mapping[str, str]
     may_serve: bool
     access: DeviceAccess
+    capabilities: Capabilities | None  # as the device last reported: variants follow it
 
 
 def utc_now() -> datetime:
@@ -122,9 +128,11 @@ def publish(memo: OperatorMemo, namespace: str, name: str) -> None:
     if memo.directory is None or link is None:
         return
     assignments = (planner.desired_assignments(namespace, name, link.labels,
-                                               memo.index.models_in(namespace))
+                                               memo.index.models_in(namespace),
+                                               link.capabilities)
                    if link.may_serve else [])
-    memo.directory.publish(namespace, name, link.secret_name, assignments, link.access)
+    memo.directory.publish(namespace, name, link.secret_name, assignments, link.access,
+                           link.capabilities)
 
 
 def model_changed(memo: OperatorMemo, namespace: str, name: str, body: Body | None) -> None:
@@ -184,7 +192,7 @@ def device_changed(memo: OperatorMemo, namespace: str, name: str, body: Body | N
     identity = status.get("identity") or {}
     link = DeviceLink(
         secret_name=(spec.get("bootstrapTokenSecretRef") or {}).get("name", ""),
-        labels=dict(labels), may_serve=may_serve,
+        labels=dict(labels), may_serve=may_serve, capabilities=capabilities_of(status),
         access=DeviceAccess(serial=str(identity.get("serial", "")),
                             token_fingerprint=str(identity.get("tokenFingerprint", "")),
                             revoked=bool(spec.get("revoked")),
@@ -384,6 +392,21 @@ class ArtifactRetry:
         return f" and signed with {key_ref}"
 
 
+def variant_builds(memo: OperatorMemo, namespace: str, name: str, spec: EdgeModelSpec,
+                   artifact: ArtifactCheck) -> dict[str, BuildOutcome]:
+    """Where each of spec.variants stands for the spec's verified source; builds start in
+    the background and wake the model's status loop when they end."""
+    source = memo.artifacts.get(namespace, artifact.digest) if artifact.ready else None
+    if memo.variants is None or source is None:
+        return {}
+
+    def wake() -> None:
+        memo.fleet.notify(model_key(namespace, name))
+    return {variant.name: memo.variants.outcome(
+        BuildRequest(namespace, source, variant, spec.validation), wake)
+        for variant in spec.variants}
+
+
 async def keep_model_status(
     name: str,
     namespace: str,
@@ -436,12 +459,13 @@ async def keep_model_status(
                         if problems else await artifacts.check(spec.source))
             experiment = (await experiment_artifacts.check(spec.experiment.source)
                           if spec.experiment and not problems else None)
+            builds = variant_builds(memo, namespace, name, spec, artifact)
             plan = planner.plan_model_status(
                 namespace=namespace, name=name, generation=generation, spec=spec,
                 devices=memo.index.devices_in(namespace), artifact=artifact,
                 previous=previous,
                 approved_step=rollout.approved_step(body.meta.annotations, spec.version),
-                now=memo.clock(), experiment=experiment,
+                now=memo.clock(), experiment=experiment, builds=builds,
             )
             desired, events = plan.status, plan.events
             metrics.ROLLOUTS.set(namespace, name, desired, plan.device_states)
@@ -472,7 +496,8 @@ async def keep_model_status(
         return True
 
     def next_deadline() -> float | None:
-        deadlines = [artifacts.seconds_to_retry(), experiment_artifacts.seconds_to_retry()]
+        deadlines = [artifacts.seconds_to_retry(), experiment_artifacts.seconds_to_retry(),
+                     memo.variants.seconds_to_retry() if memo.variants else None]
         for at in (recheck_at, figures_due_at):
             if at is not None:
                 deadlines.append(max(0.0, at - time.monotonic()) + 0.05)

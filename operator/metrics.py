@@ -25,6 +25,12 @@ RECONCILE_SECONDS = Histogram(
     ["resource"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 LEADER = Gauge("edgefleet_operator_leader", "1 while this replica holds the leader lease")
+VARIANT_BUILDS = Counter(
+    "edgefleet_operator_variant_builds",
+    "Variant builds finished: built, or the reason one failed (BuildFailed, InvalidDataset, "
+    "BuildTimedOut, ...)",
+    ["outcome"],
+)
 ARTIFACT_FAILURES = Counter(
     "edgefleet_operator_artifact_failures",
     "Artifact fetches that failed, by reason (DigestMismatch, Unreachable, TooLarge, ...)",

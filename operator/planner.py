@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from edgefleet.operator import analysis, device_health, rollout
+from edgefleet.operator import analysis, device_health, rollout, variants
 from edgefleet.operator.analysis import TrafficStats
 from edgefleet.operator.resources import (
     AnalysisStatus,
     ArtifactSource,
     ArtifactStatus,
+    Capabilities,
     Condition,
     ConditionStatus,
     DeviceCounts,
@@ -34,7 +35,10 @@ from edgefleet.operator.resources import (
     ModelPhase,
     RuntimeSettings,
     TrafficSummary,
+    Variant,
+    VariantStatus,
 )
+from edgefleet.operator.selectors import selector_conflict, selector_matches
 from edgefleet.operator.views import ArtifactCheck, DeviceView, ModelView, parse_time
 
 READY = "Ready"
@@ -44,49 +48,6 @@ MAX_MESSAGE = 2048  # Condition.message's bound in the CRD
 
 
 # ---------------------------------------------------------------- selectors
-
-
-def selector_matches(selector: LabelSelector, labels: Mapping[str, str]) -> bool:
-    """Kubernetes label-selector semantics: every term must hold."""
-    if any(labels.get(key) != value for key, value in selector.match_labels.items()):
-        return False
-    for term in selector.match_expressions:
-        present = term.key in labels
-        if term.operator == "In" and not (present and labels[term.key] in term.values):
-            return False
-        if term.operator == "NotIn" and present and labels[term.key] in term.values:
-            return False
-        if term.operator == "Exists" and not present:
-            return False
-        if term.operator == "DoesNotExist" and present:
-            return False
-    return True
-
-
-def selector_conflict(selector: LabelSelector) -> str | None:
-    """Why no set of labels can ever satisfy the selector, or None if some can."""
-    allowed: dict[str, set[str]] = {}  # key -> the only values it may take
-    excluded: dict[str, set[str]] = {}
-    must_exist: set[str] = set()
-    must_not_exist: set[str] = set()
-    for key, value in selector.match_labels.items():
-        allowed[key] = {value}
-    for term in selector.match_expressions:
-        if term.operator == "In":
-            allowed[term.key] = allowed.get(term.key, set(term.values)) & set(term.values)
-        elif term.operator == "NotIn":
-            excluded.setdefault(term.key, set()).update(term.values)
-        elif term.operator == "Exists":
-            must_exist.add(term.key)
-        else:
-            must_not_exist.add(term.key)
-    for key in sorted(must_not_exist):
-        if key in must_exist or key in allowed:
-            return f"label {key!r} is required to exist and to be absent at once"
-    for key, values in sorted(allowed.items()):
-        if not values - excluded.get(key, set()):
-            return f"no value of label {key!r} satisfies every term of the selector"
-    return None
 
 
 def targeted_devices(selector: LabelSelector, devices: Iterable[DeviceView]) -> list[DeviceView]:
@@ -264,14 +225,23 @@ def plan_model_status(
     approved_step: int,
     now: datetime,
     experiment: ArtifactCheck | None = None,
+    builds: Mapping[str, variants.BuildOutcome] | None = None,
 ) -> ModelPlan:
     """The EdgeModel status the operator should write given the fleet as seen now, the
-    Events that tell what changed, and when to look again if nothing else happens."""
+    Events that tell what changed, and when to look again if nothing else happens.
+    `builds`: where each of spec.variants stands for the spec's verified source."""
     problems = spec_problems(spec)
     targeted = [] if problems else targeted_devices(spec.selector, devices)
+    source_digest = artifact.digest if artifact.ready and not problems else None
+    built = variants.statuses(spec.variants, spec.version, source_digest, builds or {},
+                              spec.validation, previous,
+                              [previous.stable_artifact,
+                               previous.rollout.target if previous.rollout else None])
+    # A version rolls out once each of its variants is built or refused: all together.
     verified = (ArtifactStatus(version=spec.version, digest=artifact.digest,
                                size_bytes=artifact.size, source=spec.source)
-                if artifact.ready else None)
+                if artifact.ready and variants.settled(built, spec.version, artifact.digest)
+                else None)
     if problems:  # nothing moves while the spec cannot be acted on
         decision = rollout.RolloutDecision(previous.stable_artifact, previous.rollout,
                                            previous.history, ("False", "InvalidSpec",
@@ -287,6 +257,10 @@ def plan_model_status(
         "rollout": current,
         "history": decision.history,
         "artifact": verified or previous.artifact,
+        "variants": variants.statuses(
+            spec.variants, spec.version, source_digest, builds or {}, spec.validation,
+            previous.model_copy(update={"variants": built}),
+            [decision.stable, current.target if current else None]),
     })
     assigned = {device.name: rollout.assigned_artifact(namespace, name, device.name, status)
                 for device in targeted}
@@ -323,6 +297,17 @@ def plan_model_status(
                                    generation=generation)
     else:
         conditions = [c for c in conditions if c.type != EXPERIMENT]
+    if spec.variants and not problems:
+        variants_status, reason, message = variants.condition(status.variants, spec.version)
+        conditions = set_condition(conditions, type_=variants.VARIANTS_READY,
+                                   status=variants_status, reason=reason, message=message,
+                                   now=now, generation=generation)
+    else:
+        conditions = [c for c in conditions if c.type != variants.VARIANTS_READY]
+    events = list(decision.events)
+    for reason, message in variants.transitions(previous.variants, status.variants):
+        events.append(rollout.RolloutEvent("Normal" if reason == "VariantReady" else "Warning",
+                                           reason, message))
     active = current is not None and current.state == "Progressing"
     status = status.model_copy(update={
         "phase": model_phase(problems, counts, status, spec.rollout.paused, len(lost)),
@@ -338,7 +323,7 @@ def plan_model_status(
                             for (model, version), report in device.models.items()
                             if model == name)
     recheck = [s for s in (decision.recheck_after_s, *expiring) if s is not None]
-    return ModelPlan(status, decision.events, min(recheck, default=None), dict(device_states))
+    return ModelPlan(status, events, min(recheck, default=None), dict(device_states))
 
 
 def plan_experiment(
@@ -511,31 +496,40 @@ class Assignment:
     inter_op_threads: int = 0
     max_batch_size: int = 1
     max_delay_micros: int = 0
+    variant: str = ""  # "": the source
+    execution_providers: tuple[str, ...] = ()
 
 
 def desired_assignments(namespace: str, device: str, labels: Mapping[str, str],
-                        models: Iterable[ModelView]) -> list[Assignment]:
+                        models: Iterable[ModelView],
+                        capabilities: Capabilities | None = None) -> list[Assignment]:
     """What a device should serve: of every model whose selector matches its labels
     and that is not being deleted, the versions its rollout and A/B test assign to it
-    (see rollout.assigned_versions). A pure function of the fleet: nothing is stored
-    per device."""
+    (see rollout.assigned_versions), each as the variant the device fits (see
+    variants.choose). A pure function of the fleet: nothing is stored per device."""
     assignments = []
     for model in models:
         # A spec with problems freezes its rollout (see plan_model_status): devices keep
         # what its status assigns them, so a bad edit never takes a model off the fleet.
         if model.deleting or not selector_matches(model.spec.selector, labels):
             continue
-        runtime = model.spec.runtime
-        batching = runtime.batching if runtime else None
         for artifact, weight in rollout.assigned_versions(namespace, model.name, device,
                                                           model.status):
+            choice = variants.choose(model.spec.variants, model.status.variants, artifact,
+                                     labels, capabilities)
+            runtime = (choice.variant.runtime if choice and choice.variant.runtime
+                       else model.spec.runtime)
+            batching = runtime.batching if runtime else None
             assignments.append(Assignment(
-                name=model.name, version=artifact.version, digest=artifact.digest,
-                size_bytes=artifact.size_bytes, weight=weight,
+                name=model.name, version=artifact.version,
+                digest=choice.digest if choice else artifact.digest,
+                size_bytes=choice.size if choice else artifact.size_bytes, weight=weight,
                 intra_op_threads=runtime.intra_op_threads if runtime else 0,
                 inter_op_threads=runtime.inter_op_threads if runtime else 0,
                 max_batch_size=batching.max_batch_size if batching else 1,
                 max_delay_micros=batching.max_delay_micros if batching else 0,
+                variant=choice.variant.name if choice else "",
+                execution_providers=tuple(runtime.execution_providers) if runtime else (),
             ))
     return sorted(assignments, key=lambda a: (a.name, a.version))
 
@@ -556,11 +550,14 @@ class ModelPlacement:
     held_back: tuple[str, ...]
     rolled_back: bool
     experiment: tuple[ArtifactStatus, int] | None
+    variants: tuple[Variant, ...]
+    built: tuple[VariantStatus, ...]
 
 
 def model_placement(model: ModelView) -> ModelPlacement:
     status, current = model.status, model.status.rollout
     return ModelPlacement(
+        variants=tuple(model.spec.variants), built=tuple(status.variants),
         selector=model.spec.selector, deleting=model.deleting, runtime=model.spec.runtime,
         stable=status.stable_artifact, artifact=status.artifact,
         target=current.target if current else None,
@@ -579,8 +576,10 @@ def devices_to_wake(namespace: str, before: ModelView | None, after: ModelView |
         return []
     old, new = [before] if before else [], [after] if after else []
     return [device.name for device in devices
-            if desired_assignments(namespace, device.name, device.labels, old)
-            != desired_assignments(namespace, device.name, device.labels, new)]
+            if desired_assignments(namespace, device.name, device.labels, old,
+                                   device.capabilities)
+            != desired_assignments(namespace, device.name, device.labels, new,
+                                   device.capabilities)]
 
 
 def models_to_wake(label_sets: Iterable[Mapping[str, str]],

@@ -150,11 +150,20 @@ class BatchingSettings(Resource):
     max_delay_micros: int = Field(default=0, ge=0, le=1_000_000)
 
 
+ProviderName = Annotated[str, StringConstraints(min_length=1, max_length=64,
+                                                pattern=r"^[A-Za-z][A-Za-z0-9]*$")]
+
+
 class RuntimeSettings(Resource):
     intra_op_threads: int = Field(default=0, ge=0, le=256,
                                   description="0 lets ONNX Runtime choose")
     inter_op_threads: int = Field(default=0, ge=0, le=256)
     batching: BatchingSettings | None = None
+    execution_providers: list[ProviderName] = Field(
+        default_factory=list, max_length=8,
+        description="ONNX Runtime execution providers in order of preference, e.g. "
+                    "CUDAExecutionProvider; the CPU provider always comes last. A device "
+                    "that lacks one runs on the next and says so in its status")
 
 
 APPROVAL_ANNOTATION = f"{GROUP}/approved-step"
@@ -224,6 +233,97 @@ class Experiment(Resource):
     weight: int = Field(ge=1, le=99, description="Percent of unpinned requests it takes")
 
 
+class DatasetSource(Resource):
+    """A dataset the operator fetches like a model artifact (the same places are allowed):
+    an `.npz` file with one array per model input (or `inputs` for a one-input model)
+    and, for validation, `labels`."""
+
+    uri: Annotated[str, StringConstraints(max_length=2048, pattern=SOURCE_URI_PATTERN)] = Field(
+        description="file://, http:// or https://")
+    sha256: Annotated[str, StringConstraints(pattern=SHA256_PATTERN)] = Field(
+        description="The file's SHA-256 digest, 64 hex characters")
+
+
+VARIANT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # a DNS label
+VariantName = Annotated[str, StringConstraints(min_length=1, max_length=63,
+                                               pattern=VARIANT_NAME_PATTERN)]
+OPTIMIZE_RULES = [
+    {"rule": "!(has(self.quantization) && has(self.fp16) && self.fp16)",
+     "message": "quantization and fp16 do not go together"},
+    {"rule": "has(self.quantization) && self.quantization == 'staticInt8'"
+             " ? has(self.calibration) : !has(self.calibration)",
+     "message": "calibration is required for staticInt8 and allowed only there"},
+]
+
+
+class Optimization(Resource):
+    """How a variant is made from the verified source, in the operator's build worker."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": OPTIMIZE_RULES})
+
+    quantization: Literal["dynamicInt8", "staticInt8"] | None = Field(
+        default=None,
+        description="int8 weights (dynamicInt8) or weights and activations calibrated on "
+                    "`calibration` (staticInt8), with ONNX Runtime's quantization tools")
+    calibration: DatasetSource | None = Field(
+        default=None, description="Inputs staticInt8 calibrates on (the first 1,000 rows)")
+    fp16: bool = Field(default=False,
+                       description="float16 weights and arithmetic; inputs and outputs stay "
+                                   "float32")
+    graph_optimization_level: Literal["disabled", "basic", "extended", "all"] | None = Field(
+        default=None, description="ONNX Runtime graph optimizations applied ahead of time")
+
+    @model_validator(mode="after")
+    def _one_numeric_format(self) -> Optimization:
+        if self.quantization and self.fp16:
+            raise ValueError("quantization and fp16 do not go together")
+        if (self.quantization == "staticInt8") != (self.calibration is not None):
+            raise ValueError("calibration is required for staticInt8 and allowed only there")
+        return self
+
+
+class RequiredCapabilities(Resource):
+    """What a device must report (EdgeDevice status.capabilities) to get a variant."""
+
+    execution_providers: list[ProviderName] = Field(
+        default_factory=list, max_length=8, description="Providers the device must all have")
+    architectures: list[ShortText] = Field(
+        default_factory=list, max_length=8,
+        description="Any of these CPU architectures, e.g. x86_64, aarch64")
+    min_memory_bytes: Count | None = None
+    min_cpus: Count | None = None
+
+
+class Variant(Resource):
+    """A build of the model for the devices it matches; a device matching no variant
+    gets the source. The first variant a device matches is the one it gets."""
+
+    name: VariantName
+    selector: LabelSelector | None = Field(
+        default=None, description="Devices of the model's selector with these labels too")
+    capabilities: RequiredCapabilities | None = None
+    optimize: Optimization = Field(default_factory=Optimization)
+    runtime: RuntimeSettings | None = Field(
+        default=None, description="Replaces spec.runtime on the devices that get the variant")
+
+
+class Validation(Resource):
+    """Every variant is scored against the source on a dataset before any device gets it."""
+
+    dataset: DatasetSource
+    metric: Literal["accuracy", "topK", "meanSquaredError"] = Field(
+        default="accuracy",
+        description="accuracy and topK read class ids from `labels`; meanSquaredError reads "
+                    "values shaped like the model's first output")
+    k: int = Field(default=5, ge=1, le=1000, description="For topK")
+    max_drop: float = Field(
+        ge=0, description="How much worse than the source a variant may score: less "
+                          "accuracy, or more mean squared error; one worse is withheld")
+
+
+VARIANTS_LIST_MAP = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}
+
+
 class EdgeModelSpec(Resource):
     version: ModelVersion
     source: ArtifactSource
@@ -231,6 +331,16 @@ class EdgeModelSpec(Resource):
     runtime: RuntimeSettings | None = None
     rollout: Rollout = Field(default_factory=Rollout)
     experiment: Experiment | None = None
+    variants: list[Variant] = Field(default_factory=list, max_length=8,
+                                    json_schema_extra=VARIANTS_LIST_MAP)
+    validation: Validation | None = None
+
+    @model_validator(mode="after")
+    def _variant_names_unique(self) -> EdgeModelSpec:
+        names = [variant.name for variant in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"variants: names must be unique, got {names}")
+        return self
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -341,6 +451,30 @@ class ExperimentStatus(Resource):
     candidate: TrafficSummary | None = None
 
 
+VariantPhase = Literal["Building", "Ready", "Withheld", "Failed"]
+
+
+class VariantStatus(Resource):
+    """One variant of one version: built, scored and shipped (Ready), or not."""
+
+    name: VariantName
+    version: ShortText
+    source_digest: Digest = Field(description="The source it was built from")
+    phase: VariantPhase
+    digest: Digest | None = None
+    bytes: Count | None = None
+    accuracy: float | None = Field(
+        default=None, description="Its score on spec.validation's dataset and metric")
+    source_accuracy: float | None = Field(default=None,
+                                          description="The source's score on the same")
+    latency_ms: float | None = Field(
+        default=None, ge=0, description="One row's inference, median, on the operator's CPU")
+    source_latency_ms: float | None = Field(default=None, ge=0)
+    build_seconds: float | None = Field(default=None, ge=0)
+    built_at: datetime | None = None
+    message: Message = ""
+
+
 class EdgeModelStatus(Resource):
     phase: ModelPhase = "Pending"
     observed_generation: int | None = Field(default=None, ge=0)
@@ -360,6 +494,10 @@ class EdgeModelStatus(Resource):
     updated_summary: ShortText = Field(default="0/0",
                                        description="devices on the spec's version/targeted")
     artifact: ArtifactStatus | None = None
+    variants: list[VariantStatus] = Field(
+        default_factory=list, max_length=24,
+        description="The variants of the spec's version, and of the versions devices still "
+                    "serve")
     conditions: list[Condition] = Field(default_factory=list, max_length=16)
 
 
@@ -399,6 +537,11 @@ class DeviceModelStatus(Resource):
     digest: Digest
     state: ModelState
     message: Message = ""
+    variant: VariantName | None = Field(default=None,
+                                        description="The variant it holds; absent: the source")
+    execution_providers: list[ShortText] = Field(
+        default_factory=list, max_length=16,
+        description="The providers the loaded model runs on, in order")
     bytes_done: Count | None = Field(default=None,
                                      description="While Downloading: the bytes the device holds")
     bytes_total: Count | None = Field(default=None,

@@ -121,6 +121,15 @@ class OperatorSettings(BaseSettings):
                                     description="larger artifacts are refused (TooLarge)")
     artifact_http_timeout_seconds: float = Field(
         default=30.0, gt=0, description="an artifact server silent this long is Unreachable")
+    # Variants are built in child processes: tenants' models and datasets never reach
+    # the operator's own.
+    variant_build_concurrency: int = Field(default=1, ge=1, le=64,
+                                           description="variant builds running at once")
+    variant_build_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="a variant build running longer is stopped (failed)")
+    variant_build_memory_bytes: int = Field(
+        default=4 * 2**30, ge=256 * 2**20,
+        description="address space each variant build may use; past it the build fails")
     # Tenants name artifact sources; these two say what such a source may reach.
     artifact_file_roots: list[Path] = Field(
         default_factory=list,

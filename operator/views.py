@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from edgefleet.operator.analysis import TrafficStats
-from edgefleet.operator.resources import DevicePhase, EdgeModelSpec, EdgeModelStatus
+from edgefleet.operator.resources import Capabilities, DevicePhase, EdgeModelSpec, EdgeModelStatus
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,8 @@ class DeviceView:
     traffic: Mapping[tuple[str, str], TrafficStats] = field(default_factory=dict)
     # Its health conditions that hold it back from rollouts (device_health.PRESSURES).
     pressure: tuple[str, ...] = ()
+    # What it reported at its last hello: variants are assigned by it.
+    capabilities: Capabilities | None = None
 
     def holds(self, model: str) -> bool:
         return any(name == model for name, _ in self.models)

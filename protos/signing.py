@@ -34,6 +34,12 @@ def assignment_bytes(namespace: str, device: str, revision: str,
                     "maxBatchSize": runtime.max_batch_size,
                     "maxDelayMicros": runtime.max_delay_micros},
     }
+    # Fields added later are covered only when set, so that an assignment without them
+    # signs the same bytes as before and older runtimes still verify it.
+    if assignment.variant:
+        fields["variant"] = assignment.variant
+    if runtime.execution_providers:
+        fields["runtime"]["executionProviders"] = list(runtime.execution_providers)
     return DOMAIN + json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from edgefleet.operator.gateway.policy import TokenBucket
 from edgefleet.operator.planner import Assignment, revision
+from edgefleet.operator.resources import Capabilities
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class DeviceEntry:
     renewed_from: tuple[str, str] | None = None
     assignments: list[Assignment] = field(default_factory=list)
     revision: str = ""
+    # The capabilities the assignments were derived for (variants follow them).
+    capabilities: Capabilities | None = None
     # Set whenever the desired state changes or the device goes away.
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     session: object | None = None
@@ -74,7 +77,8 @@ class DeviceDirectory:
         return self._entries.get((namespace, name))
 
     def publish(self, namespace: str, name: str, secret_name: str,
-                assignments: list[Assignment], access: DeviceAccess | None = None) -> DeviceEntry:
+                assignments: list[Assignment], access: DeviceAccess | None = None,
+                capabilities: Capabilities | None = None) -> DeviceEntry:
         entry = self._entries.setdefault((namespace, name),
                                          DeviceEntry(namespace, name, secret_name))
         entry.secret_name = secret_name
@@ -92,6 +96,7 @@ class DeviceDirectory:
             if access.refused and not entry.access.refused:
                 entry.changed.set()  # its session ends now
             entry.access = access
+        entry.capabilities = capabilities
         new_revision = revision(assignments)
         if new_revision != entry.revision:
             entry.assignments, entry.revision = assignments, new_revision

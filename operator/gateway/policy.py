@@ -23,6 +23,7 @@ from edgefleet.operator.resources import (
     DNS_SUBDOMAIN_PATTERN,
     LABEL_KEY_PATTERN,
     LABEL_VALUE_PATTERN,
+    VARIANT_NAME_PATTERN,
 )
 from edgefleet.protocol.digests import is_digest
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
@@ -32,6 +33,7 @@ Clock = Callable[[], float]
 _NAME = re.compile(DNS_SUBDOMAIN_PATTERN)
 _LABEL_KEY = re.compile(LABEL_KEY_PATTERN)
 _LABEL_VALUE = re.compile(LABEL_VALUE_PATTERN)
+_VARIANT = re.compile(VARIANT_NAME_PATTERN)
 _STATES = frozenset(value for value in pb.ModelState.State.values()
                     if value != pb.ModelState.STATE_UNSPECIFIED)
 INT64_MAX = 2**63 - 1  # what a Kubernetes status can hold
@@ -287,9 +289,10 @@ def with_assigned_digests(models: Sequence[pb.ModelState],
     for model in models:
         digest = assigned.get((model.name, model.version))
         if not model.digest and model.state == pb.ModelState.FAILED and digest:
-            model = pb.ModelState(name=model.name, version=model.version, digest=digest,
-                                  state=model.state, message=model.message,
-                                  bytes_done=model.bytes_done, bytes_total=model.bytes_total)
+            copy = pb.ModelState()
+            copy.CopyFrom(model)
+            copy.digest = digest
+            model = copy
         filled.append(model)
     return filled
 
@@ -311,6 +314,13 @@ def check_models(kind: str, models: Sequence[pb.ModelState], limits: GatewayLimi
                                              and model.bytes_done > model.bytes_total):
             raise Refusal(kind, f"{where}.bytes_done", "Implausible",
                           f"{model.bytes_done} bytes done of {model.bytes_total}")
+        if model.variant and not _VARIANT.fullmatch(model.variant):
+            raise Refusal(kind, f"{where}.variant", "Malformed",
+                          f"{model.variant[:80]!r} is not a variant name (a DNS label)")
+        _cap(kind, f"{where}.execution_providers", model.execution_providers,
+             limits.max_execution_providers)
+        for j, provider in enumerate(model.execution_providers):
+            _text(kind, f"{where}.execution_providers[{j}]", provider, limits.max_text_chars)
 
 
 def check_stats(kind: str, stats: Sequence[pb.VersionStats], limits: GatewayLimits) -> None:

@@ -64,7 +64,12 @@ from edgefleet.operator.gateway.policy import (
 from edgefleet.operator.gateway.remote_write import RemoteWriteError, RemoteWriter, screen_batch
 from edgefleet.operator.keystore import Keystore
 from edgefleet.operator.kubeapi import API_ERRORS
-from edgefleet.operator.resources import DEVICE_APPROVED_ANNOTATION, GROUP, VERSION
+from edgefleet.operator.resources import (
+    DEVICE_APPROVED_ANNOTATION,
+    GROUP,
+    VERSION,
+    Capabilities,
+)
 from edgefleet.protocol import identity, signing
 from edgefleet.protocol.digests import InvalidDigestError, is_digest
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
@@ -72,6 +77,8 @@ from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 logger = logging.getLogger(__name__)
 SERVICE = "edgefleet.v1.FleetGateway"
 HELLO_TIMEOUT_S = 30.0
+# How long a new session waits for its desired state to follow the capabilities it reported.
+DERIVATION_WAIT_S = 2.0
 CHUNK_BYTES = 256 * 1024  # large enough for ~0.5 GB/s on loopback, small enough to resume
 OUTBOX = 256  # messages to the device waiting to be sent; the reader waits beyond
 FORWARD_RETRY_S = 1.0
@@ -93,7 +100,10 @@ def models_status(models: Any) -> list[dict[str, Any]]:
     return [{"name": m.name, "version": m.version, "digest": m.digest,
              "state": STATE_NAMES[m.state], "message": m.message,
              **({"bytesDone": m.bytes_done, "bytesTotal": m.bytes_total}
-                if m.state == pb.ModelState.DOWNLOADING and m.bytes_total else {})}
+                if m.state == pb.ModelState.DOWNLOADING and m.bytes_total else {}),
+             **({"variant": m.variant} if m.variant else {}),
+             **({"executionProviders": list(m.execution_providers)}
+                if m.execution_providers else {})}
             for m in models]
 
 
@@ -523,9 +533,10 @@ def desired_message(entry: DeviceEntry, key: Ed25519PrivateKey | None) -> pb.Clo
     for a in entry.assignments:
         model = state.models.add(
             name=a.name, version=a.version, digest=a.digest, size_bytes=a.size_bytes,
-            weight=a.weight, runtime=pb.RuntimeSettings(
+            weight=a.weight, variant=a.variant, runtime=pb.RuntimeSettings(
                 intra_op_threads=a.intra_op_threads, inter_op_threads=a.inter_op_threads,
-                max_batch_size=a.max_batch_size, max_delay_micros=a.max_delay_micros))
+                max_batch_size=a.max_batch_size, max_delay_micros=a.max_delay_micros,
+                execution_providers=a.execution_providers))
         if key is not None:
             model.signature = signing.sign(key, entry.namespace, entry.name, entry.revision,
                                            model)
@@ -778,6 +789,7 @@ class FleetGateway:
                 forwarder = asyncio.create_task(forward_metrics(
                     self._remote_writer, entry, session.batches, session.budget,
                     session.outbox))
+            await self._await_derivation(entry, hello.capabilities)
             entry.changed.set()  # the desired state goes out at once on connect
             while not reader.done() and not writer.done():
                 if self._keystore and session.bundle_sent != self._keystore.ca.bundle_pem:
@@ -850,6 +862,18 @@ class FleetGateway:
         self._endings.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.error("a session's end failed", exc_info=task.exception())
+
+    async def _await_derivation(self, entry: DeviceEntry, reported: pb.Capabilities) -> None:
+        """Waits, briefly, until the desired state is derived for the capabilities the
+        device just reported (written with its hello, back through the watch): a device
+        new to the fleet, or changed, gets its variants at once instead of the source
+        first. After DERIVATION_WAIT_S it gets what is derived, and any change later."""
+        capabilities = Capabilities(
+            arch=reported.arch, cpus=reported.cpus, memory_bytes=reported.memory_bytes,
+            execution_providers=list(reported.execution_providers))
+        deadline = time.monotonic() + DERIVATION_WAIT_S
+        while entry.capabilities != capabilities and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     async def _read(self, requests: AsyncIterator[pb.DeviceMessage], session: Session) -> None:
         """Takes the device's messages one by one, each within the session's budget

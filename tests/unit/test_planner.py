@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from edgefleet.operator import planner
+from edgefleet.operator import planner, selectors
 from edgefleet.operator.resources import (
     ArtifactStatus,
     EdgeModelSpec,
@@ -60,7 +60,7 @@ def device(name: str, labels: dict[str, str] | None = None,
 ])
 def test_selector_matches_like_kubernetes(raw: dict[str, Any], labels: dict[str, str],
                                           expected: bool) -> None:
-    assert planner.selector_matches(selector(**raw), labels) is expected
+    assert selectors.selector_matches(selector(**raw), labels) is expected
 
 
 @pytest.mark.parametrize("raw", [
@@ -76,7 +76,7 @@ def test_selector_matches_like_kubernetes(raw: dict[str, Any], labels: dict[str,
      "matchExpressions": [{"key": "gpu", "operator": "DoesNotExist"}]},
 ])
 def test_selector_that_can_never_match_is_named(raw: dict[str, Any]) -> None:
-    assert planner.selector_conflict(selector(**raw)) is not None
+    assert selectors.selector_conflict(selector(**raw)) is not None
 
 
 @pytest.mark.parametrize("raw", [
@@ -87,7 +87,7 @@ def test_selector_that_can_never_match_is_named(raw: dict[str, Any]) -> None:
                           {"key": "gpu", "operator": "DoesNotExist"}]},
 ])
 def test_satisfiable_selector_has_no_conflict(raw: dict[str, Any]) -> None:
-    assert planner.selector_conflict(selector(**raw)) is None
+    assert selectors.selector_conflict(selector(**raw)) is None
 
 
 def test_spec_problems_name_the_field() -> None:

@@ -116,7 +116,7 @@ class Capabilities(_message.Message):
     def __init__(self, arch: _Optional[str] = ..., cpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., execution_providers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ModelState(_message.Message):
-    __slots__ = ("name", "version", "digest", "state", "message", "bytes_done", "bytes_total")
+    __slots__ = ("name", "version", "digest", "state", "message", "bytes_done", "bytes_total", "variant", "execution_providers")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[ModelState.State]
@@ -142,6 +142,8 @@ class ModelState(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
     BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     digest: str
@@ -149,7 +151,9 @@ class ModelState(_message.Message):
     message: str
     bytes_done: int
     bytes_total: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., digest: _Optional[str] = ..., state: _Optional[_Union[ModelState.State, str]] = ..., message: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ...) -> None: ...
+    variant: str
+    execution_providers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., digest: _Optional[str] = ..., state: _Optional[_Union[ModelState.State, str]] = ..., message: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., variant: _Optional[str] = ..., execution_providers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("models", "stats", "health")
@@ -264,7 +268,7 @@ class DesiredState(_message.Message):
     def __init__(self, revision: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelAssignment, _Mapping]]] = ...) -> None: ...
 
 class ModelAssignment(_message.Message):
-    __slots__ = ("name", "version", "digest", "size_bytes", "runtime", "weight", "signature")
+    __slots__ = ("name", "version", "digest", "size_bytes", "runtime", "weight", "signature", "variant")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -272,6 +276,7 @@ class ModelAssignment(_message.Message):
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     digest: str
@@ -279,19 +284,22 @@ class ModelAssignment(_message.Message):
     runtime: RuntimeSettings
     weight: int
     signature: bytes
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., runtime: _Optional[_Union[RuntimeSettings, _Mapping]] = ..., weight: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    variant: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., runtime: _Optional[_Union[RuntimeSettings, _Mapping]] = ..., weight: _Optional[int] = ..., signature: _Optional[bytes] = ..., variant: _Optional[str] = ...) -> None: ...
 
 class RuntimeSettings(_message.Message):
-    __slots__ = ("intra_op_threads", "inter_op_threads", "max_batch_size", "max_delay_micros")
+    __slots__ = ("intra_op_threads", "inter_op_threads", "max_batch_size", "max_delay_micros", "execution_providers")
     INTRA_OP_THREADS_FIELD_NUMBER: _ClassVar[int]
     INTER_OP_THREADS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_DELAY_MICROS_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     intra_op_threads: int
     inter_op_threads: int
     max_batch_size: int
     max_delay_micros: int
-    def __init__(self, intra_op_threads: _Optional[int] = ..., inter_op_threads: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_delay_micros: _Optional[int] = ...) -> None: ...
+    execution_providers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, intra_op_threads: _Optional[int] = ..., inter_op_threads: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_delay_micros: _Optional[int] = ..., execution_providers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ArtifactRequest(_message.Message):
     __slots__ = ("digest", "offset")
