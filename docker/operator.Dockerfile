@@ -1,4 +1,4 @@
-# The EdgeFleet operator (kopf, the fleet gateway, metrics).
+# The EdgeFleet operator (kopf, the fleet gateway, metrics, variant builds).
 #   docker build -f docker/operator.Dockerfile -t edgefleet-operator .
 # Two stages: the build stage installs into a virtual environment with docker/install.sh
 # (which a test also runs) from the hash-pinned docker/requirements-operator.lock; the final

@@ -79,22 +79,25 @@ async def run(settings: OperatorSettings) -> int:
     gateways = (GatewayLeases(client.CoordinationV1Api(api_client), settings.lease_namespace,
                               settings.lease_renew_seconds)
                 if settings.role != "gateway" else None)
+    # Variant builds: the controller's for spec.variants, and a gateway's to rebuild the
+    # ones its cache lacks (in `all`, one builder and one cache serve both).
+    builder = VariantBuilder(artifacts, settings.artifact_cache_dir,
+                             concurrency=settings.variant_build_concurrency,
+                             timeout_s=settings.variant_build_timeout_seconds,
+                             memory_bytes=settings.variant_build_memory_bytes)
     memo = handlers.OperatorMemo(
         settings=settings, fleet=FleetChanges(), index=FleetIndex(),
         status_api=client.CustomObjectsApi(api_client), clock=handlers.utc_now,
         artifacts=artifacts, directory=DeviceDirectory() if serves_devices else None,
         device_links={}, credentials=credentials.CredentialStore(),
         mirror=(handlers.ArtifactMirror(artifacts, client.CoreV1Api(api_client),
-                                        spec_sources=settings.role == "gateway")
+                                        spec_sources=settings.role == "gateway",
+                                        builder=builder)
                 if serves_devices else None),
         phases=(DevicePhases(client.CustomObjectsApi(api_client), gateways,
                              client.CoreV1Api(api_client))
                 if gateways else None),
-        variants=(VariantBuilder(artifacts, settings.artifact_cache_dir,
-                                 concurrency=settings.variant_build_concurrency,
-                                 timeout_s=settings.variant_build_timeout_seconds,
-                                 memory_bytes=settings.variant_build_memory_bytes)
-                  if settings.role != "gateway" else None),
+        variants=builder if settings.role != "gateway" else None,
     )
     gateway = None
     if memo.directory is not None:

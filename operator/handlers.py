@@ -51,6 +51,8 @@ from edgefleet.operator.resources import (
     EdgeDeviceStatus,
     EdgeModelSpec,
     EdgeModelStatus,
+    Variant,
+    VariantStatus,
     describe_validation_error,
 )
 from edgefleet.operator.settings import OperatorSettings, Role
@@ -399,12 +401,22 @@ def variant_builds(memo: OperatorMemo, namespace: str, name: str, spec: EdgeMode
     source = memo.artifacts.get(namespace, artifact.digest) if artifact.ready else None
     if memo.variants is None or source is None:
         return {}
-
-    def wake() -> None:
-        memo.fleet.notify(model_key(namespace, name))
+    wake = Wake(memo.fleet, model_key(namespace, name))
     return {variant.name: memo.variants.outcome(
         BuildRequest(namespace, source, variant, spec.validation), wake)
         for variant in spec.variants}
+
+
+@dataclass(frozen=True)
+class Wake:
+    """Wakes a model's status loop; equal for one model, so a build waited on by many
+    reconciles wakes it once."""
+
+    fleet: FleetChanges
+    key: str
+
+    def __call__(self) -> None:
+        self.fleet.notify(self.key)
 
 
 async def keep_model_status(
@@ -551,33 +563,42 @@ class ArtifactMirror:
     fetched when a model names a new source, retried with ArtifactRetry's backoff until
     verified. A gateway replica follows every source (the controller verifies them too,
     for the model's status); the gateway inside the operator only the stable version's,
-    which an operator that restarted mid-rollout with an empty cache would lack."""
+    which an operator that restarted mid-rollout with an empty cache would lack. The
+    variants status.variants ships are built again from their verified sources when the
+    cache lacks them (builds are deterministic); one whose digest comes out otherwise
+    is not served, and said so in the log."""
 
     def __init__(self, cache: ArtifactCache, secrets: client.CoreV1Api,
-                 spec_sources: bool) -> None:
+                 spec_sources: bool, builder: VariantBuilder) -> None:
         self._cache = cache
         self._secrets = secrets
         self._spec_sources = spec_sources
-        self._fetches: dict[tuple[str, str], tuple[dict[str, ArtifactSource],
-                                                   asyncio.Task[None]]] = {}
+        self._builder = builder
+        self._fetches: dict[tuple[str, str], tuple[object, asyncio.Task[None]]] = {}
 
     def follow(self, namespace: str, name: str, body: kopf.Body,
                view: ModelView | None) -> None:
         """Fetches what the model names (nothing for a deleted or invalid one)."""
         sources = (planner.sources_to_serve(view.spec, view.status, self._spec_sources)
                    if view else {})
+        shipped = ([(entry, variant) for entry in view.status.variants
+                    if entry.phase == "Ready" and entry.digest
+                    for variant in view.spec.variants if variant.name == entry.name]
+                   if view and sources else [])
+        wanted = (sources, shipped)
         following = self._fetches.get((namespace, name))
-        if following and following[0] == sources:
+        if following and following[0] == wanted:
             return
         if following:
             following[1].cancel()
         self._fetches.pop((namespace, name), None)
         if sources:
-            self._fetches[(namespace, name)] = (sources, asyncio.create_task(
-                self._fetch(namespace, body, sources), name=f"artifacts {namespace}/{name}"))
+            self._fetches[(namespace, name)] = (wanted, asyncio.create_task(
+                self._fetch(namespace, body, sources, shipped),
+                name=f"artifacts {namespace}/{name}"))
 
-    async def _fetch(self, namespace: str, body: kopf.Body,
-                     sources: dict[str, ArtifactSource]) -> None:
+    async def _fetch(self, namespace: str, body: kopf.Body, sources: dict[str, ArtifactSource],
+                     shipped: list[tuple[VariantStatus, Variant]]) -> None:
         waiting = {field: ArtifactRetry(self._cache, body, namespace, self._secrets, field)
                    for field in sources}
         while waiting:
@@ -586,6 +607,22 @@ class ArtifactMirror:
                     del waiting[field]
             delays = [retry.seconds_to_retry() for retry in waiting.values()]
             await asyncio.sleep(min((d for d in delays if d is not None), default=0.0))
+        for entry, variant in shipped:
+            await self._rebuild(namespace, entry, variant)
+
+    async def _rebuild(self, namespace: str, entry: VariantStatus, variant: Variant) -> None:
+        source = self._cache.get(namespace, entry.source_digest)
+        if source is None or entry.digest is None or self._cache.get(namespace, entry.digest):
+            return
+        done = asyncio.Event()
+        request = BuildRequest(namespace, source, variant, None)
+        while (outcome := self._builder.outcome(request, done.set)).state == "Building":
+            await done.wait()
+            done.clear()
+        if outcome.digest != entry.digest:
+            log.error("variant not served namespace=%s variant=%s version=%s: built %s, "
+                      "status.variants ships %s (%s)", namespace, entry.name, entry.version,
+                      outcome.digest or "nothing", entry.digest, outcome.message or "mismatch")
 
 
 # ---------------------------------------------------------------- roles

@@ -89,33 +89,36 @@ class VariantBuilder:
         self._slots = asyncio.Semaphore(concurrency)
         self._timeout_s = timeout_s
         self._memory_bytes = memory_bytes
-        self._running: dict[str, asyncio.Task[None]] = {}
+        # key -> the build's task, and whom to tell when it ends.
+        self._running: dict[str, tuple[asyncio.Task[None], list[Callable[[], None]]]] = {}
         # key -> (outcome, monotonic time to retry): failures of the surroundings only.
         self._retry: dict[str, tuple[BuildOutcome, float, float]] = {}
 
     def outcome(self, request: BuildRequest, on_done: Callable[[], None]) -> BuildOutcome:
         """Where the build stands; starts it (in the background) when nothing has it, and
-        calls `on_done` when that build finishes."""
+        calls `on_done` (once, however often it is passed: equal callbacks are one) when
+        that build ends."""
         key = request.key()
         record = self._read(request.namespace, key)
         if record is not None and (record.state == "Failed" or self._cache.get(
                 request.namespace, record.digest)):
             return record
-        if key in self._running:
+        if running := self._running.get(key):
+            if on_done not in running[1]:
+                running[1].append(on_done)
             return BUILDING
         if (failed := self._retry.get(key)) and time.monotonic() < failed[1]:
             return failed[0]
-        self._running[key] = asyncio.create_task(
-            self._build(request, key, on_done),
-            name=f"variant {request.namespace} {request.variant.name}")
+        task = asyncio.create_task(self._build(request, key),
+                                   name=f"variant {request.namespace} {request.variant.name}")
+        self._running[key] = (task, [on_done])
         return BUILDING
 
     def seconds_to_retry(self) -> float | None:
         waits = [at - time.monotonic() for _, at, _ in self._retry.values()]
         return max(0.0, min(waits)) if waits else None
 
-    async def _build(self, request: BuildRequest, key: str,
-                     on_done: Callable[[], None]) -> None:
+    async def _build(self, request: BuildRequest, key: str) -> None:
         try:
             async with self._slots:
                 outcome = await self._run(request, key)
@@ -134,13 +137,14 @@ class VariantBuilder:
                                    message=str(error)[:MAX_MESSAGE])
             self._backoff(key, outcome)
         finally:
-            self._running.pop(key, None)
+            _, waiting = self._running.pop(key)
         metrics.VARIANT_BUILDS.labels("built" if outcome.state == "Built"
                                       else outcome.reason).inc()
         logger.info("variant build namespace=%s variant=%s source=%s state=%s reason=%s",
                     request.namespace, request.variant.name, request.source.digest,
                     outcome.state, outcome.reason)
-        on_done()
+        for on_done in waiting:
+            on_done()
 
     def _backoff(self, key: str, outcome: BuildOutcome) -> None:
         previous = self._retry.get(key)

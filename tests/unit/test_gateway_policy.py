@@ -68,7 +68,9 @@ def stats(requests: int = 10, errors: int = 1, **fields: Any) -> pb.VersionStats
 
 
 def test_what_a_runtime_sends_passes() -> None:
-    check_models("report", [model(), model(name="other")], LIMITS)
+    check_models("report", [model(), model(name="other", variant="int8",
+                                           execution_providers=["CPUExecutionProvider"])],
+                 LIMITS)
     check_stats("report", [stats(), stats(version="2", top_class_counts=[1, 2])], LIMITS)
     check_hello(pb.Hello(capabilities=pb.Capabilities(
         arch="x86_64", cpus=2, execution_providers=["CPUExecutionProvider"]),
@@ -83,6 +85,11 @@ def test_what_a_runtime_sends_passes() -> None:
     ([model(digest="sha256:../../x")], "report.models[0].digest", "Malformed", "sha256:"),
     ([model(digest="")], "report.models[0].digest", "Malformed", "sha256:"),
     ([model(state=42)], "report.models[0].state", "Malformed", "42 is not a known"),
+    ([model(variant="../int8")], "report.models[0].variant", "Malformed", "not a variant"),
+    ([model(execution_providers=["P"] * 17)], "report.models[0].execution_providers",
+     "TooLarge", "17 entries, at most 16"),
+    ([model(execution_providers=["P" * 257])], "report.models[0].execution_providers[0]",
+     "TooLarge", "257 characters"),
 ])
 def test_model_lists_are_capped_and_each_entry_checked(
     models: list[pb.ModelState], field: str, reason: str, said: str,
