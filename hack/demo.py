@@ -1,11 +1,12 @@
 """`make demo` / `make demo-down`: the whole system on this machine.
 
 A local control plane, the operator with its fleet gateway, a real Prometheus, three
-edge runtimes (the example EdgeDevices; two match the model's selector); a digit
-classifier trained here on scikit-learn's handwritten digits and rolled out to the
-two, with its accuracy measured at the edge; then its int8 quantization rolled out as
-a canary under live traffic, gated on what the devices measure; a plot of the rollout
-from Prometheus' data; `kubectl get em,ed`.
+edge runtimes (the example EdgeDevices, at two sites); a digit classifier trained here
+on scikit-learn's handwritten digits and rolled out to the three, with an int8 variant
+that the operator builds and validates for the plant-9 camera; its accuracy measured at
+the edge; then a retrained version rolled out, with its own int8 variant, as a canary
+under live traffic, gated on what the devices measure; a plot of the rollout from
+Prometheus' data; `kubectl get em,ed`.
 
     python hack/demo.py up     # idempotent: reuses a running control plane
     python hack/demo.py down   # stops everything `up` started
@@ -43,7 +44,11 @@ CLUSTER_DIR = REPO_ROOT / ".cluster"
 DEMO_DIR = REPO_ROOT / ".demo"
 NAMESPACE = "fleet"
 DEVICES = ("cam-0001", "cam-0002", "cam-0003")
-TARGETED = ("cam-0001", "cam-0002")  # at plant-7, the model's selector
+# Placeholders in examples/edgemodel.yaml, replaced by the files trained here.
+EXAMPLE_SOURCE = ("https://models.example/digits-1.2.0.onnx",
+                  "3b1f4c1e8f0d2a5b6c7d8e9f0a1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3")
+EXAMPLE_DATASET = ("https://models.example/digits-validation.npz",
+                   "9c0ffee0d2a5b6c7d8e9f0a1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f")
 PLOT = DEMO_DIR / "rollout.png"
 
 
@@ -161,23 +166,49 @@ def start_edges(cluster: localcluster.Cluster, grpc_port: int, enrolment_port: i
     return ports
 
 
-def apply_model(cluster: localcluster.Cluster, model: Path) -> None:
-    """examples/edgemodel.yaml with its source pointed at the model trained here."""
+def apply_model(cluster: localcluster.Cluster, model: digits.Digits) -> None:
+    """examples/edgemodel.yaml with its source and validation set pointed at the files
+    trained here."""
     manifest = (REPO_ROOT / "examples" / "edgemodel.yaml").read_text()
-    manifest = manifest.replace("https://models.example/digits-1.2.0.onnx", model.as_uri())
-    manifest = re.sub(r'sha256: "[0-9a-f]{64}"',
-                      f'sha256: "{hashlib.sha256(model.read_bytes()).hexdigest()}"', manifest)
+    for (uri, sha), path in ((EXAMPLE_SOURCE, model.versions["1.2.0"]),
+                             (EXAMPLE_DATASET, model.validation)):
+        manifest = manifest.replace(uri, path.as_uri()).replace(sha, sha256_of(path))
     print(subprocess.run([str(cluster.kubectl), "apply", "-f", "-"], input=manifest,
                          env=cluster.env(), check=True, capture_output=True,
                          text=True).stdout, end="")
 
 
-def accuracy_at_the_edge(ports: dict[str, int], model: digits.Digits) -> None:
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def variants_table(cluster: localcluster.Cluster, version: str) -> None:
+    """What the operator built of a version, from status.variants."""
+    status = json.loads(kubectl(cluster, "get", "em", "digits", "-n", NAMESPACE, "-o",
+                                "jsonpath={.status}"))
+    source = next(a for a in (status.get("artifact"), status.get("stableArtifact"))
+                  if a and a["version"] == version)
+    print(f"kubectl get em digits -n {NAMESPACE} -o jsonpath='{{.status.variants}}'")
+    print(f"{'VARIANT':<8} {'VERSION':<8} {'PHASE':<9} {'BYTES':>7} {'ACCURACY':>9} "
+          f"{'LATENCY':>9} {'BUILD':>6}")
+    for entry in status.get("variants", []):
+        if entry["version"] != version:
+            continue
+        print(f"{'(source)':<8} {version:<8} {'-':<9} {source['sizeBytes']:>7} "
+              f"{entry.get('sourceAccuracy', 0):>9.1%} "
+              f"{entry.get('sourceLatencyMs', 0):>7.3f}ms {'-':>6}")
+        print(f"{entry['name']:<8} {version:<8} {entry['phase']:<9} {entry.get('bytes', 0):>7} "
+              f"{entry.get('accuracy', 0):>9.1%} {entry.get('latencyMs', 0):>7.3f}ms "
+              f"{entry.get('buildSeconds', 0):>5.2f}s")
+
+
+def accuracy_at_the_edge(cluster: localcluster.Cluster, ports: dict[str, int],
+                         model: digits.Digits) -> None:
     """Every test image through tritonclient to each targeted device, one request each."""
     import numpy as np
     import tritonclient.grpc as triton_grpc
 
-    for device in TARGETED:
+    for device in DEVICES:
         client = triton_grpc.InferenceServerClient(f"127.0.0.1:{ports[device]}")
         correct, versions = 0, set()
         for pixels, label in zip(model.test_pixels, model.test_labels, strict=True):
@@ -187,9 +218,11 @@ def accuracy_at_the_edge(ports: dict[str, int], model: digits.Digits) -> None:
                 triton_grpc.InferRequestedOutput("label")])
             correct += int(result.as_numpy("label")[0] == label)
             versions.add(result.get_response().model_version)
+        held = kubectl(cluster, "get", "ed", device, "-n", NAMESPACE, "-o",
+                       "jsonpath={.status.models[*].variant}") or "source"
         print(f"{device}: {correct}/{len(model.test_labels)} test images right "
               f"({correct / len(model.test_labels):.1%}), answered by digits "
-              f"{', '.join(sorted(versions))}")
+              f"{', '.join(sorted(versions))} ({held})")
 
 
 class Traffic:
@@ -222,19 +255,21 @@ class Traffic:
 
 def canary_rollout(cluster: localcluster.Cluster, ports: list[int], model: digits.Digits,
                    ) -> None:
-    """The int8 model goes to one camera, is judged on its own traffic there against
-    the fp32 one (errors, p99, drift of its answers), then to both."""
+    """The retrained version goes to part of the cameras, is judged on its own traffic
+    there against the stable one (errors, p99, drift of its answers), then to all; the
+    plant-9 camera gets its int8 build, made and validated before the rollout starts."""
     rollout = {"strategy": "Canary", "maxUnavailable": 1,
                "steps": [{"percent": 50, "pauseSeconds": 10}, {"percent": 100}],
                "analysis": {"minRequests": 200, "maxErrorRate": 0.01,
                             "maxP99LatencyMs": 50, "maxDrift": 0.1}}
+    retrained = model.versions["1.3.0"]
     patch = {"spec": {"version": "1.3.0", "rollout": rollout, "source": {
-        "uri": model.int8.as_uri(), "sha256": hashlib.sha256(model.int8.read_bytes())
-        .hexdigest()}}}
+        "uri": retrained.as_uri(), "sha256": sha256_of(retrained)}}}
     print(f"kubectl patch em digits -n {NAMESPACE} --type merge -p '{json.dumps(patch)}'")
     kubectl(cluster, "patch", "em", "digits", "-n", NAMESPACE, "--type", "merge",
             "-p", json.dumps(patch))
     fields = ("{.status.stepSummary}|{.status.updatedSummary}|{.status.phase}|"
+              "{.status.stableVersion}|"
               '{.status.conditions[?(@.type=="Progressing")].message}')
     started, last = time.monotonic(), ""
     print(f"{'s':>4}  {'STEP':<5} {'UPDATED':<8} {'PHASE':<12} PROGRESSING")
@@ -243,11 +278,11 @@ def canary_rollout(cluster: localcluster.Cluster, ports: list[int], model: digit
             line = kubectl(cluster, "get", "em", "digits", "-n", NAMESPACE, "-o",
                            f"jsonpath={fields}")
             if line != last:
-                step_summary, updated, phase, message = line.split("|", 3)
+                step_summary, updated, phase, stable, message = line.split("|", 4)
                 print(f"{time.monotonic() - started:4.0f}  {step_summary or '-':<5} "
                       f"{updated:<8} {phase:<12} {message}", flush=True)
                 last = line
-            if phase == "Healthy" and "1.3.0" in message:
+            if phase == "Healthy" and stable == "1.3.0":
                 break
             if phase in ("RolledBack", "Paused", "Failed"):
                 raise SystemExit(f"demo: the rollout stopped ({phase}): {message}")
@@ -299,7 +334,7 @@ def plot(prometheus: str, began: float, end: float) -> None:
         axis.legend(loc="upper left", fontsize="small")
         axis.grid(alpha=0.3)
     axes[-1].set_xlabel("seconds since the canary began")
-    figure.suptitle("make demo: canary rollout of digits 1.3.0 (int8) over 1.2.0 (fp32)")
+    figure.suptitle("make demo: canary rollout of digits 1.3.0 over 1.2.0 (int8 at plant-9)")
     figure.tight_layout()
     figure.savefig(PLOT, dpi=100)
     print(f"wrote {PLOT.relative_to(REPO_ROOT)} from Prometheus' data")
@@ -351,29 +386,33 @@ def up() -> None:
                "the three devices to come online")
     print(kubectl(cluster, "get", "ed", "-n", NAMESPACE), end="")
 
-    step("A digit classifier trained on scikit-learn's handwritten digits, and its int8 twin")
+    step("A digit classifier trained on scikit-learn's handwritten digits, in two versions")
     model = digits.build(DEMO_DIR / "models")
-    print(f"MLP 64-128-10 trained on {1797 - len(model.test_labels)} images, "
-          f"{model.accuracy:.1%} on the {len(model.test_labels)} held out; ONNX fp32 "
-          f"{model.fp32.stat().st_size} bytes, int8 {model.int8.stat().st_size} bytes")
+    for version, path in model.versions.items():
+        print(f"digits {version}: MLP 64-{digits.HIDDEN_UNITS[version]}-10 trained on "
+              f"{1797 - len(model.test_labels)} images, {model.accuracy[version]:.1%} on the "
+              f"{len(model.test_labels)} held out; ONNX {path.stat().st_size} bytes")
 
-    step("The EdgeModel (examples/edgemodel.yaml, version 1.2.0 = the fp32 model)")
-    apply_model(cluster, model.fp32)
+    step("The EdgeModel (examples/edgemodel.yaml): 1.2.0 for every camera, and an int8 "
+         "variant for plant-9 that the operator builds and validates")
+    apply_model(cluster, model)
     wait_until(lambda: kubectl(cluster, "get", "em", "digits", "-n", NAMESPACE, "-o",
-                               "jsonpath={.status.readySummary}") == "2/2",
-               "the model to be Ready on the two plant-7 cameras")
+                               "jsonpath={.status.readySummary}") == "3/3",
+               "the model to be Ready on the three cameras", timeout=180)
+    variants_table(cluster, "1.2.0")
 
     step("Accuracy measured at the edge (tritonclient, gRPC, every held-out image)")
-    accuracy_at_the_edge(ports, model)
+    accuracy_at_the_edge(cluster, ports, model)
 
-    step("A canary rollout of 1.3.0 (int8) under live traffic, gated on the devices' "
-         "measurements")
+    step("A canary rollout of 1.3.0 (retrained, with its own int8 build) under live "
+         "traffic, gated on the devices' measurements")
     started = time.time()
-    canary_rollout(cluster, [ports[d] for d in TARGETED], model)
+    canary_rollout(cluster, list(ports.values()), model)
     ended = time.time()
+    variants_table(cluster, "1.3.0")
 
     step("Accuracy measured at the edge after the rollout")
-    accuracy_at_the_edge(ports, model)
+    accuracy_at_the_edge(cluster, ports, model)
 
     step("The rollout as Prometheus saw it")
     plot(prometheus, started, ended)
@@ -381,14 +420,15 @@ def up() -> None:
     step(f"kubectl get em,ed -n {NAMESPACE}")
     print(kubectl(cluster, "get", "em,ed", "-n", NAMESPACE), end="")
     print(f"""
-The classifier reached the two cameras at plant-7 (cam-0003 is at plant-9); its int8
-version went to one camera first, was judged there on its own traffic against the
-fp32 one, then went to both. Where to look next:
+The classifier reached the three cameras, the plant-9 one (cam-0003) as the int8 build
+the operator made and scored against the source before shipping it; version 1.3.0
+went to part of the cameras first, was judged there on its own traffic against 1.2.0,
+then went to all, each camera on its own build of it. Where to look next:
   export KUBECONFIG={cluster.kubeconfig}
   export PATH={cluster.bin_dir}:$PATH
   kubectl describe em digits -n {NAMESPACE}                  # conditions and Events
   kubectl get ed cam-0001 -n {NAMESPACE} -o yaml             # what a device reports
-  kubectl label ed cam-0003 -n {NAMESPACE} site=plant-7 --overwrite   # then READY 3/3
+  kubectl label ed cam-0002 -n {NAMESPACE} site=plant-9 --overwrite   # it takes int8
   kubectl patch ed cam-0003 -n {NAMESPACE} --type merge -p '{{"spec":{{"revoked":true}}}}'
                                      # its session ends, its certificate is refused
   {prometheus}/graph                                      # PromQL over fleet and devices

@@ -1,13 +1,15 @@
-"""The demo's model: a digit classifier trained on scikit-learn's bundled handwritten
-digits (8x8 pixels, 1,797 images), converted to ONNX with skl2onnx, and an int8
-variant made with ONNX Runtime's dynamic quantization.
+"""The demo's model: digit classifiers trained on scikit-learn's bundled handwritten
+digits (8x8 pixels, 1,797 images) and converted to ONNX with skl2onnx, two versions
+(1.2.0 with 128 hidden units, 1.3.0 with 256), and the held-out images as a validation
+set in the layout EdgeModel spec.validation reads (.npz: `pixels`, `labels`). Variants
+of them (int8) are the operator's to build, from the EdgeModel.
 
-    python hack/digits.py OUT_DIR    # writes digits-fp32.onnx and digits-int8.onnx
+    python hack/digits.py OUT_DIR    # writes digits-1.2.0.onnx, digits-1.3.0.onnx,
+                                     # digits-validation.npz
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,15 +19,17 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Digits:
-    fp32: Path
-    int8: Path
+    versions: dict[str, Path]  # version -> ONNX file
+    validation: Path  # the held-out images and their labels, .npz
     test_pixels: np.ndarray  # (n, 64) float32 in [0, 1]
     test_labels: np.ndarray  # (n,) int64
-    accuracy: float  # of the trained classifier on the test images, in scikit-learn
+    accuracy: dict[str, float]  # of each version on the held-out images, in scikit-learn
+
+
+HIDDEN_UNITS = {"1.2.0": 128, "1.3.0": 256}
 
 
 def build(out: Path) -> Digits:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType
     from sklearn.datasets import load_digits
@@ -36,22 +40,27 @@ def build(out: Path) -> Digits:
     pixels = (pixels / 16).astype(np.float32)
     train_x, test_x, train_y, test_y = train_test_split(
         pixels, labels, test_size=0.2, random_state=0, stratify=labels)
-    classifier = MLPClassifier(hidden_layer_sizes=(128,), max_iter=300, random_state=0)
-    classifier.fit(train_x, train_y)
-    # Tensors, not skl2onnx's default list of maps: "label" [n] int64 and
-    # "probabilities" [n, 10], served by the Open Inference Protocol as they are.
-    onnx_model = to_onnx(classifier, initial_types=[("pixels", FloatTensorType([None, 64]))],
-                         options={id(classifier): {"zipmap": False}}, target_opset=17)
     out.mkdir(parents=True, exist_ok=True)
-    fp32, int8 = out / "digits-fp32.onnx", out / "digits-int8.onnx"
-    fp32.write_bytes(onnx_model.SerializeToString())
-    logging.getLogger("root").setLevel(logging.ERROR)  # quantization's advice to preprocess
-    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
-    return Digits(fp32, int8, test_x, test_y.astype(np.int64),
-                  float(classifier.score(test_x, test_y)))
+    versions, accuracy = {}, {}
+    for version, hidden in HIDDEN_UNITS.items():
+        classifier = MLPClassifier(hidden_layer_sizes=(hidden,), max_iter=300, random_state=0)
+        classifier.fit(train_x, train_y)
+        # Tensors, not skl2onnx's default list of maps: "label" [n] int64 and
+        # "probabilities" [n, 10], served by the Open Inference Protocol as they are.
+        onnx_model = to_onnx(classifier,
+                             initial_types=[("pixels", FloatTensorType([None, 64]))],
+                             options={id(classifier): {"zipmap": False}}, target_opset=17)
+        versions[version] = out / f"digits-{version}.onnx"
+        versions[version].write_bytes(onnx_model.SerializeToString())
+        accuracy[version] = float(classifier.score(test_x, test_y))
+    validation = out / "digits-validation.npz"
+    np.savez(validation, pixels=test_x, labels=test_y.astype(np.int64))
+    return Digits(versions, validation, test_x, test_y.astype(np.int64), accuracy)
 
 
 if __name__ == "__main__":
     built = build(Path(sys.argv[1] if len(sys.argv) > 1 else "."))
-    print(f"{built.fp32} ({built.fp32.stat().st_size} bytes), {built.int8} "
-          f"({built.int8.stat().st_size} bytes); test accuracy {built.accuracy:.3f}")
+    for version, path in built.versions.items():
+        print(f"{path} ({path.stat().st_size} bytes): held-out accuracy "
+              f"{built.accuracy[version]:.3f}")
+    print(f"{built.validation}: {len(built.test_labels)} images with their labels")

@@ -251,6 +251,11 @@ def plan_model_status(
                                   targeted=targeted, verified=verified, previous=previous,
                                   approved=approved_step, now=now)
     current = decision.rollout
+    if decision.progressing[1] == "WaitingForArtifact" and source_digest and not verified:
+        building = ", ".join(e.name for e in built if e.phase == "Building")
+        decision = dataclasses.replace(decision, progressing=("True", "BuildingVariants", (
+            f"building version {spec.version}'s variants ({building}); devices keep "
+            f"serving {decision.stable.version if decision.stable else 'what they have'}")))
     status = previous.model_copy(update={
         "stable_artifact": decision.stable,
         "stable_version": decision.stable.version if decision.stable else None,

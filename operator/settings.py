@@ -129,7 +129,7 @@ class OperatorSettings(BaseSettings):
         default=600.0, gt=0, description="a variant build running longer is stopped (failed)")
     variant_build_memory_bytes: int = Field(
         default=4 * 2**30, ge=256 * 2**20,
-        description="address space each variant build may use; past it the build fails")
+        description="memory (data segment) each variant build may use; past it the build fails")
     # Tenants name artifact sources; these two say what such a source may reach.
     artifact_file_roots: list[Path] = Field(
         default_factory=list,

@@ -7,9 +7,8 @@ A build is named by a key over everything its output depends on (the source's di
 the optimization, the calibration and validation datasets' digests, the metric, and the
 versions of the builder): its result is recorded on disk under that key and its bytes
 go into the namespace's artifact cache, so a restarted operator builds nothing twice.
-A failure the worker reports (a model it cannot quantize, a dataset that does not fit
-the model) is as deterministic as a success and recorded the same way; one of the
-surroundings (a dataset that cannot be fetched, a timeout) is retried with a backoff.
+A failure is kept in memory only and tried again after a backoff (30 s doubling to an
+hour): a dataset may be fixed, the limits raised, and a restart tries once more.
 """
 
 from __future__ import annotations
@@ -91,7 +90,7 @@ class VariantBuilder:
         self._memory_bytes = memory_bytes
         # key -> the build's task, and whom to tell when it ends.
         self._running: dict[str, tuple[asyncio.Task[None], list[Callable[[], None]]]] = {}
-        # key -> (outcome, monotonic time to retry): failures of the surroundings only.
+        # key -> (the failure, monotonic time to retry, the delay it was given).
         self._retry: dict[str, tuple[BuildOutcome, float, float]] = {}
 
     def outcome(self, request: BuildRequest, on_done: Callable[[], None]) -> BuildOutcome:
@@ -100,8 +99,7 @@ class VariantBuilder:
         that build ends."""
         key = request.key()
         record = self._read(request.namespace, key)
-        if record is not None and (record.state == "Failed" or self._cache.get(
-                request.namespace, record.digest)):
+        if record is not None and self._cache.get(request.namespace, record.digest):
             return record
         if running := self._running.get(key):
             if on_done not in running[1]:
@@ -124,20 +122,21 @@ class VariantBuilder:
                 outcome = await self._run(request, key)
         except ArtifactError as error:  # a dataset could not be fetched or verified
             outcome = BuildOutcome("Failed", reason=error.reason, message=error.message)
-            self._backoff(key, outcome)
         except TimeoutError:
             outcome = BuildOutcome("Failed", reason="BuildTimedOut", message=(
                 f"the build took longer than {self._timeout_s:.0f}s (--variant-build-"
                 "timeout-seconds)"))
-            self._backoff(key, outcome)
-        except Exception as error:  # the worker died or answered nonsense: retried
+        except Exception as error:  # the worker died or answered nonsense
             logger.exception("variant build failed namespace=%s variant=%s source=%s",
                              request.namespace, request.variant.name, request.source.digest)
             outcome = BuildOutcome("Failed", reason="BuildFailed",
                                    message=str(error)[:MAX_MESSAGE])
-            self._backoff(key, outcome)
         finally:
             _, waiting = self._running.pop(key)
+        if outcome.state == "Failed":
+            self._backoff(key, outcome)
+        else:
+            self._retry.pop(key, None)
         metrics.VARIANT_BUILDS.labels("built" if outcome.state == "Built"
                                       else outcome.reason).inc()
         logger.info("variant build namespace=%s variant=%s source=%s state=%s reason=%s",
@@ -191,7 +190,8 @@ class VariantBuilder:
                     source_latency_ms=_figure(scores, "source", "latencyMs"))
         finally:
             Path(output).unlink(missing_ok=True)
-        await asyncio.to_thread(self._write, request.namespace, key, outcome)
+        if outcome.state == "Built":
+            await asyncio.to_thread(self._write, request.namespace, key, outcome)
         return outcome
 
     async def _dataset(self, namespace: str, source: DatasetSource) -> Path:
