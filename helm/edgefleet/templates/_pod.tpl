@@ -24,6 +24,12 @@ before they existed) keeps the operator's default. */}}
 {{- end }}
 {{- end }}
 - {name: EDGEFLEET_DEVICE_METRIC_LABELS, value: {{ $health.metricLabels | default list | toJson | quote }}}
+{{- $builds := $v.variantBuilds | default dict }}
+{{- range $key, $variable := dict "concurrency" "EDGEFLEET_VARIANT_BUILD_CONCURRENCY" "timeoutSeconds" "EDGEFLEET_VARIANT_BUILD_TIMEOUT_SECONDS" "memoryBytes" "EDGEFLEET_VARIANT_BUILD_MEMORY_BYTES" }}
+{{- if hasKey $builds $key }}
+- {name: {{ $variable }}, value: {{ get $builds $key | int64 | quote }}}
+{{- end }}
+{{- end }}
 - {name: EDGEFLEET_ARTIFACT_CACHE_DIR, value: /var/cache/edgefleet}
 - {name: EDGEFLEET_ARTIFACT_MAX_BYTES, value: {{ $v.artifacts.maxBytes | int64 | quote }}}
 {{- if .remoteWrite }}
