@@ -149,6 +149,23 @@ def test_each_device_gets_the_variant_it_fits_through_a_rollout_and_a_restart(
                                  outcome="built") is None
     assert variants_of(fleet, "2") == built_2
 
+    # A gateway replica with a cache of its own builds the variant it ships again, and
+    # gets the same bytes: a device it serves takes that build.
+    replica = fleet.start_gateway_replica("gateway-b")
+    fleet.gateway_address = f"127.0.0.1:{replica.grpc_port}"
+    fleet.enrolment_address = f"127.0.0.1:{replica.enrolment_port}"
+    fleet.add_device("cam-late", site="plant-7", tier="small")
+    fleet.start("cam-late")
+    eventually(lambda: (held(fleet, "cam-late").get("digest"), held(fleet, "cam-late").get(
+        "state")) == (built_2["int8"]["digest"], "Ready"), timeout=60,
+        what="cam-late, served by the replica, on version 2's int8 build")
+    # It builds each variant the status ships (it cannot know which devices will come),
+    # and each comes out as the controller's did.
+    eventually(lambda: replica.metric("edgefleet_operator_variant_builds_total",
+                                      outcome="built") == 3.0, timeout=30,
+               what="the replica's three builds")
+    assert "variant not served" not in replica.log()
+
     # A stricter bound withholds what scores worse, with its numbers: devices that
     # fit it go back to the source.
     kube.patch("edgemodels", namespace, "linear",
