@@ -486,7 +486,7 @@ class CloudAgent:
                 reason = (f"{error.code().name}: {error.details()}"
                           if isinstance(error, grpc.aio.AioRpcError) else str(error))
                 self._set_model(model, State.DOWNLOADING, reason,
-                          self.store.partial_size(model.digest), model.size_bytes)
+                                self.store.partial_size(model.digest), model.size_bytes)
             except InferenceError as error:
                 logger.error("model=%s version=%s failed: %s", model.name, model.version,
                              error.message)
@@ -536,8 +536,7 @@ class CloudAgent:
                     total = chunk.total_size
                     if time.monotonic() - reported_at > 0.5:  # progress, not a flood
                         reported_at = time.monotonic()
-                        self._set_model(model, State.DOWNLOADING,
-                                  "", offset, total)
+                        self._set_model(model, State.DOWNLOADING, "", offset, total)
                 partial.flush()
                 os.fsync(partial.fileno())
         except OSError as error:

@@ -88,11 +88,12 @@ def printed_row(table: str, row: int = 0) -> dict[str, str]:
 
 
 class Traffic:
-    """A stock gRPC client per URL sending unpinned requests for model `digits` (input
-    x [1, 4]) until stopped, counting answers and failures. The first element of each
+    """A stock gRPC client per URL sending unpinned requests for `model` (input x
+    [1, width]) until stopped, counting answers and failures. The first element of each
     row cycles through 0..7: `flaky_scaled` fails on 4 and above, `scaled` never."""
 
-    def __init__(self, urls: list[str]) -> None:
+    def __init__(self, urls: list[str], model: str = "digits", width: int = 4) -> None:
+        self._model, self._width = model, width
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.answered = self.failed = 0
@@ -112,11 +113,13 @@ class Traffic:
         stock = triton_grpc.InferenceServerClient(url)
         sent = 0
         while not self._stop.wait(0.02):
-            item = triton_grpc.InferInput("x", [1, 4], "FP32")
-            item.set_data_from_numpy(np.array([[sent % 8, 1, 1, 1]], dtype=np.float32))
+            item = triton_grpc.InferInput("x", [1, self._width], "FP32")
+            row = np.ones((1, self._width), dtype=np.float32)
+            row[0, 0] = sent % 8
+            item.set_data_from_numpy(row)
             sent += 1
             try:
-                stock.infer("digits", [item])
+                stock.infer(self._model, [item])
             except InferenceServerException:
                 with self._lock:
                     self.failed += 1

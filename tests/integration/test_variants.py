@@ -5,6 +5,7 @@ fit, with its runtime settings, through a rollout and an operator restart."""
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ import tritonclient.grpc as triton_grpc
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.conftest import Fleet
-from tests.helpers import eventually
+from tests.helpers import Traffic, eventually
 from tests.integration.test_edge_cloud_link import edge_model, publish, reported
 from tests.integration.test_operator import status_of, wait_status
 
@@ -159,6 +160,10 @@ def test_each_device_gets_the_variant_it_fits_through_a_rollout_and_a_restart(
     eventually(lambda: (held(fleet, "cam-late").get("digest"), held(fleet, "cam-late").get(
         "state")) == (built_2["int8"]["digest"], "Ready"), timeout=60,
         what="cam-late, served by the replica, on version 2's int8 build")
+    # New to the fleet, it got its build first: it never fetched the source.
+    fetched = re.search(r"^edgefleet_artifact_received_bytes_total (\S+)$",
+                        fleet.edges["cam-late"].metrics(), re.MULTILINE)
+    assert fetched and float(fetched.group(1)) == built_2["int8"]["bytes"]
     # It builds each variant the status ships (it cannot know which devices will come),
     # and each comes out as the controller's did.
     eventually(lambda: replica.metric("edgefleet_operator_variant_builds_total",
@@ -168,14 +173,18 @@ def test_each_device_gets_the_variant_it_fits_through_a_rollout_and_a_restart(
 
     # A stricter bound withholds what scores worse, with its numbers: devices that
     # fit it go back to the source.
-    kube.patch("edgemodels", namespace, "linear",
-               {"spec": {"validation": {"maxDrop": 0.0}}})
-    eventually(lambda: condition(fleet, "VariantsReady").get("reason") == "VariantWithheld",
-               timeout=30, what="VariantsReady False, VariantWithheld")
+    # A device keeps answering while other bytes of its version replace the ones it had.
+    with Traffic([fleet.edges["cam-small"].grpc_url], model="linear", width=WIDTH) as traffic:
+        kube.patch("edgemodels", namespace, "linear",
+                   {"spec": {"validation": {"maxDrop": 0.0}}})
+        eventually(lambda: condition(fleet, "VariantsReady").get("reason") == "VariantWithheld",
+                   timeout=30, what="VariantsReady False, VariantWithheld")
+        eventually(lambda: held(fleet, "cam-small").get("digest") == f"sha256:{sha_2}"
+                   and held(fleet, "cam-small").get("state") == "Ready",
+                   timeout=30, what="cam-small back on the source")
+    assert traffic.answered > 0 and traffic.failed == 0, (traffic.answered, traffic.failed)
     message = condition(fleet, "VariantsReady")["message"]
     assert f"int8 withheld: meanSquaredError {built_2['int8']['accuracy']:.4g}" in message
     assert "more than maxDrop 0" in message
-    eventually(lambda: held(fleet, "cam-small").get("digest") == f"sha256:{sha_2}",
-               timeout=30, what="cam-small back on the source")
     warnings = [e for e in kube.events(namespace, "linear") if e.reason == "VariantWithheld"]
     assert warnings and warnings[0].type == "Warning"
