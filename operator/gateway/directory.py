@@ -55,8 +55,10 @@ class DeviceEntry:
     renewed_from: tuple[str, str] | None = None
     assignments: list[Assignment] = field(default_factory=list)
     revision: str = ""
-    # The capabilities the assignments were derived for (variants follow them).
+    # The capabilities the assignments were derived for (variants follow them), and an
+    # Event set whenever they change.
     capabilities: Capabilities | None = None
+    rederived: asyncio.Event = field(default_factory=asyncio.Event)
     # Set whenever the desired state changes or the device goes away.
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     session: object | None = None
@@ -96,7 +98,9 @@ class DeviceDirectory:
             if access.refused and not entry.access.refused:
                 entry.changed.set()  # its session ends now
             entry.access = access
-        entry.capabilities = capabilities
+        if capabilities != entry.capabilities:
+            entry.capabilities = capabilities
+            entry.rederived.set()
         new_revision = revision(assignments)
         if new_revision != entry.revision:
             entry.assignments, entry.revision = assignments, new_revision

@@ -872,8 +872,12 @@ class FleetGateway:
             arch=reported.arch, cpus=reported.cpus, memory_bytes=reported.memory_bytes,
             execution_providers=list(reported.execution_providers))
         deadline = time.monotonic() + DERIVATION_WAIT_S
-        while entry.capabilities != capabilities and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        while entry.capabilities != capabilities:
+            entry.rederived.clear()
+            try:
+                await asyncio.wait_for(entry.rederived.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                return
 
     async def _read(self, requests: AsyncIterator[pb.DeviceMessage], session: Session) -> None:
         """Takes the device's messages one by one, each within the session's budget
