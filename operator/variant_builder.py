@@ -90,6 +90,8 @@ class VariantBuilder:
         self._memory_bytes = memory_bytes
         # key -> the build's task, and whom to tell when it ends.
         self._running: dict[str, tuple[asyncio.Task[None], list[Callable[[], None]]]] = {}
+        # key -> a build recorded on disk, once read (each reconcile asks again).
+        self._known: dict[str, BuildOutcome] = {}
         # key -> (the failure, monotonic time to retry, the delay it was given).
         self._retry: dict[str, tuple[BuildOutcome, float, float]] = {}
 
@@ -113,8 +115,9 @@ class VariantBuilder:
         return BUILDING
 
     def seconds_to_retry(self) -> float | None:
-        waits = [at - time.monotonic() for _, at, _ in self._retry.values()]
-        return max(0.0, min(waits)) if waits else None
+        """Until the next failed build may be tried again (None: none waits)."""
+        now = time.monotonic()
+        return min((at - now for _, at, _ in self._retry.values() if at > now), default=None)
 
     async def _build(self, request: BuildRequest, key: str) -> None:
         try:
@@ -192,6 +195,7 @@ class VariantBuilder:
             Path(output).unlink(missing_ok=True)
         if outcome.state == "Built":
             await asyncio.to_thread(self._write, request.namespace, key, outcome)
+            self._known[key] = outcome
         return outcome
 
     async def _dataset(self, namespace: str, source: DatasetSource) -> Path:
@@ -228,11 +232,14 @@ class VariantBuilder:
         return self._records / namespace / f"{key}.json"
 
     def _read(self, namespace: str, key: str) -> BuildOutcome | None:
+        if (known := self._known.get(key)) is not None:
+            return known
         try:
             raw = json.loads(self._path(namespace, key).read_text())
             raw["built_at"] = (datetime.fromisoformat(raw["built_at"]) if raw.get("built_at")
                                else None)
-            return BuildOutcome(**raw)
+            self._known[key] = BuildOutcome(**raw)
+            return self._known[key]
         except FileNotFoundError:
             return None
         except (ValueError, TypeError, KeyError):  # a torn or foreign file: build again
