@@ -758,6 +758,7 @@ class FleetGateway:
         reader: asyncio.Task[None] | None = None
         forwarder: asyncio.Task[None] | None = None
         writer: asyncio.Task[None] | None = None
+        derivation: asyncio.Task[None] | None = None
         try:
             try:
                 first = await asyncio.wait_for(anext(aiter(requests), None), HELLO_TIMEOUT_S)
@@ -789,8 +790,18 @@ class FleetGateway:
                 forwarder = asyncio.create_task(forward_metrics(
                     self._remote_writer, entry, session.batches, session.budget,
                     session.outbox))
-            await self._await_derivation(entry, hello.capabilities)
-            entry.changed.set()  # the desired state goes out at once on connect
+            reported = Capabilities(
+                arch=hello.capabilities.arch, cpus=hello.capabilities.cpus,
+                memory_bytes=hello.capabilities.memory_bytes,
+                execution_providers=list(hello.capabilities.execution_providers))
+            if entry.capabilities == reported:
+                entry.changed.set()  # the desired state goes out at once on connect
+            else:
+                # Derived for other capabilities than the device reports (a device new to
+                # the fleet, or changed): it goes out once derived anew, so that the
+                # device fetches its variants and not the source first.
+                derivation = asyncio.create_task(self._await_derivation(entry, reported))
+                derivation.add_done_callback(lambda _: entry.changed.set())
             while not reader.done() and not writer.done():
                 if self._keystore and session.bundle_sent != self._keystore.ca.bundle_pem:
                     # The CA devices trust for the gateway: at the start, and whenever
@@ -835,6 +846,8 @@ class FleetGateway:
                 reader.cancel()
             if forwarder:
                 forwarder.cancel()
+            if derivation:
+                derivation.cancel()
             session.budget.close()
             self._directory.release(entry, session)
             ending = asyncio.create_task(self._end(session))
@@ -863,14 +876,11 @@ class FleetGateway:
         if not task.cancelled() and task.exception() is not None:
             logger.error("a session's end failed", exc_info=task.exception())
 
-    async def _await_derivation(self, entry: DeviceEntry, reported: pb.Capabilities) -> None:
+    @staticmethod
+    async def _await_derivation(entry: DeviceEntry, capabilities: Capabilities) -> None:
         """Waits, briefly, until the desired state is derived for the capabilities the
-        device just reported (written with its hello, back through the watch): a device
-        new to the fleet, or changed, gets its variants at once instead of the source
-        first. After DERIVATION_WAIT_S it gets what is derived, and any change later."""
-        capabilities = Capabilities(
-            arch=reported.arch, cpus=reported.cpus, memory_bytes=reported.memory_bytes,
-            execution_providers=list(reported.execution_providers))
+        device just reported (written with its hello, back through the watch). After
+        DERIVATION_WAIT_S the device gets what is derived, and any change later."""
         deadline = time.monotonic() + DERIVATION_WAIT_S
         while entry.capabilities != capabilities:
             entry.rederived.clear()
