@@ -233,10 +233,9 @@ def plan_model_status(
     problems = spec_problems(spec)
     targeted = [] if problems else targeted_devices(spec.selector, devices)
     source_digest = artifact.digest if artifact.ready and not problems else None
-    built = variants.statuses(spec.variants, spec.version, source_digest, builds or {},
-                              spec.validation, previous,
-                              [previous.stable_artifact,
-                               previous.rollout.target if previous.rollout else None])
+    built = (variants.fresh(spec.variants, spec.version, source_digest, builds or {},
+                            spec.validation, previous.variants)
+             if source_digest else [])
     # A version rolls out once each of its variants is built or refused: all together.
     verified = (ArtifactStatus(version=spec.version, digest=artifact.digest,
                                size_bytes=artifact.size, source=spec.source)
@@ -262,10 +261,11 @@ def plan_model_status(
         "rollout": current,
         "history": decision.history,
         "artifact": verified or previous.artifact,
-        "variants": variants.statuses(
-            spec.variants, spec.version, source_digest, builds or {}, spec.validation,
-            previous.model_copy(update={"variants": built}),
-            [decision.stable, current.target if current else None]),
+        # The spec version's, then those of the other versions devices still serve.
+        "variants": built + variants.carried(
+            spec.variants, previous.variants,
+            [decision.stable, current.target if current else None],
+            (spec.version, source_digest) if source_digest else None),
     })
     assigned = {device.name: rollout.assigned_artifact(namespace, name, device.name, status)
                 for device in targeted}

@@ -19,7 +19,6 @@ from typing import Literal
 from edgefleet.operator.resources import (
     ArtifactStatus,
     Capabilities,
-    EdgeModelStatus,
     Validation,
     Variant,
     VariantStatus,
@@ -128,31 +127,33 @@ def judge(name: str, version: str, source_digest: str, outcome: BuildOutcome,
     return entry.model_copy(update={"phase": "Ready", "message": _bounded(scores)})
 
 
-def statuses(variants: Sequence[Variant], version: str, source_digest: str | None,
-             outcomes: Mapping[str, BuildOutcome], validation: Validation | None,
-             previous: EdgeModelStatus,
-             serving: Iterable[ArtifactStatus | None]) -> list[VariantStatus]:
-    """status.variants: the spec version's (none before its source is verified:
-    `source_digest` None), then the previous entries of the other versions devices
-    still serve (`serving`: the stable version, a rollout's target), for the variants
-    the spec still names. A rebuild of a variant that was Ready keeps the Ready entry
-    until it finishes: builds are deterministic, and devices keep what they have."""
+def fresh(variants: Sequence[Variant], version: str, source_digest: str,
+          outcomes: Mapping[str, BuildOutcome], validation: Validation | None,
+          previous: Iterable[VariantStatus]) -> list[VariantStatus]:
+    """The entries of the spec's version, one per variant of the spec. A rebuild of a
+    variant that was Ready keeps the Ready entry until it finishes: builds are
+    deterministic, and devices keep what they have."""
+    before = {(e.name, e.version, e.source_digest): e for e in previous}
+    entries = []
+    for variant in variants:
+        entry = judge(variant.name, version, source_digest,
+                      outcomes.get(variant.name, BUILDING), validation)
+        kept = before.get((variant.name, version, source_digest))
+        if entry.phase == "Building" and kept is not None and kept.phase == "Ready":
+            entry = kept
+        entries.append(entry)
+    return entries
+
+
+def carried(variants: Sequence[Variant], previous: Iterable[VariantStatus],
+            serving: Iterable[ArtifactStatus | None],
+            fresh_for: tuple[str, str] | None) -> list[VariantStatus]:
+    """The previous entries of the other versions devices still serve (`serving`: the
+    stable version, a rollout's target; not `fresh_for`, the spec's (version, source
+    digest) judged anew), for the variants the spec still names."""
     names = {variant.name for variant in variants}
-    before = {(e.name, e.version, e.source_digest): e for e in previous.variants}
-    fresh = []
-    if source_digest is not None:
-        for variant in variants:
-            entry = judge(variant.name, version, source_digest,
-                          outcomes.get(variant.name, BUILDING), validation)
-            kept = before.get((variant.name, version, source_digest))
-            if entry.phase == "Building" and kept is not None and kept.phase == "Ready":
-                entry = kept
-            fresh.append(entry)
-    served = {(a.version, a.digest) for a in serving if a} - (
-        {(version, source_digest)} if source_digest else set())
-    carried = [e for e in previous.variants
-               if (e.version, e.source_digest) in served and e.name in names]
-    return fresh + carried
+    served = {(a.version, a.digest) for a in serving if a} - {fresh_for}
+    return [e for e in previous if (e.version, e.source_digest) in served and e.name in names]
 
 
 def settled(entries: Iterable[VariantStatus], version: str, source_digest: str) -> bool:

@@ -115,16 +115,18 @@ def test_status_keeps_the_variants_of_versions_still_served_and_ready_ones_while
 ) -> None:
     previous = EdgeModelStatus(variants=[ready("int8", "1", SOURCE_1), ready("gone", "1"),
                                          ready("int8", "0", "sha256:" + "0" * 64)])
-    entries = variants.statuses(
-        [variant("int8")], "2", SOURCE_2, {}, None, previous,
-        [artifact("1", SOURCE_1)])
+    spec = [variant("int8")]
+    entries = (variants.fresh(spec, "2", SOURCE_2, {}, None, previous.variants)
+               + variants.carried(spec, previous.variants, [artifact("1", SOURCE_1)],
+                                  ("2", SOURCE_2)))
     assert [(e.version, e.name, e.phase) for e in entries] == [("2", "int8", "Building"),
                                                                 ("1", "int8", "Ready")]
     assert not variants.settled(entries, "2", SOURCE_2)
     assert variants.settled(entries, "1", SOURCE_1)
     # The spec's own version rebuilt (its blob was lost): what devices have stays Ready.
-    again = variants.statuses([variant("int8")], "1", SOURCE_1, {}, None, previous,
-                              [artifact("1", SOURCE_1)])
+    again = (variants.fresh(spec, "1", SOURCE_1, {}, None, previous.variants)
+             + variants.carried(spec, previous.variants, [artifact("1", SOURCE_1)],
+                                ("1", SOURCE_1)))
     assert [(e.version, e.phase) for e in again] == [("1", "Ready")]
 
 
