@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
                           token))
     else:
         from edgefleet.edge_runtime.agent import CloudAgent
+        from edgefleet.edge_runtime.capture import Collector
         from edgefleet.edge_runtime.errors import InferenceError
         from edgefleet.edge_runtime.identity import identity_stored
         from edgefleet.edge_runtime.store import Store
@@ -83,8 +84,10 @@ def main(argv: list[str] | None = None) -> None:
             store = Store(settings.data_dir)
         except InferenceError as error:
             parser.error(f"--data-dir: {error.message}")
-        asyncio.run(serve(settings, lambda engine: CloudAgent(run_settings, engine, store),
-                          token))
+        collector = Collector(settings.data_dir / "capture", settings.feedback_window)
+        asyncio.run(serve(settings,
+                          lambda engine: CloudAgent(run_settings, engine, store, collector),
+                          token, collector))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import grpc
 from pydantic import ValidationError
 
 from edgefleet.edge_runtime import telemetry
+from edgefleet.edge_runtime.capture import Collector
+from edgefleet.edge_runtime.config import CapturePolicy
 from edgefleet.edge_runtime.engine import Engine, provider_fallback
 from edgefleet.edge_runtime.errors import InferenceError
 from edgefleet.edge_runtime.health import HealthProbe, HealthSample
@@ -33,6 +35,7 @@ from edgefleet.edge_runtime.metrics_buffer import MetricsBuffer, sample_registry
 from edgefleet.edge_runtime.settings import RunSettings
 from edgefleet.edge_runtime.stats import LATENCY_BOUNDS_S, VersionStats
 from edgefleet.edge_runtime.store import Store, StoredModel, problems
+from edgefleet.edge_runtime.uploader import Uploader
 from edgefleet.protocol import signing
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 
@@ -52,14 +55,25 @@ def stored(assignment: pb.ModelAssignment) -> StoredModel:
         inter_op_threads=runtime.inter_op_threads,
         max_batch_size=max(1, runtime.max_batch_size),
         max_delay_micros=runtime.max_delay_micros, weight=assignment.weight or 100,
-        variant=assignment.variant, execution_providers=list(runtime.execution_providers))
+        variant=assignment.variant, execution_providers=list(runtime.execution_providers),
+        capture=capture_policy(assignment.data_collection)
+        if assignment.HasField("data_collection") else None)
+
+
+def capture_policy(policy: pb.DataCollection) -> CapturePolicy:
+    return CapturePolicy(
+        sample_rate=policy.sample_rate, low_confidence_below=policy.low_confidence_below,
+        include_outputs=policy.include_outputs,
+        max_bytes_per_device=policy.max_bytes_per_device,
+        max_bytes_per_day=policy.max_bytes_per_day)
 
 
 def stats_message(model: str, version: str, stats: VersionStats) -> pb.VersionStats:
     return pb.VersionStats(
         model=model, version=version, requests=stats.requests, errors=stats.errors,
         latency_bounds_seconds=LATENCY_BOUNDS_S, latency_counts=stats.latency_counts,
-        top_class_counts=stats.top_class_counts.tolist() if stats.classifies else [])
+        top_class_counts=stats.top_class_counts.tolist() if stats.classifies else [],
+        labelled=stats.labelled, correct=stats.correct)
 
 
 def health_message(sample: HealthSample, restarts: int) -> pb.Health:
@@ -96,10 +110,13 @@ def _log_failure(task: asyncio.Task[None]) -> None:
 
 
 class CloudAgent:
-    def __init__(self, settings: RunSettings, engine: Engine, store: Store) -> None:
+    def __init__(self, settings: RunSettings, engine: Engine, store: Store,
+                 collector: Collector) -> None:
         self.settings = settings
         self.engine = engine
         self.store = store
+        self.collector = collector
+        self.uploader = Uploader(collector, settings.upload_bytes_per_second)
         self.state = store.load_state()
         # What the device holds, as reported, by (model, version).
         self.models: dict[tuple[str, str], pb.ModelState] = {}
@@ -136,6 +153,7 @@ class CloudAgent:
                 "travels with every call and anyone on the path can read or change it; "
                 "assignments are %s", "checked against the signing key pinned at enrolment"
                 if self.identity.signing_key else "NOT checked (no signing key is pinned)")
+        self._configure_capture(self.state.last_known_good)
         for model in self.state.last_known_good:
             if not self.store.has(model.digest):
                 continue
@@ -270,7 +288,8 @@ class CloudAgent:
         # and the next session starts afresh.
         outbox: asyncio.Queue[pb.DeviceMessage] = asyncio.Queue()
         tasks = {asyncio.create_task(self._receive(call)),
-                 asyncio.create_task(self._send(call, outbox))}
+                 asyncio.create_task(self._send(call, outbox)),
+                 asyncio.create_task(self.uploader.run(outbox))}
         if not self.settings.insecure_plaintext:
             tasks.add(asyncio.create_task(self._renew(outbox)))
         try:
@@ -309,6 +328,12 @@ class CloudAgent:
                 self._start_apply(message.desired)
             elif kind == "metrics_ack" and self.metrics:
                 await asyncio.to_thread(self.metrics.acknowledge, message.metrics_ack.sequence)
+            elif kind == "data_ack":
+                await self.uploader.acknowledged(message.data_ack)
+            elif kind == "refused" and message.refused.kind == "data":
+                logger.warning("the gateway did not take kept samples: %s %s",
+                               message.refused.reason, message.refused.message[:200])
+                self.uploader.restart()
             elif kind == "certificate" and not self.settings.insecure_plaintext:
                 await self.identity.accept(message.certificate)
             elif kind == "refused" and message.refused.kind == "renew":
@@ -434,6 +459,7 @@ class CloudAgent:
             retry_s = min(retry_s * 2, self.settings.backoff_max_seconds)
         for name in sorted({m.name for m in wanted}):  # new weights, versions retired
             await self._route(name, wanted)
+        self._configure_capture(wanted)
         # Last-known-good is what serves now: a version that failed to replace the one
         # before leaves that one serving, and it must come back after a restart too.
         # (What the engine holds, not what is reported Ready: a refused assignment of
@@ -449,6 +475,11 @@ class CloudAgent:
         if removed:
             logger.info("garbage-collected blobs=%s", removed)
         self._apply_task = None
+
+    def _configure_capture(self, models: list[StoredModel]) -> None:
+        """Each model's data collection as its assignments say (all of a model's versions
+        carry its one policy)."""
+        self.collector.configure({m.name: m.capture for m in models if m.capture is not None})
 
     def _signature_problem(self, revision: str, assignment: pb.ModelAssignment) -> str | None:
         """Why the assignment must not be acted on for want of the operator's signature

@@ -1,6 +1,7 @@
 """How a model is run on the device: ONNX Runtime options, batching and the version
 routing of a model. The same shape as the EdgeModel's `spec.runtime` (camelCase),
-read from `config.json` in a standalone model repository."""
+read from `config.json` in a standalone model repository. And what the device keeps of
+a model's requests (CapturePolicy, from the EdgeModel's `spec.dataCollection`)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,13 @@ class ModelConfig(ConfigPart):
         if self.version_weights and not sum(self.version_weights.values()) > 0:
             raise ValueError("versionWeights must give some version a positive weight")
         return self
+
+
+class CapturePolicy(ConfigPart):
+    """spec.dataCollection as the device keeps it (state.json holds it with the model)."""
+
+    sample_rate: float = Field(default=0.0, ge=0, le=1)
+    low_confidence_below: float = Field(default=0.0, ge=0, le=1)  # 0: off
+    include_outputs: bool = False
+    max_bytes_per_device: int = Field(default=64 << 20, ge=0)
+    max_bytes_per_day: int = Field(default=256 << 20, ge=0)

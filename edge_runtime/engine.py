@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import random
+import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ from edgefleet.edge_runtime import telemetry
 from edgefleet.edge_runtime.batching import Batcher, Tensors
 from edgefleet.edge_runtime.config import RuntimeConfig
 from edgefleet.edge_runtime.errors import ErrorCode, InferenceError
-from edgefleet.edge_runtime.stats import VersionStats
+from edgefleet.edge_runtime.stats import VersionStats, classes_of
 from edgefleet.edge_runtime.tensors import NUMPY_DTYPES, ONNX_TYPES, TensorSpec
 from edgefleet.protocol.onnx_refs import MalformedModelError, external_references, summarize
 
@@ -201,12 +203,21 @@ class ModelVersion:
                     f"it has {sorted(known)}")
 
 
+# Sees every answered request: the version, the request's id, the request, every output
+# and the class of each row (None when the model does not classify). Runs on the loop.
+Observer = Callable[["ModelVersion", str, InferRequest, Tensors, "np.ndarray | None"], None]
+
+
 class Engine:
     def __init__(self, threads: int) -> None:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="onnxruntime")
         self._versions: dict[str, dict[str, ModelVersion]] = {}
         self._routes: dict[str, dict[str, float]] = {}
         self._in_flight = 0  # requests in the engine, all models
+        # Ids for requests that come without one: unique across restarts by the prefix.
+        self._id_prefix = secrets.token_hex(6)
+        self._ids = itertools.count(1)
+        self.observer: Observer | None = None
 
     # ------------------------------------------------------------ registry
 
@@ -354,7 +365,8 @@ class Engine:
 
     async def infer(self, request: InferRequest, started: float) -> InferResponse:
         """Runs a decoded request; `started` is when its bytes arrived (perf_counter).
-        Counts its success and times; failures are the caller's to count."""
+        Counts its success and times; failures are the caller's to count. The response
+        carries the request's id, or one assigned to it."""
         model = self.resolve(request.model, request.version)
         model.in_flight += 1  # counted before any await: unload waits for it
         self._in_flight += 1
@@ -387,11 +399,15 @@ class Engine:
         metrics.succeeded.inc()
         seconds = time.perf_counter() - started
         metrics.request_seconds.observe(seconds)
-        model.stats.answered(seconds, outputs[model.outputs[0].name])
+        classes = classes_of(outputs[model.outputs[0].name])
+        model.stats.answered(seconds, classes)
+        request_id = request.id or f"{self._id_prefix}-{next(self._ids)}"
+        if self.observer is not None:
+            self.observer(model, request_id, request, outputs, classes)
         wanted = request.outputs or [spec.name for spec in model.outputs]
         datatypes = {spec.name: spec.datatype for spec in model.outputs}
         return InferResponse(
-            model=model.name, version=model.version, id=request.id,
+            model=model.name, version=model.version, id=request_id,
             outputs=[OutputTensor(name, datatypes[name], _from_onnx(outputs[name]))
                      for name in wanted])
 

@@ -20,6 +20,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from edgefleet.edge_runtime import telemetry
+from edgefleet.edge_runtime.capture import Collector
 from edgefleet.edge_runtime.engine import Engine
 from edgefleet.edge_runtime.serving import grpc as grpc_server
 from edgefleet.edge_runtime.serving import rest
@@ -74,9 +75,13 @@ class ModelSource(Protocol):
 
 
 async def serve(settings: ServingSettings, make_source: Callable[[Engine], ModelSource],
-                auth_token: str | None) -> None:
+                auth_token: str | None, collector: Collector | None = None) -> None:
+    """Serves until SIGTERM or SIGINT; `collector` (cloud mode) keeps samples and takes
+    feedback."""
     engine = Engine(threads=settings.inference_threads)
-    dataplane = DataPlane(engine)
+    if collector is not None:
+        engine.observer = collector.observe
+    dataplane = DataPlane(engine, collector)
     admission = Admission(auth_token, settings.max_request_bytes,
                           settings.max_concurrent_requests)
     telemetry.CLOUD_CONNECTED.set(0)
@@ -120,4 +125,6 @@ async def serve(settings: ServingSettings, make_source: Callable[[Engine], Model
     for runner in runners:
         await runner.cleanup()
     await engine.close()
+    if collector is not None:
+        await asyncio.to_thread(collector.close)
     admission.close()

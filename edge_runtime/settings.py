@@ -150,6 +150,14 @@ class RunSettings(ServingSettings):
     metrics_buffer_bytes: int = Field(
         default=32 * 2**20, ge=2**16,
         description="disk bound of the samples not yet acknowledged; the oldest go first")
+    upload_bytes_per_second: float = Field(
+        default=256 * 2**10, gt=0,
+        description="pace of uploads of kept samples and labels to the cloud (they go "
+                    "after everything else the session carries)")
+    feedback_window: int = Field(
+        default=10_000, ge=0, le=1_000_000,
+        description="answered requests remembered per runtime for feedback (models with "
+                    "data collection only); feedback for older ones is refused")
 
     def enrolment_target(self) -> str:
         """--enrolment-address, else --cloud's host on the enrolment port."""

@@ -23,21 +23,16 @@ class VersionStats:
         self.latency_counts = [0] * (len(LATENCY_BOUNDS_S) + 1)
         self.top_class_counts = np.zeros(TOP_CLASS_BINS, dtype=np.int64)
         self.classifies = False  # whether the primary output was ever class scores
+        # Answered rows whose true label came back as feedback, and those it got right.
+        self.labelled = 0
+        self.correct = 0
 
-    def answered(self, seconds: float, primary: np.ndarray) -> None:
-        """Counts an answered request and the class of each row of its primary output:
-        the top class of a vector of scores per row, or the label itself when the
-        output is one non-negative integer label per row (as scikit-learn's converted
-        classifiers give)."""
+    def answered(self, seconds: float, classes: np.ndarray | None) -> None:
+        """Counts an answered request and the class of each of its rows (see
+        `classes_of`; None when the model does not classify)."""
         self.requests += 1
         self.latency_counts[bisect.bisect_left(LATENCY_BOUNDS_S, seconds)] += 1
-        if primary.ndim >= 2 and primary.shape[-1] > 1 and primary.dtype.kind in "fiu":
-            classes = primary.reshape(-1, primary.shape[-1]).argmax(axis=1)
-        elif primary.ndim == 1 and primary.dtype.kind in "iu" and primary.size:
-            if primary.min() < 0:
-                return
-            classes = primary
-        else:
+        if classes is None:
             return
         self.top_class_counts += np.bincount(np.minimum(classes, TOP_CLASS_BINS - 1),
                                              minlength=TOP_CLASS_BINS)
@@ -46,3 +41,15 @@ class VersionStats:
     def failed(self) -> None:
         """Counts a request that failed inside the model."""
         self.errors += 1
+
+
+def classes_of(primary: np.ndarray) -> np.ndarray | None:
+    """The class of each row of a model's primary (first) output: the top class of a
+    vector of scores per row, or the label itself when the output is one non-negative
+    integer label per row (as scikit-learn's converted classifiers give); None when it
+    is neither."""
+    if primary.ndim >= 2 and primary.shape[-1] > 1 and primary.dtype.kind in "fiu":
+        return primary.reshape(-1, primary.shape[-1]).argmax(axis=1)
+    if primary.ndim == 1 and primary.dtype.kind in "iu" and primary.size and primary.min() >= 0:
+        return primary
+    return None

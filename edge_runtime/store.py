@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, field
+from dataclasses import field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,13 +27,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic.dataclasses import dataclass
 
-from edgefleet.edge_runtime.config import BatchingConfig, RuntimeConfig
+from edgefleet.edge_runtime.config import BatchingConfig, CapturePolicy, RuntimeConfig
 from edgefleet.edge_runtime.errors import InferenceError
 from edgefleet.protocol.digests import hex_part, is_digest
 
@@ -63,6 +64,8 @@ class StoredModel:
     # The EdgeModel variant these bytes are ("" the source): only reported back.
     variant: str = Field(default="", max_length=63)
     execution_providers: list[str] = Field(default_factory=list)
+    # What to keep of its requests (None: nothing, and no feedback).
+    capture: CapturePolicy | None = None
 
     def runtime(self) -> RuntimeConfig:
         batching = (BatchingConfig(max_batch_size=self.max_batch_size,
@@ -82,6 +85,9 @@ class StoredModel:
     def _loadable(self) -> StoredModel:
         self.runtime()  # the bounds live in RuntimeConfig, once
         return self
+
+
+STORED_MODEL = TypeAdapter(StoredModel)
 
 
 @dataclasses.dataclass
@@ -233,8 +239,9 @@ class Store:
     def save_state(self, state: DeviceState) -> None:
         document: dict[str, Any] = {
             "version": STATE_VERSION, "revision": state.revision,
-            "desired": [asdict(m) for m in state.desired],
-            "lastKnownGood": [asdict(m) for m in state.last_known_good],
+            "desired": [STORED_MODEL.dump_python(m, mode="json") for m in state.desired],
+            "lastKnownGood": [STORED_MODEL.dump_python(m, mode="json")
+                              for m in state.last_known_good],
         }
         write_atomically(self.state_path, json.dumps(document, indent=1).encode())
 

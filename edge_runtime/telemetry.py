@@ -54,6 +54,22 @@ ASSIGNMENTS_REFUSED = Counter("edgefleet_edge_assignments_refused",
                               "Model assignments refused because their signature does not "
                               "verify with the pinned signing key, by reason", ["reason"])
 
+# Data collection (capture.py). model: a name with a policy (a valid EdgeModel name);
+# reason: sampled or lowConfidence; dropped: budget, busy, storage or tooLarge.
+CAPTURED = Counter("edgefleet_capture_samples", "Requests kept as samples, by why",
+                   ["model", "reason"])
+CAPTURE_DROPPED = Counter("edgefleet_capture_dropped_records",
+                          "Samples and labels lost before upload: past the disk budget "
+                          "(oldest first), behind a busy writer, on a storage error, or "
+                          "too large to upload",
+                          ["model", "reason"])
+CAPTURE_STORED_BYTES = Gauge("edgefleet_capture_stored_bytes",
+                             "Bytes of samples and labels on disk waiting for upload",
+                             ["model"])
+FEEDBACK = Counter("edgefleet_feedback_answers",
+                   "Answered rows labelled by feedback, right or wrong (outcome)",
+                   ["model", "version", "outcome"])
+
 RUNTIME_INFO = Gauge("edgefleet_edge_runtime_info", "1, labelled with the runtime's version",
                      ["version"])
 RESTARTS = Gauge("edgefleet_edge_restarts", "Runtime starts on this data dir before this one")

@@ -27,6 +27,7 @@ from kubernetes import client
 from edgefleet.operator import credentials, handlers, kubeapi, liveness, metrics
 from edgefleet.operator.artifact_sources import SourcePolicy
 from edgefleet.operator.artifacts import ArtifactCache
+from edgefleet.operator.dataset import DatasetWriter, open_store
 from edgefleet.operator.device_health import HealthThresholds
 from edgefleet.operator.fleet import FleetChanges, FleetIndex
 from edgefleet.operator.gateway.directory import DeviceDirectory
@@ -224,6 +225,9 @@ async def start_gateway(settings: OperatorSettings, api_client: client.ApiClient
             return None
     remote_writer = (RemoteWriter(settings.metrics_remote_write_url)
                      if settings.metrics_remote_write_url else None)
+    dataset = DatasetWriter(open_store(settings.dataset_uri, settings.dataset_s3_endpoint,
+                                       settings.dataset_s3_region))
+    logger.info("devices' kept samples go to %s", dataset.store.describe())
     servicer = FleetGateway(
         directory, artifacts, api_client, settings.heartbeat_write_seconds,
         credentials=device_credentials, keystore=keystore,
@@ -235,7 +239,8 @@ async def start_gateway(settings: OperatorSettings, api_client: client.ApiClient
             memory_available_percent=settings.memory_pressure_percent,
             disk_free_percent=settings.disk_pressure_percent,
             temperature_celsius=settings.overheating_celsius,
-            clock_offset_seconds=settings.clock_skew_seconds))
+            clock_offset_seconds=settings.clock_skew_seconds),
+        dataset=dataset)
     lease = GatewayLease(
         client.CustomObjectsApi(api_client), namespace=settings.lease_namespace,
         name=liveness.lease_name(settings.identity),

@@ -18,7 +18,12 @@ decides for the others, whatever it reports:
 - requests toward `minRequests`: the cohort's attempts with each device's count capped
   at the (lower) median device's, devices without traffic included, so one device
   cannot claim the minimum for all, and nothing is judged before more than half the
-  cohort has answered requests.
+  cohort has answered requests;
+- field accuracy: the share of labelled answers (rows whose true label came back as
+  feedback) that were right, pooled over the devices with labels, each device's
+  labelled count capped at the (lower) median of theirs, so that no device weighs more
+  than a typical one. Devices without labels do not count here: feedback may come from
+  some sites only. `minLabelled` counts labelled answers so capped.
 
 Nothing is judged before the candidate has answered `minRequests` requests so counted.
 With one device in a cohort, that device is the cohort; with two, the median is their
@@ -31,7 +36,7 @@ import math
 import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from edgefleet.operator.resources import RolloutAnalysis
 
@@ -47,6 +52,8 @@ class TrafficStats:
     latency_bounds_s: tuple[float, ...] = ()
     latency_counts: tuple[int, ...] = ()  # one more than the bounds: the last is +Inf
     top_class_counts: tuple[int, ...] = ()
+    labelled: int = 0
+    correct: int = 0
 
     @property
     def attempts(self) -> int:
@@ -62,6 +69,8 @@ class CohortStats:
     error_rate: float = 0.0
     p99_s: float | None = None
     class_shares: tuple[float, ...] = ()
+    labelled: int = 0  # labelled answers, each device capped at the median device's
+    accuracy: float | None = None  # None: nothing labelled
 
 
 def cohort(stats: Iterable[TrafficStats]) -> CohortStats:
@@ -71,7 +80,7 @@ def cohort(stats: Iterable[TrafficStats]) -> CohortStats:
     members = list(stats)
     active = [s for s in members if s.attempts > 0]
     if not active:
-        return CohortStats()
+        return CohortStats(**_field_accuracy(members))
     cap = statistics.median_low(s.attempts for s in members)
     latencies = [p for p in (quantile_s(s, 0.99) for s in active) if p is not None]
     shares = [_shares(s.top_class_counts) for s in active if sum(s.top_class_counts) > 0]
@@ -81,7 +90,19 @@ def cohort(stats: Iterable[TrafficStats]) -> CohortStats:
         error_rate=statistics.median(error_rate(s) for s in active),
         p99_s=statistics.median(latencies) if latencies else None,
         class_shares=_mean_shares(shares),
+        **_field_accuracy(members),
     )
+
+
+def _field_accuracy(members: list[TrafficStats]) -> dict[str, Any]:
+    labelled = [s for s in members if s.labelled > 0]
+    if not labelled:
+        return {}
+    cap = statistics.median_low(s.labelled for s in labelled)
+    weights = [min(s.labelled, cap) for s in labelled]
+    right = sum(weight * min(s.correct, s.labelled) / s.labelled
+                for weight, s in zip(weights, labelled, strict=True))
+    return {"labelled": sum(weights), "accuracy": right / sum(weights)}
 
 
 def _shares(counts: tuple[int, ...]) -> tuple[float, ...]:
@@ -138,6 +159,9 @@ class Verdict:
     error_rate: float
     p99_latency_ms: float | None
     drift: float | None
+    labelled: int = 0
+    accuracy: float | None = None
+    stable_accuracy: float | None = None
 
 
 def analyze(analysis: RolloutAnalysis, candidate: CohortStats,
@@ -157,13 +181,24 @@ def analyze(analysis: RolloutAnalysis, candidate: CohortStats,
                    if analysis.max_drift is not None and drift is not None else "")
                 + (", drift not measured (no classes from both versions)"
                    if analysis.max_drift is not None and drift is None else ""))
+    judges_accuracy = (analysis.min_accuracy is not None
+                       or analysis.max_accuracy_drop is not None)
+    # The stable version's accuracy counts only on as many labels as the candidate needs.
+    stable_accuracy = (baseline.accuracy if baseline.labelled >= analysis.min_labelled
+                       else None)
+    if judges_accuracy:
+        measured += _accuracy_measured(analysis, candidate, baseline, stable_accuracy)
 
     def verdict(outcome: Literal["Pass", "Wait", "Fail"], message: str) -> Verdict:
-        return Verdict(outcome, message, attempts, rate, p99_ms, drift)
+        return Verdict(outcome, message, attempts, rate, p99_ms, drift, candidate.labelled,
+                       candidate.accuracy, stable_accuracy)
 
     if attempts < analysis.min_requests:
         return verdict("Wait", f"{attempts} of the {analysis.min_requests} requests needed "
                                "before judging")
+    if judges_accuracy and candidate.labelled < analysis.min_labelled:
+        return verdict("Wait", f"{candidate.labelled} of the {analysis.min_labelled} "
+                               "labelled answers needed before judging field accuracy")
     breaches = []
     if rate > analysis.max_error_rate:
         breaches.append("error rate")
@@ -172,6 +207,29 @@ def analyze(analysis: RolloutAnalysis, candidate: CohortStats,
         breaches.append("p99 latency")
     if analysis.max_drift is not None and drift is not None and drift > analysis.max_drift:
         breaches.append("drift")
+    accuracy = candidate.accuracy
+    if (analysis.min_accuracy is not None and accuracy is not None
+            and accuracy < analysis.min_accuracy):
+        breaches.append("field accuracy")
+    if (analysis.max_accuracy_drop is not None and accuracy is not None
+            and stable_accuracy is not None
+            and stable_accuracy - accuracy > analysis.max_accuracy_drop):
+        breaches.append("field accuracy drop")
     if breaches:
         return verdict("Fail", f"{' and '.join(breaches)} above the threshold: {measured}")
     return verdict("Pass", f"within the thresholds: {measured}")
+
+
+def _accuracy_measured(analysis: RolloutAnalysis, candidate: CohortStats,
+                       baseline: CohortStats, stable_accuracy: float | None) -> str:
+    if candidate.accuracy is None:
+        return ", field accuracy not measured yet (no labelled answers)"
+    text = f", field accuracy {candidate.accuracy:.3f} on {candidate.labelled} labelled"
+    if analysis.min_accuracy is not None:
+        text += f" (min {analysis.min_accuracy})"
+    if analysis.max_accuracy_drop is not None:
+        text += (f", stable {stable_accuracy:.3f} (max drop {analysis.max_accuracy_drop})"
+                 if stable_accuracy is not None else
+                 f", drop not measured (the stable version has {baseline.labelled} of "
+                 f"{analysis.min_labelled} labelled)")
+    return text

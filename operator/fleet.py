@@ -56,7 +56,7 @@ def device_view(name: str, labels: Mapping[str, str], status: Mapping[str, Any])
         counts = tuple(seen.latency_counts)  # empty or one per bound and one above them
         traffic[(seen.model, seen.version)] = TrafficStats(
             seen.requests, seen.errors, tuple(seen.latency_bounds_seconds) if counts else (),
-            counts, tuple(seen.top_class_counts))
+            counts, tuple(seen.top_class_counts), seen.labelled, seen.correct)
     conditions = status.get("conditions")
     return DeviceView(capabilities=capabilities_of(status),
         name=name, labels=dict(labels), models=models,

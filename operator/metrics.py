@@ -77,6 +77,10 @@ GATEWAY_STATUS_WRITES = Counter(
     "every --heartbeat-write-seconds), Disconnect (a session ended: Offline)",
     ["cause"],
 )
+GATEWAY_DATA_RECORDS = Counter(
+    "edgefleet_gateway_data_records",
+    "Records of devices' kept samples and labels: Stored in the dataset, or Refused",
+    ["outcome"])
 EVENTS_DROPPED = Counter(
     "edgefleet_operator_device_events_dropped",
     "EdgeDevice Events not posted because the fleet's Event rate was spent (the status "
@@ -228,6 +232,14 @@ class RolloutCollector(Collector):
         drift = GaugeMetricFamily("edgefleet_operator_rollout_analysis_drift",
                                   "PSI of the target's top classes against the stable version",
                                   labels=model_labels)
+        accuracy = GaugeMetricFamily(
+            "edgefleet_operator_model_field_accuracy",
+            "Share of a version's labelled answers that were right, over its devices",
+            labels=[*model_labels, "version"])
+        labelled = GaugeMetricFamily(
+            "edgefleet_operator_model_labelled_answers",
+            "Answers of a version that feedback labelled, as counted for its accuracy",
+            labels=[*model_labels, "version"])
         for (namespace, name), (status, device_states) in sorted(ROLLOUTS.by_model.items()):
             phases.add_metric([namespace, name, status.phase], 1)
             for (version, state), count in sorted(device_states.items()):
@@ -244,7 +256,12 @@ class RolloutCollector(Collector):
                     p99.add_metric([namespace, name], last.p99_latency_ms / 1000)
                 if last.drift is not None:
                     drift.add_metric([namespace, name], last.drift)
-        yield from (phases, devices, step, steps, requests, errors, p99, drift)
+            for served in status.inference:
+                if served.accuracy is not None:
+                    accuracy.add_metric([namespace, name, served.version], served.accuracy)
+                    labelled.add_metric([namespace, name, served.version], served.labelled)
+        yield from (phases, devices, step, steps, requests, errors, p99, drift, accuracy,
+                    labelled)
 
 
 REGISTRY.register(PhaseCollector())

@@ -26,6 +26,7 @@ from edgefleet.operator.resources import (
     Capabilities,
     Condition,
     ConditionStatus,
+    DataCollection,
     DeviceCounts,
     DevicePhase,
     EdgeModelSpec,
@@ -37,6 +38,7 @@ from edgefleet.operator.resources import (
     TrafficSummary,
     Variant,
     VariantStatus,
+    VersionTraffic,
 )
 from edgefleet.operator.selectors import selector_conflict, selector_matches
 from edgefleet.operator.views import ArtifactCheck, DeviceView, ModelView, parse_time
@@ -323,6 +325,7 @@ def plan_model_status(
         "step_summary": f"{current.step}/{current.steps}" if current and active else None,
         "conditions": conditions,
         "experiment": running,
+        "inference": version_traffic(name, targeted),
     })
     device_states = Counter((version, report.state) for device in targeted
                             for (model, version), report in device.models.items()
@@ -368,7 +371,27 @@ def plan_experiment(
 def _summary(reports: Iterable[TrafficStats | None]) -> TrafficSummary:
     summary = analysis.cohort(report for report in reports if report)
     return TrafficSummary(requests=summary.requests, error_rate=summary.error_rate,
-                          p99_latency_ms=None if summary.p99_s is None else summary.p99_s * 1000)
+                          p99_latency_ms=None if summary.p99_s is None else summary.p99_s * 1000,
+                          labelled=summary.labelled, accuracy=summary.accuracy)
+
+
+# The versions status.inference lists: those served during a rollout and an A/B test,
+# and a few more that devices report while they move.
+MAX_VERSIONS_SHOWN = 8
+
+
+def version_traffic(name: str, devices: Iterable[DeviceView]) -> list[VersionTraffic]:
+    """Each version of the model the devices report, in version order (as text), summarised
+    over the devices reporting it (see analysis.cohort)."""
+    by_version: dict[str, list[TrafficStats]] = {}
+    for device in devices:
+        for (model, version), stats in device.traffic.items():
+            if model == name:
+                by_version.setdefault(version, []).append(stats)
+    shown = sorted(by_version)[-MAX_VERSIONS_SHOWN:]
+    return [VersionTraffic(version=version, devices=len(by_version[version]),
+                           **_summary(by_version[version]).model_dump())
+            for version in shown]
 
 
 def invalid_model_status(
@@ -489,6 +512,25 @@ def devices_holding(model: str, devices: Iterable[DeviceView]) -> list[str]:
 
 
 @dataclass(frozen=True)
+class Capture:
+    """spec.dataCollection as a device gets it (the retention is the cloud's)."""
+
+    sample_rate: float
+    low_confidence_below: float
+    include_outputs: bool
+    max_bytes_per_device: int
+    max_bytes_per_day: int
+
+    @classmethod
+    def of(cls, policy: DataCollection | None) -> Capture | None:
+        if policy is None:
+            return None
+        return cls(policy.sample_rate, policy.low_confidence_below or 0.0,
+                   policy.include_outputs, policy.max_bytes_per_device,
+                   policy.max_bytes_per_day)
+
+
+@dataclass(frozen=True)
 class Assignment:
     """A model a device should serve."""
 
@@ -503,6 +545,7 @@ class Assignment:
     max_delay_micros: int = 0
     variant: str = ""  # "": the source
     execution_providers: tuple[str, ...] = ()
+    capture: Capture | None = None
 
 
 def desired_assignments(namespace: str, device: str, labels: Mapping[str, str],
@@ -535,6 +578,7 @@ def desired_assignments(namespace: str, device: str, labels: Mapping[str, str],
                 max_delay_micros=batching.max_delay_micros if batching else 0,
                 variant=choice.variant.name if choice else "",
                 execution_providers=tuple(runtime.execution_providers) if runtime else (),
+                capture=Capture.of(model.spec.data_collection),
             ))
     return sorted(assignments, key=lambda a: (a.name, a.version))
 
@@ -557,12 +601,14 @@ class ModelPlacement:
     experiment: tuple[ArtifactStatus, int] | None
     variants: tuple[Variant, ...]
     built: tuple[VariantStatus, ...]
+    data_collection: DataCollection | None
 
 
 def model_placement(model: ModelView) -> ModelPlacement:
     status, current = model.status, model.status.rollout
     return ModelPlacement(
         variants=tuple(model.spec.variants), built=tuple(status.variants),
+        data_collection=model.spec.data_collection,
         selector=model.spec.selector, deleting=model.deleting, runtime=model.spec.runtime,
         stable=status.stable_artifact, artifact=status.artifact,
         target=current.target if current else None,
@@ -602,7 +648,7 @@ def without_figures(status: EdgeModelStatus) -> EdgeModelStatus:
     experiment, current = status.experiment, status.rollout
     analysis = current.analysis if current else None
     return status.model_copy(update={
-        "devices": DeviceCounts(), "ready_summary": "", "updated_summary": "",
+        "devices": DeviceCounts(), "ready_summary": "", "updated_summary": "", "inference": [],
         "conditions": [c.model_copy(update={"message": ""}) for c in status.conditions],
         "experiment": (experiment.model_copy(update={"ready": 0, "control": None,
                                                      "candidate": None})

@@ -188,6 +188,18 @@ class RolloutAnalysis(Resource):
     max_error_rate: float = Field(default=0.01, ge=0, le=1)
     max_p99_latency_ms: float | None = Field(default=None, gt=0)
     max_drift: float | None = Field(default=None, ge=0)
+    min_accuracy: float | None = Field(
+        default=None, ge=0, le=1,
+        description="Least field accuracy of the new version: the share of its answers "
+                    "that feedback labelled and found right (needs spec.dataCollection)")
+    max_accuracy_drop: float | None = Field(
+        default=None, ge=0, le=1,
+        description="How far the new version's field accuracy may fall below the stable "
+                    "version's (not judged while the stable version has fewer than "
+                    "minLabelled labelled answers)")
+    min_labelled: int = Field(
+        default=100, ge=1, le=1_000_000,
+        description="Labelled answers each step needs before its field accuracy is judged")
 
 
 CANARY_STEPS_RULE = (
@@ -321,6 +333,31 @@ class Validation(Resource):
                           "accuracy, or more mean squared error; one worse is withheld")
 
 
+MiB = 1 << 20
+
+
+class DataCollection(Resource):
+    """What devices keep of the requests the model answers, to send back for retraining,
+    and whether they take feedback (true labels) for them. Off unless set; `{}` takes
+    feedback and keeps no samples."""
+
+    sample_rate: float = Field(default=0, ge=0, le=1,
+                               description="Share of requests kept at random")
+    low_confidence_below: float | None = Field(
+        default=None, gt=0, le=1,
+        description="Also keep every request whose top class's probability is below this")
+    include_outputs: bool = Field(default=False,
+                                  description="Keep the model's outputs with the inputs")
+    max_bytes_per_device: int = Field(
+        default=64 * MiB, ge=MiB, le=1 << 40,
+        description="On-disk budget for samples not yet uploaded, on each device; past it "
+                    "the oldest go first, counted")
+    max_bytes_per_day: int = Field(default=256 * MiB, ge=MiB, le=1 << 40,
+                                   description="Upload budget of each device per day")
+    retention_days: int = Field(default=30, ge=1, le=3650,
+                                description="How long the cloud keeps the samples")
+
+
 VARIANTS_LIST_MAP = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}
 
 
@@ -334,6 +371,7 @@ class EdgeModelSpec(Resource):
     variants: list[Variant] = Field(default_factory=list, max_length=8,
                                     json_schema_extra=VARIANTS_LIST_MAP)
     validation: Validation | None = None
+    data_collection: DataCollection | None = None
 
     @model_validator(mode="after")
     def _variant_names_unique(self) -> EdgeModelSpec:
@@ -392,6 +430,12 @@ class AnalysisStatus(Resource):
     error_rate: float = Field(ge=0, le=1)
     p99_latency_ms: float | None = Field(default=None, ge=0)
     drift: float | None = Field(default=None, ge=0, description="Population stability index")
+    labelled: Count = Field(default=0, description="Labelled answers counted toward "
+                                                   "minLabelled")
+    accuracy: float | None = Field(default=None, ge=0, le=1,
+                                   description="Field accuracy of the new version")
+    stable_accuracy: float | None = Field(default=None, ge=0, le=1,
+                                          description="Field accuracy of the stable version")
     message: Message = ""
 
 
@@ -413,9 +457,10 @@ class RolloutStatus(Resource):
     state: Literal["Progressing", "RolledBack", "Halted"] = "Progressing"
     message: Message = ""
     analysis: AnalysisStatus | None = None
-    # The candidate's requests when the step began: each step waits for minRequests
-    # more of its own.
+    # The candidate's requests and labelled answers when the step began: each step
+    # waits for minRequests and minLabelled more of its own.
     step_start_requests: Count = 0
+    step_start_labelled: Count = 0
     held_back: list[ObjectName] = Field(
         default_factory=list, max_length=MAX_HELD_BACK,
         description="Devices of the cohort kept on the stable version while under "
@@ -439,6 +484,16 @@ class TrafficSummary(Resource):
     requests: Count
     error_rate: float = Field(ge=0, le=1)
     p99_latency_ms: float | None = Field(default=None, ge=0)
+    labelled: Count = Field(default=0, description="Answers feedback labelled")
+    accuracy: float | None = Field(default=None, ge=0, le=1,
+                                   description="Share of the labelled answers that were right")
+
+
+class VersionTraffic(TrafficSummary):
+    """One version the devices serve, and how it answers there."""
+
+    version: ShortText
+    devices: Count = Field(description="Devices that answered with it")
 
 
 class ExperimentStatus(Resource):
@@ -498,6 +553,10 @@ class EdgeModelStatus(Resource):
         default_factory=list, max_length=24,
         description="The variants of the spec's version, and of the versions devices still "
                     "serve")
+    inference: list[VersionTraffic] = Field(
+        default_factory=list, max_length=8,
+        description="Each version devices serve: requests, errors, latency and field "
+                    "accuracy, summarised over its devices")
     conditions: list[Condition] = Field(default_factory=list, max_length=16)
 
 
@@ -550,14 +609,17 @@ class DeviceModelStatus(Resource):
 
 LATENCY_COUNTS_RULE = ("size(self.latencyCounts) == 0 || "
                        "size(self.latencyCounts) == size(self.latencyBoundsSeconds) + 1")
+CORRECT_RULE = "self.correct <= self.labelled"
 
 
 class VersionInference(Resource):
     """How one loaded model version answered on the device since it was loaded (the
     device's heartbeats carry it; rollout analysis sums it over a cohort)."""
 
-    model_config = ConfigDict(json_schema_extra=cel(
-        LATENCY_COUNTS_RULE, "latencyCounts needs one count per bound and one above them"))
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": LATENCY_COUNTS_RULE,
+         "message": "latencyCounts needs one count per bound and one above them"},
+        {"rule": CORRECT_RULE, "message": "correct cannot exceed labelled"}]})
 
     model: ObjectName
     version: ShortText
@@ -570,12 +632,16 @@ class VersionInference(Resource):
     top_class_counts: list[Count] = Field(
         default_factory=list, max_length=64,
         description="Answered rows per top class of the primary output")
+    labelled: Count = Field(default=0, description="Answered rows feedback labelled")
+    correct: Count = Field(default=0, description="Labelled rows the version got right")
 
     @model_validator(mode="after")
     def _one_count_per_bucket(self) -> VersionInference:
         if self.latency_counts and len(self.latency_counts) != len(
                 self.latency_bounds_seconds) + 1:
             raise ValueError("latencyCounts needs one count per bound and one above them")
+        if self.correct > self.labelled:
+            raise ValueError("correct cannot exceed labelled")
         return self
 
 

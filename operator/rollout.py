@@ -266,7 +266,8 @@ def _progress(namespace: str, name: str, spec: EdgeModelSpec, steps: list[Rollou
             current = current.model_copy(update={"analysis": AnalysisStatus(
                 verdict=verdict.outcome, requests=verdict.requests,
                 error_rate=verdict.error_rate, p99_latency_ms=verdict.p99_latency_ms,
-                drift=verdict.drift, message=verdict.message)})
+                drift=verdict.drift, labelled=verdict.labelled, accuracy=verdict.accuracy,
+                stable_accuracy=verdict.stable_accuracy, message=verdict.message)})
             if verdict.outcome == "Fail":
                 return _breach(spec, stable, current, history, events, now, (
                     f"{where}: the analysis of {target.version} failed: {verdict.message}"))
@@ -337,7 +338,8 @@ def _progress(namespace: str, name: str, spec: EdgeModelSpec, steps: list[Rollou
                     f"version {target.version} is stable, replacing {stable.version}"))])
         current = current.model_copy(update={
             "step": current.step + 1, "step_started_at": now, "step_ready_at": None,
-            "step_start_requests": verdict.requests if verdict else 0})
+            "step_start_requests": verdict.requests if verdict else 0,
+            "step_start_labelled": verdict.labelled if verdict else 0})
         next_step = steps[current.step - 1]
         events.append(RolloutEvent("Normal", "StepStarted", (
             f"step {current.step}/{current.steps}: {next_step.percent}% of devices "
@@ -395,6 +397,13 @@ def _judge(spec: EdgeModelSpec, name: str, stable: ArtifactStatus, current: Roll
         return dataclasses.replace(verdict, outcome="Wait", message=(
             f"{step_requests} of the {thresholds.min_requests} requests this step needs; "
             f"so far {verdict.message}"))
+    step_labelled = max(0, verdict.labelled - current.step_start_labelled)
+    if (verdict.outcome == "Pass" and step_labelled < thresholds.min_labelled
+            and (thresholds.min_accuracy is not None
+                 or thresholds.max_accuracy_drop is not None)):
+        return dataclasses.replace(verdict, outcome="Wait", message=(
+            f"{step_labelled} of the {thresholds.min_labelled} labelled answers this step "
+            f"needs; so far {verdict.message}"))
     return verdict
 
 

@@ -112,6 +112,17 @@ class OperatorSettings(BaseSettings):
         default="", pattern=r"^(https?://\S+)?$",
         description="Prometheus remote-write endpoint for the metric samples devices send "
                     "over their sessions; empty leaves them on the devices, unacknowledged")
+    dataset_uri: str = Field(
+        default_factory=lambda: str(Path(tempfile.gettempdir()) / "edgefleet-dataset"),
+        pattern=r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?|file:///\S*|/\S*)$",
+        description="where the samples and labels devices keep (spec.dataCollection) are "
+                    "stored: a directory (a volume), or s3://BUCKET[/PREFIX] on any "
+                    "S3-compatible store (credentials from AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY, or as boto3 finds them)")
+    dataset_s3_endpoint: str = Field(
+        default="", pattern=r"^(https?://\S+)?$",
+        description="the S3 API's URL for a store other than AWS (e.g. SeaweedFS, Ceph)")
+    dataset_s3_region: str = Field(default="us-east-1", min_length=1, max_length=64)
     artifact_cache_dir: Path = Field(
         default_factory=lambda: Path(tempfile.gettempdir()) / "edgefleet-artifacts",
         description="where verified model artifacts are kept")

@@ -49,6 +49,10 @@ FAMILIES = (
     Family("edgefleet_edge_cloud_insecure", "gauge"),
     Family("edgefleet_edge_assignments_refused", "counter", ("reason",)),
     Family("edgefleet_edge_runtime_info", "gauge", ("version",)),
+    Family("edgefleet_capture_samples", "counter", ("model", "reason")),
+    Family("edgefleet_capture_dropped_records", "counter", ("model", "reason")),
+    Family("edgefleet_capture_stored_bytes", "gauge", ("model",)),
+    Family("edgefleet_feedback_answers", "counter", (*_VERSION, "outcome")),
     Family("edgefleet_edge_restarts", "gauge"),
     # The device itself (edge_runtime/health.py), sampled every heartbeat interval.
     Family("edgefleet_device_cpu_usage_ratio", "gauge"),

@@ -40,6 +40,13 @@ def assignment_bytes(namespace: str, device: str, revision: str,
         fields["variant"] = assignment.variant
     if runtime.execution_providers:
         fields["runtime"]["executionProviders"] = list(runtime.execution_providers)
+    if assignment.HasField("data_collection"):
+        policy = assignment.data_collection
+        fields["dataCollection"] = {
+            "sampleRate": policy.sample_rate, "lowConfidenceBelow": policy.low_confidence_below,
+            "includeOutputs": policy.include_outputs,
+            "maxBytesPerDevice": policy.max_bytes_per_device,
+            "maxBytesPerDay": policy.max_bytes_per_day}
     return DOMAIN + json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
 

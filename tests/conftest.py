@@ -120,8 +120,11 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
         connected = Kube(kubeconfig=kubeconfig, kubectl_bin=kubectl_bin, api=api)
         connected.kubectl("apply", "--server-side", "--force-conflicts",
                           "-f", str(REPO_ROOT / "crds"))
-        connected.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                          "crd/edgemodels.edgefleet.io", "crd/edgedevices.edgefleet.io")
+        # kubectl wait fails at once, not waiting, while a new CRD has no conditions yet.
+        eventually(lambda: connected.kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s",
+            "crd/edgemodels.edgefleet.io", "crd/edgedevices.edgefleet.io",
+            check=False).returncode == 0, timeout=60, what="the CRDs established")
         yield connected
     finally:
         if state_dir is not None:
@@ -206,6 +209,7 @@ def start_operator(kube: Kube, namespace: str, tmp_path: Path) -> Iterator[Start
             "--listen-host", "127.0.0.1", "--metrics-port", str(port),
             "--grpc-port", str(grpc_port), "--enrolment-port", str(enrolment_port),
             "--artifact-cache-dir", str(tmp_path / artifact_cache), *own_namespace,
+            *([] if "--dataset-uri" in extra else ["--dataset-uri", str(tmp_path / "dataset")]),
             # Where tests publish artifacts; http(s) sources keep the default (public
             # addresses only), so a test serving them from loopback says so itself.
             "--artifact-file-roots", str(tmp_path), "--artifact-file-roots", str(SHARED_ARTIFACTS),

@@ -128,16 +128,21 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
                         int: "an integer", bool: "a boolean"}.get(k, k.__name__) for k in kinds)
 
 
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InferenceError.invalid(f"request body is not JSON: {error}") from None
+    if not isinstance(parsed, dict):
+        raise InferenceError.invalid("request body must be a JSON object")
+    return parsed
+
+
 def infer_request_from_json(model: str, version: str | None, header: bytes,
                             binary: bytes) -> tuple[InferRequest, bool, set[str]]:
     """Parses a REST infer body. Returns the request, whether all outputs go back as
     binary data, and the outputs asked for in binary."""
-    try:
-        body = json.loads(header)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise InferenceError.invalid(f"request body is not JSON: {error}") from None
-    if not isinstance(body, dict):
-        raise InferenceError.invalid("request body must be a JSON object")
+    body = _json_object(header)
     raw_inputs = _field(body, "inputs", list, "request")
     parameters = _field(body, "parameters", dict, "request", {})
     inputs: dict[str, np.ndarray] = {}
@@ -204,6 +209,21 @@ def infer_response_to_json(response: InferResponse, all_binary: bool,
     if response.id:
         body["id"] = response.id
     return json.dumps(body).encode(), b"".join(tail)
+
+
+def feedback_from_json(body: bytes) -> tuple[str, list[str]]:
+    """The request id and one label per row of a feedback body: {"id": "...", "label":
+    L} where L is a class (an integer or a name) or a list of them, one per row."""
+    message = _json_object(body)
+    request_id = _field(message, "id", str, "feedback")
+    label = _field(message, "label", object, "feedback")
+    labels = label if isinstance(label, list) else [label]
+    for index, item in enumerate(labels):
+        if isinstance(item, bool) or not isinstance(item, int | str):
+            raise InferenceError.invalid(
+                f"feedback: label[{index}] must be an integer class or a class name, got "
+                f"{type(item).__name__}")
+    return request_id, [str(item) for item in labels]
 
 
 def metadata_to_json(metadata: ModelMetadata) -> dict[str, Any]:

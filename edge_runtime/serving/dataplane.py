@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from importlib.metadata import version as package_version
 
 from edgefleet.edge_runtime import telemetry
+from edgefleet.edge_runtime.capture import Collector, FeedbackResult
 from edgefleet.edge_runtime.engine import PLATFORM, Engine, InferRequest, InferResponse
 from edgefleet.edge_runtime.errors import InferenceError
 from edgefleet.edge_runtime.tensors import TensorSpec
@@ -33,8 +34,9 @@ class ServerMetadata:
 
 
 class DataPlane:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, collector: Collector | None = None) -> None:
         self.engine = engine
+        self.collector = collector  # None: no data dir (a local repository), no feedback
         # Ready once the runtime has loaded what it was told to serve at start.
         self.started = False
 
@@ -70,3 +72,11 @@ class DataPlane:
         known_version = version if known and version in self.engine.versions(model) else ""
         telemetry.REQUESTS.labels(model if known else "", known_version,
                                   error.code.name.lower()).inc()
+
+    def feedback(self, model: str, request_id: str, labels: list[str]) -> FeedbackResult:
+        """The true labels of an answered request's rows (see capture.Collector)."""
+        if self.collector is None:
+            raise InferenceError.not_found(
+                "this runtime takes no feedback: it serves a local repository, without "
+                "data collection")
+        return self.collector.feedback(model, request_id, labels)

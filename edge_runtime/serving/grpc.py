@@ -1,5 +1,6 @@
-"""`inference.GRPCInferenceService` on grpc.aio: each method converts, calls the data
-plane and converts back; InferenceError becomes the matching gRPC status.
+"""`inference.GRPCInferenceService` on grpc.aio, and `edgefleet.v1.InferenceFeedback`
+beside it: each method converts, calls the data plane and converts back;
+InferenceError becomes the matching gRPC status.
 
 The methods are registered by hand under the service's wire name (see the .proto for
 why the messages live in the protobuf package edgefleet.inference). Every method but the
@@ -19,9 +20,11 @@ from edgefleet.edge_runtime.errors import InferenceError
 from edgefleet.edge_runtime.serving import converters
 from edgefleet.edge_runtime.serving.admission import Admission
 from edgefleet.edge_runtime.serving.dataplane import DataPlane
+from edgefleet.protocol.edgefleet.v1 import feedback_pb2
 from edgefleet.protocol.inference import grpc_service_pb2 as pb
 
 SERVICE = "inference.GRPCInferenceService"
+FEEDBACK_SERVICE = "edgefleet.v1.InferenceFeedback"
 # Probes may ask these without credentials; they say nothing about models or data.
 OPEN_METHODS = frozenset({"ServerLive", "ServerReady"})
 logger = logging.getLogger(__name__)
@@ -80,6 +83,13 @@ class InferenceServicer:
             response = await self.dataplane.infer(decoded, started)
         return converters.infer_response_to_grpc(response)
 
+    async def Feedback(self, request: feedback_pb2.FeedbackRequest,
+                       context: grpc.aio.ServicerContext) -> feedback_pb2.FeedbackResponse:
+        result = self.dataplane.feedback(request.model_name, request.id, list(request.labels))
+        return feedback_pb2.FeedbackResponse(
+            model_name=result.model, model_version=result.version, id=result.id,
+            labelled=result.labelled, correct=result.correct)
+
 
 def _with_status(method: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
                  admission: Admission) -> Callable[[Any, grpc.aio.ServicerContext],
@@ -123,7 +133,13 @@ def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
     handlers["ModelInfer"] = grpc.stream_unary_rpc_method_handler(
         _with_status(servicer.ModelInfer, servicer.admission),
         response_serializer=pb.ModelInferResponse.SerializeToString)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    feedback = grpc.unary_unary_rpc_method_handler(
+        _with_status(servicer.Feedback, servicer.admission),
+        request_deserializer=feedback_pb2.FeedbackRequest.FromString,
+        response_serializer=feedback_pb2.FeedbackResponse.SerializeToString)
+    server.add_generic_rpc_handlers((
+        grpc.method_handlers_generic_handler(SERVICE, handlers),
+        grpc.method_handlers_generic_handler(FEEDBACK_SERVICE, {"Feedback": feedback})))
 
 
 def create_server(dataplane: DataPlane, admission: Admission, address: str,

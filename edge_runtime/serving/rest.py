@@ -106,12 +106,21 @@ def create_app(dataplane: DataPlane, admission: Admission) -> web.Application:
         return web.Response(body=header + tail, content_type="application/octet-stream",
                             headers={HEADER_LENGTH: str(len(header))})
 
+    async def feedback(request: web.Request) -> web.Response:
+        model = request.match_info["model"]
+        request_id, labels = converters.feedback_from_json(await request.read())
+        result = dataplane.feedback(model, request_id, labels)
+        return web.json_response({"model_name": result.model, "model_version": result.version,
+                                  "id": result.id, "labelled": result.labelled,
+                                  "correct": result.correct})
+
     app = web.Application(client_max_size=admission.max_request_bytes,
                           middlewares=[errors_as_json, authenticate])
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         app.router.add_get(prefix, model_metadata)
         app.router.add_get(f"{prefix}/ready", model_ready)
         app.router.add_post(f"{prefix}/infer", infer)
+    app.router.add_post("/v2/models/{model}/feedback", feedback)
     app.router.add_routes(health_routes(dataplane))
     app.router.add_get("/v2", server_metadata)
     return app

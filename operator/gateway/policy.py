@@ -18,7 +18,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from edgefleet.operator.dataset import Record, RecordError, read_record
 from edgefleet.operator.device_health import EVENT_BURST, EVENTS_PER_SECOND
+from edgefleet.operator.planner import Assignment
 from edgefleet.operator.resources import (
     DNS_SUBDOMAIN_PATTERN,
     LABEL_KEY_PATTERN,
@@ -72,6 +74,7 @@ class GatewayLimits:
     max_latency_bounds: int = 32
     max_top_classes: int = 64
     max_samples: int = 5000  # per metrics batch
+    max_data_records: int = 256  # per data batch (each is bounded by the message size)
     max_labels: int = 8  # per sample
     max_label_value_chars: int = 256  # a digest is 71, a model name at most 253
     max_future_ms: int = 10 * 60 * 1000  # clocks drift; ten minutes ahead is wrong
@@ -347,13 +350,17 @@ def check_stats(kind: str, stats: Sequence[pb.VersionStats], limits: GatewayLimi
             raise Refusal(kind, f"{where}.latency_counts", "Malformed",
                           f"{len(item.latency_counts)} counts for {len(bounds)} bounds "
                           "(one per bound and one above them)")
-        counts = [item.requests, item.errors, *item.latency_counts, *item.top_class_counts]
+        counts = [item.requests, item.errors, item.labelled, *item.latency_counts,
+                  *item.top_class_counts]
         if max(counts) > INT64_MAX:
             raise Refusal(kind, where, "Implausible",
                           f"a count of {max(counts)} is past 2^63-1")
         if item.errors > item.requests:
             raise Refusal(kind, f"{where}.errors", "Implausible",
                           f"{item.errors} errors of {item.requests} requests")
+        if item.correct > item.labelled:
+            raise Refusal(kind, f"{where}.correct", "Implausible",
+                          f"{item.correct} right of {item.labelled} labelled")
 
 
 def check_health(kind: str, health: pb.Health, limits: GatewayLimits) -> None:
@@ -397,6 +404,29 @@ def check_hello(hello: pb.Hello, limits: GatewayLimits) -> None:
     _text("hello", "hello.applied_revision", hello.applied_revision, limits.max_text_chars)
     _text("hello", "hello.runtime_version", hello.runtime_version, limits.max_text_chars)
     _cap("hello", "hello.models", hello.models, limits.max_models)
+
+
+def check_data_batch(batch: pb.DataBatch, assignments: Iterable[Assignment],
+                     limits: GatewayLimits) -> list[Record]:
+    """A batch of kept records, each checked (dataset.read_record): for a model the
+    device is assigned with a data collection policy, in increasing sequence."""
+    _name("data", "data.model", batch.model)
+    if not any(a.name == batch.model and a.capture for a in assignments):
+        raise Refusal("data", "data.model", "NotAllowed",
+                      f"the device collects no data for model {batch.model!r}: no model of "
+                      "that name is assigned to it with spec.dataCollection")
+    _cap("data", "data.records", batch.records, limits.max_data_records)
+    records, last = [], 0
+    for i, item in enumerate(batch.records):
+        if item.sequence <= last:
+            raise Refusal("data", f"data.records[{i}].sequence", "Malformed",
+                          f"{item.sequence} does not follow {last}")
+        last = item.sequence
+        try:
+            records.append(read_record(item.sequence, item.data, batch.model))
+        except RecordError as error:
+            raise Refusal("data", f"data.records[{i}]", "Malformed", str(error)) from None
+    return records
 
 
 def check_metrics_batch(batch: pb.MetricsBatch, limits: GatewayLimits,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ from urllib3.exceptions import HTTPError
 from edgefleet.operator import device_health, kubeapi, metrics, pki
 from edgefleet.operator.artifacts import ArtifactCache
 from edgefleet.operator.credentials import CredentialStore, FleetPolicy
+from edgefleet.operator.dataset import DatasetError, DatasetWriter, Record
 from edgefleet.operator.device_health import HealthThresholds, Transition
 from edgefleet.operator.gateway.directory import DeviceAccess, DeviceDirectory, DeviceEntry
 from edgefleet.operator.gateway.policy import (
@@ -52,6 +54,7 @@ from edgefleet.operator.gateway.policy import (
     StatusSchedule,
     Throttle,
     TokenBucket,
+    check_data_batch,
     check_health,
     check_hello,
     check_metrics_batch,
@@ -144,7 +147,8 @@ def inference_status(stats: Any) -> list[dict[str, Any]]:
     return [{"model": item.model, "version": item.version, "requests": item.requests,
              "errors": item.errors, "latencyBoundsSeconds": list(item.latency_bounds_seconds),
              "latencyCounts": list(item.latency_counts),
-             "topClassCounts": list(item.top_class_counts)} for item in stats]
+             "topClassCounts": list(item.top_class_counts), "labelled": item.labelled,
+             "correct": item.correct} for item in stats]
 
 
 def api_status(error: ApiException) -> dict[str, Any]:
@@ -522,6 +526,31 @@ async def forward_metrics(remote_writer: RemoteWriter, entry: DeviceEntry,
         await outbox.put(pb.CloudMessage(metrics_ack=pb.MetricsAck(sequence=batch.sequence)))
 
 
+async def store_data(writer: DatasetWriter, entry: DeviceEntry,
+                     batches: asyncio.Queue[tuple[str, list[Record], int]],
+                     budget: SessionBudget, outbox: asyncio.Queue[pb.CloudMessage]) -> None:
+    """Stores a session's checked data batches in order and acknowledges each once the
+    dataset holds it durably. One that fails is tried again, with backoff, before any
+    later one of the session."""
+    while True:
+        model, records, size = await batches.get()
+        delay_s = FORWARD_RETRY_S
+        while True:
+            try:
+                marker = await writer.write(entry.namespace, entry.name, model, records)
+                break
+            except (OSError, DatasetError) as error:
+                logger.warning("device=%s/%s model=%s: %d records not stored yet (kept on "
+                               "the device): %s", entry.namespace, entry.name, model,
+                               len(records), error)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 30.0)
+        budget.dequeue(size)
+        metrics.GATEWAY_DATA_RECORDS.labels("Stored").inc(len(records))
+        await outbox.put(pb.CloudMessage(data_ack=pb.DataAck(model=model,
+                                                             sequence=marker.stored)))
+
+
 def assigned_digests(entry: DeviceEntry) -> dict[tuple[str, str], str]:
     return {(a.name, a.version): a.digest for a in entry.assignments}
 
@@ -537,6 +566,8 @@ def desired_message(entry: DeviceEntry, key: Ed25519PrivateKey | None) -> pb.Clo
                 intra_op_threads=a.intra_op_threads, inter_op_threads=a.inter_op_threads,
                 max_batch_size=a.max_batch_size, max_delay_micros=a.max_delay_micros,
                 execution_providers=a.execution_providers))
+        if a.capture is not None:
+            model.data_collection.CopyFrom(pb.DataCollection(**dataclasses.asdict(a.capture)))
         if key is not None:
             model.signature = signing.sign(key, entry.namespace, entry.name, entry.revision,
                                            model)
@@ -589,6 +620,9 @@ class Session:
         self.baseline = StatsBaseline(limits)
         self.outbox: asyncio.Queue[pb.CloudMessage] = asyncio.Queue(maxsize=OUTBOX)
         self.batches: asyncio.Queue[tuple[pb.MetricsBatch, int]] = asyncio.Queue()
+        self.data: asyncio.Queue[tuple[str, list[Record], int]] = asyncio.Queue()
+        self.data_task: asyncio.Task[None] | None = None
+        self.no_dataset_told = False
         # Once one batch is not taken, no later one is: an acknowledgement would cover it.
         self.metrics_gap = False
         self.unforwarded_told = False
@@ -602,12 +636,14 @@ class FleetGateway:
                  remote_writer: RemoteWriter | None = None, ping_s: float = 30.0,
                  limits: GatewayLimits | None = None, replica: str = "",
                  last_seen_write_s: float | None = None,
-                 thresholds: HealthThresholds | None = None) -> None:
+                 thresholds: HealthThresholds | None = None,
+                 dataset: DatasetWriter | None = None) -> None:
         """`keystore` None: plaintext, devices authenticated by bearer token alone.
         `replica`: this gateway's name in status.connection (the process's identity;
         host and pid by default). `last_seen_write_s`: how often a lastSeen alone is
         written (as often as statistics when None). `thresholds`: where the devices'
-        health figures make conditions."""
+        health figures make conditions. `dataset`: where devices' kept samples go (None:
+        they stay on the devices)."""
         self.replica = replica or default_replica()
         # Set while the server shuts down: its sessions end without writing Offline (the
         # devices reconnect to another replica at once; for those that do not, the
@@ -620,6 +656,7 @@ class FleetGateway:
         self._keystore = keystore
         self._validity = device_cert_validity
         self._remote_writer = remote_writer
+        self._dataset = dataset
         self._core = client.CoreV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
         self._heartbeat_write_s = heartbeat_write_s
@@ -846,6 +883,8 @@ class FleetGateway:
                 reader.cancel()
             if forwarder:
                 forwarder.cancel()
+            if session.data_task:
+                session.data_task.cancel()
             if derivation:
                 derivation.cancel()
             session.budget.close()
@@ -925,6 +964,8 @@ class FleetGateway:
                 raise refusal or health_refusal
         elif kind == "metrics":
             await self._metrics(message.metrics, session)
+        elif kind == "data":
+            await self._data(message.data, session)
         elif kind == "renew":
             await self._renew(message.renew, session)
         elif kind == "hello":
@@ -1003,6 +1044,38 @@ class FleetGateway:
             raise Refusal("metrics", refusal.field, refusal.reason,
                           f"{total} of {len(batch.samples)} samples refused; the first: "
                           f"{refusal.detail}", batch.sequence)
+
+    async def _data(self, batch: pb.DataBatch, session: Session) -> None:
+        """Checks a batch of kept records and queues it for the dataset. Records of a
+        model the device does not collect for, or that are not what a runtime writes,
+        are refused for good: acknowledged, so that the device forgets them. With no
+        dataset configured, nothing is taken and the device keeps its records."""
+        entry = session.entry
+        if self._dataset is None:
+            if not session.no_dataset_told:
+                logger.info("device=%s/%s uploads samples, but no dataset is set "
+                            "(--dataset-uri): they stay on the device", entry.namespace,
+                            entry.name)
+                session.no_dataset_told = True
+            return
+        sequences = [record.sequence for record in batch.records]
+        try:
+            records = check_data_batch(batch, entry.assignments, self.limits)
+        except Refusal:
+            metrics.GATEWAY_DATA_RECORDS.labels("Refused").inc(len(batch.records))
+            if sequences:
+                await session.outbox.put(pb.CloudMessage(data_ack=pb.DataAck(
+                    model=batch.model, sequence=max(sequences))))
+            raise
+        size = batch.ByteSize() + self.limits.queue_entry_bytes
+        if not session.budget.try_queue(size):
+            raise Refusal("data", "data", "Busy",
+                          f"not taken: {session.budget.queued} bytes of this session wait to "
+                          "be stored; the device sends them again")
+        if session.data_task is None:
+            session.data_task = asyncio.create_task(store_data(
+                self._dataset, entry, session.data, session.budget, session.outbox))
+        session.data.put_nowait((batch.model, records, size))
 
     def _queue(self, session: Session, batch: pb.MetricsBatch) -> None:
         size = batch.ByteSize() + self.limits.queue_entry_bytes

@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from edgefleet.edge_runtime.agent import CloudAgent
+from edgefleet.edge_runtime.capture import Collector
 from edgefleet.edge_runtime.engine import Engine
 from edgefleet.edge_runtime.settings import RunSettings
 from edgefleet.edge_runtime.store import Store
@@ -55,7 +56,7 @@ async def sessions_until_enough(tmp_path: Path) -> tuple[int, str]:
                            insecure_plaintext=True, heartbeat_seconds=0.001,
                            backoff_base_seconds=0.001, backoff_max_seconds=0.005)
     engine = Engine(threads=1)
-    agent = CloudAgent(settings, engine, Store(tmp_path))
+    agent = CloudAgent(settings, engine, Store(tmp_path), Collector(tmp_path / "capture", 10))
     link = asyncio.create_task(agent.run())
     try:
         enough = asyncio.create_task(gateway.enough.wait())

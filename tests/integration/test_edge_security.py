@@ -40,6 +40,7 @@ from tritonclient.utils import InferenceServerException
 
 import localcluster
 from edgefleet.protocol import signing
+from edgefleet.protocol.edgefleet.v1 import feedback_pb2
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as fleet
 from edgefleet.protocol.inference import grpc_service_pb2 as pb
 from tests.conftest import EdgeProcess, StartEdge, launch_edge, stop_edge
@@ -443,6 +444,9 @@ def test_a_bearer_token_guards_every_inference_call_but_health_and_metrics(
         assert answered["WWW-Authenticate"] == "Bearer"
     for path in ("/v2", "/v2/models/scaled", "/v2/models/scaled/ready"):
         assert http_get(f"http://{edge.http_url}{path}")[0] == 401
+    feedback = post(f"http://{edge.http_url}/v2/models/scaled/feedback",
+                    json.dumps({"id": "r1", "label": 1}).encode())
+    assert feedback[0] == 401
     assert post(url, scaled_body([1, 1, 1, 1]), good)[1]["outputs"][0]["data"] == [2] * 4
     for path in ("/v2/health/live", "/v2/health/ready"):
         assert http_get(f"http://{edge.http_url}{path}")[0] == 200
@@ -453,6 +457,13 @@ def test_a_bearer_token_guards_every_inference_call_but_health_and_metrics(
         for metadata in ((), (("authorization", "Bearer wrong"),)):
             code, details = grpc_code(channel, grpc_request(), metadata)
             assert code == grpc.StatusCode.UNAUTHENTICATED and "bearer token" in details
+        with pytest.raises(grpc.RpcError) as refused:
+            channel.unary_unary(
+                "/edgefleet.v1.InferenceFeedback/Feedback",
+                request_serializer=feedback_pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=feedback_pb2.FeedbackResponse.FromString)(
+                feedback_pb2.FeedbackRequest(model_name="scaled", id="r1", labels=["1"]))
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         answered = grpc_infer(channel, grpc_request(), (("authorization", "Bearer s3cret-token"),))
         assert np.frombuffer(answered.raw_output_contents[0], np.float32).tolist() == [2] * 4
     stock = triton_grpc.InferenceServerClient(edge.grpc_url)
@@ -460,7 +471,8 @@ def test_a_bearer_token_guards_every_inference_call_but_health_and_metrics(
     with pytest.raises(InferenceServerException, match="bearer token"):
         stock.get_model_metadata("scaled")
     assert stock.get_model_metadata("scaled", headers={"authorization": "Bearer s3cret-token"})
-    assert rejected(edge, "unauthenticated") == 3 + 3 + 2 + 1
+    # REST: 3 infer, 3 metadata, 1 feedback; gRPC: 2 infer, 1 feedback; 1 stock client.
+    assert rejected(edge, "unauthenticated") == 3 + 3 + 1 + 2 + 1 + 1
 
 
 def test_client_certificates_are_required_on_both_inference_ports(

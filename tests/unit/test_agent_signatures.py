@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import REGISTRY
 
 from edgefleet.edge_runtime.agent import CloudAgent
+from edgefleet.edge_runtime.capture import Collector
 from edgefleet.edge_runtime.engine import Engine
 from edgefleet.edge_runtime.identity import IdentityFiles
 from edgefleet.edge_runtime.settings import RunSettings
@@ -61,7 +62,8 @@ class Device:
         """Applies the desired states in turn; the agent and the routes it left."""
         async def run() -> tuple[CloudAgent, dict[str, float]]:
             engine = Engine(threads=1)
-            agent = CloudAgent(self.settings, engine, self.store)
+            agent = CloudAgent(self.settings, engine, self.store,
+                               Collector(self.settings.data_dir / "capture", 10))
             try:
                 for state in desired:
                     await agent._apply(state)

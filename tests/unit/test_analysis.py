@@ -131,3 +131,46 @@ def test_most_devices_failing_still_fails_however_one_device_reports() -> None:
     verdict = judge([*failing, traffic(10**9), traffic(10**9)], [traffic(1000)])
     assert verdict.outcome == "Fail"
     assert "error rate" in verdict.message and "p99 latency" in verdict.message
+
+
+def labelled(labelled: int, correct: int, requests: int = 200) -> TrafficStats:
+    return TrafficStats(requests, 0, BOUNDS, (requests, 0, 0, 0), (50, 50), labelled, correct)
+
+
+ACCURACY = RolloutAnalysis(min_requests=100, min_labelled=50, max_accuracy_drop=0.05,
+                           min_accuracy=0.6)
+
+
+def test_field_accuracy_weighs_no_device_above_the_median_labelled_one() -> None:
+    # One device claims a million right answers; two others are right half the time.
+    # Each weighs at most the median device's 60 labels.
+    summary = analysis.cohort([labelled(10**6, 10**6), labelled(40, 20), labelled(60, 30)])
+    assert summary.labelled == 60 + 40 + 60
+    assert summary.accuracy == pytest.approx((60 + 20 + 30) / 160)
+    assert analysis.cohort([labelled(0, 0)]).accuracy is None  # nothing labelled
+
+
+def test_field_accuracy_is_judged_only_on_enough_labels() -> None:
+    stable = analysis.cohort([labelled(100, 95)])
+    waiting = analysis.analyze(ACCURACY, analysis.cohort([labelled(30, 0)]), stable)
+    assert waiting.outcome == "Wait" and "30 of the 50 labelled answers" in waiting.message
+
+
+def test_a_candidate_less_accurate_than_the_stable_version_fails() -> None:
+    stable = analysis.cohort([labelled(100, 95)])
+    verdict = analysis.analyze(ACCURACY, analysis.cohort([labelled(100, 85)]), stable)
+    assert verdict.outcome == "Fail" and verdict.message.startswith(
+        "field accuracy drop above the threshold")
+    assert (verdict.accuracy, verdict.stable_accuracy) == (0.85, 0.95)
+    assert "stable 0.950 (max drop 0.05)" in verdict.message
+    below = analysis.analyze(ACCURACY, analysis.cohort([labelled(100, 50)]),
+                             analysis.cohort([labelled(100, 52)]))
+    assert below.outcome == "Fail" and "field accuracy" in below.message
+    assert "(min 0.6)" in below.message
+
+
+def test_the_drop_is_not_judged_while_the_stable_version_has_too_few_labels() -> None:
+    verdict = analysis.analyze(ACCURACY, analysis.cohort([labelled(100, 80)]),
+                               analysis.cohort([labelled(10, 10)]))
+    assert verdict.outcome == "Pass" and verdict.stable_accuracy is None
+    assert "drop not measured (the stable version has 10 of 50 labelled)" in verdict.message

@@ -25,6 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client import REGISTRY
 
 from edgefleet.edge_runtime.agent import CloudAgent
+from edgefleet.edge_runtime.capture import Collector
 from edgefleet.edge_runtime.engine import Engine
 from edgefleet.edge_runtime.identity import (
     DeviceIdentity,
@@ -393,7 +394,8 @@ def test_a_signing_key_that_is_not_32_bytes_refuses_the_enrolment(tmp_path: Path
 async def running(settings: RunSettings) -> AsyncIterator[CloudAgent]:
     """A cloud agent of its own engine and store, its session loop running."""
     engine = Engine(threads=1)
-    agent = CloudAgent(settings, engine, Store(settings.data_dir))
+    agent = CloudAgent(settings, engine, Store(settings.data_dir),
+                       Collector(settings.data_dir / "capture", 10))
     await agent.start()
     task = asyncio.create_task(agent.run())
     try:

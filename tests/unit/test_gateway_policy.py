@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from kubernetes import client
 
+from edgefleet.edge_runtime.capture import encode_record
 from edgefleet.operator import pki
 from edgefleet.operator.credentials import CredentialStore, secret_token
 from edgefleet.operator.gateway.directory import DeviceAccess, DeviceDirectory
@@ -28,6 +29,7 @@ from edgefleet.operator.gateway.policy import (
     StatsBaseline,
     Throttle,
     TokenBucket,
+    check_data_batch,
     check_hello,
     check_metrics_batch,
     check_models,
@@ -36,6 +38,7 @@ from edgefleet.operator.gateway.policy import (
     with_assigned_digests,
 )
 from edgefleet.operator.gateway.server import FleetGateway
+from edgefleet.operator.planner import Assignment, Capture
 from edgefleet.protocol.edgefleet.v1 import fleet_pb2 as pb
 
 LIMITS = GatewayLimits()
@@ -122,6 +125,8 @@ def test_a_version_the_runtime_refused_is_reported_with_the_digest_it_was_assign
     ([stats(top_class_counts=[1] * 65)], "heartbeat.stats[0].top_class_counts", "TooLarge"),
     ([stats(requests=10, errors=10**6)], "heartbeat.stats[0].errors", "Implausible"),
     ([stats(requests=2**64 - 1, errors=0)], "heartbeat.stats[0]", "Implausible"),
+    ([stats(labelled=5, correct=6)], "heartbeat.stats[0].correct", "Implausible"),
+    ([stats(labelled=2**63, correct=0)], "heartbeat.stats[0]", "Implausible"),
 ])
 def test_statistics_that_cannot_be_stored_or_be_true_are_refused(
     entries: list[pb.VersionStats], field: str, reason: str,
@@ -357,3 +362,27 @@ def test_a_replica_keeps_its_own_record_of_a_certificate_until_a_newer_one_is_wa
         serial=renewed_elsewhere.serial, not_before=renewed_elsewhere.not_before))
     assert (entry.access.serial, entry.access.not_before) == (
         renewed_elsewhere.serial, renewed_elsewhere.not_before)
+
+
+def test_data_batches_are_taken_only_for_collecting_models_in_sequence() -> None:
+    collecting = [Assignment("digits", "1", "sha256:" + "a" * 64, 1,
+                             capture=Capture(1.0, 0.0, False, 2**20, 2**20))]
+    data = encode_record({"kind": "sample", "id": "r1", "model": "digits", "version": "1"},
+                         {})
+    batch = pb.DataBatch(model="digits", records=[pb.DataRecord(sequence=1, data=data),
+                                                  pb.DataRecord(sequence=2, data=data)])
+    assert [r.sequence for r in check_data_batch(batch, collecting, LIMITS)] == [1, 2]
+    cases = [
+        (pb.DataBatch(model="other", records=batch.records), [], "data.model", "NotAllowed"),
+        (batch, [Assignment("digits", "1", "sha256:" + "a" * 64, 1)], "data.model",
+         "NotAllowed"),  # assigned, but collecting nothing
+        (pb.DataBatch(model="digits", records=[batch.records[1], batch.records[0]]),
+         collecting, "data.records[1].sequence", "Malformed"),
+        (pb.DataBatch(model="digits", records=[pb.DataRecord(sequence=1, data=b"x")]),
+         collecting, "data.records[0]", "Malformed"),
+        (pb.DataBatch(model="digits", records=[batch.records[0]] * 257), collecting,
+         "data.records", "TooLarge"),
+    ]
+    for refused_batch, assignments, field, reason in cases:
+        refused = refusal(check_data_batch, refused_batch, assignments, LIMITS)
+        assert (refused.field, refused.reason) == (field, reason)

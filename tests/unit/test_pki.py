@@ -129,6 +129,9 @@ def test_an_assignment_verifies_only_for_its_device_revision_and_fields() -> Non
     tampered.CopyFrom(assignment)
     tampered.runtime.max_batch_size = 64
     assert not signing.verify(public, "ns", "cam-1", "r1", tampered)
+    tampered.CopyFrom(assignment)  # a data collection policy slipped in (or changed)
+    tampered.data_collection.sample_rate = 1.0
+    assert not signing.verify(public, "ns", "cam-1", "r1", tampered)
     unsigned = pb.ModelAssignment()
     unsigned.CopyFrom(assignment)
     unsigned.ClearField("signature")

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from edgefleet.edge_runtime.config import CapturePolicy
 from edgefleet.edge_runtime.errors import InferenceError
 from edgefleet.edge_runtime.store import DeviceState, Store, StoredModel
 from edgefleet.protocol.digests import InvalidDigestError
@@ -50,7 +51,8 @@ def test_a_corrupt_download_is_refused_and_thrown_away(tmp_path: Path) -> None:
 def test_state_survives_a_restart_and_a_missing_file_is_a_fresh_start(tmp_path: Path) -> None:
     store = Store(tmp_path)
     assert store.load_state() == DeviceState()
-    model = StoredModel("digits", "2", "sha256:" + "a" * 64, 10, max_batch_size=8)
+    model = StoredModel("digits", "2", "sha256:" + "a" * 64, 10, max_batch_size=8,
+                        capture=CapturePolicy(sample_rate=0.5, include_outputs=True))
     store.save_state(DeviceState("rev1", [model], [model]))
     assert Store(tmp_path).load_state() == DeviceState("rev1", [model], [model])
     assert not list(tmp_path.glob(".*.tmp"))  # written through a renamed temporary file

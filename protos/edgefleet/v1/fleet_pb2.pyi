@@ -49,18 +49,36 @@ class CertificateRequest(_message.Message):
     def __init__(self, csr: _Optional[bytes] = ...) -> None: ...
 
 class DeviceMessage(_message.Message):
-    __slots__ = ("hello", "heartbeat", "report", "metrics", "renew")
+    __slots__ = ("hello", "heartbeat", "report", "metrics", "renew", "data")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     RENEW_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     heartbeat: Heartbeat
     report: StateReport
     metrics: MetricsBatch
     renew: CertificateRequest
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., report: _Optional[_Union[StateReport, _Mapping]] = ..., metrics: _Optional[_Union[MetricsBatch, _Mapping]] = ..., renew: _Optional[_Union[CertificateRequest, _Mapping]] = ...) -> None: ...
+    data: DataBatch
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., report: _Optional[_Union[StateReport, _Mapping]] = ..., metrics: _Optional[_Union[MetricsBatch, _Mapping]] = ..., renew: _Optional[_Union[CertificateRequest, _Mapping]] = ..., data: _Optional[_Union[DataBatch, _Mapping]] = ...) -> None: ...
+
+class DataBatch(_message.Message):
+    __slots__ = ("model", "records")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    records: _containers.RepeatedCompositeFieldContainer[DataRecord]
+    def __init__(self, model: _Optional[str] = ..., records: _Optional[_Iterable[_Union[DataRecord, _Mapping]]] = ...) -> None: ...
+
+class DataRecord(_message.Message):
+    __slots__ = ("sequence", "data")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    data: bytes
+    def __init__(self, sequence: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class MetricsBatch(_message.Message):
     __slots__ = ("sequence", "timestamp_ms", "samples")
@@ -204,7 +222,7 @@ class StateReport(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelState, _Mapping]]] = ..., applied_revision: _Optional[str] = ..., stats: _Optional[_Iterable[_Union[VersionStats, _Mapping]]] = ...) -> None: ...
 
 class VersionStats(_message.Message):
-    __slots__ = ("model", "version", "requests", "errors", "latency_bounds_seconds", "latency_counts", "top_class_counts")
+    __slots__ = ("model", "version", "requests", "errors", "latency_bounds_seconds", "latency_counts", "top_class_counts", "labelled", "correct")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +230,8 @@ class VersionStats(_message.Message):
     LATENCY_BOUNDS_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_COUNTS_FIELD_NUMBER: _ClassVar[int]
     TOP_CLASS_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    LABELLED_FIELD_NUMBER: _ClassVar[int]
+    CORRECT_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: str
     requests: int
@@ -219,21 +239,33 @@ class VersionStats(_message.Message):
     latency_bounds_seconds: _containers.RepeatedScalarFieldContainer[float]
     latency_counts: _containers.RepeatedScalarFieldContainer[int]
     top_class_counts: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., latency_bounds_seconds: _Optional[_Iterable[float]] = ..., latency_counts: _Optional[_Iterable[int]] = ..., top_class_counts: _Optional[_Iterable[int]] = ...) -> None: ...
+    labelled: int
+    correct: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[str] = ..., requests: _Optional[int] = ..., errors: _Optional[int] = ..., latency_bounds_seconds: _Optional[_Iterable[float]] = ..., latency_counts: _Optional[_Iterable[int]] = ..., top_class_counts: _Optional[_Iterable[int]] = ..., labelled: _Optional[int] = ..., correct: _Optional[int] = ...) -> None: ...
 
 class CloudMessage(_message.Message):
-    __slots__ = ("desired", "ping", "metrics_ack", "refused", "certificate")
+    __slots__ = ("desired", "ping", "metrics_ack", "refused", "certificate", "data_ack")
     DESIRED_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
     METRICS_ACK_FIELD_NUMBER: _ClassVar[int]
     REFUSED_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    DATA_ACK_FIELD_NUMBER: _ClassVar[int]
     desired: DesiredState
     ping: Ping
     metrics_ack: MetricsAck
     refused: Refused
     certificate: IssuedCertificate
-    def __init__(self, desired: _Optional[_Union[DesiredState, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., metrics_ack: _Optional[_Union[MetricsAck, _Mapping]] = ..., refused: _Optional[_Union[Refused, _Mapping]] = ..., certificate: _Optional[_Union[IssuedCertificate, _Mapping]] = ...) -> None: ...
+    data_ack: DataAck
+    def __init__(self, desired: _Optional[_Union[DesiredState, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., metrics_ack: _Optional[_Union[MetricsAck, _Mapping]] = ..., refused: _Optional[_Union[Refused, _Mapping]] = ..., certificate: _Optional[_Union[IssuedCertificate, _Mapping]] = ..., data_ack: _Optional[_Union[DataAck, _Mapping]] = ...) -> None: ...
+
+class DataAck(_message.Message):
+    __slots__ = ("model", "sequence")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    sequence: int
+    def __init__(self, model: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class Refused(_message.Message):
     __slots__ = ("kind", "field", "reason", "message", "sequence")
@@ -268,7 +300,7 @@ class DesiredState(_message.Message):
     def __init__(self, revision: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelAssignment, _Mapping]]] = ...) -> None: ...
 
 class ModelAssignment(_message.Message):
-    __slots__ = ("name", "version", "digest", "size_bytes", "runtime", "weight", "signature", "variant")
+    __slots__ = ("name", "version", "digest", "size_bytes", "runtime", "weight", "signature", "variant", "data_collection")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -277,6 +309,7 @@ class ModelAssignment(_message.Message):
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
+    DATA_COLLECTION_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     digest: str
@@ -285,7 +318,22 @@ class ModelAssignment(_message.Message):
     weight: int
     signature: bytes
     variant: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., runtime: _Optional[_Union[RuntimeSettings, _Mapping]] = ..., weight: _Optional[int] = ..., signature: _Optional[bytes] = ..., variant: _Optional[str] = ...) -> None: ...
+    data_collection: DataCollection
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ..., runtime: _Optional[_Union[RuntimeSettings, _Mapping]] = ..., weight: _Optional[int] = ..., signature: _Optional[bytes] = ..., variant: _Optional[str] = ..., data_collection: _Optional[_Union[DataCollection, _Mapping]] = ...) -> None: ...
+
+class DataCollection(_message.Message):
+    __slots__ = ("sample_rate", "low_confidence_below", "include_outputs", "max_bytes_per_device", "max_bytes_per_day")
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    LOW_CONFIDENCE_BELOW_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_PER_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_PER_DAY_FIELD_NUMBER: _ClassVar[int]
+    sample_rate: float
+    low_confidence_below: float
+    include_outputs: bool
+    max_bytes_per_device: int
+    max_bytes_per_day: int
+    def __init__(self, sample_rate: _Optional[float] = ..., low_confidence_below: _Optional[float] = ..., include_outputs: _Optional[bool] = ..., max_bytes_per_device: _Optional[int] = ..., max_bytes_per_day: _Optional[int] = ...) -> None: ...
 
 class RuntimeSettings(_message.Message):
     __slots__ = ("intra_op_threads", "inter_op_threads", "max_batch_size", "max_delay_micros", "execution_providers")
