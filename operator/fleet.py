@@ -23,6 +23,7 @@ from edgefleet.operator.device_health import under_pressure
 from edgefleet.operator.resources import (
     DEVICE_APPROVED_ANNOTATION,
     Capabilities,
+    DeviceData,
     EdgeModelSpec,
     EdgeModelStatus,
     VersionInference,
@@ -57,8 +58,15 @@ def device_view(name: str, labels: Mapping[str, str], status: Mapping[str, Any])
         traffic[(seen.model, seen.version)] = TrafficStats(
             seen.requests, seen.errors, tuple(seen.latency_bounds_seconds) if counts else (),
             counts, tuple(seen.top_class_counts), seen.labelled, seen.correct)
+    data: dict[str, DeviceData] = {}
+    for entry in status.get("data") or []:
+        try:
+            uploaded = DeviceData.model_validate(entry)
+        except ValidationError:
+            continue
+        data[uploaded.model] = uploaded
     conditions = status.get("conditions")
-    return DeviceView(capabilities=capabilities_of(status),
+    return DeviceView(capabilities=capabilities_of(status), data=data,
         name=name, labels=dict(labels), models=models,
         phase=status.get("phase") or "Pending", last_seen=parse_time(status.get("lastSeen")),
         traffic=traffic,

@@ -207,12 +207,13 @@ def device_changed(memo: OperatorMemo, namespace: str, name: str, body: Body | N
         publish(memo, namespace, name)
     if entry := memo.directory.get(namespace, name):  # a new session goes on from them
         entry.conditions = list(status.get("conditions") or [])
+        entry.data = list(status.get("data") or [])
 
 
 def report(view: DeviceView | None) -> tuple[Any, ...] | None:
     """What a device's models read of it."""
     return (view.labels, view.models, view.traffic, view.phase,
-            view.pressure) if view else None
+            view.pressure, view.data) if view else None
 
 
 async def follow_artifacts(namespace: str, name: str, type: str | None, body: kopf.Body,

@@ -27,6 +27,7 @@ from edgefleet.operator.resources import (
     Condition,
     ConditionStatus,
     DataCollection,
+    DataStatus,
     DeviceCounts,
     DevicePhase,
     EdgeModelSpec,
@@ -233,6 +234,7 @@ def plan_model_status(
     Events that tell what changed, and when to look again if nothing else happens.
     `builds`: where each of spec.variants stands for the spec's verified source."""
     problems = spec_problems(spec)
+    devices = list(devices)
     targeted = [] if problems else targeted_devices(spec.selector, devices)
     source_digest = artifact.digest if artifact.ready and not problems else None
     built = (variants.fresh(spec.variants, spec.version, source_digest, builds or {},
@@ -326,6 +328,7 @@ def plan_model_status(
         "conditions": conditions,
         "experiment": running,
         "inference": version_traffic(name, targeted),
+        "data": data_status(name, devices),
     })
     device_states = Counter((version, report.state) for device in targeted
                             for (model, version), report in device.models.items()
@@ -373,6 +376,19 @@ def _summary(reports: Iterable[TrafficStats | None]) -> TrafficSummary:
     return TrafficSummary(requests=summary.requests, error_rate=summary.error_rate,
                           p99_latency_ms=None if summary.p99_s is None else summary.p99_s * 1000,
                           labelled=summary.labelled, accuracy=summary.accuracy)
+
+
+def data_status(name: str, devices: Iterable[DeviceView]) -> DataStatus | None:
+    """What the dataset holds of the model, summed over the devices that uploaded any
+    (their status.data, which the gateways write); None when none did."""
+    uploads = [device.data[name] for device in devices if name in device.data]
+    if not uploads:
+        return None
+    times = [upload.last_upload for upload in uploads if upload.last_upload]
+    return DataStatus(samples=sum(u.samples for u in uploads),
+                      labelled=sum(u.labelled for u in uploads),
+                      bytes=sum(u.bytes for u in uploads), devices=len(uploads),
+                      last_upload=max(times, default=None))
 
 
 # The versions status.inference lists: those served during a rollout and an A/B test,
@@ -649,6 +665,7 @@ def without_figures(status: EdgeModelStatus) -> EdgeModelStatus:
     analysis = current.analysis if current else None
     return status.model_copy(update={
         "devices": DeviceCounts(), "ready_summary": "", "updated_summary": "", "inference": [],
+        "data": None,
         "conditions": [c.model_copy(update={"message": ""}) for c in status.conditions],
         "experiment": (experiment.model_copy(update={"ready": 0, "control": None,
                                                      "candidate": None})

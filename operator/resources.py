@@ -530,6 +530,16 @@ class VariantStatus(Resource):
     message: Message = ""
 
 
+class DataStatus(Resource):
+    """What devices uploaded of a model's kept requests (spec.dataCollection), in all."""
+
+    samples: Count = 0
+    labelled: Count = Field(default=0, description="Feedback labels")
+    bytes: Count = 0
+    devices: Count = Field(default=0, description="Devices that uploaded any")
+    last_upload: datetime | None = None
+
+
 class EdgeModelStatus(Resource):
     phase: ModelPhase = "Pending"
     observed_generation: int | None = Field(default=None, ge=0)
@@ -557,6 +567,8 @@ class EdgeModelStatus(Resource):
         default_factory=list, max_length=8,
         description="Each version devices serve: requests, errors, latency and field "
                     "accuracy, summarised over its devices")
+    data: DataStatus | None = Field(
+        default=None, description="What the dataset holds of the model's kept requests")
     conditions: list[Condition] = Field(default_factory=list, max_length=16)
 
 
@@ -705,12 +717,25 @@ class DeviceConnection(Resource):
     since: datetime = Field(description="When the session began")
 
 
+class DeviceData(Resource):
+    """What the dataset holds of one model's records from this device."""
+
+    model: ObjectName
+    samples: Count
+    labelled: Count
+    bytes: Count
+    last_upload: datetime | None = None
+
+
 class EdgeDeviceStatus(Resource):
     phase: DevicePhase = "Pending"
     last_seen: datetime | None = None
     capabilities: Capabilities | None = None
     models: list[DeviceModelStatus] = Field(default_factory=list, max_length=64)
     inference: list[VersionInference] = Field(default_factory=list, max_length=64)
+    data: list[DeviceData] = Field(
+        default_factory=list, max_length=64,
+        description="Per model, what the dataset holds of the samples and labels it uploaded")
     model_count: Count = Field(default=0, description="len(models), for the printer column")
     identity: DeviceIdentity | None = None
     connection: DeviceConnection | None = Field(

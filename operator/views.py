@@ -8,7 +8,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from edgefleet.operator.analysis import TrafficStats
-from edgefleet.operator.resources import Capabilities, DevicePhase, EdgeModelSpec, EdgeModelStatus
+from edgefleet.operator.resources import (
+    Capabilities,
+    DeviceData,
+    DevicePhase,
+    EdgeModelSpec,
+    EdgeModelStatus,
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,8 @@ class DeviceView:
     pressure: tuple[str, ...] = ()
     # What it reported at its last hello: variants are assigned by it.
     capabilities: Capabilities | None = None
+    # Per model, what the dataset holds of what it uploaded.
+    data: Mapping[str, DeviceData] = field(default_factory=dict)
 
     def holds(self, model: str) -> bool:
         return any(name == model for name, _ in self.models)

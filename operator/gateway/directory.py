@@ -66,6 +66,8 @@ class DeviceEntry:
     uid: str = ""  # from the status writes, for the Events that name the device
     # status.conditions as last watched: a new session goes on from them.
     conditions: list[dict[str, Any]] = field(default_factory=list)
+    # status.data as last watched: a new session's uploads add to it.
+    data: list[dict[str, Any]] = field(default_factory=list)
     # The allowance of status writes: kept across sessions, so that a device that
     # reconnects in a loop is written at a bounded rate.
     status_writes: TokenBucket | None = None

@@ -41,7 +41,7 @@ from urllib3.exceptions import HTTPError
 from edgefleet.operator import device_health, kubeapi, metrics, pki
 from edgefleet.operator.artifacts import ArtifactCache
 from edgefleet.operator.credentials import CredentialStore, FleetPolicy
-from edgefleet.operator.dataset import DatasetError, DatasetWriter, Record
+from edgefleet.operator.dataset import DatasetError, DatasetWriter, DeviceMarker, Record
 from edgefleet.operator.device_health import HealthThresholds, Transition
 from edgefleet.operator.gateway.directory import DeviceAccess, DeviceDirectory, DeviceEntry
 from edgefleet.operator.gateway.policy import (
@@ -196,7 +196,8 @@ MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
 # Status fields the device's word fills; the first three are written once settled, the
 # others ride along (or wait for the next lastSeen).
-REPORTED = ("capabilities", "models", "conditions", "healthSummary", "inference", "health")
+REPORTED = ("capabilities", "models", "conditions", "healthSummary", "inference", "health",
+            "data")
 SETTLED = ("models", "conditions", "healthSummary")
 CONNECTED = ("Connected", "in a session with the fleet gateway")
 DISCONNECTED = ("Disconnected", "its session with the fleet gateway ended")
@@ -351,6 +352,20 @@ class DeviceStatusWriter:
             if self._due("inference"):
                 self._schedule.news()
         if self._schedule.due() != due:  # most heartbeats move nothing: the writer sleeps on
+            self._wake.set()
+
+    def uploaded(self, model: str, marker: DeviceMarker) -> None:
+        """The dataset holds more of the device's records for the model: written with
+        the statistics (at most every heartbeat_write_s)."""
+        entries = {entry.get("model"): entry
+                   for entry in self._latest.get("data", self._entry.data)}
+        entries[model] = {"model": model, "samples": marker.samples,
+                          "labelled": marker.labels, "bytes": marker.bytes,
+                          "lastUpload": marker.last_upload}
+        self._latest["data"] = sorted(entries.values(), key=lambda e: str(e.get("model")))
+        self._kind = "data"
+        if self._due("data"):
+            self._schedule.news()
             self._wake.set()
 
     def write_now(self) -> None:
@@ -526,14 +541,13 @@ async def forward_metrics(remote_writer: RemoteWriter, entry: DeviceEntry,
         await outbox.put(pb.CloudMessage(metrics_ack=pb.MetricsAck(sequence=batch.sequence)))
 
 
-async def store_data(writer: DatasetWriter, entry: DeviceEntry,
-                     batches: asyncio.Queue[tuple[str, list[Record], int]],
-                     budget: SessionBudget, outbox: asyncio.Queue[pb.CloudMessage]) -> None:
+async def store_data(writer: DatasetWriter, session: Session) -> None:
     """Stores a session's checked data batches in order and acknowledges each once the
     dataset holds it durably. One that fails is tried again, with backoff, before any
     later one of the session."""
+    entry = session.entry
     while True:
-        model, records, size = await batches.get()
+        model, records, size = await session.data.get()
         delay_s = FORWARD_RETRY_S
         while True:
             try:
@@ -545,10 +559,11 @@ async def store_data(writer: DatasetWriter, entry: DeviceEntry,
                                len(records), error)
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 30.0)
-        budget.dequeue(size)
+        session.budget.dequeue(size)
         metrics.GATEWAY_DATA_RECORDS.labels("Stored").inc(len(records))
-        await outbox.put(pb.CloudMessage(data_ack=pb.DataAck(model=model,
-                                                             sequence=marker.stored)))
+        session.writer.uploaded(model, marker)
+        await session.outbox.put(pb.CloudMessage(data_ack=pb.DataAck(model=model,
+                                                                     sequence=marker.stored)))
 
 
 def assigned_digests(entry: DeviceEntry) -> dict[tuple[str, str], str]:
@@ -1073,8 +1088,7 @@ class FleetGateway:
                           f"not taken: {session.budget.queued} bytes of this session wait to "
                           "be stored; the device sends them again")
         if session.data_task is None:
-            session.data_task = asyncio.create_task(store_data(
-                self._dataset, entry, session.data, session.budget, session.outbox))
+            session.data_task = asyncio.create_task(store_data(self._dataset, session))
         session.data.put_nowait((batch.model, records, size))
 
     def _queue(self, session: Session, batch: pb.MetricsBatch) -> None:

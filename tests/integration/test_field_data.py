@@ -135,6 +135,12 @@ def test_devices_keep_what_the_policy_asks_and_feedback_reaches_status(fleet: Fl
     assert [(r["id"], r["labels"]) for r in labels] == [
         (sure[0], ["0"]), (sure[1], ["1"]), (sure[2], ["2"]), (sure[3], ["0"]),
         ("unsure-0", ["0"])]
+    data = eventually(lambda: (d := status_of(fleet.kube, "edgemodels", fleet.namespace,
+                                              "digits").get("data")) and d["labelled"] == 5
+                      and d, what="the dataset's counts in the EdgeModel's status")
+    assert (data["samples"], data["devices"], data["bytes"] > 0) == (3, 1, True)
+    (uploaded,) = status_of(fleet.kube, "edgedevices", fleet.namespace, "cam-1")["data"]
+    assert (uploaded["model"], uploaded["samples"], uploaded["labelled"]) == ("digits", 3, 5)
 
     # A new policy reaches the device: now every request is kept.
     fleet.kube.patch("edgemodels", fleet.namespace, "digits",
