@@ -9,19 +9,22 @@ true label of each row; it is taken once per request, counts right and wrong ans
 for the version that gave them (sent in heartbeats, judged by canaries) and is kept as a
 label record that joins its sample in the dataset.
 
-Samples and labels are records in a bounded journal per model (journal.Journal, under
-`<data-dir>/capture/<model>/`), each an `.npz` file that numpy and data tools read: a
-`meta` entry (JSON: kind, id, model, version, time, reason, tensor names and
-datatypes) and the tensors as `input_<i>` / `output_<i>`. The journal keeps them across
-restarts until the cloud acknowledges them, dropping the oldest past the budget.
+Samples and labels (entries) go into a bounded journal per model (journal.Journal,
+under `<data-dir>/capture/<model>/`). Each journal record is an `.npz` file that numpy
+and data tools read, holding one or more entries under their index: `<i>/meta` (JSON:
+kind, id, model, version, time, reason, tensor names and datatypes) and the tensors as
+`<i>/input_<k>` / `<i>/output_<k>`. The journal keeps them across restarts until the
+cloud acknowledges them, dropping the oldest past the budget.
 
 Inference never waits for the disk: the loop only picks and queues; one writer thread
-encodes and writes. When it falls behind, what does not fit the queue is dropped and
-counted (reason "busy").
+encodes and writes, gathering what arrives within LINGER_S into one synced write, so
+that its cost under load is per batch, not per request. When it falls behind, what
+does not fit the queue is dropped and counted (reason "busy").
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -30,8 +33,9 @@ import random
 import re
 import threading
 import time
+import zipfile
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -52,8 +56,10 @@ SUFFIX = ".npz"
 MAX_ID_CHARS = 128
 MAX_LABEL_CHARS = 256
 QUEUE_RECORDS = 256
+# How long the writer waits after a first entry for more to write with it.
+LINGER_S = 0.05
 # A record travels whole in one session message (the gateway takes at most 1 MiB): a
-# larger request is not kept, and counted (reason "tooLarge").
+# request larger alone is not kept, and counted (reason "tooLarge").
 MAX_RECORD_BYTES = 900 << 10
 # Model names become directory names: only what an EdgeModel name can be.
 MODEL_DIR_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
@@ -107,33 +113,81 @@ class FeedbackResult:
 
 
 @dataclass(frozen=True)
-class _Record:
+class _Entry:
     model: str
     meta: dict[str, Any]
     tensors: dict[str, np.ndarray]
 
 
-def encode_record(meta: Mapping[str, Any], tensors: Mapping[str, np.ndarray]) -> bytes:
-    """One `.npz` record: `meta` (JSON text) and the tensors. BYTES tensors are kept as
-    fixed-width byte strings, so reading them back needs no pickle."""
-    arrays = {key: (np.array(value.tolist(), dtype=np.bytes_) if value.dtype == object
-                    else value) for key, value in tensors.items()}
+Entry = tuple[Mapping[str, Any], Mapping[str, np.ndarray]]  # a sample's or label's meta, tensors
+
+
+@functools.lru_cache(maxsize=1024)
+def _npy_header(descr: str, shape: tuple[int, ...]) -> bytes:
+    """An .npy (version 1.0) header, as numpy writes it: the samples of one model have
+    few shapes, so each is made once."""
+    text = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': {shape!r}, }}"
+    text += " " * (63 - (10 + len(text)) % 64) + "\n"  # the data starts 64-byte aligned
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode("latin1")
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """The array as an .npy file (numpy.save's bytes, without its per-call overhead)."""
+    if array.dtype == object:  # BYTES: fixed-width byte strings, never pickled
+        array = np.array(array.tolist(), dtype=np.bytes_)
+    if not array.flags.c_contiguous:  # (ascontiguousarray would make a 0-d array 1-d)
+        array = np.ascontiguousarray(array)
+    return _npy_header(array.dtype.str, array.shape) + array.tobytes()
+
+
+def encode_record(entries: Sequence[Entry], between: Callable[[], None] | None = None) -> bytes:
+    """One `.npz` record of one or more entries, each under its index: `<i>/meta` (JSON
+    text) and `<i>/<tensor>`, as numpy.savez lays them out (numpy.load reads it, no
+    pickle). `between` runs after each entry (the writer thread lets the serving loop
+    have the interpreter there)."""
     buffer = io.BytesIO()
-    np.savez(buffer, meta=np.array(json.dumps(meta, separators=(",", ":"))), **arrays)
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for index, (meta, tensors) in enumerate(entries):
+            archive.writestr(f"{index}/meta.npy", npy_bytes(
+                np.array(json.dumps(meta, separators=(",", ":")))))
+            for key, value in tensors.items():
+                archive.writestr(f"{index}/{key}.npy", npy_bytes(value))
+            if between is not None:
+                between()
     return buffer.getvalue()
 
 
-def decode_record(data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The meta and tensors of a record; raises ValueError for one that is not."""
+def decode_record(data: bytes) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+    """The entries of a record, in order; raises ValueError for one that is not."""
+    entries: dict[int, tuple[dict[str, Any], dict[str, np.ndarray]]] = {}
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            meta = json.loads(str(archive["meta"]))
-            tensors = {key: archive[key] for key in archive.files if key != "meta"}
+            for key in archive.files:
+                index, _, name = key.partition("/")
+                meta, tensors = entries.setdefault(int(index), ({}, {}))
+                if name == "meta":
+                    meta.update(json.loads(str(archive[key])))
+                else:
+                    tensors[name] = archive[key]
     except (OSError, KeyError, ValueError, json.JSONDecodeError) as error:
         raise ValueError(f"not a capture record: {error}") from None
-    if not isinstance(meta, dict):
-        raise ValueError("not a capture record: meta is not an object")
-    return meta, tensors
+    return [entries[index] for index in sorted(entries)]
+
+
+def entries_in(data: bytes) -> int:
+    """How many entries a record holds, from its zip directory alone."""
+    try:
+        names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    except (zipfile.BadZipFile, ValueError):
+        return 0
+    return sum(1 for name in names if name.endswith("/meta.npy"))
+
+
+def estimated_bytes(entry: Entry) -> int:
+    """About what an entry adds to a record: its arrays and a header each."""
+    meta, tensors = entry
+    return 256 * (1 + len(tensors)) + 4 * len(json.dumps(meta)) + sum(
+        array.nbytes for array in tensors.values())
 
 
 class Collector:
@@ -146,7 +200,7 @@ class Collector:
         self._journals: dict[str, Journal] = {}
         self._journals_lock = threading.Lock()
         self._recent: OrderedDict[str, Answer] = OrderedDict()
-        self._queue: queue.Queue[_Record | None] = queue.Queue(maxsize=QUEUE_RECORDS)
+        self._queue: queue.Queue[_Entry | None] = queue.Queue(maxsize=QUEUE_RECORDS)
         self._writer = threading.Thread(target=self._write_forever, name="capture-writer",
                                         daemon=True)
         self._writer.start()
@@ -180,7 +234,8 @@ class Collector:
             if journal is None:
                 policy = self.policy(model)
                 journal = Journal(self.directory / model, policy.max_bytes_per_device, SUFFIX,
-                                  on_drop=lambda _seq, _data: self._dropped(model, "budget"))
+                                  on_drop=lambda _seq, data: self._dropped(
+                                      model, "budget", entries_in(data)))
                 self._journals[model] = journal
             return journal
 
@@ -217,7 +272,7 @@ class Collector:
             meta["outputs"] = list(outputs)
             tensors.update({f"output_{i}": array for i, array in enumerate(outputs.values())})
         telemetry.CAPTURED.labels(model.name, reason).inc()
-        self._enqueue(_Record(model.name, meta, tensors))
+        self._enqueue(_Entry(model.name, meta, tensors))
 
     def feedback(self, model: str, request_id: str, labels: list[str]) -> FeedbackResult:
         """Takes the true labels of a remembered request's rows, once."""
@@ -244,39 +299,81 @@ class Collector:
         answer.stats.correct += correct
         telemetry.FEEDBACK.labels(model, answer.version, "correct").inc(correct)
         telemetry.FEEDBACK.labels(model, answer.version, "wrong").inc(len(labels) - correct)
-        self._enqueue(_Record(model, {
+        self._enqueue(_Entry(model, {
             "kind": "label", "id": request_id, "model": model, "version": answer.version,
             "timeMs": int(time.time() * 1000), "labels": labels,
             "predictions": list(answer.predictions)}, {}))
         return FeedbackResult(model, answer.version, request_id, len(labels), correct)
 
-    def _enqueue(self, record: _Record) -> None:
+    def _enqueue(self, record: _Entry) -> None:
         try:
             self._queue.put_nowait(record)
         except queue.Full:
             self._dropped(record.model, "busy")
 
-    def _dropped(self, model: str, reason: str) -> None:
-        telemetry.CAPTURE_DROPPED.labels(model, reason).inc()
+    def _dropped(self, model: str, reason: str, count: int = 1) -> None:
+        telemetry.CAPTURE_DROPPED.labels(model, reason).inc(count)
 
     # ------------------------------------------------------------ the writer
 
     def _write_forever(self) -> None:
-        while (record := self._queue.get()) is not None:
-            try:
-                data = encode_record(record.meta, record.tensors)
-                if len(data) > MAX_RECORD_BYTES:
-                    self._dropped(record.model, "tooLarge")
-                    continue
-                journal = self.journal(record.model)
-                journal.append(data)
-                telemetry.CAPTURE_STORED_BYTES.labels(record.model).set(journal.stored_bytes)
-            except OSError as error:  # the device's storage: serving goes on
-                logger.error("model=%s: cannot keep a %s record: %s", record.model,
-                             record.meta["kind"], error)
-                self._dropped(record.model, "storage")
-            finally:
+        """Takes what is queued LINGER_S after the first entry, and writes each model's
+        entries as few records as fit: one synced write serves many requests under
+        load, and a quiet runtime writes each entry within LINGER_S."""
+        while True:
+            first = self._queue.get()
+            if first is None:
                 self._queue.task_done()
+                return
+            # Asleep, not waiting on the queue: the serving loop's puts wake nothing.
+            time.sleep(LINGER_S)
+            taken, closing = [first], False
+            while len(taken) < QUEUE_RECORDS:
+                try:
+                    entry = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if entry is None:
+                    closing = True
+                    break
+                taken.append(entry)
+            by_model: dict[str, list[_Entry]] = {}
+            for entry in taken:
+                by_model.setdefault(entry.model, []).append(entry)
+            for model, entries in by_model.items():
+                self._write(model, entries)
+            for _ in range(len(taken) + closing):
+                self._queue.task_done()
+            if closing:
+                return
+
+    def _write(self, model: str, entries: list[_Entry]) -> None:
+        """Appends the entries as records of at most MAX_RECORD_BYTES (by estimate);
+        an entry too large alone is dropped."""
+        records: list[list[Entry]] = [[]]
+        size = 0
+        for entry in entries:
+            pair = (entry.meta, entry.tensors)
+            estimate = estimated_bytes(pair)
+            if estimate > MAX_RECORD_BYTES:
+                self._dropped(model, "tooLarge")
+                continue
+            if records[-1] and size + estimate > MAX_RECORD_BYTES:
+                records.append([])
+                size = 0
+            records[-1].append(pair)
+            size += estimate
+        try:
+            journal = self.journal(model)
+            for record in records:
+                if record:
+                    # sleep(0) gives up the interpreter lock between entries: the
+                    # serving loop never waits behind a whole record's encoding.
+                    journal.append(encode_record(record, between=lambda: time.sleep(0)))
+            telemetry.CAPTURE_STORED_BYTES.labels(model).set(journal.stored_bytes)
+        except OSError as error:  # the device's storage: serving goes on
+            logger.error("model=%s: cannot keep %d entries: %s", model, len(entries), error)
+            self._dropped(model, "storage", len(entries))
 
     def flush(self) -> None:
         """Waits until every queued record is written (tests, shutdown)."""

@@ -8,14 +8,16 @@ Layout, under the store's root (a directory, or a bucket and prefix):
     <namespace>/<model>/<version>/<device>/<first sequence>.json  its manifest
     <namespace>/<model>/_devices/<device>.json                    what is stored of it
 
-A shard holds consecutive records of one device's journal for the model, of one
-version: an uncompressed .npz (numpy's own format: `numpy.load(shard)` reads it, no
-pickle) whose arrays are the records' arrays under `<sequence>/`: `<sequence>/meta`
-(JSON text: kind `sample` or `label`, id, model, version, timeMs, reason, tensor names
-and datatypes; for labels the labels and the version's predictions) and
-`<sequence>/input_<i>`, `<sequence>/output_<i>`. The manifest is the records' meta as
-JSON, written after the shard, so that tools can filter samples and join labels to them
-(by id) without opening shards; a shard without its manifest is not yet complete.
+A device's record (one journal file) holds one or more entries, samples and labels,
+each under its index. A shard holds the entries of one version from consecutive
+records of one device: an uncompressed .npz (numpy's own format: `numpy.load(shard)`
+reads it, no pickle) whose arrays are the entries' arrays under
+`<sequence>/<index>/`: `<sequence>/<index>/meta` (JSON text: kind `sample` or `label`,
+id, model, version, timeMs, reason, tensor names and datatypes; for labels the labels
+and the version's predictions) and `<sequence>/<index>/input_<k>`, `.../output_<k>`.
+The manifest lists the entries' meta as JSON, written after the shard, so that tools can
+filter samples and join labels to them (by id) without opening shards; a shard without
+its manifest is not yet complete.
 Why .npz and not Parquet: a sample is a few tensors of any shape and datatype, which
 numpy reads and writes as they are, while Parquet would flatten them into lists; and
 the operator writes shards with the standard library alone (a zip of .npy files), so it
@@ -52,8 +54,8 @@ from edgefleet.operator.resources import VERSION_PATTERN
 
 MAX_RECORD_BYTES = 4 << 20
 MAX_META_BYTES = 64 << 10
-MAX_MEMBERS = 64
-MEMBER_PATTERN = re.compile(r"^(meta|(input|output)_\d{1,2})\.npy$")
+MAX_MEMBERS = 4096
+MEMBER_PATTERN = re.compile(r"^(\d{1,3})/(meta|(input|output)_\d{1,2})\.npy$")
 VERSION = re.compile(VERSION_PATTERN)
 MAX_VERSION_CHARS = 64
 MAX_ID_CHARS = 128
@@ -69,10 +71,12 @@ class RecordError(ValueError):
 
 
 @dataclass(frozen=True)
-class Record:
-    sequence: int
-    data: bytes
+class Entry:
+    """One sample or label of a record: its index there and its checked meta."""
+
+    index: int
     meta: dict[str, Any]
+    members: tuple[str, ...]  # its arrays' names in the record
 
     @property
     def kind(self) -> str:
@@ -81,6 +85,13 @@ class Record:
     @property
     def version(self) -> str:
         return str(self.meta["version"])
+
+
+@dataclass(frozen=True)
+class Record:
+    sequence: int
+    data: bytes
+    entries: tuple[Entry, ...]
 
 
 def read_npy_text(data: bytes) -> str:
@@ -120,24 +131,38 @@ def read_record(sequence: int, data: bytes, model: str) -> Record:
         raise RecordError(f"not an .npz: {error}") from None
     if len(members) > MAX_MEMBERS:
         raise RecordError(f"{len(members)} arrays; at most {MAX_MEMBERS}")
-    names = [member.filename for member in members]
+    by_index: dict[int, list[str]] = {}
     for member in members:
-        if not MEMBER_PATTERN.match(member.filename):
+        named = MEMBER_PATTERN.match(member.filename)
+        if not named:
             raise RecordError(f"array {member.filename[:80]!r} is not one a runtime writes")
         # Stored, not deflated: what a member holds is what the record's size says.
         if member.compress_type != zipfile.ZIP_STORED or member.file_size > len(data):
             raise RecordError(f"array {member.filename!r} is compressed")
-    if len(set(names)) != len(names) or "meta.npy" not in names:
-        raise RecordError("a record has one meta array and no array twice")
-    meta_info = archive.getinfo("meta.npy")
-    if meta_info.file_size > MAX_META_BYTES:
-        raise RecordError(f"meta is {meta_info.file_size} bytes; at most {MAX_META_BYTES}")
+        by_index.setdefault(int(named.group(1)), []).append(member.filename)
+    names = [member.filename for member in members]
+    if len(set(names)) != len(names) or not by_index:
+        raise RecordError("a record holds entries, and no array twice")
+    entries = []
+    for index in sorted(by_index):
+        meta = _entry_meta(archive, f"{index}/meta.npy", model, names)
+        entries.append(Entry(index, meta, tuple(by_index[index])))
+    return Record(sequence, data, tuple(entries))
+
+
+def _entry_meta(archive: zipfile.ZipFile, name: str, model: str,
+                names: list[str]) -> dict[str, Any]:
+    if name not in names:
+        raise RecordError(f"entry {name.partition('/')[0]} has no meta")
+    info = archive.getinfo(name)
+    if info.file_size > MAX_META_BYTES:
+        raise RecordError(f"{name} is {info.file_size} bytes; at most {MAX_META_BYTES}")
     try:
-        meta = json.loads(read_npy_text(archive.read(meta_info)))
+        meta = json.loads(read_npy_text(archive.read(info)))
     except (zipfile.BadZipFile, json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise RecordError(f"meta is not JSON: {error}") from None
+        raise RecordError(f"{name} is not JSON: {error}") from None
     if not isinstance(meta, dict):
-        raise RecordError("meta is not a JSON object")
+        raise RecordError(f"{name} is not a JSON object")
     kind, version, request_id = meta.get("kind"), meta.get("version"), meta.get("id")
     if kind not in ("sample", "label"):
         raise RecordError(f"meta.kind {str(kind)[:40]!r} is neither sample nor label")
@@ -148,18 +173,22 @@ def read_record(sequence: int, data: bytes, model: str) -> Record:
         raise RecordError(f"meta.version {str(version)[:80]!r} is not a version")
     if not (isinstance(request_id, str) and 0 < len(request_id) <= MAX_ID_CHARS):
         raise RecordError("meta.id must be a request id of 1 to 128 characters")
-    return Record(sequence, data, meta)
+    return meta
 
 
-def build_shard(records: Sequence[Record]) -> bytes:
-    """One .npz of the records' arrays, each under `<sequence>/`."""
+def build_shard(records: Sequence[Record], version: str) -> bytes:
+    """One .npz of the arrays of the records' entries of `version`, each under
+    `<sequence>/<index>/`."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as shard:
         for record in records:
             with zipfile.ZipFile(io.BytesIO(record.data)) as archive:
-                for member in archive.infolist():
-                    shard.writestr(f"{record.sequence:012d}/{member.filename}",
-                                   archive.read(member))
+                for entry in record.entries:
+                    if entry.version != version:
+                        continue
+                    for member in entry.members:
+                        shard.writestr(f"{record.sequence:012d}/{member}",
+                                       archive.read(member))
     return buffer.getvalue()
 
 
@@ -344,24 +373,30 @@ class DatasetWriter:
             new = [record for record in records if record.sequence > marker.stored]
             if not new:
                 return marker
-            by_version: dict[str, list[Record]] = {}
+            # Each version's entries, and the first sequence holding one (its shard's name).
+            firsts: dict[str, int] = {}
             for record in new:
-                by_version.setdefault(record.version, []).append(record)
-            keys = [shard_key(namespace, model, version, device, group[0].sequence)
-                    for version, group in by_version.items()]
+                for entry in record.entries:
+                    firsts.setdefault(entry.version, record.sequence)
+            keys = {version: shard_key(namespace, model, version, device, first)
+                    for version, first in firsts.items()}
             key = marker_key(namespace, model, device)
-            marker.pending = keys
+            marker.pending = list(keys.values())
             await asyncio.to_thread(self.store.put, key, marker.to_json())
-            for shard, group in zip(keys, by_version.values(), strict=True):
-                await asyncio.to_thread(self.store.put, f"{shard}.npz", build_shard(group))
-                manifest = {"device": device, "model": model, "version": group[0].version,
-                            "records": [{"sequence": r.sequence, **r.meta} for r in group]}
+            for version, shard in keys.items():
+                await asyncio.to_thread(self.store.put, f"{shard}.npz",
+                                        build_shard(new, version))
+                manifest = {"device": device, "model": model, "version": version,
+                            "entries": [{"sequence": r.sequence, "index": e.index, **e.meta}
+                                        for r in new for e in r.entries
+                                        if e.version == version]}
                 await asyncio.to_thread(self.store.put, f"{shard}.json",
                                         json.dumps(manifest, separators=(",", ":")).encode())
+            entries = [entry for record in new for entry in record.entries]
             marker.pending = []
             marker.stored = new[-1].sequence
-            marker.samples += sum(1 for r in new if r.kind == "sample")
-            marker.labels += sum(1 for r in new if r.kind == "label")
+            marker.samples += sum(1 for e in entries if e.kind == "sample")
+            marker.labels += sum(1 for e in entries if e.kind == "label")
             marker.bytes += sum(len(r.data) for r in new)
             marker.last_upload = datetime.now(UTC).isoformat(timespec="seconds")
             await asyncio.to_thread(self.store.put, key, marker.to_json())

@@ -49,12 +49,13 @@ def feedback(edge: EdgeProcess, request_id: str, label: Any) -> tuple[int, dict[
 def on_device(fleet: Fleet, device: str) -> list[dict[str, Any]]:
     """The metadata of every record the device holds for upload, oldest first."""
     folder = fleet.root / f"{device}-data" / "capture" / "digits"
-    return [decode_record(path.read_bytes())[0] for path in sorted(folder.glob("*.npz"))]
+    return [meta for path in sorted(folder.glob("*.npz"))
+            for meta, _ in decode_record(path.read_bytes())]
 
 
 def in_dataset(fleet: Fleet, model: str = "digits") -> list[dict[str, Any]]:
-    """Every record of the model in the operator's dataset, by (device, sequence), each
-    shard read back with numpy as a data tool would."""
+    """Every entry of the model in the operator's dataset, in the order the device kept
+    them, each shard read back with numpy as a data tool would."""
     found = []
     for manifest in sorted((fleet.root / "dataset" / fleet.namespace / model).glob(
             "*/*/*.json")):
@@ -62,11 +63,11 @@ def in_dataset(fleet: Fleet, model: str = "digits") -> list[dict[str, Any]]:
             continue
         document = json.loads(manifest.read_text())
         with np.load(manifest.with_suffix(".npz")) as shard:
-            for record in document["records"]:
-                meta = json.loads(str(shard[f"{record['sequence']:012d}/meta"]))
-                assert meta | {"sequence": record["sequence"]} == record
-                found.append({**record, "device": document["device"]})
-    return sorted(found, key=lambda r: (r["device"], r["sequence"]))
+            for entry in document["entries"]:
+                meta = json.loads(str(shard[f"{entry['sequence']:012d}/{entry['index']}/meta"]))
+                assert meta | {"sequence": entry["sequence"], "index": entry["index"]} == entry
+                found.append({**entry, "device": document["device"]})
+    return sorted(found, key=lambda e: (e["device"], e["sequence"], e["index"]))
 
 
 def one_hot(i: int) -> np.ndarray:

@@ -4,6 +4,7 @@ without a session, which the collector never touches)."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from edgefleet.edge_runtime.capture import (
     Collector,
     capture_reason,
     decode_record,
+    npy_bytes,
     top_probability,
 )
 from edgefleet.edge_runtime.config import CapturePolicy, RuntimeConfig
@@ -38,7 +40,8 @@ def answer(collector: Collector, model: ModelVersion, request_id: str,
 
 def records(collector: Collector, model: str = "digits") -> list[dict[str, Any]]:
     collector.flush()
-    return [decode_record(data)[0] for _, data in collector.journal(model).pending()]
+    return [meta for _, data in collector.journal(model).pending()
+            for meta, _ in decode_record(data)]
 
 
 def dropped(model: str, reason: str) -> float:
@@ -75,7 +78,7 @@ def test_kept_samples_hold_inputs_outputs_and_their_metadata(tmp_path: Path) -> 
     answer(collector, model, "unsure", UNSURE)
     collector.flush()
     ((_, data),) = collector.journal("digits").pending()
-    meta, tensors = decode_record(data)
+    ((meta, tensors),) = decode_record(data)
     assert meta | {"timeMs": 0} == {
         "kind": "sample", "id": "unsure", "model": "digits", "version": "1", "timeMs": 0,
         "reason": "lowConfidence", "inputs": ["x"], "datatypes": {"x": "FP32"},
@@ -127,6 +130,7 @@ def test_the_disk_budget_drops_the_oldest_records_and_counts_them(tmp_path: Path
     model = loaded()
     for i in range(20):
         answer(collector, model, f"r{i}", CONFIDENT)
+        collector.flush()  # a record each
     kept = [meta["id"] for meta in records(collector)]
     assert kept == [f"r{i}" for i in range(20 - len(kept), 20)] and 0 < len(kept) < 20
     assert collector.journal("digits").stored_bytes <= 4096
@@ -151,3 +155,28 @@ def test_a_model_name_that_is_no_edgemodel_name_never_becomes_a_directory(
     answer(collector, loaded("../escape"), "r1", CONFIDENT)
     collector.flush()
     assert not (tmp_path / "escape").exists() and not (tmp_path / "capture").exists()
+
+
+def test_entries_queued_together_are_written_as_one_record(tmp_path: Path) -> None:
+    collector = Collector(tmp_path, window=10)
+    collector.configure({"digits": CapturePolicy(sample_rate=1)})
+    model = loaded()
+    for i in range(5):
+        answer(collector, model, f"r{i}", CONFIDENT)
+    collector.flush()
+    ((_, data),) = collector.journal("digits").pending()
+    assert [meta["id"] for meta, _ in decode_record(data)] == [f"r{i}" for i in range(5)]
+
+
+@pytest.mark.parametrize("array", [
+    np.zeros((2, 3), np.float32), np.array("héllo"), np.zeros((0, 4), np.int8),
+    np.float16(1).reshape(()), np.array([b"ab", b"c"]), np.arange(6).reshape(2, 3).T,
+])
+def test_arrays_are_written_as_numpy_writes_them(array: np.ndarray) -> None:
+    written = io.BytesIO()
+    np.save(written, array)
+    if array.flags.c_contiguous:
+        assert npy_bytes(array) == written.getvalue()
+    read = np.load(io.BytesIO(npy_bytes(array)))
+    np.testing.assert_array_equal(read, array)
+    assert read.dtype == array.dtype

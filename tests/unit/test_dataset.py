@@ -26,19 +26,20 @@ from edgefleet.operator.dataset import (
 
 def record(request_id: str = "r1", version: str = "1", kind: str = "sample",
            model: str = "digits") -> bytes:
-    return encode_record({"kind": kind, "id": request_id, "model": model,
-                          "version": version, "timeMs": 1, "reason": "sampled"},
-                         {"input_0": np.arange(4, dtype=np.float32)})
+    return encode_record([({"kind": kind, "id": request_id, "model": model,
+                            "version": version, "timeMs": 1, "reason": "sampled"},
+                           {"input_0": np.arange(4, dtype=np.float32)})])
 
 
 def test_a_runtime_record_reads_back_and_shards_are_numpy_archives() -> None:
     first, second = read_record(7, record("a"), "digits"), read_record(9, record("b"), "digits")
-    assert (first.kind, first.version, first.meta["id"]) == ("sample", "1", "a")
-    with np.load(io.BytesIO(build_shard([first, second]))) as shard:
-        assert sorted(shard.files) == ["000000000007/input_0", "000000000007/meta",
-                                       "000000000009/input_0", "000000000009/meta"]
-        assert json.loads(str(shard["000000000009/meta"]))["id"] == "b"
-        np.testing.assert_array_equal(shard["000000000007/input_0"], np.arange(4))
+    (entry,) = first.entries
+    assert (entry.kind, entry.version, entry.meta["id"]) == ("sample", "1", "a")
+    with np.load(io.BytesIO(build_shard([first, second], "1"))) as shard:
+        assert sorted(shard.files) == ["000000000007/0/input_0", "000000000007/0/meta",
+                                       "000000000009/0/input_0", "000000000009/0/meta"]
+        assert json.loads(str(shard["000000000009/0/meta"]))["id"] == "b"
+        np.testing.assert_array_equal(shard["000000000007/0/input_0"], np.arange(4))
 
 
 def zipped(members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
@@ -65,11 +66,14 @@ GOOD_META = {"kind": "sample", "id": "r1", "model": "digits", "version": "1"}
     (record(version="a" * 65), "is not a version"),
     (record(kind="weights"), "neither sample nor label"),
     (record(request_id=""), "meta.id"),
-    (zipped({"meta.npy": meta_npy(GOOD_META), "../x.npy": b""}), "not one a runtime writes"),
-    (zipped({"input_0.npy": b""}), "one meta array"),
-    (zipped({"meta.npy": meta_npy(GOOD_META)}, zipfile.ZIP_DEFLATED), "is compressed"),
-    (zipped({"meta.npy": meta_npy(["a list"])}), "not a JSON object"),
-    (zipped({"meta.npy": b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f4'}  "}), "unicode string"),
+    (zipped({"0/meta.npy": meta_npy(GOOD_META), "0/../x.npy": b""}),
+     "not one a runtime writes"),
+    (zipped({"0/input_0.npy": b""}), "entry 0 has no meta"),
+    (zipped({}), "a record holds entries"),
+    (zipped({"0/meta.npy": meta_npy(GOOD_META)}, zipfile.ZIP_DEFLATED), "is compressed"),
+    (zipped({"0/meta.npy": meta_npy(["a list"])}), "not a JSON object"),
+    (zipped({"0/meta.npy": b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f4'}  "}),
+     "unicode string"),
     (b"x" * (5 << 20), "at most"),
 ])
 def test_records_that_a_runtime_would_not_write_are_refused_with_the_reason(
@@ -94,7 +98,7 @@ def test_a_batch_sent_again_is_stored_once_and_versions_go_to_their_folders(
     more = [*batch, read_record(4, record("r4", version="2"), "digits")]
     assert asyncio.run(writer.write("ns", "cam-1", "digits", more)).stored == 4
     manifest = json.loads((tmp_path / "ns/digits/2/cam-1/000000000004.json").read_text())
-    assert [r["id"] for r in manifest["records"]] == ["r4"]
+    assert [e["id"] for e in manifest["entries"]] == ["r4"]
 
 
 def test_shards_a_crash_left_pending_are_deleted_before_the_records_come_again(
@@ -104,14 +108,14 @@ def test_shards_a_crash_left_pending_are_deleted_before_the_records_come_again(
     store.put(marker_key("ns", "digits", "cam-1"),
               DeviceMarker(stored=0, pending=["ns/digits/1/cam-1/000000000001"]).to_json())
     store.put("ns/digits/1/cam-1/000000000001.npz", build_shard(
-        [read_record(1, record("r1"), "digits"), read_record(2, record("r2"), "digits")]))
+        [read_record(1, record("r1"), "digits"), read_record(2, record("r2"), "digits")], "1"))
     # The device dropped record 1 meanwhile (its disk budget) and sends 2 and 3.
     writer = DatasetWriter(store)
     batch = [read_record(s, record(f"r{s}"), "digits") for s in (2, 3)]
     assert asyncio.run(writer.write("ns", "cam-1", "digits", batch)).stored == 3
     assert not (tmp_path / "ns/digits/1/cam-1/000000000001.npz").exists()
     manifest = json.loads((tmp_path / "ns/digits/1/cam-1/000000000002.json").read_text())
-    assert [r["id"] for r in manifest["records"]] == ["r2", "r3"]
+    assert [e["id"] for e in manifest["entries"]] == ["r2", "r3"]
 
 
 def test_a_key_never_leaves_the_store_root(tmp_path: Path) -> None:

@@ -367,8 +367,8 @@ def test_a_replica_keeps_its_own_record_of_a_certificate_until_a_newer_one_is_wa
 def test_data_batches_are_taken_only_for_collecting_models_in_sequence() -> None:
     collecting = [Assignment("digits", "1", "sha256:" + "a" * 64, 1,
                              capture=Capture(1.0, 0.0, False, 2**20, 2**20))]
-    data = encode_record({"kind": "sample", "id": "r1", "model": "digits", "version": "1"},
-                         {})
+    data = encode_record([({"kind": "sample", "id": "r1", "model": "digits",
+                            "version": "1"}, {})])
     batch = pb.DataBatch(model="digits", records=[pb.DataRecord(sequence=1, data=data),
                                                   pb.DataRecord(sequence=2, data=data)])
     assert [r.sequence for r in check_data_batch(batch, collecting, LIMITS)] == [1, 2]
