@@ -9,7 +9,7 @@ CLUSTER_DIR := .cluster
 export PYTHONSAFEPATH := 1
 
 .PHONY: help venv test test-unit lint crds protos example-models cluster-up cluster-down testbin \
-	helm chart-files prometheus \
+	helm s3 chart-files prometheus \
 	demo demo-down clean
 
 help:
@@ -21,6 +21,7 @@ help:
 	@echo "make crds          regenerate crds/ from operator/resources.py (and the chart's copies)"
 	@echo "make chart-files   copy crds/, monitoring/ alerts and dashboards into the cloud chart"
 	@echo "make helm          build helm of the pinned release (for the chart tests)"
+	@echo "make s3            build SeaweedFS's weed, the S3-compatible server the dataset tests use"
 	@echo "make protos        regenerate the Python code of protos/*.proto"
 	@echo "make example-models  rebuild the ONNX models in examples/models"
 
@@ -38,6 +39,9 @@ testbin:
 
 helm:
 	bash hack/helmbin/build.sh >/dev/null
+
+s3:
+	bash hack/s3bin/build.sh >/dev/null
 
 prometheus:
 	bash hack/ensure-prometheus.sh
@@ -66,7 +70,7 @@ lint: venv
 test-unit: venv
 	$(PY) -m pytest tests/unit -q
 
-test: venv testbin helm prometheus lint
+test: venv testbin helm s3 prometheus lint
 	$(PY) -m pytest tests -q -ra
 
 cluster-up: venv

@@ -257,7 +257,8 @@ class S3Store:
         from botocore.config import Config
 
         self.bucket, self.prefix, self.endpoint = bucket, prefix, endpoint
-        self._client = boto3.client(
+        # A session of its own: boto3's default one keeps the first credentials it found.
+        self._client = boto3.session.Session().client(
             "s3", endpoint_url=endpoint or None, region_name=region,
             config=Config(retries={"max_attempts": 3, "mode": "standard"},
                           connect_timeout=10, read_timeout=60,
