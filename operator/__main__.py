@@ -99,6 +99,9 @@ async def run(settings: OperatorSettings) -> int:
                              client.CoreV1Api(api_client))
                 if gateways else None),
         variants=builder if settings.role != "gateway" else None,
+        dataset=(DatasetWriter(open_store(settings.dataset_uri, settings.dataset_s3_endpoint,
+                                          settings.dataset_s3_region))
+                 if settings.role != "gateway" else None),
     )
     gateway = None
     if memo.directory is not None:

@@ -208,6 +208,9 @@ class ObjectStore(Protocol):
     def delete(self, key: str) -> None:
         """Deletes it; nothing when there is none."""
 
+    def keys(self, prefix: str) -> list[tuple[str, datetime]]:
+        """The keys under `prefix` (ending in `/`), each with when it was written."""
+
     def describe(self) -> str:
         """Where it is, for logs and status (no credentials)."""
 
@@ -242,6 +245,17 @@ class DirectoryStore:
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
+
+    def keys(self, prefix: str) -> list[tuple[str, datetime]]:
+        folder = self._path(prefix.rstrip("/"))
+        if not folder.is_dir():
+            return []
+        found = []
+        for path in folder.rglob("*"):
+            if path.is_file() and not path.name.startswith("."):
+                modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+                found.append((path.relative_to(self.root).as_posix(), modified))
+        return found
 
     def describe(self) -> str:
         return f"file://{self.root}"
@@ -288,6 +302,18 @@ class S3Store:
 
     def delete(self, key: str) -> None:
         self._call("delete_object", Key=self._key(key))
+
+    def keys(self, prefix: str) -> list[tuple[str, datetime]]:
+        found, token = [], None
+        while True:
+            page = self._call("list_objects_v2", Prefix=self._key(prefix),
+                              **({"ContinuationToken": token} if token else {}))
+            for item in (page or {}).get("Contents", []):
+                found.append((str(item["Key"]).removeprefix(self.prefix),
+                              item["LastModified"]))
+            token = (page or {}).get("NextContinuationToken")
+            if not token:
+                return found
 
     def describe(self) -> str:
         where = f" at {self.endpoint}" if self.endpoint else ""
@@ -363,6 +389,19 @@ class DatasetWriter:
             marker.pending = []
             await asyncio.to_thread(self.store.put, key, marker.to_json())
         return marker
+
+    async def expire(self, namespace: str, model: str, before: datetime) -> int:
+        """Deletes the model's shards written before `before` (its manifest first: a
+        shard without one reads as incomplete); returns how many. The devices' markers
+        stay: they count what was ever uploaded, and keep sequences from repeating."""
+        listed = await asyncio.to_thread(self.store.keys, f"{namespace}/{model}/")
+        expired = [key.removesuffix(".npz") for key, written in listed
+                   if key.endswith(".npz") and written < before
+                   and key.split("/")[2] != "_devices"]
+        for shard in expired:
+            await asyncio.to_thread(self.store.delete, f"{shard}.json")
+            await asyncio.to_thread(self.store.delete, f"{shard}.npz")
+        return len(expired)
 
     async def write(self, namespace: str, device: str, model: str,
                     records: Sequence[Record]) -> DeviceMarker:

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
@@ -31,6 +31,7 @@ from edgefleet.operator import credentials, kubeapi, metrics, planner, rollout, 
 from edgefleet.operator.artifact_sources import ArtifactError
 from edgefleet.operator.artifacts import Artifact, ArtifactCache
 from edgefleet.operator.credentials import CredentialStore
+from edgefleet.operator.dataset import DatasetError, DatasetWriter
 from edgefleet.operator.fleet import (
     FleetChanges,
     FleetIndex,
@@ -48,6 +49,7 @@ from edgefleet.operator.resources import (
     VERSION,
     ArtifactSource,
     Capabilities,
+    DataCollection,
     EdgeDeviceStatus,
     EdgeModelSpec,
     EdgeModelStatus,
@@ -86,6 +88,7 @@ class OperatorMemo(kopf.Memo):
     phases: DevicePhases | None
     credentials: CredentialStore  # device tokens, from the Secrets watch (credentials.py)
     variants: VariantBuilder | None  # the controller's: builds spec.variants
+    dataset: DatasetWriter | None  # the controller's: expires samples past retentionDays
 
 
 @dataclass(frozen=True)
@@ -516,14 +519,42 @@ async def keep_model_status(
                 deadlines.append(max(0.0, at - time.monotonic()) + 0.05)
         return min((d for d in deadlines if d is not None), default=None)
 
+    expiry = (asyncio.create_task(expire_samples(memo.dataset, namespace, name, body,
+                                                 memo.settings.dataset_expiry_seconds))
+              if memo.dataset else None)
     try:
         await run_status_loop(resource="EdgeModel", namespace=namespace, name=name,
                               keys=[model_key(namespace, name)],
                               stopped=stopped, memo=memo, reconcile=reconcile,
                               next_deadline=next_deadline)
     finally:
+        if expiry:
+            expiry.cancel()
         metrics.MODEL_PHASES.discard(namespace, name)
         metrics.ROLLOUTS.discard(namespace, name)
+
+
+async def expire_samples(dataset: DatasetWriter, namespace: str, name: str, body: kopf.Body,
+                         every_s: float) -> None:
+    """Deletes the model's samples older than its spec.dataCollection.retentionDays (the
+    default, 30, once the spec collects nothing more), at start and every `every_s`,
+    while the model lives."""
+    while True:
+        try:
+            policy = EdgeModelSpec.model_validate(dict(body.spec)).data_collection
+        except ValidationError:
+            policy = None  # the status loop says what is wrong with the spec
+        days = (policy or DataCollection()).retention_days
+        try:
+            removed = await dataset.expire(namespace, name, utc_now() - timedelta(days=days))
+        except (OSError, DatasetError) as error:
+            log.warning("samples of EdgeModel %s/%s past %d days not expired yet: %s",
+                        namespace, name, days, error)
+        else:
+            if removed:
+                log.info("expired samples resource=EdgeModel namespace=%s name=%s shards=%d "
+                         "older_than_days=%d", namespace, name, removed, days)
+        await asyncio.sleep(every_s)
 
 
 # ---------------------------------------------------------------- deletion

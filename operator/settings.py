@@ -123,6 +123,9 @@ class OperatorSettings(BaseSettings):
         default="", pattern=r"^(https?://\S+)?$",
         description="the S3 API's URL for a store other than AWS (e.g. SeaweedFS, Ceph)")
     dataset_s3_region: str = Field(default="us-east-1", min_length=1, max_length=64)
+    dataset_expiry_seconds: float = Field(
+        default=3600.0, gt=0,
+        description="how often samples older than their model's retentionDays are deleted")
     artifact_cache_dir: Path = Field(
         default_factory=lambda: Path(tempfile.gettempdir()) / "edgefleet-artifacts",
         description="where verified model artifacts are kept")

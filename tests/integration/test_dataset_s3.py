@@ -8,6 +8,7 @@ import asyncio
 import io
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ def sample(request_id: str) -> bytes:
                            {"input_0": np.arange(4, dtype=np.float32)})])
 
 
-def test_the_s3_store_keeps_shards_once_and_refuses_a_wrong_key(
+def test_the_s3_store_keeps_shards_once_expires_them_and_refuses_a_wrong_key(
         s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
@@ -61,8 +62,9 @@ def test_the_s3_store_keeps_shards_once_and_refuses_a_wrong_key(
     shard = store.get("ns/digits/1/cam-1/000000000001.npz")
     with np.load(io.BytesIO(shard or b"")) as arrays:
         assert json.loads(str(arrays["000000000002/0/meta"]))["id"] == "r2"
-    store.delete("ns/digits/1/cam-1/000000000001.json")
-    assert store.get("ns/digits/1/cam-1/000000000001.json") is None
+    tomorrow = datetime.now(UTC) + timedelta(days=1)  # every shard is older than that
+    assert asyncio.run(writer.expire("ns", "digits", tomorrow)) == 1
+    assert objects(s3, "unit/ns/digits/") == ["unit/ns/digits/_devices/cam-1.json"]
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
     with pytest.raises(DatasetError, match=r"SignatureDoesNotMatch|AccessDenied"):

@@ -10,7 +10,9 @@ k > 0 it is the argmax of x, the truth the tests label with; k < 0 gets it wrong
 from __future__ import annotations
 
 import json
+import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ import testmodels
 
 from edgefleet.edge_runtime.capture import decode_record
 from edgefleet.protocol.edgefleet.v1 import feedback_pb2
-from tests.conftest import EdgeProcess, Fleet, stop_edge
+from tests.conftest import EdgeProcess, Fleet, Kube, StartOperator, stop_edge
 from tests.helpers import eventually
 from tests.integration.test_edge_cloud_link import edge_model, publish
 from tests.integration.test_inference import http_post
@@ -247,3 +249,22 @@ def test_a_canary_less_accurate_on_labelled_field_data_is_rolled_back(
     assert verdict["accuracy"] < 0.5 and verdict["stableAccuracy"] == 1.0
     assert "field accuracy drop above the threshold" in verdict["message"]
     assert "(max drop 0.1)" in verdict["message"]
+
+
+def test_samples_past_retention_leave_the_dataset(kube: Kube, namespace: str,
+                                                  start_operator: StartOperator,
+                                                  tmp_path: Path) -> None:
+    shard = tmp_path / "dataset" / namespace / "digits" / "1" / "cam-1" / "000000000001"
+    shard.parent.mkdir(parents=True)
+    for path in (shard.with_suffix(".npz"), shard.with_suffix(".json")):
+        path.write_bytes(b"{}")
+        os.utime(path, (time.time() - 3 * 86400,) * 2)  # three days old
+    fresh = shard.with_name("000000000002.npz")
+    fresh.write_bytes(b"{}")
+    start_operator("--dataset-expiry-seconds", "1")
+    uri, sha = publish(tmp_path, testmodels.scaled(1.0))
+    model = edge_model("digits", "1", uri, sha, site="plant-7")
+    model["spec"]["dataCollection"] = {"retentionDays": 2}
+    kube.create("edgemodels", namespace, model)
+    eventually(lambda: not shard.with_suffix(".npz").exists(), what="the old shard deleted")
+    assert not shard.with_suffix(".json").exists() and fresh.exists()

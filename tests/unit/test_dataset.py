@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import zipfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +125,19 @@ def test_a_key_never_leaves_the_store_root(tmp_path: Path) -> None:
     for key in ("../x", "a//b", "a/./b", ""):
         with pytest.raises(ValueError, match="not a dataset key"):
             store.put(key, b"x")
+
+
+def test_shards_past_retention_are_deleted_and_markers_stay(tmp_path: Path) -> None:
+    writer = DatasetWriter(DirectoryStore(tmp_path))
+    for sequence in (1, 2):
+        asyncio.run(writer.write("ns", "cam-1", "digits",
+                                 [read_record(sequence, record(f"r{sequence}"), "digits")]))
+    old = tmp_path / "ns/digits/1/cam-1/000000000001"
+    for path in (old.with_suffix(".npz"), old.with_suffix(".json")):
+        os.utime(path, (1_000_000, 1_000_000))  # 1970: long past any retention
+    cutoff = datetime.now(UTC) - timedelta(days=30)
+    assert asyncio.run(writer.expire("ns", "digits", cutoff)) == 1
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.*")) == [
+        "ns/digits/1/cam-1/000000000002.json", "ns/digits/1/cam-1/000000000002.npz",
+        "ns/digits/_devices/cam-1.json"]
+    assert asyncio.run(writer.expire("ns", "other", cutoff)) == 0
