@@ -403,7 +403,11 @@ class Engine:
         model.stats.answered(seconds, classes)
         request_id = request.id or f"{self._id_prefix}-{next(self._ids)}"
         if self.observer is not None:
-            self.observer(model, request_id, request, outputs, classes)
+            try:
+                self.observer(model, request_id, request, outputs, classes)
+            except Exception:  # what is kept must never fail what is answered
+                logger.exception("model=%s version=%s: keeping request %s failed",
+                                 model.name, model.version, request_id[:80])
         wanted = request.outputs or [spec.name for spec in model.outputs]
         datatypes = {spec.name: spec.datatype for spec in model.outputs}
         return InferResponse(

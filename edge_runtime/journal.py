@@ -127,13 +127,21 @@ class Journal:
         except FileNotFoundError:
             return None
 
-    def pending(self, after: int = 0, limit: int | None = None) -> list[tuple[int, bytes]]:
+    def pending(self, after: int = 0, limit: int | None = None,
+                max_bytes: int | None = None) -> list[tuple[int, bytes]]:
         """The stored records with a sequence above `after`, oldest first, at most
-        `limit` of them."""
-        sequences = self.sequences()
+        `limit` of them and, but for the first, at most `max_bytes` together (only
+        those are read)."""
+        with self._lock:
+            sizes = dict(self._sizes)
+        sequences = list(sizes)
         records: list[tuple[int, bytes]] = []
+        total = 0
         for sequence in sequences[bisect.bisect_right(sequences, after):]:
             if limit is not None and len(records) >= limit:
+                break
+            total += sizes[sequence]
+            if max_bytes is not None and records and total > max_bytes:
                 break
             data = self.read(sequence)
             if data is not None:

@@ -108,13 +108,10 @@ class Uploader:
             return None
         self._told_over_budget.discard(model)
         pending = await asyncio.to_thread(self.collector.journal(model).pending, after,
-                                          BATCH_RECORDS)
-        batch, size = pb.DataBatch(model=model), 0
+                                          BATCH_RECORDS, BATCH_BYTES)
+        batch = pb.DataBatch(model=model)
         for sequence, data in pending:
-            if batch.records and size + len(data) > BATCH_BYTES:
-                break
             batch.records.add(sequence=sequence, data=data)
-            size += len(data)
         return batch if batch.records else None
 
     def restart(self) -> None:

@@ -352,13 +352,19 @@ class DeviceMarker:
 
     @classmethod
     def from_json(cls, data: bytes | None) -> DeviceMarker:
+        """A marker as written; raises DatasetError for one that is not (it says up to
+        where the device's records are stored: guessing could store some twice)."""
         if data is None:
             return cls()
-        document = json.loads(data)
-        return cls(stored=int(document["stored"]), samples=int(document["samples"]),
-                   labels=int(document["labels"]), bytes=int(document["bytes"]),
-                   last_upload=document.get("lastUpload"),
-                   pending=[str(key) for key in document.get("pending", [])])
+        try:
+            document = json.loads(data)
+            return cls(stored=int(document["stored"]), samples=int(document["samples"]),
+                       labels=int(document["labels"]), bytes=int(document["bytes"]),
+                       last_upload=document.get("lastUpload"),
+                       pending=[str(key) for key in document.get("pending", [])])
+        except (ValueError, KeyError, TypeError) as error:
+            raise DatasetError(f"a device marker is malformed ({error}); a person must "
+                               "repair or remove it") from None
 
 
 def marker_key(namespace: str, model: str, device: str) -> str:

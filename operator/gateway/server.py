@@ -566,6 +566,12 @@ async def store_data(writer: DatasetWriter, session: Session) -> None:
                                                                      sequence=marker.stored)))
 
 
+def _log_failure(task: asyncio.Task[None]) -> None:
+    """A session's background task that failed unexpectedly is logged, never silent."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("a session task failed", exc_info=task.exception())
+
+
 def assigned_digests(entry: DeviceEntry) -> dict[tuple[str, str], str]:
     return {(a.name, a.version): a.digest for a in entry.assignments}
 
@@ -1089,6 +1095,7 @@ class FleetGateway:
                           "be stored; the device sends them again")
         if session.data_task is None:
             session.data_task = asyncio.create_task(store_data(self._dataset, session))
+            session.data_task.add_done_callback(_log_failure)
         session.data.put_nowait((batch.model, records, size))
 
     def _queue(self, session: Session, batch: pb.MetricsBatch) -> None:

@@ -182,3 +182,11 @@ def test_a_writer_and_an_uploader_in_two_threads_leave_memory_and_disk_agreeing(
     stored = on_disk(tmp_path)
     assert journal.sequences() == sorted(stored) and 300 in stored
     assert journal.stored_bytes == sum(len(data) for data in stored.values()) <= 2_000
+
+
+def test_pending_stops_at_a_byte_bound_but_always_gives_the_first(tmp_path: Path) -> None:
+    journal = Journal(tmp_path, 10_000, ".rec")
+    for size in (300, 300, 300):
+        journal.append(b"x" * size)
+    assert [seq for seq, _ in journal.pending(max_bytes=650)] == [1, 2]
+    assert [seq for seq, _ in journal.pending(after=1, max_bytes=100)] == [2]

@@ -30,6 +30,15 @@ before they existed) keeps the operator's default. */}}
 - {name: {{ $variable }}, value: {{ get $builds $key | int64 | quote }}}
 {{- end }}
 {{- end }}
+{{- $dataset := $v.dataset | default dict }}
+- {name: EDGEFLEET_DATASET_URI, value: {{ $dataset.uri | default "/var/lib/edgefleet/dataset" | quote }}}
+- {name: EDGEFLEET_DATASET_S3_ENDPOINT, value: {{ $dataset.s3Endpoint | default "" | quote }}}
+- {name: EDGEFLEET_DATASET_S3_REGION, value: {{ $dataset.s3Region | default "us-east-1" | quote }}}
+- {name: EDGEFLEET_DATASET_EXPIRY_SECONDS, value: {{ $dataset.expirySeconds | default 3600 | quote }}}
+{{- with $dataset.s3CredentialsSecret }}
+- {name: AWS_ACCESS_KEY_ID, valueFrom: {secretKeyRef: {name: {{ . | quote }}, key: AWS_ACCESS_KEY_ID}}}
+- {name: AWS_SECRET_ACCESS_KEY, valueFrom: {secretKeyRef: {name: {{ . | quote }}, key: AWS_SECRET_ACCESS_KEY}}}
+{{- end }}
 - {name: EDGEFLEET_ARTIFACT_CACHE_DIR, value: /var/cache/edgefleet}
 - {name: EDGEFLEET_ARTIFACT_MAX_BYTES, value: {{ $v.artifacts.maxBytes | int64 | quote }}}
 {{- if .remoteWrite }}
@@ -75,9 +84,13 @@ readOnlyRootFilesystem: true
 capabilities: {drop: [ALL]}
 {{- end -}}
 
-{{/* The artifact cache (each pod its own), /tmp, the cert-manager CA and extraVolumeMounts. */}}
+{{/* The artifact cache (each pod its own), the dataset's directory (unless it is on S3),
+/tmp, the cert-manager CA and extraVolumeMounts. */}}
 {{- define "edgefleet.volumeMounts" -}}
 - {name: artifacts, mountPath: /var/cache/edgefleet}
+{{- if not (.Values.dataset | default dict).uri }}
+- {name: dataset, mountPath: /var/lib/edgefleet/dataset}
+{{- end }}
 - {name: tmp, mountPath: /tmp}
 {{- if eq (include "edgefleet.certManager" .) "true" }}
 - {name: gateway-ca, mountPath: /etc/edgefleet/gateway-ca, readOnly: true}
@@ -92,6 +105,15 @@ capabilities: {drop: [ALL]}
   emptyDir: {sizeLimit: {{ .Values.artifacts.cacheSizeLimit }}}
 - name: tmp
   emptyDir: {sizeLimit: 64Mi}
+{{- $dataset := .Values.dataset | default dict }}
+{{- if not $dataset.uri }}
+- name: dataset
+  {{- if $dataset.existingClaim }}
+  persistentVolumeClaim: {claimName: {{ $dataset.existingClaim | quote }}}
+  {{- else }}
+  emptyDir: {sizeLimit: {{ $dataset.sizeLimit | default "10Gi" }}}
+  {{- end }}
+{{- end }}
 {{- if eq (include "edgefleet.certManager" .) "true" }}
 # Not read: the operator reads the Secret through the API. The kubelet starts the
 # pod only once the Secret exists, so the operator never creates a CA of its own
