@@ -215,7 +215,12 @@ class Collector:
                 logger.error("model=%r: not a name the runtime keeps samples under; data "
                              "collection stays off for it", name[:80])
                 continue
-            journal = self.journal(name)
+            try:
+                journal = self.journal(name)
+            except OSError as error:  # the device's storage: serving goes on
+                logger.error("model=%s: cannot open %s for kept samples: %s", name,
+                             self.directory / name, error)
+                continue
             journal.set_max_bytes(policy.max_bytes_per_device)
             telemetry.CAPTURE_STORED_BYTES.labels(name).set(journal.stored_bytes)
         self._policies = {name: policy for name, policy in policies.items()

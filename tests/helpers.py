@@ -8,11 +8,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import grpc
 import numpy as np
@@ -87,19 +87,17 @@ def printed_row(table: str, row: int = 0) -> dict[str, str]:
             for start, end in zip(starts, bounds, strict=True)}
 
 
-class Traffic:
-    """A stock gRPC client per URL sending unpinned requests for `model` (input x
-    [1, width]) until stopped, counting answers and failures. The first element of each
-    row cycles through 0..7: `flaky_scaled` fails on 4 and above, `scaled` never."""
+class Senders:
+    """One thread per target, each running `_send(target)` from the start of a `with`
+    block until its end (`_stop` is set then)."""
 
-    def __init__(self, urls: list[str], model: str = "digits", width: int = 4) -> None:
-        self._model, self._width = model, width
+    def __init__(self, targets: Sequence[object]) -> None:
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self.answered = self.failed = 0
-        self._threads = [threading.Thread(target=self._send, args=(url,)) for url in urls]
+        self._threads = [threading.Thread(target=self._send, args=(target,))
+                         for target in targets]
 
-    def __enter__(self) -> Traffic:
+    def __enter__(self) -> Self:
         for thread in self._threads:
             thread.start()
         return self
@@ -108,6 +106,20 @@ class Traffic:
         self._stop.set()
         for thread in self._threads:
             thread.join()
+
+    def _send(self, target: Any) -> None:
+        raise NotImplementedError
+
+
+class Traffic(Senders):
+    """A stock gRPC client per URL sending unpinned requests for `model` (input x
+    [1, width]) until stopped, counting answers and failures. The first element of each
+    row cycles through 0..7: `flaky_scaled` fails on 4 and above, `scaled` never."""
+
+    def __init__(self, urls: list[str], model: str = "digits", width: int = 4) -> None:
+        super().__init__(urls)
+        self._model, self._width = model, width
+        self.answered = self.failed = 0
 
     def _send(self, url: str) -> None:
         stock = triton_grpc.InferenceServerClient(url)

@@ -543,11 +543,16 @@ async def forward_metrics(remote_writer: RemoteWriter, entry: DeviceEntry,
 
 async def store_data(writer: DatasetWriter, session: Session) -> None:
     """Stores a session's checked data batches in order and acknowledges each once the
-    dataset holds it durably. One that fails is tried again, with backoff, before any
-    later one of the session."""
+    dataset holds it durably; a batch refused for good is acknowledged in its turn, so
+    that no acknowledgement covers a batch before it that is not stored yet. One that
+    fails is tried again, with backoff, before any later one of the session."""
     entry = session.entry
     while True:
-        model, records, size = await session.data.get()
+        model, records, size, refused_up_to = await session.data.get()
+        if refused_up_to is not None:
+            await session.outbox.put(pb.CloudMessage(data_ack=pb.DataAck(
+                model=model, sequence=refused_up_to)))
+            continue
         delay_s = FORWARD_RETRY_S
         while True:
             try:
@@ -641,7 +646,8 @@ class Session:
         self.baseline = StatsBaseline(limits)
         self.outbox: asyncio.Queue[pb.CloudMessage] = asyncio.Queue(maxsize=OUTBOX)
         self.batches: asyncio.Queue[tuple[pb.MetricsBatch, int]] = asyncio.Queue()
-        self.data: asyncio.Queue[tuple[str, list[Record], int]] = asyncio.Queue()
+        # Batches to store, or (no records) the last sequence of one refused for good.
+        self.data: asyncio.Queue[tuple[str, list[Record], int, int | None]] = asyncio.Queue()
         self.data_task: asyncio.Task[None] | None = None
         self.no_dataset_told = False
         # Once one batch is not taken, no later one is: an acknowledgement would cover it.
@@ -1079,24 +1085,23 @@ class FleetGateway:
                             entry.name)
                 session.no_dataset_told = True
             return
-        sequences = [record.sequence for record in batch.records]
+        if session.data_task is None:
+            session.data_task = asyncio.create_task(store_data(self._dataset, session))
+            session.data_task.add_done_callback(_log_failure)
         try:
             records = check_data_batch(batch, entry.assignments, self.limits)
         except Refusal:
             metrics.GATEWAY_DATA_RECORDS.labels("Refused").inc(len(batch.records))
-            if sequences:
-                await session.outbox.put(pb.CloudMessage(data_ack=pb.DataAck(
-                    model=batch.model, sequence=max(sequences))))
+            if batch.records:
+                session.data.put_nowait((batch.model, [], 0,
+                                         max(r.sequence for r in batch.records)))
             raise
         size = batch.ByteSize() + self.limits.queue_entry_bytes
         if not session.budget.try_queue(size):
             raise Refusal("data", "data", "Busy",
                           f"not taken: {session.budget.queued} bytes of this session wait to "
                           "be stored; the device sends them again")
-        if session.data_task is None:
-            session.data_task = asyncio.create_task(store_data(self._dataset, session))
-            session.data_task.add_done_callback(_log_failure)
-        session.data.put_nowait((batch.model, records, size))
+        session.data.put_nowait((batch.model, records, size, None))
 
     def _queue(self, session: Session, batch: pb.MetricsBatch) -> None:
         size = batch.ByteSize() + self.limits.queue_entry_bytes

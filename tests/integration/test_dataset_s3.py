@@ -13,15 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import testmodels
 
 from edgefleet.edge_runtime.capture import encode_record
 from edgefleet.operator.dataset import DatasetError, DatasetWriter, open_store, read_record
 from tests.conftest import Fleet, Kube, StartOperator
 from tests.helpers import eventually
-from tests.integration.test_edge_cloud_link import edge_model, publish
-from tests.integration.test_field_data import infer, one_hot
-from tests.integration.test_operator import status_of, wait_status
+from tests.integration.test_field_data import collecting, infer, one_hot
+from tests.integration.test_operator import status_of
 from tests.s3server import S3Server, start_s3
 
 pytestmark = pytest.mark.integration
@@ -95,14 +93,7 @@ def s3_fleet(kube: Kube, namespace: str, start_operator: StartOperator, tmp_path
 
 def test_what_devices_keep_lands_in_the_bucket(s3_fleet: Fleet, s3: S3Server) -> None:
     fleet = s3_fleet
-    fleet.add_device("cam-1", site="plant-7")
-    edge = fleet.start("cam-1")
-    uri, sha = publish(fleet.root, testmodels.scaled(1.0))
-    model = edge_model("digits", "1", uri, sha, site="plant-7")
-    model["spec"]["dataCollection"] = {"sampleRate": 1.0}
-    fleet.kube.create("edgemodels", fleet.namespace, model)
-    wait_status(fleet.kube, "edgemodels", fleet.namespace, "digits", {"phase": "Healthy"},
-                timeout=60)
+    edge = collecting(fleet, {"sampleRate": 1.0})
     ids = [infer(edge, one_hot(i), f"r{i}")["id"] for i in range(20)]
     prefix = f"fleet/{fleet.namespace}/digits/"
     data = eventually(lambda: (d := status_of(fleet.kube, "edgemodels", fleet.namespace,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import testmodels
 from edgefleet.edge_runtime.capture import decode_record
 from edgefleet.protocol.edgefleet.v1 import feedback_pb2
 from tests.conftest import EdgeProcess, Fleet, Kube, StartOperator, stop_edge
-from tests.helpers import eventually
+from tests.helpers import Senders, eventually
 from tests.integration.test_edge_cloud_link import edge_model, publish
 from tests.integration.test_inference import http_post
 from tests.integration.test_operator import status_of, wait_status
@@ -72,6 +71,20 @@ def in_dataset(fleet: Fleet, model: str = "digits") -> list[dict[str, Any]]:
     return sorted(found, key=lambda e: (e["device"], e["sequence"], e["index"]))
 
 
+def collecting(fleet: Fleet, policy: dict[str, Any], *edge_flags: str) -> EdgeProcess:
+    """Device cam-1 at plant-7 serving EdgeModel digits (y = x) with `policy` as its
+    spec.dataCollection, Healthy."""
+    fleet.add_device("cam-1", site="plant-7")
+    edge = fleet.start("cam-1", *edge_flags)
+    uri, sha = publish(fleet.root, testmodels.scaled(1.0))
+    model = edge_model("digits", "1", uri, sha, site="plant-7")
+    model["spec"]["dataCollection"] = policy
+    fleet.kube.create("edgemodels", fleet.namespace, model)
+    wait_status(fleet.kube, "edgemodels", fleet.namespace, "digits", {"phase": "Healthy"},
+                timeout=60)
+    return edge
+
+
 def one_hot(i: int) -> np.ndarray:
     x = np.zeros(4, dtype=np.float32)
     x[i % 4] = 10.0  # top class probability ~0.99998: confident
@@ -79,14 +92,7 @@ def one_hot(i: int) -> np.ndarray:
 
 
 def test_devices_keep_what_the_policy_asks_and_feedback_reaches_status(fleet: Fleet) -> None:
-    fleet.add_device("cam-1", site="plant-7")
-    edge = fleet.start("cam-1")
-    uri, sha = publish(fleet.root, testmodels.scaled(1.0))
-    model = edge_model("digits", "1", uri, sha, site="plant-7")
-    model["spec"]["dataCollection"] = {"lowConfidenceBelow": 0.5, "includeOutputs": True}
-    fleet.kube.create("edgemodels", fleet.namespace, model)
-    wait_status(fleet.kube, "edgemodels", fleet.namespace, "digits", {"phase": "Healthy"},
-                timeout=60)
+    edge = collecting(fleet, {"lowConfidenceBelow": 0.5, "includeOutputs": True})
 
     # Confident answers are not kept; unsure ones (all four classes alike) are. A request
     # without an id gets one; one with an id gets it back.
@@ -162,15 +168,8 @@ def test_devices_keep_what_the_policy_asks_and_feedback_reaches_status(fleet: Fl
 
 def test_uploads_lose_and_repeat_nothing_across_a_cut_link_and_restarts(
         fleet: Fleet) -> None:
-    fleet.add_device("cam-1", site="plant-7")
     # Slow uploads (8 KiB/s, each record ~1 KiB): the cut comes in the middle of them.
-    edge = fleet.start("cam-1", "--upload-bytes-per-second", "8192")
-    uri, sha = publish(fleet.root, testmodels.scaled(1.0))
-    model = edge_model("digits", "1", uri, sha, site="plant-7")
-    model["spec"]["dataCollection"] = {"sampleRate": 1.0}
-    fleet.kube.create("edgemodels", fleet.namespace, model)
-    wait_status(fleet.kube, "edgemodels", fleet.namespace, "digits", {"phase": "Healthy"},
-                timeout=60)
+    edge = collecting(fleet, {"sampleRate": 1.0}, "--upload-bytes-per-second", "8192")
     ids = [infer(edge, one_hot(i), f"r{i}")["id"] for i in range(120)]
     eventually(lambda: len(in_dataset(fleet)) >= 10, what="the first records uploaded")
     fleet.restart_operator()  # the gateway dies mid-upload, acknowledgements in flight
@@ -184,29 +183,16 @@ def test_uploads_lose_and_repeat_nothing_across_a_cut_link_and_restarts(
     eventually(lambda: on_device(fleet, "cam-1") == [], what="the device forgetting them")
 
 
-class LabelledTraffic:
+class LabelledTraffic(Senders):
     """Requests with random inputs to each device over REST, each followed by feedback
     with its true class (the argmax of x): counts answers per version."""
 
     def __init__(self, edges: list[EdgeProcess]) -> None:
-        self._stop = threading.Event()
+        super().__init__(edges)
         self.answered: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._send, args=(edge, seed))
-                         for seed, edge in enumerate(edges)]
 
-    def __enter__(self) -> LabelledTraffic:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-
-    def _send(self, edge: EdgeProcess, seed: int) -> None:
-        rng = np.random.default_rng(seed)
+    def _send(self, edge: EdgeProcess) -> None:
+        rng = np.random.default_rng(edge.grpc_port)
         while not self._stop.wait(0.01):
             x = rng.normal(size=4).astype(np.float32)
             try:
