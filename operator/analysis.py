@@ -196,9 +196,6 @@ def analyze(analysis: RolloutAnalysis, candidate: CohortStats,
     if attempts < analysis.min_requests:
         return verdict("Wait", f"{attempts} of the {analysis.min_requests} requests needed "
                                "before judging")
-    if judges_accuracy and candidate.labelled < analysis.min_labelled:
-        return verdict("Wait", f"{candidate.labelled} of the {analysis.min_labelled} "
-                               "labelled answers needed before judging field accuracy")
     breaches = []
     if rate > analysis.max_error_rate:
         breaches.append("error rate")
@@ -207,16 +204,21 @@ def analyze(analysis: RolloutAnalysis, candidate: CohortStats,
         breaches.append("p99 latency")
     if analysis.max_drift is not None and drift is not None and drift > analysis.max_drift:
         breaches.append("drift")
+    # Field accuracy is judged on enough labels; the other gates never wait for them.
+    labels_wanting = judges_accuracy and candidate.labelled < analysis.min_labelled
     accuracy = candidate.accuracy
-    if (analysis.min_accuracy is not None and accuracy is not None
+    if (not labels_wanting and analysis.min_accuracy is not None and accuracy is not None
             and accuracy < analysis.min_accuracy):
         breaches.append("field accuracy")
-    if (analysis.max_accuracy_drop is not None and accuracy is not None
-            and stable_accuracy is not None
+    if (not labels_wanting and analysis.max_accuracy_drop is not None
+            and accuracy is not None and stable_accuracy is not None
             and stable_accuracy - accuracy > analysis.max_accuracy_drop):
         breaches.append("field accuracy drop")
     if breaches:
         return verdict("Fail", f"{' and '.join(breaches)} above the threshold: {measured}")
+    if labels_wanting:
+        return verdict("Wait", f"{candidate.labelled} of the {analysis.min_labelled} "
+                               "labelled answers needed before judging field accuracy")
     return verdict("Pass", f"within the thresholds: {measured}")
 
 

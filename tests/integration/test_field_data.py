@@ -126,10 +126,12 @@ def test_devices_keep_what_the_policy_asks_and_feedback_reaches_status(fleet: Fl
     assert status == 404 and "taken already" in refused["error"]
     assert feedback(edge, "never-sent", 0)[0] == 404
 
+    # Heartbeats may carry the counts while the feedback above came in: wait for all five.
     inference = eventually(
         lambda: [v for v in status_of(fleet.kube, "edgemodels", fleet.namespace,
-                                      "digits").get("inference", []) if v.get("labelled")],
-        what="field accuracy in the EdgeModel's status")
+                                      "digits").get("inference", [])
+                 if v.get("labelled") == 5],
+        what="field accuracy of five labels in the EdgeModel's status")
     assert [(v["version"], v["devices"], v["labelled"], v["accuracy"]) for v in inference] == [
         ("1", 1, 5, pytest.approx(0.8))]
     device = status_of(fleet.kube, "edgedevices", fleet.namespace, "cam-1")["inference"]
@@ -139,8 +141,9 @@ def test_devices_keep_what_the_policy_asks_and_feedback_reaches_status(fleet: Fl
             in metrics)
     assert 'edgefleet_capture_samples_total{model="digits",reason="lowConfidence"} 3.0' in metrics
     # Five labels join the three samples in the dataset, in the order they came.
-    labels = eventually(lambda: [r for r in in_dataset(fleet) if r["kind"] == "label"],
-                        what="labels in the dataset")
+    labels = eventually(lambda: len(found := [r for r in in_dataset(fleet)
+                                              if r["kind"] == "label"]) == 5 and found,
+                        what="five labels in the dataset")
     assert [(r["id"], r["labels"]) for r in labels] == [
         (sure[0], ["0"]), (sure[1], ["1"]), (sure[2], ["2"]), (sure[3], ["0"]),
         ("unsure-0", ["0"])]

@@ -154,6 +154,10 @@ def test_field_accuracy_is_judged_only_on_enough_labels() -> None:
     stable = analysis.cohort([labelled(100, 95)])
     waiting = analysis.analyze(ACCURACY, analysis.cohort([labelled(30, 0)]), stable)
     assert waiting.outcome == "Wait" and "30 of the 50 labelled answers" in waiting.message
+    # An erring version is rolled back without waiting for labels.
+    erring = TrafficStats(200, 100, BOUNDS, (300, 0, 0, 0), (50, 50), 10, 10)
+    failing = analysis.analyze(ACCURACY, analysis.cohort([erring]), stable)
+    assert failing.outcome == "Fail" and failing.message.startswith("error rate above")
 
 
 def test_a_candidate_less_accurate_than_the_stable_version_fails() -> None:
