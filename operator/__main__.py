@@ -27,7 +27,7 @@ from kubernetes import client
 from edgefleet.operator import credentials, handlers, kubeapi, liveness, metrics
 from edgefleet.operator.artifact_sources import SourcePolicy
 from edgefleet.operator.artifacts import ArtifactCache
-from edgefleet.operator.dataset import DatasetWriter, open_store
+from edgefleet.operator.dataset import DatasetWriter, ObjectStore, open_store
 from edgefleet.operator.device_health import HealthThresholds
 from edgefleet.operator.fleet import FleetChanges, FleetIndex
 from edgefleet.operator.gateway.directory import DeviceDirectory
@@ -40,6 +40,7 @@ from edgefleet.operator.kubeapi import API_ERRORS, load_kubernetes_config
 from edgefleet.operator.leader import LeaderElector, LeadershipLost
 from edgefleet.operator.liveness import GatewayLease, GatewayLeases
 from edgefleet.operator.phases import DevicePhases
+from edgefleet.operator.retrainer import Retrainer
 from edgefleet.operator.settings import OperatorSettings
 from edgefleet.operator.variant_builder import VariantBuilder
 from edgefleet.operator.watches import FleetWatch
@@ -70,11 +71,14 @@ async def run(settings: OperatorSettings) -> int:
     if settings.role != "gateway":
         metrics.LEADER.set(1)
 
+    dataset = open_store(settings.dataset_uri, settings.dataset_s3_endpoint,
+                         settings.dataset_s3_region)
     artifacts = ArtifactCache(
         settings.artifact_cache_dir, settings.artifact_cache_max_bytes,
         settings.artifact_max_bytes,
         SourcePolicy(file_roots=tuple(settings.artifact_file_roots),
-                     allow_private_networks=settings.artifact_allow_private_networks),
+                     allow_private_networks=settings.artifact_allow_private_networks,
+                     dataset=dataset),
         settings.artifact_http_timeout_seconds)
     serves_devices = settings.role != "controller"
     gateways = (GatewayLeases(client.CoordinationV1Api(api_client), settings.lease_namespace,
@@ -99,14 +103,14 @@ async def run(settings: OperatorSettings) -> int:
                              client.CoreV1Api(api_client))
                 if gateways else None),
         variants=builder if settings.role != "gateway" else None,
-        dataset=(DatasetWriter(open_store(settings.dataset_uri, settings.dataset_s3_endpoint,
-                                          settings.dataset_s3_region))
-                 if settings.role != "gateway" else None),
+        dataset=DatasetWriter(dataset) if settings.role != "gateway" else None,
+        retrainer=(Retrainer(client.BatchV1Api(api_client), dataset, settings)
+                   if settings.role != "gateway" else None),
     )
     gateway = None
     if memo.directory is not None:
         gateway = await start_gateway(settings, api_client, memo.directory, artifacts,
-                                      memo.credentials)
+                                      memo.credentials, dataset)
         if gateway is None:
             return 1
     # The fleet's own kinds, on connections of their own (the pool's are for calls).
@@ -209,7 +213,7 @@ class RunningGateway:
 async def start_gateway(settings: OperatorSettings, api_client: client.ApiClient,
                         directory: DeviceDirectory, artifacts: ArtifactCache,
                         device_credentials: credentials.CredentialStore,
-                        ) -> RunningGateway | None:
+                        store: ObjectStore) -> RunningGateway | None:
     """The fleet gateway's server, started; None (logged) when its CA cannot be had."""
     keystore = None
     if settings.insecure_plaintext:
@@ -228,8 +232,7 @@ async def start_gateway(settings: OperatorSettings, api_client: client.ApiClient
             return None
     remote_writer = (RemoteWriter(settings.metrics_remote_write_url)
                      if settings.metrics_remote_write_url else None)
-    dataset = DatasetWriter(open_store(settings.dataset_uri, settings.dataset_s3_endpoint,
-                                       settings.dataset_s3_region))
+    dataset = DatasetWriter(store)
     logger.info("devices' kept samples go to %s", dataset.store.describe())
     servicer = FleetGateway(
         directory, artifacts, api_client, settings.heartbeat_write_seconds,

@@ -12,6 +12,8 @@ cluster network, so every source is checked before a byte is read:
   included), so neither an IP literal nor a DNS answer that changes between lookups
   (rebinding) reaches loopback, link-local (cloud metadata), private or other
   non-public ranges. Redirects stay within the source's scheme, host and port.
+- `dataset:MODEL/_retraining/N/model.onnx`, a retraining Job's output, only in the
+  model's own namespace of the operator's dataset (retraining.py).
 
 A refusal is an ArtifactError with reason SourceNotAllowed. Messages show the URI
 redacted (no userinfo, no query) and say nothing about what lies outside the allowed
@@ -25,8 +27,8 @@ import errno
 import ipaddress
 import os
 import posixpath
+import re
 import socket
-import stat
 import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +38,9 @@ from typing import Any, BinaryIO
 import aiohttp
 from yarl import URL
 
+from edgefleet.operator.confined_files import open_beneath
+from edgefleet.operator.dataset import DatasetError, ObjectStore
+from edgefleet.operator.resources import DATASET_SOURCE
 from edgefleet.operator.urls import redact_uri
 
 CHUNK = 1 << 20
@@ -64,18 +69,47 @@ class SourcePolicy:
 
     file_roots: tuple[Path, ...] = ()
     allow_private_networks: bool = False
+    dataset: ObjectStore | None = None  # where dataset: sources are (retraining outputs)
 
 
-def read_source(uri: str, policy: SourcePolicy,
-                timeout: aiohttp.ClientTimeout) -> AsyncIterator[bytes]:
-    """The artifact's bytes in chunks, from wherever `uri` names, if the policy allows."""
+def read_source(uri: str, policy: SourcePolicy, timeout: aiohttp.ClientTimeout,
+                namespace: str) -> AsyncIterator[bytes]:
+    """The artifact's bytes in chunks, from wherever `uri` names, if the policy allows;
+    `namespace` is the model's."""
     scheme = urllib.parse.urlsplit(uri).scheme
     if scheme == "file":
         return _file_chunks(uri, policy.file_roots)
     if scheme in ("http", "https"):
         return _http_chunks(uri, policy.allow_private_networks, timeout)
+    if scheme == "dataset":
+        return _dataset_chunks(uri, policy.dataset, namespace)
     raise ArtifactError("UnsupportedScheme", f"{redact_uri(uri)}: scheme {scheme!r} is not "
-                        "file, http or https")
+                        "file, http, https or dataset")
+
+
+# ---------------------------------------------------------------- dataset:
+
+
+async def _dataset_chunks(uri: str, store: ObjectStore | None,
+                          namespace: str) -> AsyncIterator[bytes]:
+    """A retraining Job's model in the operator's dataset, in the model's own namespace
+    there: a tenant names only its own Jobs' outputs."""
+    named = re.fullmatch(DATASET_SOURCE, uri)
+    if named is None:
+        raise ArtifactError(NOT_ALLOWED, f"{uri[:200]!r} does not name a retraining Job's "
+                            "output: dataset:MODEL/_retraining/N/model.onnx")
+    if store is None:
+        raise ArtifactError(NOT_ALLOWED, f"{uri}: this operator has no dataset")
+    key = f"{namespace}/{named['model']}/_retraining/{named['job']}/model.onnx"
+    try:
+        source = await asyncio.to_thread(store.open, key)
+    except DatasetError as error:
+        raise ArtifactError(UNREACHABLE, f"{uri}: {error}") from None
+    if source is None:
+        raise ArtifactError(UNREACHABLE, f"{uri} was not found in the dataset")
+    with source:
+        while chunk := await asyncio.to_thread(source.read, CHUNK):
+            yield chunk
 
 
 # ---------------------------------------------------------------- file://
@@ -119,29 +153,15 @@ def _open_beneath(root: Path, parts: tuple[str, ...], shown: str,
                   not_allowed: ArtifactError) -> BinaryIO:
     """Opens root/parts one component at a time, following no symlink: the path was
     resolved a moment ago, so a symlink now means that something changed under us."""
-    no_follow = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        directory = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            for part in parts[:-1]:
-                inner = os.open(part, no_follow | os.O_DIRECTORY, dir_fd=directory)
-                os.close(directory)
-                directory = inner
-            # Non-blocking, so that a FIFO planted below a root cannot hang the open.
-            fd = os.open(parts[-1], no_follow | os.O_NONBLOCK, dir_fd=directory)
-        finally:
-            os.close(directory)
+        return open_beneath(root, parts)
     except (FileNotFoundError, NotADirectoryError):
         raise ArtifactError(UNREACHABLE, f"{shown} was not found") from None
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise not_allowed from None
-        raise ArtifactError(UNREACHABLE, f"{shown}: {error.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise ArtifactError(UNREACHABLE, f"{shown} is not a regular file")
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
+        separator = " " if error.errno == errno.EINVAL else ": "
+        raise ArtifactError(UNREACHABLE, f"{shown}{separator}{error.strerror}") from None
 
 
 # ---------------------------------------------------------------- http(s)://

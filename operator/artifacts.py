@@ -82,11 +82,11 @@ class ArtifactCache:
             if cached:
                 os.utime(cached.path)  # recently used: evicted last
                 return cached
-            artifact = await self._fetch(uri, digest, path)
+            artifact = await self._fetch(namespace, uri, digest, path)
         await asyncio.to_thread(self._evict, keep=artifact.path)
         return artifact
 
-    async def _fetch(self, uri: str, digest: str, final: Path) -> Artifact:
+    async def _fetch(self, namespace: str, uri: str, digest: str, final: Path) -> Artifact:
         shown = redact_uri(uri)
         hasher = hashlib.sha256()
         size = 0
@@ -94,7 +94,7 @@ class ArtifactCache:
         tmp = Path(tmp_name)
         try:
             with os.fdopen(handle, "wb") as out:
-                async for chunk in read_source(uri, self.policy, self._timeout):
+                async for chunk in read_source(uri, self.policy, self._timeout, namespace):
                     size += len(chunk)
                     if size > self.max_artifact_bytes:
                         raise ArtifactError("TooLarge", f"{shown} is larger than the limit of "

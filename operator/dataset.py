@@ -48,8 +48,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
+from edgefleet.operator.confined_files import open_beneath
 from edgefleet.operator.resources import VERSION_PATTERN
 
 MAX_RECORD_BYTES = 4 << 20
@@ -205,6 +206,9 @@ class ObjectStore(Protocol):
     def get(self, key: str) -> bytes | None:
         """The object; None when there is none."""
 
+    def open(self, key: str) -> BinaryIO | None:
+        """The object to read in parts; None when there is none."""
+
     def delete(self, key: str) -> None:
         """Deletes it; nothing when there is none."""
 
@@ -213,6 +217,10 @@ class ObjectStore(Protocol):
 
     def describe(self) -> str:
         """Where it is, for logs and status (no credentials)."""
+
+    def locate(self, key: str) -> str:
+        """Where a key is, as a program outside the operator names it (a path or an s3://
+        URI)."""
 
 
 class DirectoryStore:
@@ -238,16 +246,28 @@ class DirectoryStore:
         temporary.replace(path)
 
     def get(self, key: str) -> bytes | None:
-        try:
-            return self._path(key).read_bytes()
-        except FileNotFoundError:
+        found = self.open(key)
+        if found is None:
             return None
+        with found:
+            return found.read()
+
+    def open(self, key: str) -> BinaryIO | None:
+        # No symlink is followed: a trainer that shares the directory could plant one to
+        # have the operator read its own files.
+        self._path(key)
+        try:
+            return open_beneath(Path(os.path.realpath(self.root)), key.split("/"))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as error:
+            raise DatasetError(f"{self.describe()}: {key}: {error.strerror}") from None
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
     def keys(self, prefix: str) -> list[tuple[str, datetime]]:
-        folder = self._path(prefix.rstrip("/"))
+        folder = self._path(prefix.rstrip("/")) if prefix else self.root
         if not folder.is_dir():
             return []
         found = []
@@ -259,6 +279,9 @@ class DirectoryStore:
 
     def describe(self) -> str:
         return f"file://{self.root}"
+
+    def locate(self, key: str) -> str:
+        return str(self.root.absolute() / key)
 
 
 class S3Store:
@@ -300,6 +323,10 @@ class S3Store:
         answer = self._call("get_object", Key=self._key(key))
         return None if answer is None else bytes(answer["Body"].read())
 
+    def open(self, key: str) -> BinaryIO | None:
+        answer = self._call("get_object", Key=self._key(key))
+        return None if answer is None else answer["Body"]
+
     def delete(self, key: str) -> None:
         self._call("delete_object", Key=self._key(key))
 
@@ -318,6 +345,9 @@ class S3Store:
     def describe(self) -> str:
         where = f" at {self.endpoint}" if self.endpoint else ""
         return f"s3://{self.bucket}/{self.prefix}{where}"
+
+    def locate(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
 
 
 def open_store(uri: str, s3_endpoint: str = "", s3_region: str = "us-east-1") -> ObjectStore:

@@ -57,6 +57,7 @@ from edgefleet.operator.resources import (
     VariantStatus,
     describe_validation_error,
 )
+from edgefleet.operator.retrainer import Notice, Retrainer
 from edgefleet.operator.settings import OperatorSettings, Role
 from edgefleet.operator.variant_builder import BuildRequest, VariantBuilder
 from edgefleet.operator.variants import BuildOutcome
@@ -89,6 +90,7 @@ class OperatorMemo(kopf.Memo):
     credentials: CredentialStore  # device tokens, from the Secrets watch (credentials.py)
     variants: VariantBuilder | None  # the controller's: builds spec.variants
     dataset: DatasetWriter | None  # the controller's: expires samples past retentionDays
+    retrainer: Retrainer | None  # the controller's: spec.retraining's Jobs
 
 
 @dataclass(frozen=True)
@@ -251,6 +253,16 @@ async def replace_status(
         GROUP, VERSION, namespace, plural, name,
         [{"op": "add", "path": "/status", "value": dict(status)}],
         _content_type="application/json-patch+json",
+    )
+
+
+async def patch_spec(memo: OperatorMemo, namespace: str, name: str,
+                     patch: Mapping[str, Any]) -> None:
+    """Merges `patch` into an EdgeModel (retraining's Canary rollout of a candidate)."""
+    await kubeapi.call(
+        memo.status_api.patch_namespaced_custom_object,
+        GROUP, VERSION, namespace, MODELS, name, dict(patch),
+        _content_type="application/merge-patch+json",
     )
 
 
@@ -453,6 +465,7 @@ async def keep_model_status(
         if body.meta.get("deletionTimestamp"):
             return False
         events: list[rollout.RolloutEvent] = []
+        notices: list[Notice] = []  # retraining's
         generation = body.meta.get("generation")
         stored = dict(body.status)
         try:
@@ -485,8 +498,18 @@ async def keep_model_status(
             )
             desired, events = plan.status, plan.events
             metrics.ROLLOUTS.set(namespace, name, desired, plan.device_states)
-            recheck_at = (None if plan.recheck_after_s is None
-                          else time.monotonic() + plan.recheck_after_s)
+            recheck_after_s = plan.recheck_after_s
+            if memo.retrainer and (spec.retraining or previous.retraining):
+                retrained = await memo.retrainer.reconcile(
+                    namespace, name, body.meta.uid, spec, desired, memo.clock())
+                desired = desired.model_copy(update={"retraining": retrained.status})
+                notices += retrained.notices
+                if retrained.promotion:  # before the status says Succeeded: never lost
+                    await patch_spec(memo, namespace, name, retrained.promotion)
+                recheck_after_s = min((s for s in (recheck_after_s, retrained.recheck_after_s)
+                                       if s is not None), default=None)
+            recheck_at = (None if recheck_after_s is None
+                          else time.monotonic() + recheck_after_s)
             ready = next(c for c in desired.conditions if c.type == planner.READY)
             if ready.reason == "DevicesFailed":  # which devices failed, and why, once
                 report_once(generation, "DevicesFailed", ready.message)
@@ -497,7 +520,7 @@ async def keep_model_status(
         # Counts move with every device that reports during a rollout: written at most
         # every --model-status-write-seconds; a decision (phase, step, condition) at once.
         due = written_at + memo.settings.model_status_write_seconds
-        if (not events and time.monotonic() < due
+        if (not events and not notices and time.monotonic() < due
                 and planner.without_figures(desired) == planner.without_figures(previous)):
             figures_due_at = due
             return False
@@ -507,6 +530,8 @@ async def keep_model_status(
         # after the write, so a restart (which recomputes the same status) repeats none.
         for event in events:
             report_once(generation, event.reason, event.message, event.type == "Warning")
+        for notice in notices:
+            report_once(generation, notice.reason, notice.message, notice.warning)
         log.info("status resource=EdgeModel namespace=%s name=%s phase=%s ready=%s step=%s",
                  namespace, name, desired.phase, desired.ready_summary, desired.step_summary)
         return True

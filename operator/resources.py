@@ -9,6 +9,7 @@ validator; a shared set of valid and invalid examples proves the two agree.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -35,9 +36,17 @@ LABEL_KEY_PATTERN = (
     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
 )
 LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 # The schemes the operator can fetch artifacts from.
 SOURCE_URI_PATTERN = r"^(file|https?)://\S+$"
+# A retraining Job's output in the operator's dataset, within the model's own namespace:
+# dataset:<model>/_retraining/<job number>/model.onnx (retraining.py).
+DATASET_SOURCE = (r"dataset:(?P<model>[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)/_retraining/"
+                  r"(?P<job>[1-9][0-9]{0,8})/model\.onnx")
+# The API server's regular expressions (RE2) take no group names.
+_UNNAMED = re.sub(r"\?P<\w+>", "", DATASET_SOURCE)
+MODEL_SOURCE_PATTERN = rf"^((file|https?)://\S+|{_UNNAMED})$"
 # spec.source.sha256 takes either case, as it always has: objects stored with upper-case
 # hex must stay valid. The operator lowercases it into the one digest format
 # (edgefleet.protocol.digests), which every status field that holds a digest enforces.
@@ -123,8 +132,9 @@ class ArtifactSource(Resource):
     model_config = ConfigDict(json_schema_extra=cel(
         SIGNATURE_PAIR_RULE, "signature and publicKeyRef go together"))
 
-    uri: Annotated[str, StringConstraints(max_length=2048, pattern=SOURCE_URI_PATTERN)] = Field(
-        description="Where the operator fetches the ONNX file: file://, http:// or https://")
+    uri: Annotated[str, StringConstraints(max_length=2048, pattern=MODEL_SOURCE_PATTERN)] = Field(
+        description="Where the operator fetches the ONNX file: file://, http:// or https://, "
+                    "or dataset:MODEL/_retraining/N/model.onnx for a retraining Job's output")
     sha256: Annotated[str, StringConstraints(pattern=SHA256_PATTERN)] = Field(
         description="The artifact's SHA-256 digest, 64 hex characters")
     signature: Annotated[str, StringConstraints(
@@ -256,7 +266,7 @@ class DatasetSource(Resource):
         description="The file's SHA-256 digest, 64 hex characters")
 
 
-VARIANT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # a DNS label
+VARIANT_NAME_PATTERN = DNS_LABEL_PATTERN
 VariantName = Annotated[str, StringConstraints(min_length=1, max_length=63,
                                                pattern=VARIANT_NAME_PATTERN)]
 OPTIMIZE_RULES = [
@@ -358,10 +368,132 @@ class DataCollection(Resource):
                                 description="How long the cloud keeps the samples")
 
 
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+RESERVED_ENV_PREFIX = "EDGEFLEET_"
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+RESOURCE_NAME_PATTERN = r"^([a-z0-9.-]+/)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+Argument = Annotated[str, StringConstraints(max_length=4096)]
+KeyName = Annotated[str, StringConstraints(min_length=1, max_length=253,
+                                           pattern=SECRET_KEY_PATTERN)]
+Quantity = Annotated[str, StringConstraints(max_length=32, pattern=QUANTITY_PATTERN)]
+ResourceName = Annotated[str, StringConstraints(max_length=128, pattern=RESOURCE_NAME_PATTERN)]
+
+
+class KeySelector(Resource):
+    name: ObjectName = Field(description="A Secret or ConfigMap in the model's namespace")
+    key: KeyName
+
+
+class EnvVarSource(Resource):
+    model_config = ConfigDict(json_schema_extra=cel(
+        "has(self.secretKeyRef) != has(self.configMapKeyRef)",
+        "exactly one of secretKeyRef and configMapKeyRef"))
+
+    secret_key_ref: KeySelector | None = None
+    config_map_key_ref: KeySelector | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvVarSource:
+        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
+            raise ValueError("exactly one of secretKeyRef and configMapKeyRef")
+        return self
+
+
+ENV_RULES = [
+    {"rule": f"!self.name.startsWith('{RESERVED_ENV_PREFIX}')",
+     "message": f"names starting with {RESERVED_ENV_PREFIX} are the operator's to set"},
+    {"rule": "has(self.value) != has(self.valueFrom)",
+     "message": "exactly one of value and valueFrom"},
+]
+
+
+class EnvVar(Resource):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": ENV_RULES})
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=128,
+                                           pattern=ENV_NAME_PATTERN)]
+    value: Argument | None = None
+    value_from: EnvVarSource | None = None
+
+    @model_validator(mode="after")
+    def _checked(self) -> EnvVar:
+        if self.name.startswith(RESERVED_ENV_PREFIX):
+            raise ValueError(f"names starting with {RESERVED_ENV_PREFIX} are the operator's "
+                             "to set")
+        if (self.value is None) == (self.value_from is None):
+            raise ValueError("exactly one of value and valueFrom")
+        return self
+
+
+class ContainerResources(Resource):
+    limits: dict[ResourceName, Quantity] = Field(default_factory=dict, max_length=8)
+    requests: dict[ResourceName, Quantity] = Field(default_factory=dict, max_length=8)
+
+
+class TrainerContainer(Resource):
+    """The one container of a retraining Job. Only these fields: the operator creates the
+    Job with its own rights, so what a pod may do (service account, volumes, host access,
+    privileges) is the cluster admin's to decide, not the template's."""
+
+    name: Annotated[str, StringConstraints(max_length=63, pattern=DNS_LABEL_PATTERN)] = "trainer"
+    image: Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^\S+$")]
+    command: list[Argument] = Field(default_factory=list, max_length=32)
+    args: list[Argument] = Field(default_factory=list, max_length=128)
+    env: list[EnvVar] = Field(default_factory=list, max_length=64)
+    resources: ContainerResources | None = None
+    working_dir: Annotated[str, StringConstraints(max_length=1024)] | None = None
+
+
+class TrainerPodSpec(Resource):
+    containers: list[TrainerContainer] = Field(min_length=1, max_length=1)
+    node_selector: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=16)
+
+
+class TrainerPodTemplate(Resource):
+    spec: TrainerPodSpec
+
+
+class TrainerJobSpec(Resource):
+    backoff_limit: int = Field(default=1, ge=0, le=10)
+    active_deadline_seconds: int = Field(default=86400, ge=60, le=7 * 86400,
+                                         description="How long the Job may run in all")
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=30 * 86400)
+    template: TrainerPodTemplate
+
+
+class JobTemplate(Resource):
+    """A `batch/v1` Job template, limited to what a trainer needs."""
+
+    spec: TrainerJobSpec
+
+
+class Retraining(Resource):
+    """Trains a new version on the labelled field data: once the dataset holds
+    `minNewLabelledSamples` labels more than when the last Job was created, the operator
+    creates one Job from `jobTemplate` (in namespaces the cluster admin allows), with
+    EDGEFLEET_DATASET, EDGEFLEET_MODEL, EDGEFLEET_BASE_VERSION and EDGEFLEET_OUTPUT in its
+    environment. Its output (model.onnx, model.sha256, evaluation.json) becomes a
+    candidate."""
+
+    min_new_labelled_samples: int = Field(ge=1, le=1_000_000_000)
+    job_template: JobTemplate
+    rollout: Literal["Manual", "Canary"] = Field(
+        default="Manual",
+        description="Canary: the operator sets spec.version and spec.source to the "
+                    "candidate, which rolls out through spec.rollout's gates. Manual: the "
+                    "candidate waits in status.retraining for a person to promote")
+
+
 VARIANTS_LIST_MAP = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}
 
 
+SPEC_RULES = [{"rule": "!has(self.retraining) || has(self.dataCollection)",
+               "message": "retraining trains on what dataCollection keeps: set both"}]
+
+
 class EdgeModelSpec(Resource):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": SPEC_RULES})
+
     version: ModelVersion
     source: ArtifactSource
     selector: LabelSelector = Field(description="Which EdgeDevices in the namespace serve it")
@@ -372,12 +504,15 @@ class EdgeModelSpec(Resource):
                                     json_schema_extra=VARIANTS_LIST_MAP)
     validation: Validation | None = None
     data_collection: DataCollection | None = None
+    retraining: Retraining | None = None
 
     @model_validator(mode="after")
     def _variant_names_unique(self) -> EdgeModelSpec:
         names = [variant.name for variant in self.variants]
         if len(set(names)) != len(names):
             raise ValueError(f"variants: names must be unique, got {names}")
+        if self.retraining and not self.data_collection:
+            raise ValueError("retraining trains on what dataCollection keeps: set both")
         return self
 
 
@@ -540,6 +675,34 @@ class DataStatus(Resource):
     last_upload: datetime | None = None
 
 
+class RetrainingCandidate(Resource):
+    """A version a retraining Job made, validated: its file matches its sha256, and its
+    evaluation is read."""
+
+    version: ModelVersion
+    source: ArtifactSource
+    job: ObjectName
+    metric: Annotated[str, StringConstraints(max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9]*$")]
+    value: float = Field(description="The candidate's score on held-out labelled samples")
+    base_value: float | None = Field(default=None,
+                                     description="The base version's score on the same samples")
+    samples: Count = Field(description="Labelled samples the evaluation scored")
+    found_at: datetime
+
+
+class RetrainingStatus(Resource):
+    """spec.retraining's Jobs: how many were created and how the last one went."""
+
+    jobs: Count = Field(default=0, description="Jobs created so far; the next is number jobs+1")
+    job: ObjectName | None = Field(default=None, description="The last Job")
+    phase: Literal["Running", "Succeeded", "Failed"] | None = None
+    labelled_at_last_job: Count = Field(default=0,
+                                        description="status.data.labelled when it was created")
+    message: Message = ""
+    candidate: RetrainingCandidate | None = Field(
+        default=None, description="The last Job's validated output")
+
+
 class EdgeModelStatus(Resource):
     phase: ModelPhase = "Pending"
     observed_generation: int | None = Field(default=None, ge=0)
@@ -569,6 +732,7 @@ class EdgeModelStatus(Resource):
                     "accuracy, summarised over its devices")
     data: DataStatus | None = Field(
         default=None, description="What the dataset holds of the model's kept requests")
+    retraining: RetrainingStatus | None = None
     conditions: list[Condition] = Field(default_factory=list, max_length=16)
 
 

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgefleet.operator.metrics import device_label_name
-from edgefleet.operator.resources import LABEL_KEY_PATTERN
+from edgefleet.operator.resources import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, LABEL_KEY_PATTERN
 
 Role = Literal["all", "controller", "gateway"]
 
@@ -126,6 +126,20 @@ class OperatorSettings(BaseSettings):
     dataset_expiry_seconds: float = Field(
         default=3600.0, gt=0,
         description="how often samples older than their model's retentionDays are deleted")
+    # Retraining Jobs run tenants' images with the operator's right to create Jobs: the
+    # admin chooses where, and as whom (retraining.py).
+    retraining_namespaces: list[str] = Field(
+        default_factory=list,
+        description="namespaces whose EdgeModels may have the operator create retraining "
+                    "Jobs (spec.retraining); * for all; none by default")
+    retraining_service_account: str = Field(
+        default="edgefleet-retrain", pattern=DNS_SUBDOMAIN_PATTERN, max_length=253,
+        description="the ServiceAccount retraining Jobs run as, in the model's namespace "
+                    "(what it may reach, e.g. the tenant's part of the dataset bucket, is "
+                    "the admin's to grant); the template cannot name another")
+    retraining_poll_seconds: float = Field(
+        default=10.0, gt=0, description="how often a running retraining Job and its output "
+                                        "are looked at")
     artifact_cache_dir: Path = Field(
         default_factory=lambda: Path(tempfile.gettempdir()) / "edgefleet-artifacts",
         description="where verified model artifacts are kept")
@@ -198,6 +212,14 @@ class OperatorSettings(BaseSettings):
             raise ValueError(f"{keys} name the same metric label twice once '.', '/' and "
                              "'-' become '_'")
         return keys
+
+    @field_validator("retraining_namespaces")
+    @classmethod
+    def _namespaces(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if name != "*" and not re.fullmatch(DNS_LABEL_PATTERN, name):
+                raise ValueError(f"{name[:80]!r} is neither a namespace nor *")
+        return names
 
     @model_validator(mode="after")
     def _consistent(self) -> OperatorSettings:

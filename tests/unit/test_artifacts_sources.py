@@ -185,7 +185,7 @@ async def fetch(uri: str, policy: SourcePolicy, *servers: Server) -> bytes | Art
         server.port = started[-1].sockets[0].getsockname()[1]
     try:
         return b"".join([chunk async for chunk in read_source(uri.format(
-            *(s.port for s in servers)), policy, TIMEOUT)])
+            *(s.port for s in servers)), policy, TIMEOUT, "fleet")])
     except ArtifactError as error:
         return error
     finally:

@@ -1,0 +1,1 @@
+"""`edgefleet-retrain`: the trainer a retraining Job runs (EdgeModel spec.retraining)."""
