@@ -281,7 +281,8 @@ class DirectoryStore:
         return f"file://{self.root}"
 
     def locate(self, key: str) -> str:
-        return str(self.root.absolute() / key)
+        folder = "/" if key.endswith("/") else ""  # as S3 prefixes end
+        return f"{self.root.absolute() / key}{folder}"
 
 
 class S3Store:

@@ -181,20 +181,12 @@ class Retrainer:
     def _succeeded(self, namespace: str, name: str, spec: EdgeModelSpec,
                    current: RetrainingStatus, found: RetrainingCandidate) -> RetrainingOutcome:
         assert spec.retraining is not None
-        scored = (f"{found.metric} {found.value:.4g} on {found.samples} labelled samples"
-                  + (f" (the base version: {found.base_value:.4g})"
-                     if found.base_value is not None else ""))
-        canary = spec.retraining.rollout == "Canary"
-        if canary:
-            message = f"candidate {found.version} ({scored}) is rolling out"
-        else:
-            message = (f"candidate {found.version} ({scored}) waits to be promoted: "
-                       f"{retraining.promote_command(namespace, name, found)}")
+        settled = retraining.settle(namespace, name, spec.retraining.rollout, found)
         return RetrainingOutcome(
             current.model_copy(update={"phase": "Succeeded", "candidate": found,
-                                       "message": message}),
-            [Notice("RetrainingCandidate", message)],
-            promotion=retraining.promotion(found) if canary else None)
+                                       "message": settled.message}),
+            [Notice("RetrainingCandidate", settled.message, warning=settled.worse)],
+            promotion=settled.promotion)
 
     async def _candidate(self, prefix: str, name: str, number: int, base_version: str,
                          evaluation: bytes, now: datetime) -> RetrainingCandidate:

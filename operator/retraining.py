@@ -249,6 +249,30 @@ def promotion(found: RetrainingCandidate) -> dict[str, Any]:
                                 "signature": None, "publicKeyRef": None}}}
 
 
+@dataclass(frozen=True)
+class Settled:
+    """What becomes of a candidate."""
+
+    message: str
+    promotion: dict[str, Any] | None  # the spec patch that rolls it out, if it rolls out
+    worse: bool  # its own evaluation scores it below the version that served the samples
+
+
+def settle(namespace: str, model: str, rollout: str, found: RetrainingCandidate) -> Settled:
+    """A candidate rolls out (rollout Canary) unless its own evaluation scores it below the
+    version that served the same samples; otherwise it waits for a person."""
+    scored = f"{found.metric} {found.value:.4g} on {found.samples} held-out samples"
+    worse = found.base_value is not None and found.value < found.base_value
+    if found.base_value is not None:
+        scored += (f", {'below' if worse else 'against'} {found.base_value:.4g} for the "
+                   "version that served them")
+    if rollout == "Canary" and not worse:
+        return Settled(f"candidate {found.version} is rolling out: {scored}",
+                       promotion(found), worse)
+    return Settled(f"candidate {found.version} waits for a person ({scored}); to roll it "
+                   f"out: {promote_command(namespace, model, found)}", None, worse)
+
+
 def promote_command(namespace: str, model: str, found: RetrainingCandidate) -> str:
     """The kubectl command a person runs to roll a Manual candidate out."""
     patch = json.dumps(promotion(found), separators=(",", ":"))

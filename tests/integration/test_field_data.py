@@ -71,12 +71,13 @@ def in_dataset(fleet: Fleet, model: str = "digits") -> list[dict[str, Any]]:
     return sorted(found, key=lambda e: (e["device"], e["sequence"], e["index"]))
 
 
-def collecting(fleet: Fleet, policy: dict[str, Any], *edge_flags: str) -> EdgeProcess:
-    """Device cam-1 at plant-7 serving EdgeModel digits (y = x) with `policy` as its
-    spec.dataCollection, Healthy."""
+def collecting(fleet: Fleet, policy: dict[str, Any], *edge_flags: str,
+               factor: float = 1.0) -> EdgeProcess:
+    """Device cam-1 at plant-7 serving EdgeModel digits (y = factor * x) with `policy` as
+    its spec.dataCollection, Healthy."""
     fleet.add_device("cam-1", site="plant-7")
     edge = fleet.start("cam-1", *edge_flags)
-    uri, sha = publish(fleet.root, testmodels.scaled(1.0))
+    uri, sha = publish(fleet.root, testmodels.scaled(factor))
     model = edge_model("digits", "1", uri, sha, site="plant-7")
     model["spec"]["dataCollection"] = policy
     fleet.kube.create("edgemodels", fleet.namespace, model)

@@ -158,6 +158,21 @@ def test_the_promote_command_is_the_patch_canary_applies() -> None:
     assert patch["spec"]["source"]["uri"] == "dataset:digits/_retraining/3/model.onnx"
 
 
+@pytest.mark.parametrize(("rollout", "value", "base", "rolls_out"), [
+    ("Canary", 0.9, 0.5, True), ("Canary", 0.9, None, True), ("Canary", 0.4, 0.5, False),
+    ("Manual", 0.9, 0.5, False)])
+def test_a_candidate_rolls_out_only_on_canary_and_when_not_worse_than_its_base(
+        rollout: str, value: float, base: float | None, rolls_out: bool) -> None:
+    found = retraining.candidate("digits", 3, "1.2.0", "ab" * 32, retraining.Evaluation(
+        metric="accuracy", value=value, samples=5, baseValue=base), datetime.now(UTC))
+    settled = retraining.settle("fleet", "digits", rollout, found)
+    assert (settled.promotion is not None) == rolls_out
+    assert settled.worse == (base is not None and value < base)
+    if not rolls_out:
+        assert "waits for a person" in settled.message
+        assert retraining.promote_command("fleet", "digits", found) in settled.message
+
+
 # ---------------------------------------------------------------- dataset: sources
 
 
