@@ -247,7 +247,7 @@ def serving_roles(manifests: list[dict]) -> list[dict]:
     """The Roles of the namespaces the operator serves: not its Lease's nor its
     identity Secrets' (which are the release namespace's alone)."""
     return [m for m in manifests if m["kind"] == "Role"
-            and not m["metadata"]["name"].endswith(("-leases", "-identity"))]
+            and not m["metadata"]["name"].endswith(("-leases", "-identity", "-retraining"))]
 
 
 def test_cloud_chart_reads_secrets_only_in_the_namespaces_it_serves(
@@ -296,6 +296,41 @@ def test_cloud_chart_reads_secrets_only_in_the_namespaces_it_serves(
     assert grants(lease_role["rules"], "leases") == {"get", "list", "create", "update",
                                                      "patch", "delete"}
     assert identity_role["metadata"]["namespace"] == namespace
+
+
+def test_cloud_chart_grants_retraining_jobs_only_in_the_namespaces_listed(
+    helm: Helm, namespace: str,
+) -> None:
+    def jobs_granted(manifests: list[dict]) -> dict[str, set[str]]:
+        return {m["metadata"].get("namespace", "*"): grants(m["rules"], "jobs")
+                for m in manifests if m["kind"] in ("Role", "ClusterRole")
+                and grants(m["rules"], "jobs")}
+
+    def retraining_namespaces(manifests: list[dict]) -> list[str]:
+        return json.loads(container_env(manifests, "Deployment")[
+            "EDGEFLEET_RETRAINING_NAMESPACES"])
+
+    default = helm.template(CLOUD, [], namespace)
+    assert jobs_granted(default) == {} and retraining_namespaces(default) == []
+    assert not [m for m in default if m["kind"] == "ServiceAccount"
+                and m["metadata"]["name"] == "edgefleet-retrain"]
+
+    listed = helm.template(CLOUD, ["--set", "retraining.namespaces={fleet}"], namespace)
+    assert jobs_granted(listed) == {"fleet": {"create", "get"}}
+    assert retraining_namespaces(listed) == ["fleet"]
+    (account,) = [m for m in listed if m["kind"] == "ServiceAccount"
+                  and m["metadata"]["name"] == "edgefleet-retrain"]
+    assert account["metadata"]["namespace"] == "fleet"
+    assert account["automountServiceAccountToken"] is False
+
+    served = helm.template(CLOUD, ["--set", "retraining.namespaces={*}",
+                                   "--set", "watchNamespaces={fleet,plant-7}"], namespace)
+    assert jobs_granted(served) == {"fleet": {"create", "get"}, "plant-7": {"create", "get"}}
+    assert retraining_namespaces(served) == ["fleet", "plant-7"]
+    wide = helm.template(CLOUD, ["--set", "retraining.namespaces={*}",
+                                 "--set", "clusterWide=true"], namespace)
+    assert jobs_granted(wide) == {"*": {"create", "get"}}
+    assert retraining_namespaces(wide) == ["*"]
 
 
 def test_cloud_chart_lets_the_operator_keep_its_ca_and_signing_key_in_its_namespace(
@@ -1019,6 +1054,7 @@ def test_the_operator_works_on_the_charts_rbac_alone(
             assert can(verb, "secrets", "-n", elsewhere) == "no", (verb, elsewhere)
         assert can(verb, "secrets", "--all-namespaces") == "no", verb
     for verb, resource in (("delete", "edgemodels.edgefleet.io"), ("create", "pods"),
+                           ("create", "jobs.batch"),
                            ("create", "edgemodels.edgefleet.io"),
                            ("update", "secrets/another-secret"),
                            ("delete", "secrets/edgefleet-gateway-ca"),

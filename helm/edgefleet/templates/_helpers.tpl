@@ -56,6 +56,17 @@ watchNamespaces, or the release namespace alone; "[]" (all) only with clusterWid
 {{- end -}}
 {{- end -}}
 
+{{/* The namespaces that may have retraining Jobs, as a JSON list: retraining.namespaces,
+with "*" meaning every namespace the operator serves (all, when clusterWide). */}}
+{{- define "edgefleet.retrainingNamespaces" -}}
+{{- $wanted := (.Values.retraining | default dict).namespaces | default list -}}
+{{- if and (has "*" $wanted) (not .Values.clusterWide) -}}
+{{- include "edgefleet.namespaces" . -}}
+{{- else -}}
+{{- $wanted | toJson -}}
+{{- end -}}
+{{- end -}}
+
 {{/* "true" when cert-manager owns the gateway CA: asked for, or auto and the cluster
 serves cert-manager.io/v1. */}}
 {{- define "edgefleet.certManager" -}}

@@ -39,6 +39,10 @@ before they existed) keeps the operator's default. */}}
 - {name: AWS_ACCESS_KEY_ID, valueFrom: {secretKeyRef: {name: {{ . | quote }}, key: AWS_ACCESS_KEY_ID}}}
 - {name: AWS_SECRET_ACCESS_KEY, valueFrom: {secretKeyRef: {name: {{ . | quote }}, key: AWS_SECRET_ACCESS_KEY}}}
 {{- end }}
+{{- $retraining := $v.retraining | default dict }}
+- {name: EDGEFLEET_RETRAINING_NAMESPACES, value: {{ include "edgefleet.retrainingNamespaces" $root | quote }}}
+- {name: EDGEFLEET_RETRAINING_SERVICE_ACCOUNT, value: {{ $retraining.serviceAccount | default "edgefleet-retrain" | quote }}}
+- {name: EDGEFLEET_RETRAINING_POLL_SECONDS, value: {{ $retraining.pollSeconds | default 10 | quote }}}
 - {name: EDGEFLEET_ARTIFACT_CACHE_DIR, value: /var/cache/edgefleet}
 - {name: EDGEFLEET_ARTIFACT_MAX_BYTES, value: {{ $v.artifacts.maxBytes | int64 | quote }}}
 {{- if .remoteWrite }}
