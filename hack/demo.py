@@ -6,7 +6,10 @@ on scikit-learn's handwritten digits and rolled out to the three, with an int8 v
 that the operator builds and validates for the plant-9 camera; its accuracy measured at
 the edge; then a retrained version rolled out, with its own int8 variant, as a canary
 under live traffic, gated on what the devices measure; a plot of the rollout from
-Prometheus' data; `kubectl get em,ed`.
+Prometheus' data. Then the field closes the loop: one camera is remounted sideways, the
+devices keep samples and take feedback, the operator creates a retraining Job once
+enough labels arrived (the demo runs its command: no kubelet here), and the new version
+canaries on field accuracy; before and after, and a plot of it; `kubectl get em,ed`.
 
     python hack/demo.py up     # idempotent: reuses a running control plane
     python hack/demo.py down   # stops everything `up` started
@@ -18,6 +21,7 @@ import argparse
 import base64
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -28,6 +32,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +42,7 @@ import localcluster
 
 if TYPE_CHECKING:  # `down` runs without the project's environment: imports stay lazy
     import digits
+    import grpc
     import numpy as np
 
 REPO_ROOT = localcluster.REPO_ROOT
@@ -50,6 +56,8 @@ EXAMPLE_SOURCE = ("https://models.example/digits-1.2.0.onnx",
 EXAMPLE_DATASET = ("https://models.example/digits-validation.npz",
                    "9c0ffee0d2a5b6c7d8e9f0a1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3e4f")
 PLOT = DEMO_DIR / "rollout.png"
+RETRAINING_PLOT = DEMO_DIR / "retraining.png"
+SIDEWAYS = "cam-0003"  # the plant-9 camera, remounted a quarter turn round
 
 
 def step(message: str) -> None:
@@ -121,7 +129,11 @@ def start_operator(cluster: localcluster.Cluster, grpc_port: int, enrolment_port
         "--heartbeat-write-seconds", "5", "--metrics-remote-write-url", remote_write_url,
         "--artifact-cache-dir", str(DEMO_DIR / "artifacts"),
         # The models trained here are read from disk: file:// sources below this only.
-        "--artifact-file-roots", str(DEMO_DIR / "models")], env=cluster.env())
+        "--artifact-file-roots", str(DEMO_DIR / "models"),
+        # Samples and labels from the devices, and retraining Jobs' outputs.
+        "--dataset-uri", str(DEMO_DIR / "dataset"),
+        "--retraining-namespaces", NAMESPACE, "--retraining-poll-seconds", "2"],
+        env=cluster.env())
 
     def ready() -> bool:
         if process.poll() is not None:
@@ -203,15 +215,19 @@ def variants_table(cluster: localcluster.Cluster, version: str) -> None:
 
 
 def accuracy_at_the_edge(cluster: localcluster.Cluster, ports: dict[str, int],
-                         model: digits.Digits) -> None:
-    """Every test image through tritonclient to each targeted device, one request each."""
+                         model: digits.Digits, sideways: bool = False) -> None:
+    """Every test image through tritonclient to each targeted device, one request each;
+    `sideways`: as the remounted camera sees them."""
+    import digits
     import numpy as np
     import tritonclient.grpc as triton_grpc
 
     for device in DEVICES:
         client = triton_grpc.InferenceServerClient(f"127.0.0.1:{ports[device]}")
         correct, versions = 0, set()
-        for pixels, label in zip(model.test_pixels, model.test_labels, strict=True):
+        images = (digits.sideways(model.test_pixels) if sideways and device == SIDEWAYS
+                  else model.test_pixels)
+        for pixels, label in zip(images, model.test_labels, strict=True):
             item = triton_grpc.InferInput("pixels", [1, 64], "FP32")
             item.set_data_from_numpy(pixels[np.newaxis])
             result = client.infer("digits", [item], outputs=[
@@ -220,37 +236,135 @@ def accuracy_at_the_edge(cluster: localcluster.Cluster, ports: dict[str, int],
             versions.add(result.get_response().model_version)
         held = kubectl(cluster, "get", "ed", device, "-n", NAMESPACE, "-o",
                        "jsonpath={.status.models[*].variant}") or "source"
-        print(f"{device}: {correct}/{len(model.test_labels)} test images right "
+        seen = " (sideways)" if images is not model.test_pixels else ""
+        print(f"{device}{seen}: {correct}/{len(model.test_labels)} test images right "
               f"({correct / len(model.test_labels):.1%}), answered by digits "
               f"{', '.join(sorted(versions))} ({held})")
 
 
-class Traffic:
-    """An application sending test images to the devices until stopped."""
+@dataclass(frozen=True)
+class Stream:
+    """What an application sends one device: images in turn, each once unless `cycle`,
+    with their true labels sent back as feedback when `labels` are given."""
 
-    def __init__(self, ports: list[int], pixels: np.ndarray) -> None:
+    port: int
+    pixels: np.ndarray
+    labels: np.ndarray | None = None
+    label_every: int = 1  # feedback for every n-th answer
+    cycle: bool = True
+
+
+def feedback_stub(channel: grpc.Channel) -> Callable[..., object]:
+    from edgefleet.protocol.edgefleet.v1 import feedback_pb2
+
+    return channel.unary_unary(
+        "/edgefleet.v1.InferenceFeedback/Feedback",
+        request_serializer=feedback_pb2.FeedbackRequest.SerializeToString,
+        response_deserializer=feedback_pb2.FeedbackResponse.FromString)
+
+
+def takes_feedback(port: int, pixels: np.ndarray, label: int) -> bool:
+    """Whether the device remembers its answers for feedback: its EdgeModel's
+    dataCollection reached it."""
+    import grpc
+    import numpy as np
+    import tritonclient.grpc as triton_grpc
+
+    from edgefleet.protocol.edgefleet.v1 import feedback_pb2
+
+    item = triton_grpc.InferInput("pixels", [1, 64], "FP32")
+    item.set_data_from_numpy(pixels[np.newaxis])
+    answer = triton_grpc.InferenceServerClient(f"127.0.0.1:{port}").infer("digits", [item])
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            feedback_stub(channel)(feedback_pb2.FeedbackRequest(
+                model_name="digits", id=answer.get_response().id, labels=[str(label)]))
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            return False
+    return True
+
+
+class Traffic:
+    """Applications sending images to the devices until stopped (or, for streams that do
+    not cycle, until they have sent every image)."""
+
+    def __init__(self, streams: list[Stream], pause_s: float = 0.01) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._send, args=(ports, pixels))
+        self.labelled = 0
+        self._threads = [threading.Thread(target=self._send, args=(stream, pause_s))
+                         for stream in streams]
 
     def __enter__(self) -> Traffic:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
-        self._thread.join()
+        self.wait()
 
-    def _send(self, ports: list[int], pixels: np.ndarray) -> None:
+    def wait(self) -> None:
+        for thread in self._threads:
+            thread.join()
+
+    def _send(self, stream: Stream, pause_s: float) -> None:
+        import grpc
         import numpy as np
         import tritonclient.grpc as triton_grpc
 
-        clients = [triton_grpc.InferenceServerClient(f"127.0.0.1:{port}") for port in ports]
+        from edgefleet.protocol.edgefleet.v1 import feedback_pb2
+
+        client = triton_grpc.InferenceServerClient(f"127.0.0.1:{stream.port}")
+        channel = grpc.insecure_channel(f"127.0.0.1:{stream.port}")
+        feedback = feedback_stub(channel)
         sent = 0
-        while not self._stop.wait(0.01):
-            item = triton_grpc.InferInput("pixels", [1, 64], "FP32")
-            item.set_data_from_numpy(pixels[sent % len(pixels)][np.newaxis])
-            clients[sent % len(clients)].infer("digits", [item])
-            sent += 1
+        with channel:
+            while not self._stop.wait(pause_s):
+                if not stream.cycle and sent == len(stream.pixels):
+                    return
+                index = sent % len(stream.pixels)
+                item = triton_grpc.InferInput("pixels", [1, 64], "FP32")
+                item.set_data_from_numpy(stream.pixels[index][np.newaxis])
+                answer = client.infer("digits", [item]).get_response()
+                if stream.labels is not None and sent % stream.label_every == 0:
+                    # Someone checked the answer: its truth goes back.
+                    feedback(feedback_pb2.FeedbackRequest(
+                        model_name="digits", id=answer.id,
+                        labels=[str(stream.labels[index])]))
+                    self.labelled += 1
+                sent += 1
+
+
+def watch_rollout(cluster: localcluster.Cluster, version: str, timeout_s: float = 240) -> None:
+    """Prints each change of the rollout of `version` until it is the stable version."""
+    fields = ("{.status.stepSummary}|{.status.updatedSummary}|{.status.phase}|"
+              "{.status.stableVersion}|"
+              '{.status.conditions[?(@.type=="Progressing")].message}')
+    started, last = time.monotonic(), ""
+    print(f"{'s':>4}  {'STEP':<5} {'UPDATED':<8} {'PHASE':<12} PROGRESSING")
+    while time.monotonic() - started < timeout_s:
+        line = kubectl(cluster, "get", "em", "digits", "-n", NAMESPACE, "-o",
+                       f"jsonpath={fields}")
+        if line != last:
+            step_summary, updated, phase, stable, message = line.split("|", 4)
+            print(f"{time.monotonic() - started:4.0f}  {step_summary or '-':<5} "
+                  f"{updated:<8} {phase:<12} {message}", flush=True)
+            last = line
+        if phase == "Healthy" and stable == version:
+            return
+        if phase in ("RolledBack", "Paused", "Failed"):
+            raise SystemExit(f"demo: the rollout stopped ({phase}): {message}")
+        time.sleep(0.5)
+    raise SystemExit(f"demo: the rollout did not finish in {timeout_s:.0f} s")
+
+
+def print_events(cluster: localcluster.Cluster) -> None:
+    print(f"\nkubectl get events -n {NAMESPACE} --field-selector involvedObject.name=digits")
+    print(kubectl(cluster, "get", "events", "-n", NAMESPACE, "--sort-by=.lastTimestamp",
+                  "--field-selector", "involvedObject.name=digits",
+                  "-o", "custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message"), end="")
 
 
 def canary_rollout(cluster: localcluster.Cluster, ports: list[int], model: digits.Digits,
@@ -268,32 +382,10 @@ def canary_rollout(cluster: localcluster.Cluster, ports: list[int], model: digit
     print(f"kubectl patch em digits -n {NAMESPACE} --type merge -p '{json.dumps(patch)}'")
     kubectl(cluster, "patch", "em", "digits", "-n", NAMESPACE, "--type", "merge",
             "-p", json.dumps(patch))
-    fields = ("{.status.stepSummary}|{.status.updatedSummary}|{.status.phase}|"
-              "{.status.stableVersion}|"
-              '{.status.conditions[?(@.type=="Progressing")].message}')
-    started, last = time.monotonic(), ""
-    print(f"{'s':>4}  {'STEP':<5} {'UPDATED':<8} {'PHASE':<12} PROGRESSING")
-    with Traffic(ports, model.test_pixels):
-        while time.monotonic() - started < 240:
-            line = kubectl(cluster, "get", "em", "digits", "-n", NAMESPACE, "-o",
-                           f"jsonpath={fields}")
-            if line != last:
-                step_summary, updated, phase, stable, message = line.split("|", 4)
-                print(f"{time.monotonic() - started:4.0f}  {step_summary or '-':<5} "
-                      f"{updated:<8} {phase:<12} {message}", flush=True)
-                last = line
-            if phase == "Healthy" and stable == "1.3.0":
-                break
-            if phase in ("RolledBack", "Paused", "Failed"):
-                raise SystemExit(f"demo: the rollout stopped ({phase}): {message}")
-            time.sleep(0.5)
-        else:
-            raise SystemExit("demo: the rollout did not finish in 240 s")
+    with Traffic([Stream(port, model.test_pixels) for port in ports]):
+        watch_rollout(cluster, "1.3.0")
         time.sleep(6)  # traffic on the new version, for the plot
-    print(f"\nkubectl get events -n {NAMESPACE} --field-selector involvedObject.name=digits")
-    print(kubectl(cluster, "get", "events", "-n", NAMESPACE, "--sort-by=.lastTimestamp",
-                  "--field-selector", "involvedObject.name=digits",
-                  "-o", "custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message"), end="")
+    print_events(cluster)
 
 
 def query_range(prometheus: str, promql: str, start: float, end: float,
@@ -306,38 +398,175 @@ def query_range(prometheus: str, promql: str, start: float, end: float,
             for series in answer["data"]["result"]]
 
 
-def plot(prometheus: str, began: float, end: float) -> None:
-    """The rollout as Prometheus recorded it: devices per version, requests and p99
-    per version (the devices' samples arrived through the gateway)."""
+# What the plots show, each (title, PromQL, scale).
+DEVICES_PANEL = ("devices serving", 'sum by (version) (edgefleet_operator_model_devices'
+                                    '{model="digits",state="Ready"})', 1)
+REQUESTS_PANEL = ("requests/s", 'sum by (version) (rate(edgefleet_inference_requests_total'
+                                '{model="digits",outcome="success"}[6s]))', 1)
+LATENCY_PANEL = ("p99 latency (ms)", 'histogram_quantile(0.99, sum by (version, le) (rate('
+                                     'edgefleet_inference_request_duration_seconds_bucket'
+                                     '{model="digits"}[6s])))', 1000)
+ACCURACY_PANEL = ("field accuracy", 'edgefleet_operator_model_field_accuracy{model="digits"}', 1)
+
+
+def plot(prometheus: str, began: float, end: float, panels: list[tuple[str, str, float]],
+         title: str, path: Path) -> None:
+    """Series per version from Prometheus (the devices' samples arrived through the
+    gateway; field accuracy is the operator's)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [
-        ("devices serving", 'sum by (version) (edgefleet_operator_model_devices'
-                            '{model="digits",state="Ready"})', 1),
-        ("requests/s", 'sum by (version) (rate(edgefleet_inference_requests_total'
-                       '{model="digits",outcome="success"}[6s]))', 1),
-        ("p99 latency (ms)", 'histogram_quantile(0.99, sum by (version, le) (rate('
-                             'edgefleet_inference_request_duration_seconds_bucket'
-                             '{model="digits"}[6s])))', 1000),
-    ]
-    figure, axes = plt.subplots(len(panels), 1, figsize=(8, 7), sharex=True)
-    for axis, (title, promql, scale) in zip(axes, panels, strict=True):
+    figure, axes = plt.subplots(len(panels), 1, figsize=(8, 2.3 * len(panels)), sharex=True)
+    styles: dict[str, str] = {}  # one line style per version across the panels
+    for axis, (name, promql, scale) in zip(axes, panels, strict=True):
         series = sorted(query_range(prometheus, promql, began - 5, end),
                         key=lambda item: item[0].get("version", ""))
-        for (labels, values), style in zip(series, ("-", "--", ":"), strict=False):
+        for labels, values in series:
+            if not any(v for _, v in values):
+                continue  # a version that served nothing here
+            version = labels.get("version", "?")
+            style = styles.setdefault(version, ("-", "--", ":", "-.")[len(styles) % 4])
             axis.plot([t - began for t, _ in values], [v * scale for _, v in values],
-                      style, linewidth=2, label=f"digits {labels.get('version', '?')}")
-        axis.set_ylabel(title)
+                      style, linewidth=2, label=f"digits {version}")
+        axis.set_ylabel(name)
         axis.legend(loc="upper left", fontsize="small")
         axis.grid(alpha=0.3)
-    axes[-1].set_xlabel("seconds since the canary began")
-    figure.suptitle("make demo: canary rollout of digits 1.3.0 over 1.2.0 (int8 at plant-9)")
+    axes[-1].set_xlabel("seconds since it began")
+    figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(PLOT, dpi=100)
-    print(f"wrote {PLOT.relative_to(REPO_ROOT)} from Prometheus' data")
+    figure.savefig(path, dpi=100)
+    print(f"wrote {path.relative_to(REPO_ROOT)} from Prometheus' data")
+
+
+FIELD_POLICY = {"lowConfidenceBelow": 0.9, "sampleRate": 0.5}
+RETRAINING_LABELS = 1200
+
+
+def field_accuracy(cluster: localcluster.Cluster) -> None:
+    """Field accuracy per version (EdgeModel status.inference) and per device."""
+    status = json.loads(kubectl(cluster, "get", "em", "digits", "-n", NAMESPACE, "-o",
+                                "jsonpath={.status}"))
+    print(f"kubectl get em digits -n {NAMESPACE} -o jsonpath='{{.status.inference}}'")
+    print(f"{'VERSION':<16} {'DEVICES':>7} {'LABELLED':>8} {'ACCURACY':>8}")
+    for entry in status.get("inference", []):
+        if entry.get("labelled"):
+            print(f"{entry['version']:<16} {entry['devices']:>7} {entry['labelled']:>8} "
+                  f"{entry['accuracy']:>8.1%}")
+    for device in DEVICES:
+        for entry in json.loads(kubectl(cluster, "get", "ed", device, "-n", NAMESPACE, "-o",
+                                        "jsonpath={.status.inference}") or "[]"):
+            if entry.get("labelled"):
+                print(f"  {device}: digits {entry['version']}, {entry['correct']} of "
+                      f"{entry['labelled']} labelled answers right "
+                      f"({entry['correct'] / entry['labelled']:.1%})")
+
+
+def model_status(cluster: localcluster.Cluster, field: str) -> dict:
+    return json.loads(kubectl(cluster, "get", "em", "digits", "-n", NAMESPACE, "-o",
+                              f"jsonpath={{.status.{field}}}") or "{}")
+
+
+def run_job(cluster: localcluster.Cluster, name: str) -> None:
+    """What the Job's pod would run: its command and arguments, in its environment."""
+    job = json.loads(kubectl(cluster, "get", "job", name, "-n", NAMESPACE, "-o", "json"))
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item["value"] for item in container["env"] if "value" in item}
+    command = [*container["command"], *container.get("args", [])]
+    print(f"kubectl get job {name} -n {NAMESPACE}: runs {' '.join(command)} as "
+          f"{job['spec']['template']['spec']['serviceAccountName']}, with")
+    for key, value in env.items():
+        print(f"  {key}={value}")
+    executable = Path(sys.executable).parent / command[0]
+    result = subprocess.run([str(executable), *command[1:]], env={**os.environ, **env},
+                            capture_output=True, text=True, timeout=600)
+    for line in result.stderr.splitlines():
+        if "Warning" not in line and "warnings.warn" not in line:
+            print(f"  | {line}")
+    if result.returncode != 0:
+        raise SystemExit(f"demo: {command[0]} failed ({result.returncode})")
+
+
+def field_retraining(cluster: localcluster.Cluster, ports: dict[str, int],
+                     model: digits.Digits) -> str:
+    """The loop from the field back to the fleet; returns the version it rolled out."""
+    import digits
+
+    step(f"{SIDEWAYS} at plant-9 is remounted sideways: every digit it sees is turned a "
+         "quarter round")
+    accuracy_at_the_edge(cluster, ports, model, sideways=True)
+
+    step("Data collection, feedback and retraining on the EdgeModel; the next version "
+         "canaries on field accuracy")
+    patch = {"spec": {
+        "dataCollection": FIELD_POLICY,
+        "retraining": {
+            "minNewLabelledSamples": RETRAINING_LABELS, "rollout": "Canary",
+            "jobTemplate": {"spec": {"template": {"spec": {"containers": [{
+                "image": "registry.example/edgefleet-retrain:0.1.0",
+                "command": ["edgefleet-retrain"],
+                # The base version's training images, as this demo wrote them.
+                "args": ["--base-data", str(model.train), "--hidden-units", "256"]}]}}}}},
+        "rollout": {"steps": [{"percent": 50, "pauseSeconds": 5}, {"percent": 100}],
+                    "analysis": {"minRequests": 100, "maxDrift": None, "minLabelled": 50,
+                                 "minAccuracy": 0.9, "maxAccuracyDrop": 0.05}}}}
+    print(f"kubectl patch em digits -n {NAMESPACE} --type merge -p '{json.dumps(patch)}'")
+    kubectl(cluster, "patch", "em", "digits", "-n", NAMESPACE, "--type", "merge",
+            "-p", json.dumps(patch))
+
+    for device in DEVICES:
+        wait_until(lambda: takes_feedback(ports[device], model.test_pixels[0],  # noqa: B023
+                                          int(model.test_labels[0])),
+                   f"{device} to take feedback (the new dataCollection to reach it)")
+    step(f"Feedback: someone checks answers and sends their true labels; {SIDEWAYS} sees "
+         f"the {len(model.train_labels):,} training images sideways, each once, every "
+         "answer checked; the other cameras every tenth")
+    others = [Stream(ports[d], model.test_pixels, model.test_labels, label_every=10)
+              for d in DEVICES if d != SIDEWAYS]
+    sideways = Stream(ports[SIDEWAYS], digits.sideways(model.train_pixels),
+                      model.train_labels, cycle=False)
+    with Traffic(others) as background, Traffic([sideways], pause_s=0) as field:
+        field.wait()
+        wait_until(lambda: model_status(cluster, "retraining").get("phase") == "Running",
+                   "the retraining Job", timeout=120)
+    sent = background.labelled + field.labelled
+    wait_until(lambda: model_status(cluster, "data").get("labelled", 0) >= sent,
+               f"the {sent} labels to reach the dataset", timeout=120)
+    data = model_status(cluster, "data")
+    print(f"the dataset holds {data['samples']} samples and {data['labelled']} labels "
+          f"from {data['devices']} devices ({data['bytes']:,} bytes; EdgeModel "
+          f"status.data): requests less sure than {FIELD_POLICY['lowConfidenceBelow']} and "
+          f"half the rest at random (the sideways digits are answered wrongly, and most of "
+          f"them confidently: only sampling keeps those)")
+    field_accuracy(cluster)
+
+    job = model_status(cluster, "retraining")["job"]
+    step(f"The operator created Job {job} past {RETRAINING_LABELS:,} new labels. The local "
+         "control plane has no kubelet, so the demo runs the Job's command itself, with "
+         "its environment, as its pod would")
+    run_job(cluster, job)
+    wait_until(lambda: model_status(cluster, "retraining").get("phase") == "Succeeded",
+               "the Job's output to become a candidate", timeout=60)
+    retraining = model_status(cluster, "retraining")
+    print(f"status.retraining: {retraining['message'].split(';')[0]}")
+    candidate = retraining["candidate"]["version"]
+
+    step(f"{candidate} canaries on field accuracy under labelled traffic")
+    streams = [Stream(ports[d], model.test_pixels, model.test_labels, label_every=10)
+               for d in DEVICES if d != SIDEWAYS]
+    streams.append(Stream(ports[SIDEWAYS], digits.sideways(model.test_pixels),
+                          model.test_labels, label_every=10))
+    with Traffic(streams):
+        watch_rollout(cluster, candidate, timeout_s=300)
+        time.sleep(6)  # traffic on the new version, for the plot
+    print_events(cluster)
+
+    step("Field accuracy after retraining")
+    field_accuracy(cluster)
+    step("Accuracy measured at the edge after retraining")
+    accuracy_at_the_edge(cluster, ports, model, sideways=True)
+    return candidate
 
 
 def fresh_namespace(cluster: localcluster.Cluster) -> None:
@@ -365,6 +594,7 @@ def up() -> None:
     step("The operator with its fleet gateway, and Prometheus")
     stop_all()
     fresh_namespace(cluster)
+    shutil.rmtree(DEMO_DIR / "dataset", ignore_errors=True)
     grpc_port, enrolment_port, operator_port = (localcluster.free_port() for _ in range(3))
     prometheus = start_prometheus(operator_port)
     ca_pin = start_operator(cluster, grpc_port, enrolment_port, operator_port,
@@ -415,7 +645,15 @@ def up() -> None:
     accuracy_at_the_edge(cluster, ports, model)
 
     step("The rollout as Prometheus saw it")
-    plot(prometheus, started, ended)
+    plot(prometheus, started, ended, [DEVICES_PANEL, REQUESTS_PANEL, LATENCY_PANEL],
+         "make demo: canary rollout of digits 1.3.0 over 1.2.0 (int8 at plant-9)", PLOT)
+
+    started = time.time()
+    retrained = field_retraining(cluster, ports, model)
+    step("Field accuracy, retraining and the rollout as Prometheus saw them")
+    plot(prometheus, started, time.time(), [DEVICES_PANEL, ACCURACY_PANEL, REQUESTS_PANEL],
+         f"make demo: {SIDEWAYS} sideways, digits retrained on its labelled samples "
+         f"({retrained})", RETRAINING_PLOT)
 
     step(f"kubectl get em,ed -n {NAMESPACE}")
     print(kubectl(cluster, "get", "em,ed", "-n", NAMESPACE), end="")
@@ -423,16 +661,23 @@ def up() -> None:
 The classifier reached the three cameras, the plant-9 one (cam-0003) as the int8 build
 the operator made and scored against the source before shipping it; version 1.3.0
 went to part of the cameras first, was judged there on its own traffic against 1.2.0,
-then went to all, each camera on its own build of it. Where to look next:
+then went to all, each camera on its own build of it. Then {SIDEWAYS} was remounted
+sideways: its field accuracy fell, the devices kept samples and took feedback, the
+operator created a retraining Job past {RETRAINING_LABELS:,} new labels, and the version
+that Job trained ({retrained}) canaried on field accuracy and went to every camera.
+Where to look next:
   export KUBECONFIG={cluster.kubeconfig}
   export PATH={cluster.bin_dir}:$PATH
   kubectl describe em digits -n {NAMESPACE}                  # conditions and Events
+  kubectl get em digits -n {NAMESPACE} -o jsonpath='{{.status.retraining}}'
   kubectl get ed cam-0001 -n {NAMESPACE} -o yaml             # what a device reports
   kubectl label ed cam-0002 -n {NAMESPACE} site=plant-9 --overwrite   # it takes int8
   kubectl patch ed cam-0003 -n {NAMESPACE} --type merge -p '{{"spec":{{"revoked":true}}}}'
                                      # its session ends, its certificate is refused
   {prometheus}/graph                                      # PromQL over fleet and devices
-  {PLOT.relative_to(REPO_ROOT)}, monitoring/dashboards/ (Grafana), monitoring/alerts.yaml
+  {PLOT.relative_to(REPO_ROOT)}, {RETRAINING_PLOT.relative_to(REPO_ROOT)}
+  .demo/dataset/{NAMESPACE}/digits/                         # the samples, numpy.load() reads them
+  monitoring/dashboards/ (Grafana), monitoring/alerts.yaml
 Logs are in .demo/logs/. Stop everything with: make demo-down""")
 
 

@@ -1,11 +1,12 @@
 """The demo's model: digit classifiers trained on scikit-learn's bundled handwritten
 digits (8x8 pixels, 1,797 images) and converted to ONNX with skl2onnx, two versions
-(1.2.0 with 128 hidden units, 1.3.0 with 256), and the held-out images as a validation
-set in the layout EdgeModel spec.validation reads (.npz: `pixels`, `labels`). Variants
-of them (int8) are the operator's to build, from the EdgeModel.
+(1.2.0 with 128 hidden units, 1.3.0 with 256), the held-out images as a validation
+set in the layout EdgeModel spec.validation reads (.npz: `pixels`, `labels`), and the
+training images in the same layout (what a retraining Job trains on beside the field's
+data). Variants of them (int8) are the operator's to build, from the EdgeModel.
 
     python hack/digits.py OUT_DIR    # writes digits-1.2.0.onnx, digits-1.3.0.onnx,
-                                     # digits-validation.npz
+                                     # digits-validation.npz, digits-train.npz
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ import numpy as np
 class Digits:
     versions: dict[str, Path]  # version -> ONNX file
     validation: Path  # the held-out images and their labels, .npz
+    train: Path  # the training images and their labels, .npz
     test_pixels: np.ndarray  # (n, 64) float32 in [0, 1]
     test_labels: np.ndarray  # (n,) int64
+    train_pixels: np.ndarray
+    train_labels: np.ndarray
     accuracy: dict[str, float]  # of each version on the held-out images, in scikit-learn
 
 
@@ -55,7 +59,15 @@ def build(out: Path) -> Digits:
         accuracy[version] = float(classifier.score(test_x, test_y))
     validation = out / "digits-validation.npz"
     np.savez(validation, pixels=test_x, labels=test_y.astype(np.int64))
-    return Digits(versions, validation, test_x, test_y.astype(np.int64), accuracy)
+    train = out / "digits-train.npz"
+    np.savez(train, pixels=train_x, labels=train_y.astype(np.int64))
+    return Digits(versions, validation, train, test_x, test_y.astype(np.int64), train_x,
+                  train_y.astype(np.int64), accuracy)
+
+
+def sideways(pixels: np.ndarray) -> np.ndarray:
+    """What a camera mounted a quarter turn round sees: each 8x8 image rotated."""
+    return np.rot90(pixels.reshape(-1, 8, 8), k=1, axes=(1, 2)).reshape(-1, 64).copy()
 
 
 if __name__ == "__main__":

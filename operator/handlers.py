@@ -555,6 +555,8 @@ async def keep_model_status(
     finally:
         if expiry:
             expiry.cancel()
+        if memo.retrainer:
+            memo.retrainer.forget(namespace, name)
         metrics.MODEL_PHASES.discard(namespace, name)
         metrics.ROLLOUTS.discard(namespace, name)
 

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -56,6 +57,13 @@ class Retrainer:
         self._jobs = jobs
         self._store = store
         self._settings = settings
+        # When each running Job is looked at next (monotonic): a model's status loop runs
+        # with every device report, the Job and its output are read every poll period.
+        self._next_look: dict[tuple[str, str], float] = {}
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The model's status loop ended (deleted, or no longer this replica's)."""
+        self._next_look.pop((namespace, name), None)
 
     async def reconcile(self, namespace: str, name: str, uid: str, spec: EdgeModelSpec,
                         status: EdgeModelStatus, now: datetime) -> RetrainingOutcome:
@@ -69,13 +77,21 @@ class Retrainer:
             message = (f"retraining Jobs are not allowed in namespace {namespace}: the "
                        "cluster admin names the namespaces that may have them "
                        "(--retraining-namespaces)")
-            return RetrainingOutcome(current.model_copy(update={"message": message}),
-                                     [Notice("RetrainingNotAllowed", message, warning=True)])
+            return _say(current, message, "RetrainingNotAllowed")
+        key = (namespace, name)
         if current.phase == "Running":
-            return await self._follow(namespace, name, spec, status, current, now)
+            wait_s = self._next_look.get(key, 0.0) - time.monotonic()
+            if wait_s > 0:
+                return RetrainingOutcome(current, recheck_after_s=wait_s)
+            self._next_look[key] = time.monotonic() + self._settings.retraining_poll_seconds
+            outcome = await self._follow(namespace, name, spec, status, current, now)
+            if outcome.status is None or outcome.status.phase != "Running":
+                self._next_look.pop(key, None)
+            return outcome
         labelled = status.data.labelled if status.data else 0
         if not retraining.due(policy, current, labelled):
             return RetrainingOutcome(current)
+        self._next_look[key] = time.monotonic() + self._settings.retraining_poll_seconds
         return await self._create(namespace, name, uid, spec, status, current, labelled)
 
     async def _create(self, namespace: str, name: str, uid: str, spec: EdgeModelSpec,
@@ -96,7 +112,7 @@ class Retrainer:
         manifest = retraining.job_manifest(spec.retraining.job_template, context)
         created = current.model_copy(update={
             "jobs": number, "job": job_name, "phase": "Running", "labelled_at_last_job": labelled,
-            "message": f"Job {job_name} trains on {labelled} labelled samples"})
+            "message": f"Job {job_name} created; the dataset holds {labelled} labels"})
         try:
             await kubeapi.call(self._jobs.create_namespaced_job, namespace, manifest)
         except ApiException as error:
@@ -126,9 +142,9 @@ class Retrainer:
             return RetrainingOutcome(created, recheck_after_s=recheck)
         message = (f"a Job named {created.job} exists that the operator did not create for "
                    "this model; delete or rename it")
-        return RetrainingOutcome(current.model_copy(update={"message": message}),
-                                 [Notice("RetrainingJobNameTaken", message, warning=True)],
-                                 recheck_after_s=recheck)
+        said = _say(current, message, "RetrainingJobNameTaken")
+        said.recheck_after_s = recheck
+        return said
 
     async def _read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Job as the API server has it (JSON); None when there is none."""
@@ -214,6 +230,15 @@ class Retrainer:
                                          f"{self._settings.artifact_max_bytes} bytes")
                 hasher.update(chunk)
         return hasher.hexdigest()
+
+
+def _say(current: RetrainingStatus, message: str, reason: str) -> RetrainingOutcome:
+    """A standing problem in status.retraining.message, with a Warning Event when it is
+    new (not at every reconcile: a notice forces a status write)."""
+    if current.message == message:
+        return RetrainingOutcome(current)
+    return RetrainingOutcome(current.model_copy(update={"message": message}),
+                             [Notice(reason, message, warning=True)])
 
 
 def _api_reason(error: ApiException) -> str:
