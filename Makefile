@@ -64,7 +64,7 @@ example-models: venv
 	$(PY) hack/testmodels.py examples/models
 
 lint: venv
-	$(VENV)/bin/ruff check operator edge_runtime tests hack benchmarks
+	$(VENV)/bin/ruff check operator edge_runtime trainer tests hack benchmarks
 	$(VENV)/bin/lint-imports
 
 test-unit: venv
