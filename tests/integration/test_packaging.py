@@ -78,10 +78,12 @@ def test_wheel_installs_edgefleet_namespace_with_both_sides(tmp_path: Path) -> N
     names = zipfile.ZipFile(wheel).namelist()
     assert "edgefleet/operator/planner.py" in names
     assert "edgefleet/edge_runtime/__main__.py" in names
+    assert "edgefleet/trainer/retrain.py" in names
     assert not any(name.startswith(("operator/", "tests/")) for name in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "edgefleet-operator = edgefleet.operator.__main__:main" in scripts
+    assert "edgefleet-retrain = edgefleet.trainer.__main__:main" in scripts
 
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet",
