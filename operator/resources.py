@@ -695,6 +695,8 @@ class RetrainingStatus(Resource):
 
     jobs: Count = Field(default=0, description="Jobs created so far; the next is number jobs+1")
     job: ObjectName | None = Field(default=None, description="The last Job")
+    base_version: ModelVersion | None = Field(
+        default=None, description="The version devices served when the last Job was created")
     phase: Literal["Running", "Succeeded", "Failed"] | None = None
     labelled_at_last_job: Count = Field(default=0,
                                         description="status.data.labelled when it was created")

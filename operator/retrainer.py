@@ -100,9 +100,10 @@ class Retrainer:
         assert spec.retraining is not None
         number = current.jobs + 1
         job_name = retraining.job_name(name, number)
+        base_version = status.stable_version or spec.version
         context = JobContext(
             namespace=namespace, model=name, model_uid=uid, number=number,
-            base_version=status.stable_version or spec.version,
+            base_version=base_version,
             dataset=self._store.locate(f"{namespace}/{name}/"),
             output=self._store.locate(retraining.output_key(namespace, name, number)),
             service_account=self._settings.retraining_service_account,
@@ -111,7 +112,8 @@ class Retrainer:
                        if self._settings.dataset_uri.startswith("s3://") else ""))
         manifest = retraining.job_manifest(spec.retraining.job_template, context)
         created = current.model_copy(update={
-            "jobs": number, "job": job_name, "phase": "Running", "labelled_at_last_job": labelled,
+            "jobs": number, "job": job_name, "base_version": base_version, "phase": "Running",
+            "labelled_at_last_job": labelled,
             "message": f"Job {job_name} created; the dataset holds {labelled} labels"})
         try:
             await kubeapi.call(self._jobs.create_namespaced_job, namespace, manifest)
@@ -169,8 +171,8 @@ class Retrainer:
             evaluation = await asyncio.to_thread(self._store.get,
                                                  prefix + retraining.EVALUATION_FILE)
             found = None if evaluation is None else await self._candidate(
-                prefix, name, current.jobs, status.stable_version or spec.version,
-                evaluation, now)
+                prefix, name, current.jobs,
+                current.base_version or status.stable_version or spec.version, evaluation, now)
         except DatasetError as error:
             log.warning("retraining output of %s/%s not read yet: %s", namespace, name, error)
             return waiting

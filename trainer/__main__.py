@@ -68,9 +68,9 @@ def main(argv: list[str] | None = None) -> None:
         dataset = open_store(args.dataset, args.s3_endpoint, args.s3_region)
         field = read_field_data(dataset)
         log.info("read %d samples from %s: %d labelled rows; %d samples without a label, "
-                 "%d labels without a kept sample or a class index", field.samples,
-                 dataset.describe(), len(field.labels), field.unlabelled,
-                 field.skipped_labels)
+                 "%d labels without a kept sample or a class index, %d malformed entries",
+                 field.samples, dataset.describe(), len(field.labels), field.unlabelled,
+                 field.skipped_labels, field.malformed)
         trained = train(field, base_inputs, base_labels, args.hidden_units, args.holdout,
                         args.seed)
         output = open_store(args.output, args.s3_endpoint, args.s3_region)

@@ -24,6 +24,7 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -48,9 +49,10 @@ class FieldData:
     samples: int  # samples read, labelled or not
     unlabelled: int  # samples no label joined
     skipped_labels: int  # labels that are no class index, or joined no sample
+    malformed: int  # entries not as a runtime writes them
 
 
-def shards(store: ObjectStore) -> Iterator[tuple[dict, np.lib.npyio.NpzFile]]:
+def shards(store: ObjectStore) -> Iterator[tuple[dict[str, Any], np.lib.npyio.NpzFile]]:
     """Each complete shard (one with its manifest) of the model: manifest and arrays."""
     for key, _ in sorted(store.keys("")):
         top = key.split("/", 1)[0]
@@ -72,30 +74,39 @@ def class_index(label: str) -> int | None:
 
 
 def read_field_data(store: ObjectStore) -> FieldData:
+    """The labelled rows of every complete shard. Entries came from devices: one that is
+    not as a runtime writes it is counted and left out, never trusted."""
     rows: dict[tuple[str, str], np.ndarray] = {}  # (device, id) -> the sample's input rows
     labels: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
-    input_name = ""
+    input_name, malformed = "", 0
     for manifest, arrays in shards(store):
-        device = str(manifest["device"])
-        for entry in manifest["entries"]:
-            key = (device, str(entry["id"]))
-            if entry["kind"] == "sample":
-                prefix = f"{int(entry['sequence']):012d}/{int(entry['index'])}/"
-                array = arrays[prefix + "input_0"]
-                rows[key] = array.reshape(array.shape[0], -1).astype(np.float32)
-                input_name = input_name or str(entry["inputs"][0])
-            else:
-                labels[key] = ([str(x) for x in entry["labels"]],
-                               [str(x) for x in entry.get("predictions", [])])
+        device = str(manifest.get("device"))
+        for entry in manifest.get("entries", []):
+            try:
+                key = (device, str(entry["id"]))
+                if entry["kind"] == "sample":
+                    prefix = f"{int(entry['sequence']):012d}/{int(entry['index'])}/"
+                    array = arrays[prefix + "input_0"]
+                    rows[key] = array.reshape(array.shape[0], -1).astype(np.float32)
+                    names = entry.get("inputs")
+                    if not input_name and isinstance(names, list) and names:
+                        input_name = str(names[0])
+                elif entry["kind"] == "label":
+                    labels[key] = ([str(x) for x in entry["labels"]],
+                                   [str(x) for x in entry.get("predictions", [])])
+            except (KeyError, ValueError, TypeError, IndexError):
+                malformed += 1
     inputs, truths, predicted = [], [], []
     skipped = 0
+    width = next(iter(rows.values())).shape[1] if rows else 0  # the first sample's
     for key, (row_labels, row_predictions) in labels.items():
         sample = rows.get(key)
-        if sample is None or len(row_labels) != len(sample):
+        if sample is None or len(row_labels) != len(sample) or sample.shape[1] != width:
             skipped += len(row_labels)
             continue
-        for row, label, prediction in zip(sample, row_labels, row_predictions or
-                                          [""] * len(row_labels), strict=True):
+        if len(row_predictions) != len(row_labels):
+            row_predictions = [""] * len(row_labels)  # what the version answered: unknown
+        for row, label, prediction in zip(sample, row_labels, row_predictions, strict=True):
             index = class_index(label)
             if index is None:
                 skipped += 1
@@ -104,12 +115,12 @@ def read_field_data(store: ObjectStore) -> FieldData:
             truths.append(index)
             guess = class_index(prediction)
             predicted.append(-1 if guess is None else guess)
-    width = next(iter(rows.values())).shape[1] if rows else 0
     return FieldData(
         inputs=np.array(inputs, dtype=np.float32).reshape(len(inputs), width),
         labels=np.array(truths, dtype=np.int64), predictions=np.array(predicted, np.int64),
         input_name=input_name, samples=len(rows),
-        unlabelled=sum(1 for key in rows if key not in labels), skipped_labels=skipped)
+        unlabelled=sum(1 for key in rows if key not in labels), skipped_labels=skipped,
+        malformed=malformed)
 
 
 @dataclass(frozen=True)

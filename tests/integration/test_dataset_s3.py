@@ -11,11 +11,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import pytest
 
 from edgefleet.edge_runtime.capture import encode_record
+from edgefleet.operator.artifact_sources import ArtifactError, SourcePolicy, read_source
 from edgefleet.operator.dataset import DatasetError, DatasetWriter, open_store, read_record
+from edgefleet.trainer.retrain import read_field_data
 from tests.conftest import Fleet, Kube, StartOperator
 from tests.helpers import eventually
 from tests.integration.test_field_data import collecting, infer, one_hot
@@ -60,6 +63,22 @@ def test_the_s3_store_keeps_shards_once_expires_them_and_refuses_a_wrong_key(
     shard = store.get("ns/digits/1/cam-1/000000000001.npz")
     with np.load(io.BytesIO(shard or b"")) as arrays:
         assert json.loads(str(arrays["000000000002/0/meta"]))["id"] == "r2"
+
+    # A retraining Job reads the model's samples where the operator says they are, and
+    # its model is read back as a dataset: source, in its namespace only.
+    where = store.locate("ns/digits/")
+    assert where == f"s3://{BUCKET}/unit/ns/digits/"
+    assert read_field_data(open_store(where, s3.endpoint)).samples == 2
+    store.put("ns/digits/_retraining/1/model.onnx", b"the model")
+
+    async def read(namespace: str) -> bytes:
+        return b"".join([chunk async for chunk in read_source(
+            "dataset:digits/_retraining/1/model.onnx", SourcePolicy(dataset=store),
+            aiohttp.ClientTimeout(total=10), namespace)])
+    assert asyncio.run(read("ns")) == b"the model"
+    with pytest.raises(ArtifactError, match="not found"):
+        asyncio.run(read("other"))
+    store.delete("ns/digits/_retraining/1/model.onnx")
     tomorrow = datetime.now(UTC) + timedelta(days=1)  # every shard is older than that
     assert asyncio.run(writer.expire("ns", "digits", tomorrow)) == 1
     assert objects(s3, "unit/ns/digits/") == ["unit/ns/digits/_devices/cam-1.json"]

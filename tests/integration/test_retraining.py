@@ -87,7 +87,8 @@ def test_labelled_field_data_trains_a_version_that_rolls_out(fleet: Fleet) -> No
     label_requests(edge, 48, start=0)
     running = eventually(lambda: (s := retraining_status(fleet)).get("phase") == "Running"
                          and s, timeout=60, what="the first retraining Job")
-    assert (running["jobs"], running["job"]) == (1, "digits-retrain-1")
+    assert (running["jobs"], running["job"], running["baseVersion"]) == (
+        1, "digits-retrain-1", "1")
     assert running["labelledAtLastJob"] >= 40
     (job,) = jobs(fleet)
     pod = job.spec.template.spec

@@ -261,3 +261,20 @@ def test_the_trainer_joins_labels_to_samples_and_writes_a_model_onnx_runtime_run
     session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
     labels, probabilities = session.run(None, {"x": np.eye(4, dtype=np.float32)})
     assert probabilities.shape == (4, 4) and labels.dtype == np.int64
+
+
+def test_the_trainer_leaves_out_entries_no_runtime_writes(tmp_path: Path) -> None:
+    field_dataset(tmp_path, 20)
+    forged = tmp_path / "fleet" / "digits" / "1" / "cam-2"
+    forged.mkdir(parents=True)
+    np.savez(forged / "000000000001.npz", **{"000000000001/0/input_0": np.ones((2, 9))})
+    (forged / "000000000001.json").write_text(json.dumps({"device": "cam-2", "entries": [
+        {"kind": "sample", "sequence": 1, "index": 0},  # no id
+        {"kind": "sample", "id": "a", "sequence": 1, "index": 5},  # no such array
+        {"kind": "label", "id": "b", "labels": 7},  # labels not a list
+        {"kind": "sample", "id": "c", "sequence": 1, "index": 0, "inputs": ["x"]},
+        {"kind": "label", "id": "c", "labels": ["1", "2"], "predictions": ["9"]}]}))
+    field = read_field_data(DirectoryStore(tmp_path / "fleet" / "digits"))
+    assert field.malformed == 3
+    # cam-2's sample has 9 values a row where the first sample had 4: left out.
+    assert (len(field.labels), field.skipped_labels) == (20, 2)
