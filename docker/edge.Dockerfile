@@ -16,6 +16,7 @@ COPY pyproject.toml README.md /src/
 COPY operator /src/operator
 COPY edge_runtime /src/edge_runtime
 COPY protos /src/protos
+COPY trainer /src/trainer
 COPY docker/install.sh docker/requirements-edge.lock /src/docker/
 RUN sh /src/docker/install.sh edge /src /opt/edgefleet
 
