@@ -71,7 +71,7 @@ test-unit: venv
 	$(PY) -m pytest tests/unit -q
 
 test: venv testbin helm s3 prometheus lint
-	$(PY) -m pytest tests -q -ra
+	$(PY) -m pytest tests -q -ra --durations=25
 
 cluster-up: venv
 	$(PY) hack/localcluster.py up --dir $(CLUSTER_DIR)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 from importlib.metadata import version
 
@@ -37,21 +36,30 @@ def main(argv: list[str] | None = None) -> None:
 
     from edgefleet.edge_runtime.server import serve
     from edgefleet.edge_runtime.settings import RunSettings, ServeSettings
+    from edgefleet.protocol.cli import (
+        BadConfiguration,
+        configure_logging,
+        describe_settings_error,
+        ensure_free,
+    )
 
+    program = f"edgefleet-edge {args.command}"
     settings_type = ServeSettings if args.command == "serve" else RunSettings
     try:
-        settings = settings_type(_cli_parse_args=rest,
-                                 _cli_prog_name=f"edgefleet-edge {args.command}")
+        settings = settings_type(_cli_parse_args=rest, _cli_prog_name=program)
     except (ValidationError, SettingsError) as error:
-        parser.exit(2, f"edgefleet-edge {args.command}: {error}\n")
+        parser.exit(2, f"{program}: {describe_settings_error(error)}\n")
     try:
         token = settings.auth_token()
+        # Before any model loads: a second runtime on this host says so at once.
+        ensure_free(settings.listen_host, {"--grpc-port": settings.grpc_port,
+                                           "--http-port": settings.http_port,
+                                           "--metrics-port": settings.metrics_port})
+    except BadConfiguration as error:
+        parser.exit(2, f"{program}: {error}\n")
     except (OSError, ValueError) as error:
         parser.error(str(error))
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="time=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)
     if isinstance(settings, ServeSettings):
         from edgefleet.edge_runtime.repository import RepositorySync
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import Field, FilePath, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from edgefleet.protocol.cli import LogFormat
 from edgefleet.protocol.identity import is_ca_cert_hash
 
 ENROLMENT_PORT = 50052
@@ -21,6 +22,7 @@ class ServingSettings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix="EDGEFLEET_EDGE_", cli_kebab_case=True, cli_implicit_flags=True,
+        cli_show_env_vars=True, cli_exit_on_error=False,
     )
 
     # Loopback unless told otherwise: an inference endpoint answers whoever reaches it.
@@ -59,9 +61,11 @@ class ServingSettings(BaseSettings):
         description="CA (PEM) that clients' certificates must chain to: with it, the REST "
                     "and gRPC inference servers accept only clients presenting one "
                     "(mutual TLS); needs --tls-cert-file")
-    inference_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=256,
+    inference_threads: int = Field(default=os.cpu_count() or 1, ge=1, le=256,
                                    description="threads running ONNX Runtime sessions")
-    log_level: str = "INFO"
+    log_level: str = Field(default="INFO", pattern=r"(?i)^(debug|info|warning|error)$")
+    log_format: LogFormat = Field(
+        default="text", description="text: logfmt (key=value); json: one JSON object a line")
 
     @model_validator(mode="after")
     def _tls_complete(self) -> ServingSettings:
@@ -121,7 +125,7 @@ class RunSettings(ServingSettings):
         description="file holding a fleet enrolment token: the gateway creates the "
                     "EdgeDevice when it enrols")
     label: dict[str, str] = Field(
-        default_factory=dict,
+        default={},
         description="KEY=VALUE (repeatable): labels proposed for the EdgeDevice a fleet "
                     "enrolment creates; the fleet's policy keeps the keys it allows")
     enrolment_address: str | None = Field(

@@ -18,11 +18,14 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
+from importlib.metadata import version
 
 import grpc
 import kopf
 from aiohttp import web
-from kubernetes import client
+from kubernetes import client, config
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from edgefleet.operator import credentials, handlers, kubeapi, liveness, metrics
 from edgefleet.operator.artifact_sources import SourcePolicy
@@ -44,8 +47,16 @@ from edgefleet.operator.retrainer import Retrainer
 from edgefleet.operator.settings import OperatorSettings
 from edgefleet.operator.variant_builder import VariantBuilder
 from edgefleet.operator.watches import FleetWatch
+from edgefleet.protocol.cli import (
+    BadConfiguration,
+    configure_logging,
+    describe_settings_error,
+    ensure_free,
+    exit_bad_configuration,
+)
 
 logger = logging.getLogger("edgefleet.operator")
+PROGRAM = "edgefleet-operator"
 
 
 async def run(settings: OperatorSettings) -> int:
@@ -280,15 +291,31 @@ async def refresh_ca(keystore: Keystore, gateway: FleetGateway, interval_s: floa
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = OperatorSettings(_cli_parse_args=sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="time=%(asctime)s level=%(levelname)s logger=%(name)s msg=%(message)s",
-    )
+    argv = sys.argv[1:] if argv is None else argv
+    if "--version" in argv:
+        print(f"{PROGRAM} {version('edgefleet')}")
+        return
+    try:
+        settings = OperatorSettings(_cli_parse_args=argv)
+        # Before the API server is asked anything: another process on a port says so.
+        ports = {"--metrics-port": settings.metrics_port}
+        if settings.role != "controller":  # the gateway's
+            ports["--grpc-port"] = settings.grpc_port
+            if not settings.insecure_plaintext:
+                ports["--enrolment-port"] = settings.enrolment_port
+        ensure_free(settings.listen_host, ports)
+    except (ValidationError, SettingsError, BadConfiguration) as error:
+        exit_bad_configuration(PROGRAM, describe_settings_error(error))
+    configure_logging(settings.log_level, settings.log_format)
+    metrics.describe_process(version("edgefleet"))
     if logging.getLogger().level > logging.DEBUG:
         # kopf notes every successful handler call at INFO; keep its warnings and errors.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    code = asyncio.new_event_loop().run_until_complete(run(settings))
+    try:
+        code = asyncio.new_event_loop().run_until_complete(run(settings))
+    except config.ConfigException as error:
+        exit_bad_configuration(PROGRAM, f"no Kubernetes credentials: {error} (in a pod, "
+                                        "its service account; elsewhere, KUBECONFIG)")
     # run() has done all a stopping operator owes (sessions ended, servers stopped, the
     # Lease released). Closing the loop and the interpreter after thousands of gRPC
     # calls can wait 30 s and more on gRPC's poller thread, blocked writing to a socket

@@ -121,6 +121,8 @@ def configure(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any) -> 
     # Handler progress in annotations keeps `status` ours alone.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    # Events say who posted them (`kubectl describe`'s From column).
+    settings.posting.reporting_component = "edgefleet-operator"
 
 
 # ---------------------------------------------------------------- fleet index

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import platform
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import get_args
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
@@ -16,6 +25,7 @@ from prometheus_client.registry import Collector
 from edgefleet.operator.fleet import PhaseTally
 from edgefleet.operator.resources import DevicePhase, EdgeModelStatus, ModelPhase
 
+BUILD = Info("edgefleet_operator_build", "The running operator's release and Python")
 RECONCILES = Counter(
     "edgefleet_operator_reconciles", "Status reconciliations by resource and outcome",
     ["resource", "outcome"],
@@ -94,6 +104,13 @@ GATEWAY_QUEUED_BYTES = Gauge(
 
 MODEL_PHASES = PhaseTally(get_args(ModelPhase))
 DEVICE_PHASES = PhaseTally(get_args(DevicePhase))
+
+
+def describe_process(release: str) -> None:
+    """What /metrics says of the process: its build, and no `_created` series (a
+    timestamp per counter and histogram that dashboards never read)."""
+    disable_created_metrics()
+    BUILD.info({"version": release, "python": platform.python_version()})
 
 
 def device_label_name(key: str) -> str:

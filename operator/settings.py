@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgefleet.operator.metrics import device_label_name
 from edgefleet.operator.resources import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, LABEL_KEY_PATTERN
+from edgefleet.protocol.cli import LogFormat
 
 Role = Literal["all", "controller", "gateway"]
 
@@ -27,7 +28,7 @@ def _default_identity() -> str:
 class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="EDGEFLEET_", cli_kebab_case=True, cli_prog_name="edgefleet-operator",
-        cli_implicit_flags=True,
+        cli_implicit_flags=True, cli_show_env_vars=True, cli_exit_on_error=False,
     )
 
     grpc_port: int = Field(default=50051, ge=1, le=65535,
@@ -54,7 +55,7 @@ class OperatorSettings(BaseSettings):
         description="lifetime of device certificates (seconds or ISO 8601, e.g. P30D); "
                     "devices renew them at two thirds")
     gateway_dns_names: list[str] = Field(
-        default_factory=list,
+        default=[],
         description="DNS names the gateway's certificate carries besides edgefleet-gateway "
                     "(the name devices check), for other clients")
     ca_refresh_seconds: float = Field(
@@ -96,7 +97,7 @@ class OperatorSettings(BaseSettings):
         description="a device whose clock is further than this from the gateway's has "
                     "ClockSkew (its metric samples and certificates misbehave)")
     device_metric_labels: list[str] = Field(
-        default_factory=list, max_length=10,
+        default=[], max_length=10,
         description="EdgeDevice labels the per-device info series carries (as "
                     "label_<key>), e.g. site: each adds no series, only a label to the one "
                     "per device")
@@ -113,7 +114,7 @@ class OperatorSettings(BaseSettings):
         description="Prometheus remote-write endpoint for the metric samples devices send "
                     "over their sessions; empty leaves them on the devices, unacknowledged")
     dataset_uri: str = Field(
-        default_factory=lambda: str(Path(tempfile.gettempdir()) / "edgefleet-dataset"),
+        default=str(Path(tempfile.gettempdir()) / "edgefleet-dataset"),
         pattern=r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?|file:///\S*|/\S*)$",
         description="where the samples and labels devices keep (spec.dataCollection) are "
                     "stored: a directory (a volume), or s3://BUCKET[/PREFIX] on any "
@@ -129,7 +130,7 @@ class OperatorSettings(BaseSettings):
     # Retraining Jobs run tenants' images with the operator's right to create Jobs: the
     # admin chooses where, and as whom (retraining.py).
     retraining_namespaces: list[str] = Field(
-        default_factory=list,
+        default=[],
         description="namespaces whose EdgeModels may have the operator create retraining "
                     "Jobs (spec.retraining); * for all; none by default")
     retraining_service_account: str = Field(
@@ -141,7 +142,7 @@ class OperatorSettings(BaseSettings):
         default=10.0, gt=0, description="how often a running retraining Job and its output "
                                         "are looked at")
     artifact_cache_dir: Path = Field(
-        default_factory=lambda: Path(tempfile.gettempdir()) / "edgefleet-artifacts",
+        default=Path(tempfile.gettempdir()) / "edgefleet-artifacts",
         description="where verified model artifacts are kept")
     artifact_cache_max_bytes: int = Field(default=10 * 2**30, ge=2**20,
                                           description="the cache evicts beyond this size")
@@ -160,7 +161,7 @@ class OperatorSettings(BaseSettings):
         description="memory (data segment) each variant build may use; past it the build fails")
     # Tenants name artifact sources; these two say what such a source may reach.
     artifact_file_roots: list[Path] = Field(
-        default_factory=list,
+        default=[],
         description="directories whose files file:// artifact sources may name (symlinks "
                     "and '..' resolved first); none by default, refusing every file:// source")
     artifact_allow_private_networks: bool = Field(
@@ -170,7 +171,7 @@ class OperatorSettings(BaseSettings):
     metrics_port: int = Field(default=8080, ge=1, le=65535,
                               description="port serving /healthz, /readyz and /metrics")
     listen_host: str = Field(default="0.0.0.0", description="address the servers bind to")
-    namespaces: list[str] = Field(default_factory=list,
+    namespaces: list[str] = Field(default=[],
                                   description="namespaces to serve; empty serves all")
     deletion_timeout_seconds: float = Field(
         default=120.0, ge=0,
@@ -180,8 +181,9 @@ class OperatorSettings(BaseSettings):
     leader_election: bool = Field(default=True,
                                   description="hold a Lease so only one replica acts")
     lease_name: str = "edgefleet-operator"
-    lease_namespace: str = Field(default_factory=lambda: os.environ.get("POD_NAMESPACE",
-                                                                        "default"))
+    lease_namespace: str = Field(default=os.environ.get("POD_NAMESPACE", "default"),
+                                 description="the Lease's namespace, which also holds the CA "
+                                             "and signing Secrets (POD_NAMESPACE in a pod)")
     lease_duration_seconds: int = Field(
         default=15, ge=1,
         description="the controller's Lease and each gateway replica's: a replica silent "
@@ -189,9 +191,12 @@ class OperatorSettings(BaseSettings):
     lease_renew_seconds: float = Field(default=5.0, gt=0,
                                        description="how often a Lease is renewed (and the "
                                                    "gateways' Leases read)")
-    identity: str = Field(default_factory=_default_identity,
+    # Defaults are computed when the process starts, so that --help shows them.
+    identity: str = Field(default=_default_identity(),
                           description="this replica's name in the Lease")
-    log_level: str = "INFO"
+    log_level: str = Field(default="INFO", pattern=r"(?i)^(debug|info|warning|error)$")
+    log_format: LogFormat = Field(
+        default="text", description="text: logfmt (key=value); json: one JSON object a line")
 
     @field_validator("device_cert_validity", mode="before")
     @classmethod

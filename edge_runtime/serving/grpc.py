@@ -150,6 +150,8 @@ def create_server(dataplane: DataPlane, admission: Admission, address: str,
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", admission.max_request_bytes),
         ("grpc.max_send_message_length", -1),
+        # A second runtime on the port must fail to bind, not share it (gRPC's default).
+        ("grpc.so_reuseport", 0),
     ])
     add_to_server(InferenceServicer(dataplane, admission), server)
     if credentials is None:

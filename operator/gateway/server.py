@@ -1324,6 +1324,8 @@ def create_server(gateway: FleetGateway, host: str, port: int, enrolment_port: i
         # within half a minute, so that its next session is not refused as a second.
         ("grpc.keepalive_time_ms", 20_000),
         ("grpc.keepalive_timeout_ms", 10_000),
+        # A second gateway on the port must fail to bind, not share it (gRPC's default).
+        ("grpc.so_reuseport", 0),
     ])
     handlers = {
         "Connect": grpc.stream_stream_rpc_method_handler(

@@ -79,6 +79,7 @@ def test_wheel_installs_edgefleet_namespace_with_both_sides(tmp_path: Path) -> N
     assert "edgefleet/operator/planner.py" in names
     assert "edgefleet/edge_runtime/__main__.py" in names
     assert "edgefleet/trainer/retrain.py" in names
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)
     assert not any(name.startswith(("operator/", "tests/")) for name in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
