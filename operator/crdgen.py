@@ -31,6 +31,16 @@ from edgefleet.operator.resources import (
 Schema = dict[str, Any]
 # JSON Schema keywords with no place in a structural schema.
 DROPPED_KEYWORDS = {"title", "$defs"}
+# What every Kubernetes object's first fields mean, in the API server's own words.
+API_CONVENTIONS = "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md"
+API_VERSION_DESCRIPTION = (
+    "APIVersion defines the versioned schema of this representation of an object. Servers "
+    "should convert recognized schemas to the latest internal value, and may reject "
+    f"unrecognized values. More info: {API_CONVENTIONS}#resources")
+KIND_DESCRIPTION = (
+    "Kind is a string value representing the REST resource this object represents. Servers "
+    "may infer this from the endpoint the client submits requests to. Cannot be updated. In "
+    f"CamelCase. More info: {API_CONVENTIONS}#types-kinds")
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,7 @@ class ResourceKind:
     kind: str
     plural: str
     short_name: str
+    description: str
     spec: type[BaseModel]
     status: type[BaseModel]
     printer_columns: list[dict[str, str | int]]
@@ -50,6 +61,9 @@ class ResourceKind:
 KINDS = (
     ResourceKind(
         kind="EdgeModel", plural="edgemodels", short_name="em",
+        description="A machine-learning model served on the EdgeDevices its selector matches: "
+                    "its version and artifact, how new versions roll out, its per-device "
+                    "variants, and what devices keep of its requests for retraining.",
         spec=EdgeModelSpec, status=EdgeModelStatus,
         printer_columns=[
             {"name": "Version", "type": "string", "jsonPath": ".spec.version"},
@@ -66,6 +80,9 @@ KINDS = (
     ),
     ResourceKind(
         kind="EdgeDevice", plural="edgedevices", short_name="ed",
+        description="A device that runs the EdgeFleet edge runtime: how it may enrol, and "
+                    "what it serves, measures and reports over its session with a fleet "
+                    "gateway.",
         spec=EdgeDeviceSpec, status=EdgeDeviceStatus,
         printer_columns=[
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
@@ -124,6 +141,8 @@ def _int_or_string(variants: list[Schema]) -> Schema:
 def _structural(node: Schema) -> Schema:
     """Rewrites one resolved JSON Schema node into its structural form."""
     node = {k: v for k, v in node.items() if k not in DROPPED_KEYWORDS}
+    if isinstance(node.get("description"), str):  # a docstring's lines make one paragraph
+        node["description"] = " ".join(node["description"].split())
     variants = node.pop("anyOf", None)
     if variants is not None:
         non_null = [v for v in variants if v.get("type") != "null"]
@@ -177,11 +196,13 @@ def structural_schema(model: type[BaseModel]) -> Schema:
 def crd(kind: ResourceKind) -> Schema:
     """The whole CustomResourceDefinition object for one kind."""
     schema: Schema = {
+        "description": kind.description,
         "type": "object",
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
+            "apiVersion": {"description": API_VERSION_DESCRIPTION, "type": "string"},
+            "kind": {"description": KIND_DESCRIPTION, "type": "string"},
+            # The API server allows nothing on metadata but name and generateName.
             "metadata": {"type": "object"},
             "spec": structural_schema(kind.spec),
             "status": structural_schema(kind.status),

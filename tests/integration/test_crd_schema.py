@@ -59,3 +59,16 @@ def test_kubectl_shows_columns_short_names_and_category(kube: Kube, namespace: s
     everything = kube.kubectl("get", "edgefleet", "-n", namespace, "-o", "name").stdout.split()
     assert sorted(everything) == ["edgedevice.edgefleet.io/device",
                                   "edgemodel.edgefleet.io/minimal"]
+
+
+def test_kubectl_explain_describes_every_field(kube: Kube, namespace: str) -> None:
+    from edgefleet.operator.resources import RolloutAnalysis
+
+    explained = kube.kubectl("explain", "edgemodels.spec.rollout.analysis").stdout
+    flat = " ".join(explained.split())
+    for name, field in RolloutAnalysis.model_fields.items():
+        alias = field.alias or name
+        assert f"  {alias}\t<" in explained, explained
+        assert field.description and " ".join(field.description.split()) in flat, alias
+    device = " ".join(kube.kubectl("explain", "edgedevices").stdout.split())
+    assert "DESCRIPTION: A device that runs the EdgeFleet edge runtime" in device
