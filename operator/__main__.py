@@ -6,6 +6,9 @@ With leader election on (the default) a controller first waits for the Lease; on
 holder runs kopf. Losing the Lease stops kopf and exits with status 1, so that the
 replica restarts as a standby instead of acting beside a new leader. Gateway replicas
 hold no Lease: each serves whichever devices connect to it.
+
+`edgefleet-operator crds` prints this release's CustomResourceDefinitions, for
+`kubectl apply --server-side -f -` on an upgrade (Helm never upgrades a chart's crds/).
 """
 
 from __future__ import annotations
@@ -294,6 +297,11 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if "--version" in argv:
         print(f"{PROGRAM} {version('edgefleet')}")
+        return
+    if argv[:1] == ["crds"]:  # Helm installs CRDs but never upgrades them
+        from edgefleet.operator.crdgen import all_crds
+
+        print(all_crds(), end="")
         return
     try:
         settings = OperatorSettings(_cli_parse_args=argv)

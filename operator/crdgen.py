@@ -240,6 +240,11 @@ def render(kind: ResourceKind) -> str:
     return header + yaml.safe_dump(crd(kind), sort_keys=False, width=100)
 
 
+def all_crds() -> str:
+    """Both CRDs as one YAML stream, for `kubectl apply -f -`."""
+    return "---\n".join(render(kind) for kind in KINDS)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Generate the EdgeFleet CRDs")
     parser.add_argument("out_dir", nargs="?", type=Path, default=Path("crds"))

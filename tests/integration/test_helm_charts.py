@@ -333,6 +333,58 @@ def test_cloud_chart_grants_retraining_jobs_only_in_the_namespaces_listed(
     assert retraining_namespaces(wide) == ["*"]
 
 
+EXTENSION_POINTS = ["--set", "imagePullSecrets[0].name=registry", "--set",
+                    "priorityClassName=fleet-critical", "--set", "commonLabels.team=ml",
+                    "--set", "podLabels.tier=serving"]
+
+
+def test_both_charts_take_the_usual_extension_points(helm: Helm, namespace: str) -> None:
+    cloud = helm.template(CLOUD, [*EXTENSION_POINTS, "--set", "gateway.replicas=2"], namespace)
+    edge = helm.template(EDGE, [*EDGE_REQUIRED, *EXTENSION_POINTS, "--set",
+                                "affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuring"
+                                "Execution[0].weight=1"], namespace)
+    for manifest in (*cloud, *edge):
+        assert manifest["metadata"]["labels"]["team"] == "ml", kinds([manifest])
+    pods = [m["spec"]["template"] for m in (*cloud, *edge)
+            if m["kind"] in ("Deployment", "DaemonSet")]
+    assert len(pods) == 3  # the operator, the gateway replicas, the edge runtime
+    for pod in pods:
+        assert pod["metadata"]["labels"]["tier"] == "serving"
+        assert pod["spec"]["imagePullSecrets"] == [{"name": "registry"}]
+        assert pod["spec"]["priorityClassName"] == "fleet-critical"
+    assert "nodeAffinity" in the(edge, "DaemonSet")["spec"]["template"]["spec"]["affinity"]
+    # Drains evict one operator pod at a time, and one gateway pod at a time.
+    budgets = {m["metadata"]["name"]: m["spec"] for m in cloud
+               if m["kind"] == "PodDisruptionBudget"}
+    assert budgets == {
+        "release-edgefleet": {"maxUnavailable": 1, "selector": {"matchLabels": {
+            "app.kubernetes.io/name": "edgefleet", "app.kubernetes.io/instance": "release"}}},
+        "release-edgefleet-gateway": {"maxUnavailable": 1, "selector": {"matchLabels": {
+            "app.kubernetes.io/name": "edgefleet-gateway",
+            "app.kubernetes.io/instance": "release",
+            "app.kubernetes.io/component": "gateway"}}}}
+
+
+def test_cloud_chart_has_a_helm_test_the_network_policy_admits(
+        helm: Helm, namespace: str) -> None:
+    manifests = helm.template(CLOUD, ["--set", "networkPolicy.gatewayFrom[0].ipBlock.cidr="
+                                      "10.0.0.0/8"], namespace)
+    pod = the(manifests, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    script = pod["spec"]["containers"][0]["command"][2]
+    assert "http://release-edgefleet-metrics:8080/readyz" in script
+    assert "ports = [50051, 50052]" in script and '"release-edgefleet-gateway"' in script
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    labels = pod["metadata"]["labels"]
+    policy = next(m for m in manifests if m["kind"] == "NetworkPolicy"
+                  and m["metadata"]["name"] == "release-edgefleet")
+    for rule in policy["spec"]["ingress"]:  # both the metrics and the narrowed gateway ports
+        selectors = [peer["podSelector"]["matchLabels"] for peer in rule.get("from", [])
+                     if "podSelector" in peer and "namespaceSelector" not in peer]
+        assert any(all(labels.get(k) == v for k, v in selector.items())
+                   for selector in selectors), rule
+
+
 def test_cloud_chart_lets_the_operator_keep_its_ca_and_signing_key_in_its_namespace(
     helm: Helm, namespace: str,
 ) -> None:
@@ -470,7 +522,9 @@ def test_cloud_chart_serves_devices_from_the_operator_pod_by_default(
                                       container["args"])
     assert settings["role"] == "all"
     assert [p["name"] for p in container["ports"]] == ["gateway", "enrolment", "metrics"]
-    assert not [m for m in default if m["kind"] == "PodDisruptionBudget"]
+    # The operator's own budget alone: no gateway pods.
+    assert [m["metadata"]["name"] for m in default if m["kind"] == "PodDisruptionBudget"] == [
+        "release-edgefleet"]
     assert not [m for m in default if m["metadata"]["name"].endswith("-gateway-metrics")]
     for service in ("release-edgefleet-gateway", "release-edgefleet-metrics"):
         assert named(default, "Service", service)["spec"]["selector"] == (
@@ -539,7 +593,8 @@ def test_cloud_chart_runs_gateway_pods_of_their_own_where_asked(
     assert term["labelSelector"]["matchLabels"] == gateways["spec"]["selector"]["matchLabels"]
 
     # A drain takes one gateway at a time, and no operator pod counts.
-    budget = the(manifests, "PodDisruptionBudget")
+    (budget,) = [m for m in manifests if m["kind"] == "PodDisruptionBudget"
+                 and m["metadata"]["name"] == "release-edgefleet-gateway"]
     assert budget["spec"]["maxUnavailable"] == 1
     assert budget["spec"]["selector"]["matchLabels"] == (
         gateways["spec"]["selector"]["matchLabels"])
@@ -571,7 +626,8 @@ def test_cloud_chart_runs_gateway_pods_of_their_own_where_asked(
     fewer = helm.template(CLOUD, ["--set", "gateway.replicas=1",
                                   "--set", "gateway.podDisruptionBudget.enabled=false",
                                   "--set", "gateway.antiAffinity.mode=required"], namespace)
-    assert not [m for m in fewer if m["kind"] == "PodDisruptionBudget"]
+    assert [m["metadata"]["name"] for m in fewer if m["kind"] == "PodDisruptionBudget"] == [
+        "release-edgefleet"]  # the operator's own
     spread = named(fewer, "Deployment", "release-edgefleet-gateway")["spec"]["template"][
         "spec"]["affinity"]["podAntiAffinity"]
     assert list(spread) == ["requiredDuringSchedulingIgnoredDuringExecution"]
@@ -639,8 +695,10 @@ def test_cloud_network_policy_admits_devices_prometheus_and_named_egress_only(
     assert rule_ports(gateway) == {("gateway", "TCP"), ("enrolment", "TCP")}
     assert "from" not in gateway
     assert rule_ports(metrics) == {("metrics", "TCP")}
+    helm_test = {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": "release",
+                                                 "app.kubernetes.io/component": "helm-test"}}}
     assert metrics["from"] == [{"namespaceSelector": {}, "podSelector": {
-        "matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
+        "matchLabels": {"app.kubernetes.io/name": "prometheus"}}}, helm_test]
     dns, api_server, artifacts = policy["egress"]
     assert rule_ports(dns) == {(53, "UDP"), (53, "TCP")}
     assert rule_ports(api_server) == {(443, "TCP"), (6443, "TCP")}
@@ -656,7 +714,7 @@ def test_cloud_network_policy_admits_devices_prometheus_and_named_egress_only(
         "--set", "networkPolicy.gatewayFrom[0].ipBlock.cidr=203.0.113.0/24",
         "--set", "networkPolicy.artifactEgress=null"], namespace)
     policy = the(narrowed, "NetworkPolicy")["spec"]
-    assert policy["ingress"][0]["from"] == [{"ipBlock": {"cidr": "203.0.113.0/24"}}]
+    assert policy["ingress"][0]["from"] == [{"ipBlock": {"cidr": "203.0.113.0/24"}}, helm_test]
     dns, api_server, remote_write = policy["egress"]
     assert api_server["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
     assert rule_ports(remote_write) == {(9090, "TCP")}

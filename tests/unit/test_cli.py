@@ -163,3 +163,10 @@ def test_operator_metrics_carry_its_build_and_no_created_series() -> None:
     assert 'version="9.9.9"} 1.0' in exposed
     assert "edgefleet_operator_reconciles_total{" in exposed
     assert "_created" not in exposed
+
+
+def test_the_operator_prints_the_crds_helm_does_not_upgrade() -> None:
+    printed = run(OPERATOR, "crds").stdout
+    committed = [(MODELS.parents[1] / "crds" / name).read_text()
+                 for name in ("edgemodels.yaml", "edgedevices.yaml")]
+    assert printed == "---\n".join(committed)

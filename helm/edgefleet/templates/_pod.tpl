@@ -132,8 +132,16 @@ capabilities: {drop: [ALL]}
 {{- end }}
 {{- end -}}
 
-{{/* nodeSelector and tolerations of either pod, at the pod spec's indent. */}}
+{{/* imagePullSecrets, priorityClassName, nodeSelector and tolerations of either pod, at
+the pod spec's indent. */}}
 {{- define "edgefleet.placement" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.priorityClassName }}
+priorityClassName: {{ . | quote }}
+{{- end }}
 {{- with .Values.nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
