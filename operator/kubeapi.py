@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +48,15 @@ def load_kubernetes_config(concurrency: int = DEFAULT_CONCURRENCY) -> client.Api
         _pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kube-api")
         _pool_size = concurrency
     return client.ApiClient(configuration)
+
+
+def api_status(error: ApiException) -> dict[str, Any]:
+    """The Status object the API server answered with (empty if it sent none)."""
+    try:
+        answer = json.loads(error.body or "{}")
+    except ValueError:
+        return {}
+    return answer if isinstance(answer, dict) else {}
 
 
 async def call(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -245,7 +245,4 @@ def _say(current: RetrainingStatus, message: str, reason: str) -> RetrainingOutc
 
 def _api_reason(error: ApiException) -> str:
     """The API server's message for a refusal, bounded."""
-    try:
-        return str(json.loads(error.body or "{}").get("message") or error.reason)[:512]
-    except (ValueError, AttributeError):
-        return str(error.reason)[:512]
+    return str(kubeapi.api_status(error).get("message") or error.reason)[:512]

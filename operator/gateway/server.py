@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import secrets
@@ -66,7 +65,7 @@ from edgefleet.operator.gateway.policy import (
 )
 from edgefleet.operator.gateway.remote_write import RemoteWriteError, RemoteWriter, screen_batch
 from edgefleet.operator.keystore import Keystore
-from edgefleet.operator.kubeapi import API_ERRORS
+from edgefleet.operator.kubeapi import API_ERRORS, api_status
 from edgefleet.operator.resources import (
     DEVICE_APPROVED_ANNOTATION,
     GROUP,
@@ -149,15 +148,6 @@ def inference_status(stats: Any) -> list[dict[str, Any]]:
              "latencyCounts": list(item.latency_counts),
              "topClassCounts": list(item.top_class_counts), "labelled": item.labelled,
              "correct": item.correct} for item in stats]
-
-
-def api_status(error: ApiException) -> dict[str, Any]:
-    """The Status object the API server answered with (empty if it sent none)."""
-    try:
-        answer = json.loads(error.body or "{}")
-    except ValueError:
-        return {}
-    return answer if isinstance(answer, dict) else {}
 
 
 def patch_not_applied(error: ApiException) -> bool:
