@@ -1,6 +1,6 @@
-"""Fuzzing the fleet gateway through a real session: 2,000 randomized malformed device
-reports and metric batches from one device, while another device's session goes on.
-Real API server, operator process, Prometheus and gRPC on loopback."""
+"""Fuzzing the fleet gateway through real sessions: 2,000 randomized malformed device
+reports and metric batches from four devices at once, while another device's session
+goes on. Real API server, operator process, Prometheus and gRPC on loopback."""
 
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ from tests.integration.test_operator import wait_status
 
 pytestmark = pytest.mark.integration
 MESSAGES = 2000
+# Sessions sending them side by side: each session is read at most 50 messages a second
+# (GatewayLimits), so one alone would spend most of the test waiting on its limit.
+ATTACKERS = ("cam-1", "cam-4", "cam-5", "cam-6")
 DIGEST = "sha256:" + "0" * 64
 REASONS = {"TooLarge", "Malformed", "Implausible", "NotAllowed"}
 # What one session may hold (GatewayLimits: 4 MiB of queued metrics, 1 MiB messages,
@@ -142,22 +145,25 @@ def test_2000_malformed_reports_and_batches_are_each_refused_and_harm_no_one_els
     print(f"\nseed {seed} (EDGEFLEET_FUZZ_SEED={seed} replays it)")
     rng = random.Random(seed)
     try:
-        for name in ("cam-1", "cam-2", "cam-3"):
+        for name in (*ATTACKERS, "cam-2", "cam-3"):
             fleet.add_device(name, site="plant-7")
         fleet.start("cam-3")  # a real runtime beside them
         wait_status(kube, "edgedevices", namespace, "cam-3", {"phase": "Online"})
-        attacker = connect_fake(fleet, devices, "cam-1")
+        attackers = [connect_fake(fleet, devices, name) for name in ATTACKERS]
         neighbour = connect_fake(fleet, devices, "cam-2")
-        batches = Batches()
-        mutations = [*REPORTS, *batches.mutations()]
-        sent = [rng.choice(mutations)(rng) for _ in range(MESSAGES)]
+        batches = [Batches() for _ in attackers]  # sequence numbers are per session
+        sent: list[list[pb.DeviceMessage]] = [[] for _ in attackers]
+        for index in range(MESSAGES):
+            own = index % len(attackers)
+            sent[own].append(rng.choice([*REPORTS, *batches[own].mutations()])(rng))
 
         sessions_ended = fleet.edges["cam-3"].log().count("cloud session ended")
         before = memory_kib(fleet.operator)
         peak = Peak(fleet)
         with peak:
-            for message in sent:
-                attacker.send(message)
+            for attacker, messages in zip(attackers, sent, strict=True):
+                for message in messages:
+                    attacker.send(message)
             # Meanwhile the neighbour's reports are written as they change.
             for step in range(6):
                 held = state(rng, state=pb.ModelState.LOADING if step % 2 else
@@ -165,23 +171,25 @@ def test_2000_malformed_reports_and_batches_are_each_refused_and_harm_no_one_els
                 written(fleet, neighbour, pb.DeviceMessage(report=pb.StateReport(models=[held])),
                         lambda status, v=str(step): (status.get("models") or [{}])[0].get(
                             "version") == v, f"cam-2's report {step} written")
-            refusals = eventually(lambda: len(attacker.refusals()) >= MESSAGES
-                                  and attacker.refusals(), timeout=300,
-                                  what=f"{MESSAGES} refusals (now {len(attacker.refusals())})")
+            eventually(lambda: sum(len(a.refusals()) for a in attackers) >= MESSAGES,
+                       timeout=300, what=f"{MESSAGES} refusals (now "
+                       f"{sum(len(a.refusals()) for a in attackers)})")
         after = memory_kib(fleet.operator)
         print(f"operator memory (KiB): {before} before, peak sampled {peak.kib}, {after} after")
 
-        assert len(refusals) == MESSAGES
-        assert [r.kind for r in refusals] == [expected_kind(m) for m in sent]
-        assert {r.reason for r in refusals} <= REASONS
-        assert all(r.message.startswith(f"{r.field}: ") and r.field for r in refusals)
-        metrics_refused = [r for r in refusals if r.kind == "metrics"]
-        assert all(r.sequence for r in metrics_refused)
-        # Batches refused for good are acknowledged, in order: sending them again is futile.
-        eventually(lambda: attacker.acks()[-1:] == [batches.sequence], timeout=60,
-                   what="every batch acknowledged")
-        assert attacker.acks() == sorted(attacker.acks())
-        assert attacker.alive  # the session itself goes on
+        for attacker, messages, numbered in zip(attackers, sent, batches, strict=True):
+            refusals = attacker.refusals()
+            assert len(refusals) == len(messages)
+            assert [r.kind for r in refusals] == [expected_kind(m) for m in messages]
+            assert {r.reason for r in refusals} <= REASONS
+            assert all(r.message.startswith(f"{r.field}: ") and r.field for r in refusals)
+            assert all(r.sequence for r in refusals if r.kind == "metrics")
+            # Batches refused for good are acknowledged, in order: sending them again
+            # is futile.
+            eventually(lambda a=attacker, n=numbered: a.acks()[-1:] == [n.sequence],
+                       timeout=60, what=f"every batch of {attacker.name} acknowledged")
+            assert attacker.acks() == sorted(attacker.acks())
+            assert attacker.alive  # the session itself goes on
         assert after["VmHWM"] - before["VmRSS"] < MEMORY_BUDGET_KIB
         assert not server.query('{__name__=~"edgefleet_operator_.*|up|ALERTS"}')
 
