@@ -1,14 +1,33 @@
 """How a model is run on the device: ONNX Runtime options, batching and the version
 routing of a model. The same shape as the EdgeModel's `spec.runtime` (camelCase),
-read from `config.json` in a standalone model repository. And what the device keeps of
-a model's requests (CapturePolicy, from the EdgeModel's `spec.dataCollection`)."""
+read from `config.json` in a standalone model repository, with the samples a model is
+warmed up with there (WarmupSample). And what the device keeps of a model's requests
+(CapturePolicy, from the EdgeModel's `spec.dataCollection`)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+
+from edgefleet.edge_runtime.errors import InferenceError
+from edgefleet.edge_runtime.tensors import from_values
+
+# config.json is re-read at every poll and its samples are kept with the model: a few
+# samples of at most an image's worth of elements (224x224x3 fits) each.
+MAX_WARMUP_SAMPLES = 4
+MAX_WARMUP_ELEMENTS = 1 << 18
 
 
 class ConfigPart(BaseModel):
@@ -46,10 +65,47 @@ class RuntimeConfig(ConfigPart):
     batching: BatchingConfig | None = None
 
 
+class WarmupTensor(ConfigPart):
+    """One input of a warm-up sample, as the REST protocol writes a tensor: its elements
+    flat, in row-major order."""
+
+    datatype: str
+    shape: list[int] = Field(max_length=32)
+    data: list[StrictBool | StrictInt | StrictFloat | StrictStr] = Field(
+        max_length=MAX_WARMUP_ELEMENTS)
+
+
+class WarmupSample(ConfigPart):
+    """The inputs of one warm-up run, by input name. Whether they fit the model is known
+    only once it loads (engine.py); here, that each tensor decodes."""
+
+    inputs: dict[str, WarmupTensor] = Field(max_length=256)
+
+    @model_validator(mode="after")
+    def _decodes(self) -> WarmupSample:
+        elements = sum(len(tensor.data) for tensor in self.inputs.values())
+        if elements > MAX_WARMUP_ELEMENTS:
+            raise ValueError(f"inputs hold {elements} elements together; a warm-up sample "
+                             f"holds at most {MAX_WARMUP_ELEMENTS}")
+        try:
+            self.arrays()
+        except InferenceError as error:  # the runtime's own reason, as a field error
+            raise ValueError(error.message) from None
+        return self
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The inputs decoded as a request's are (tensors.py)."""
+        return {name: from_values(name, tensor.datatype, tensor.shape, tensor.data)
+                for name, tensor in self.inputs.items()}
+
+
 class ModelConfig(ConfigPart):
     """config.json of a model in a standalone repository (every field optional)."""
 
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    # What a version is warmed up with before it serves, in place of zeros (which a
+    # model that reads a shape or an index from an input may not run on).
+    warmup: list[WarmupSample] = Field(default_factory=list, max_length=MAX_WARMUP_SAMPLES)
     default_version: str | None = None
     # Unpinned requests split across versions by these weights.
     version_weights: dict[str, float] = Field(default_factory=dict, max_length=16)

@@ -25,9 +25,9 @@ import numpy as np
 
 from edgefleet.edge_runtime import telemetry
 from edgefleet.edge_runtime.batching import Batcher, Tensors
-from edgefleet.edge_runtime.config import RuntimeConfig
+from edgefleet.edge_runtime.config import RuntimeConfig, WarmupSample
 from edgefleet.edge_runtime.errors import ErrorCode, InferenceError
-from edgefleet.edge_runtime.stats import VersionStats, classes_of
+from edgefleet.edge_runtime.stats import ServingStatistics, VersionStats, classes_of
 from edgefleet.edge_runtime.tensors import NUMPY_DTYPES, ONNX_TYPES, TensorSpec
 from edgefleet.protocol.onnx_refs import MalformedModelError, external_references, summarize
 
@@ -75,7 +75,8 @@ class InferResponse:
     id: str = ""
 
 
-def _tensor_specs(args: Iterable[Any]) -> list[TensorSpec]:
+def tensor_specs(args: Iterable[Any]) -> list[TensorSpec]:
+    """The protocol's view of a session's inputs or outputs (NodeArgs)."""
     specs = []
     for arg in args:
         datatype = ONNX_TYPES.get(arg.type)
@@ -139,7 +140,8 @@ def provider_fallback(wanted: Sequence[str], running: Sequence[str]) -> str:
 
 
 def warmup_inputs(specs: Iterable[TensorSpec]) -> dict[str, np.ndarray]:
-    """Zeros of every input, variable dimensions set to 1."""
+    """Zeros of every input, variable dimensions set to 1: what a model is warmed up
+    with when its configuration gives no samples."""
     feeds = {}
     for spec in specs:
         shape = tuple(1 if dim == -1 else dim for dim in spec.shape)
@@ -163,13 +165,24 @@ class ModelVersion:
     runtime: RuntimeConfig
     metrics: telemetry.VersionMetrics
     stats: VersionStats = field(default_factory=VersionStats)
+    statistics: ServingStatistics = field(default_factory=ServingStatistics)
     batcher: Batcher | None = None
     in_flight: int = 0
     # Warm-up timing: the cheapest run seen and the input elements it had, to estimate
-    # what a request costs before choosing where to run it.
+    # what a request costs before choosing where to run it. Infinite (unknown) sends
+    # every run to the pool.
     warmup_s: float = float("inf")
     warmup_elements: int = 1
+    # Real runs still to time: a model that warm-up could not run is timed by its first
+    # requests instead.
+    runs_to_time: int = 0
     drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def timed(self, seconds: float, elements: int) -> None:
+        """Keeps the fastest run seen (the first ones are slow: cold caches, threads
+        starting) as the estimate."""
+        if seconds < self.warmup_s:
+            self.warmup_s, self.warmup_elements = seconds, max(1, elements)
 
     @property
     def batchable(self) -> bool:
@@ -236,11 +249,12 @@ class Engine:
                 for version, loaded in sorted(versions.items())]
 
     async def load(self, name: str, version: str, path: Path, runtime: RuntimeConfig,
-                   digest: str = "") -> ModelVersion:
-        """Creates the session and warms it up; only then may it take traffic, in place of
-        the same version's earlier bytes if it had any."""
+                   digest: str = "", warmup: Sequence[WarmupSample] = ()) -> ModelVersion:
+        """Creates the session and warms it up (with `warmup`'s samples, else zeros);
+        only then may it take traffic, in place of the same version's earlier bytes if it
+        had any."""
         loaded = await asyncio.get_running_loop().run_in_executor(
-            self._pool, self._create, name, version, path, runtime, digest)
+            self._pool, self._create, name, version, path, runtime, digest, warmup)
         if runtime.batching and runtime.batching.max_batch_size > 1 and loaded.batchable:
             loaded.batcher = Batcher(
                 lambda feeds: self._run(loaded, feeds),
@@ -262,7 +276,7 @@ class Engine:
         return loaded
 
     def _create(self, name: str, version: str, path: Path, runtime: RuntimeConfig,
-                digest: str) -> ModelVersion:
+                digest: str, warmup: Sequence[WarmupSample]) -> ModelVersion:
         check_self_contained(name, version, path)
         ort = onnxruntime()
         try:
@@ -279,23 +293,30 @@ class Engine:
                     digest = f"sha256:{hashlib.file_digest(data, 'sha256').hexdigest()}"
             loaded = ModelVersion(
                 name=name, version=version, digest=digest,
-                session=session, inputs=_tensor_specs(session.get_inputs()),
-                outputs=_tensor_specs(session.get_outputs()), runtime=runtime,
+                session=session, inputs=tensor_specs(session.get_inputs()),
+                outputs=tensor_specs(session.get_outputs()), runtime=runtime,
                 metrics=telemetry.VersionMetrics.of(name, version))
-            feeds = warmup_inputs(loaded.inputs)
-            # First runs are slow (cold caches, threads starting): keep the fastest of up
-            # to WARMUP_RUNS, within a small time budget so large models load promptly.
-            deadline = time.perf_counter() + WARMUP_BUDGET_S
-            for run in range(WARMUP_RUNS):
-                started = time.perf_counter()
-                session.run(None, feeds)
-                loaded.warmup_s = min(loaded.warmup_s, time.perf_counter() - started)
-                if run >= 1 and time.perf_counter() > deadline:
-                    break
-            loaded.warmup_elements = max(1, sum(a.size for a in feeds.values()))
         except Exception as error:  # ONNX Runtime raises its own types for bad models
             raise InferenceError.invalid(f"model {name!r} version {version!r} at {path} "
                                          f"cannot be served: {error}") from error
+        if warmup:
+            try:
+                warm_up(loaded, [sample_feeds(loaded, index, sample)
+                                 for index, sample in enumerate(warmup)])
+            except WarmupFailed as failed:  # the samples were wrong, not the model
+                raise InferenceError.invalid(
+                    f"model {name!r} version {version!r}: warmup[{failed.index}] fails in "
+                    f"ONNX Runtime: {failed}") from None
+            return loaded
+        try:
+            warm_up(loaded, [warmup_inputs(loaded.inputs)])
+        except WarmupFailed as failed:
+            # Zeros are no valid input for a model that reads a shape or an index from an
+            # input: it serves all the same, unwarmed, and its first requests are timed.
+            logger.warning("model=%s version=%s: warm-up on zeros failed, serving without "
+                           "it; its first requests set its run estimate. ONNX Runtime: %s",
+                           name, version, failed)
+            loaded.runs_to_time = WARMUP_RUNS
         return loaded
 
     def route(self, name: str, weights: dict[str, float]) -> None:
@@ -370,21 +391,26 @@ class Engine:
         model = self.resolve(request.model, request.version)
         model.in_flight += 1  # counted before any await: unload waits for it
         self._in_flight += 1
+        statistics = model.statistics
         try:
+            entered = time.perf_counter()
             model.validate(request)
             feeds = {name: _to_onnx(name, array) for name, array in request.inputs.items()}
-            if model.batcher and feeds:
-                rows = next(iter(feeds.values())).shape[0]
-                if rows <= model.runtime.batching.max_batch_size:  # type: ignore[union-attr]
-                    outputs, queue_s, compute_s = await model.batcher.submit(feeds, rows)
-                else:
-                    outputs, compute_s = await self._run(model, feeds)
-                    queue_s = time.perf_counter() - started - compute_s
+            converted = time.perf_counter()
+            statistics.compute_input.add(converted - entered)
+            rows = next(iter(feeds.values())).shape[0] if feeds else 0
+            if model.batcher and feeds and (
+                    rows <= model.runtime.batching.max_batch_size):  # type: ignore[union-attr]
+                outputs, queue_s, compute_s = await model.batcher.submit(feeds, rows)
+                statistics.queue.add(queue_s)
             else:
                 outputs, compute_s = await self._run(model, feeds)
                 queue_s = time.perf_counter() - started - compute_s
+                statistics.queue.add(time.perf_counter() - converted - compute_s)
+            statistics.compute_infer.add(compute_s)
         except InferenceError as error:
             error.version = model.version
+            statistics.fail.add(time.perf_counter() - started)
             if error.code is ErrorCode.INTERNAL:
                 model.stats.failed()
             raise
@@ -410,19 +436,72 @@ class Engine:
                                  model.name, model.version, request_id[:80])
         wanted = request.outputs or [spec.name for spec in model.outputs]
         datatypes = {spec.name: spec.datatype for spec in model.outputs}
-        return InferResponse(
+        ran = time.perf_counter()
+        response = InferResponse(
             model=model.name, version=model.version, id=request_id,
             outputs=[OutputTensor(name, datatypes[name], _from_onnx(outputs[name]))
                      for name in wanted])
+        finished = time.perf_counter()
+        statistics.compute_output.add(finished - ran)
+        statistics.success.add(finished - started)
+        statistics.answered(rows if model.batchable else 1)
+        return response
 
     async def _run(self, model: ModelVersion, feeds: Tensors) -> tuple[Tensors, float]:
         """Runs in the thread pool or, where `runs_inline` says so, on the event loop."""
+        model.statistics.execution_count += 1
         elements = sum(array.size for array in feeds.values())
         estimate_s = model.warmup_s * max(1.0, elements / model.warmup_elements)
         if runs_inline(estimate_s, model.runtime, alone=self._in_flight <= 1):
-            return _run_session(model, feeds)
-        return await asyncio.get_running_loop().run_in_executor(
-            self._pool, _run_session, model, feeds)
+            outputs, compute_s = _run_session(model, feeds)
+        else:
+            outputs, compute_s = await asyncio.get_running_loop().run_in_executor(
+                self._pool, _run_session, model, feeds)
+        if model.runs_to_time:
+            model.runs_to_time -= 1
+            model.timed(compute_s, elements)
+        return outputs, compute_s
+
+
+class WarmupFailed(Exception):
+    """A warm-up run failed: `index` says which feeds, the message is ONNX Runtime's."""
+
+    def __init__(self, index: int, reason: Exception) -> None:
+        super().__init__(" ".join(str(reason).split()))  # one line in a log
+        self.index = index
+
+
+def sample_feeds(model: ModelVersion, index: int, sample: WarmupSample) -> Tensors:
+    """A configured warm-up sample as feeds, checked as a request is: a sample that does
+    not fit the model is a configuration error."""
+    request = InferRequest(model.name, model.version, sample.arrays(),
+                           {name: tensor.datatype for name, tensor in sample.inputs.items()})
+    try:
+        model.validate(request)
+    except InferenceError as error:
+        raise InferenceError.invalid(
+            f"model {model.name!r} version {model.version!r}: warmup[{index}] does not fit "
+            f"the model: {error.message}") from None
+    return {name: _to_onnx(name, array) for name, array in request.inputs.items()}
+
+
+def warm_up(model: ModelVersion, samples: Sequence[Tensors]) -> None:
+    """Runs the samples in turn, each at least once, up to WARMUP_RUNS runs within
+    WARMUP_BUDGET_S (so large models load promptly), keeping the fastest as the estimate."""
+    # Quiet: ONNX Runtime would log a failed run itself; the caller reports it once.
+    quiet = onnxruntime().RunOptions()
+    quiet.log_severity_level = 4
+    deadline = time.perf_counter() + WARMUP_BUDGET_S
+    for run in range(max(WARMUP_RUNS, len(samples))):
+        feeds = samples[run % len(samples)]
+        started = time.perf_counter()
+        try:
+            model.session.run(None, feeds, quiet)
+        except Exception as error:  # ONNX Runtime's own exception types
+            raise WarmupFailed(run % len(samples), error) from error
+        model.timed(time.perf_counter() - started, sum(a.size for a in feeds.values()))
+        if run + 1 >= max(2, len(samples)) and time.perf_counter() > deadline:
+            break
 
 
 def runs_inline(estimate_s: float, runtime: RuntimeConfig, alone: bool) -> bool:

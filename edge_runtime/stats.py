@@ -6,6 +6,8 @@ scraper; these travel over the device's own session, through any NAT."""
 from __future__ import annotations
 
 import bisect
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -53,3 +55,36 @@ def classes_of(primary: np.ndarray) -> np.ndarray | None:
     if primary.ndim == 1 and primary.dtype.kind in "iu" and primary.size and primary.min() >= 0:
         return primary
     return None
+
+
+@dataclass
+class Duration:
+    """How many, and how long they took all together (nanoseconds)."""
+
+    count: int = 0
+    ns: int = 0
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.ns += max(0, int(seconds * 1e9))
+
+
+@dataclass
+class ServingStatistics:
+    """One loaded version's figures for the inference protocol's statistics extension
+    (Triton's names and meanings), counted since it loaded: what perf_analyzer and
+    similar tools read to split a request's time between server and network."""
+
+    success: Duration = field(default_factory=Duration)  # decode to response, answered
+    fail: Duration = field(default_factory=Duration)  # failed once the version was chosen
+    queue: Duration = field(default_factory=Duration)  # waiting for a batch or a thread
+    compute_input: Duration = field(default_factory=Duration)  # inputs checked, converted
+    compute_infer: Duration = field(default_factory=Duration)  # ONNX Runtime's run
+    compute_output: Duration = field(default_factory=Duration)  # outputs converted
+    inference_count: int = 0  # rows answered: a batch of n rows counts n
+    execution_count: int = 0  # model runs: one batched run counts one
+    last_inference_ms: int = 0  # ms since the epoch; 0 before the first
+
+    def answered(self, rows: int) -> None:
+        self.inference_count += rows
+        self.last_inference_ms = int(time.time() * 1000)

@@ -182,6 +182,16 @@ def faulty() -> bytes:
         initializer=[table]))
 
 
+def expand_to_shape() -> bytes:
+    """y = Expand(x, shape): x [3] FP32 broadcast to the INT64 `shape` [2] a request
+    gives. All-zero shapes are invalid, so it cannot be warmed up on zeros."""
+    return _model(helper.make_graph(
+        [helper.make_node("Expand", ["x", "shape"], ["y"])], "expand_to_shape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3]),
+         helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", "columns"])]))
+
+
 def large(megabytes: int) -> bytes:
     """y = x + sum(w) with a `megabytes`-sized w: a big artifact that still loads."""
     weights = numpy_helper.from_array(np.zeros(megabytes * 2**20 // 4, dtype=np.float32), "w")
