@@ -42,8 +42,9 @@ import numpy as np
 import tritonclient.grpc as triton_grpc
 
 from edgefleet.edge_runtime.capture import Collector, encode_record
-from edgefleet.edge_runtime.config import CapturePolicy, RuntimeConfig
+from edgefleet.edge_runtime.config import CapturePolicy
 from edgefleet.edge_runtime.engine import Engine
+from edgefleet.edge_runtime.repository import MODEL_FILE, RepositorySync
 from edgefleet.edge_runtime.serving import grpc as grpc_server
 from edgefleet.edge_runtime.serving.admission import Admission
 from edgefleet.edge_runtime.serving.dataplane import DataPlane
@@ -83,9 +84,12 @@ def serve(model_path: Path, data_dir: Path, port: int,
     async def run() -> None:
         engine = Engine(threads=1)
         engine.observer = collector.observe
-        await engine.load("mlp", "1", model_path, RuntimeConfig())
-        engine.route("mlp", {"1": 1.0})
-        dataplane = DataPlane(engine, collector)
+        repository = data_dir / "repository"
+        (repository / "mlp" / "1").mkdir(parents=True, exist_ok=True)
+        (repository / "mlp" / "1" / MODEL_FILE).write_bytes(model_path.read_bytes())
+        source = RepositorySync(engine, repository)
+        await source.start()
+        dataplane = DataPlane(engine, source, collector)
         dataplane.started = True
         server = grpc_server.create_server(dataplane, Admission(None, 8 << 20, 32),
                                            f"127.0.0.1:{port}", None)

@@ -32,6 +32,7 @@ from edgefleet.edge_runtime.errors import InferenceError
 from edgefleet.edge_runtime.health import HealthProbe, HealthSample
 from edgefleet.edge_runtime.identity import TARGET_OPTIONS, DeviceIdentity, IdentityError
 from edgefleet.edge_runtime.metrics_buffer import MetricsBuffer, sample_registry
+from edgefleet.edge_runtime.serving.dataplane import RepositoryEntry
 from edgefleet.edge_runtime.settings import RunSettings
 from edgefleet.edge_runtime.stats import LATENCY_BOUNDS_S, VersionStats
 from edgefleet.edge_runtime.store import Store, StoredModel, problems
@@ -97,6 +98,14 @@ def capabilities() -> pb.Capabilities:
     return pb.Capabilities(arch=platform.machine(), cpus=os.cpu_count() or 1,
                            memory_bytes=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"),
                            execution_providers=providers)
+
+
+# A device's model states in the repository extension's terms (Triton's).
+REPOSITORY_STATES = {
+    State.STATE_UNSPECIFIED: "UNKNOWN", State.PENDING: "LOADING", State.DOWNLOADING: "LOADING",
+    State.VERIFYING: "LOADING", State.LOADING: "LOADING", State.READY: "READY",
+    State.FAILED: "UNAVAILABLE", State.REMOVING: "UNLOADING",
+}
 
 
 class LinkInterrupted(Exception):
@@ -405,6 +414,25 @@ class CloudAgent:
 
     def _stats(self) -> list[pb.VersionStats]:
         return [stats_message(*entry) for entry in self.engine.stats()]
+
+    # ------------------------------------------------------------ the repository extension
+
+    async def index(self) -> list[RepositoryEntry]:
+        """Every version the device holds or is fetching, as it reports them to the cloud."""
+        return [RepositoryEntry(m.name, m.version, REPOSITORY_STATES[m.state], m.message)
+                for _, m in sorted(self.models.items())]
+
+    async def load(self, name: str) -> None:
+        raise self._managed(name, "load")
+
+    async def unload(self, name: str) -> None:
+        raise self._managed(name, "unload")
+
+    def _managed(self, name: str, what: str) -> InferenceError:
+        return InferenceError.failed_precondition(
+            f"cannot {what} model {name!r} here: this runtime serves what the cloud assigns to "
+            f"EdgeDevice {self.settings.namespace}/{self.settings.device}; change the "
+            "EdgeModel (its selector, version or rollout) instead")
 
     # ------------------------------------------------------------ applying
 

@@ -14,6 +14,7 @@ class ErrorCode(Enum):
     RESOURCE_EXHAUSTED = ("RESOURCE_EXHAUSTED", 413)  # the request is too large
     OVERLOADED = ("RESOURCE_EXHAUSTED", 429)  # too many requests in flight: retry later
     UNAVAILABLE = ("UNAVAILABLE", 503)
+    FAILED_PRECONDITION = ("FAILED_PRECONDITION", 409)  # not while the runtime is in this mode
     INTERNAL = ("INTERNAL", 500)
 
     @property
@@ -60,3 +61,7 @@ class InferenceError(Exception):
     @classmethod
     def unavailable(cls, message: str) -> InferenceError:
         return cls(ErrorCode.UNAVAILABLE, message)
+
+    @classmethod
+    def failed_precondition(cls, message: str) -> InferenceError:
+        return cls(ErrorCode.FAILED_PRECONDITION, message)

@@ -5,6 +5,10 @@ DIR/<model>/config.json (edge_runtime/config.py: ModelConfig).
 new versions are loaded and warmed before routing sends them traffic, removed ones
 are unloaded after their requests drain. Polled, that is hot swap. A version's file is
 immutable once loaded; a new version is a new directory.
+
+It is also the inference protocol's model repository: the index lists every version
+on disk with its state, a load serves a model at once (and again after an unload), and
+an unload stops serving it until the next load, polling or not.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pydantic import ValidationError
 from edgefleet.edge_runtime.config import ModelConfig
 from edgefleet.edge_runtime.engine import Engine
 from edgefleet.edge_runtime.errors import InferenceError
+from edgefleet.edge_runtime.serving.dataplane import RepositoryEntry
 
 logger = logging.getLogger(__name__)
 MODEL_FILE = "model.onnx"
@@ -46,14 +51,15 @@ class ModelEntry:
         return {newest: 1.0}
 
 
-def scan(root: Path) -> tuple[dict[str, ModelEntry], list[str]]:
-    """What the repository holds, and a problem line for each thing it cannot serve."""
+def scan(root: Path) -> tuple[dict[str, ModelEntry], dict[str, str]]:
+    """What the repository holds, and a problem line for each model directory (by its
+    name) it cannot serve."""
     entries: dict[str, ModelEntry] = {}
-    problems: list[str] = []
+    problems: dict[str, str] = {}
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         name = model_dir.name
         if not NAME_PATTERN.match(name):
-            problems.append(f"{model_dir}: not a valid model name")
+            problems[name] = f"{model_dir}: not a valid model name"
             continue
         config = ModelConfig()
         config_path = model_dir / CONFIG_FILE
@@ -61,7 +67,7 @@ def scan(root: Path) -> tuple[dict[str, ModelEntry], list[str]]:
             try:
                 config = ModelConfig.model_validate(json.loads(config_path.read_text()))
             except (ValueError, ValidationError) as error:
-                problems.append(f"{config_path}: {error}")
+                problems[name] = f"{config_path}: {error}"
                 continue
         versions = {}
         for version_dir in sorted(p for p in model_dir.iterdir() if p.is_dir()):
@@ -70,12 +76,12 @@ def scan(root: Path) -> tuple[dict[str, ModelEntry], list[str]]:
                 stat = model_file.stat()
                 versions[version_dir.name] = (model_file, (stat.st_mtime_ns, stat.st_size))
         if not versions:
-            problems.append(f"{model_dir}: no <version>/{MODEL_FILE}")
+            problems[name] = f"{model_dir}: no <version>/{MODEL_FILE}"
             continue
         unknown = [v for v in (config.version_weights or {config.default_version: 1})
                    if v is not None and v not in versions]
         if unknown:
-            problems.append(f"{config_path}: names versions that are not there: {unknown}")
+            problems[name] = f"{config_path}: names versions that are not there: {unknown}"
             continue
         entries[name] = ModelEntry(name, config, versions)
     return entries, problems
@@ -89,19 +95,71 @@ class RepositorySync:
         self._loaded: dict[tuple[str, str], tuple[int, int]] = {}
         self._reported: set[str] = set()
         self._warned: set[tuple[str, str, tuple[int, int]]] = set()
+        # Why a version on disk does not serve: its last load's error.
+        self._failures: dict[tuple[str, str], str] = {}
+        self._unloaded: set[str] = set()  # unloaded by request: not served until loaded
+        self._lock = asyncio.Lock()  # a poll, a load and an unload never interleave
 
     async def sync(self) -> None:
-        entries, problems = scan(self.root)
-        for problem in problems:
-            if problem not in self._reported:  # say it once, not at every poll
-                logger.error("repository: %s", problem)
-        self._reported = set(problems)
-        for entry in entries.values():
+        async with self._lock:
+            entries, problems = await asyncio.to_thread(scan, self.root)
+            for problem in problems.values():
+                if problem not in self._reported:  # say it once, not at every poll
+                    logger.error("repository: %s", problem)
+            self._reported = set(problems.values())
+            for entry in entries.values():
+                if entry.name in self._unloaded:
+                    await self._retire(entry.name, set(self.engine.versions(entry.name)))
+                else:
+                    await self._serve(entry)
+            for name in self.engine.models():
+                if name not in entries and name not in problems:
+                    await self._retire(name, set(self.engine.versions(name)))
+
+    async def index(self) -> list[RepositoryEntry]:
+        entries, problems = await asyncio.to_thread(scan, self.root)
+        index = []
+        for name, entry in entries.items():
+            for version in entry.versions:
+                if version in self.engine.versions(name):
+                    index.append(RepositoryEntry(name, version, "READY"))
+                elif name in self._unloaded:
+                    index.append(RepositoryEntry(name, version, "UNAVAILABLE", "unloaded"))
+                else:
+                    reason = self._failures.get((name, version), "not loaded yet")
+                    index.append(RepositoryEntry(name, version, "UNAVAILABLE", reason))
+        for name, problem in problems.items():  # a model directory that cannot serve at all
+            if NAME_PATTERN.match(name):
+                index.append(RepositoryEntry(name, "", "UNAVAILABLE", problem))
+        return sorted(index, key=lambda e: (e.name, e.version))
+
+    async def load(self, name: str) -> None:
+        async with self._lock:
+            entries, problems = await asyncio.to_thread(scan, self.root)
+            entry = entries.get(name)
+            if entry is None:
+                if name in problems:
+                    raise InferenceError.invalid(f"model {name!r} cannot load: "
+                                                 f"{problems[name]}")
+                raise InferenceError.not_found(f"model {name!r} is not in the repository")
+            self._unloaded.discard(name)
             await self._serve(entry)
-        for name in self.engine.models():
-            if name not in entries and not any(p.startswith(str(self.root / name))
-                                               for p in problems):
-                await self._retire(name, set(self.engine.versions(name)))
+            if not self.engine.is_ready(name, None):
+                reasons = [f"{version}: {self._failures[(name, version)]}"
+                           for version in entry.versions if (name, version) in self._failures]
+                raise InferenceError.invalid(f"model {name!r} did not load: "
+                                             f"{'; '.join(reasons) or 'no version it routes to'}")
+
+    async def unload(self, name: str) -> None:
+        async with self._lock:
+            if name not in self.engine.models():
+                entries, _ = await asyncio.to_thread(scan, self.root)
+                if name not in entries:
+                    raise InferenceError.not_found(f"model {name!r} is not in the repository")
+            self._unloaded.add(name)
+            await self._retire(name, set(self.engine.versions(name)))
+            logger.info("repository: model=%s unloaded by request; a load serves it again",
+                        name)
 
     async def _serve(self, entry: ModelEntry) -> None:
         for version, (path, stamp) in entry.versions.items():
@@ -115,10 +173,13 @@ class RepositorySync:
                                    "immutable, add a new version directory instead", path)
                 continue
             try:
-                await self.engine.load(entry.name, version, path, entry.config.runtime)
+                await self.engine.load(entry.name, version, path, entry.config.runtime,
+                                       warmup=entry.config.warmup)
             except InferenceError as error:  # the versions already serving keep serving
                 logger.error("repository: %s", error.message)
+                self._failures[(entry.name, version)] = error.message
                 continue
+            self._failures.pop((entry.name, version), None)
             self._loaded[(entry.name, version)] = stamp
         weights = {v: w for v, w in entry.weights().items()
                    if v in self.engine.versions(entry.name)}

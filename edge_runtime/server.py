@@ -25,7 +25,7 @@ from edgefleet.edge_runtime.engine import Engine
 from edgefleet.edge_runtime.serving import grpc as grpc_server
 from edgefleet.edge_runtime.serving import rest
 from edgefleet.edge_runtime.serving.admission import Admission
-from edgefleet.edge_runtime.serving.dataplane import DataPlane
+from edgefleet.edge_runtime.serving.dataplane import DataPlane, ModelRepository
 from edgefleet.edge_runtime.settings import ServingSettings
 
 logger = logging.getLogger("edgefleet.edge_runtime")
@@ -64,7 +64,7 @@ def grpc_credentials(settings: ServingSettings) -> grpc.ServerCredentials | None
         root_certificates=ca.read_bytes() if ca else None, require_client_auth=ca is not None)
 
 
-class ModelSource(Protocol):
+class ModelSource(ModelRepository, Protocol):
     """Where the models to serve come from: a local repository or the cloud."""
 
     async def start(self) -> None:
@@ -81,11 +81,11 @@ async def serve(settings: ServingSettings, make_source: Callable[[Engine], Model
     engine = Engine(threads=settings.inference_threads)
     if collector is not None:
         engine.observer = collector.observe
-    dataplane = DataPlane(engine, collector)
+    source = make_source(engine)
+    dataplane = DataPlane(engine, source, collector)
     admission = Admission(auth_token, settings.max_request_bytes,
                           settings.max_concurrent_requests)
     telemetry.CLOUD_CONNECTED.set(0)
-    source = make_source(engine)
     await source.start()
     dataplane.started = True
 

@@ -18,7 +18,8 @@ LATENCY_BUCKETS = LATENCY_BOUNDS_S
 REQUESTS = Counter("edgefleet_inference_requests", "Inference requests by outcome",
                    ["model", "version", "outcome"])
 REQUEST_SECONDS = Histogram("edgefleet_inference_request_duration_seconds",
-                            "Whole request time in the runtime, decode to encode",
+                            "Request time in the runtime, from its bytes in hand to its outputs "
+                            "(decode, routing, waiting and run; encoding the answer is not in it)",
                             ["model", "version"], buckets=LATENCY_BUCKETS)
 QUEUE_SECONDS = Histogram("edgefleet_inference_queue_duration_seconds",
                           "Time a request waited (batch queue and thread pool) before it ran",

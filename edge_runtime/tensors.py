@@ -137,34 +137,70 @@ def encode_bytes(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-def from_values(name: str, datatype: str, shape: Sequence[int],
-                values: Sequence[object]) -> np.ndarray:
-    """Builds a tensor from a flat list of values (typed gRPC contents or JSON data)."""
+def from_values(name: str, datatype: str, shape: Sequence[int], values: object) -> np.ndarray:
+    """Builds a tensor from values: a flat list (typed gRPC contents), a list nested in
+    row-major order or a single value (JSON data). Only the number of values must match
+    the shape, not how they nest. Numbers become numpy in one pass in C, with no Python
+    loop over the elements."""
     shape = check_shape(name, shape)
     dtype = numpy_dtype(name, datatype)
     count = element_count(shape)
-    if len(values) != count:
+    if isinstance(values, list) and values and not isinstance(values[0], list) and (
+            len(values) > count):
+        # Flat, as stock clients send it: too many values are refused before any array
+        # of their size exists.
         raise InferenceError.invalid(
             f"input {name!r}: {len(values)} values given, shape {list(shape)} needs {count}")
-    if datatype == "BYTES":
-        array = np.empty(count, dtype=object)
-        try:
-            array[:] = [v if isinstance(v, bytes) else str(v).encode() for v in values]
-        except (TypeError, ValueError) as error:
-            raise InferenceError.invalid(f"input {name!r}: {error}") from None
-        return array.reshape(shape)
     try:
-        probe = np.asarray(values)
+        # Objects for BYTES: numpy's string dtypes would drop trailing NUL characters.
+        # Object arrays take unevenly nested lists as elements where others refuse them.
+        probe = np.asarray(values, dtype=object if datatype == "BYTES" else None)
+        uneven = probe.dtype == object and any(isinstance(v, list) for v in probe.flat)
+    except ValueError:  # lists of unequal lengths, or nested deeper than numpy allows
+        uneven = True
+    if uneven:
+        raise InferenceError.invalid(f"input {name!r}: data must be flat or nest lists of "
+                                     "equal lengths (at most 64 levels deep)")
+    if probe.size != count:
+        raise InferenceError.invalid(
+            f"input {name!r}: {probe.size} values given, shape {list(shape)} needs {count}")
+    if datatype == "BYTES":
+        return _bytes_from_values(name, probe.reshape(-1)).reshape(shape)
+    try:
         if datatype == "BOOL":
             if probe.size and probe.dtype != np.bool_:
                 raise TypeError(f"BOOL values must be true or false, not {probe.dtype}")
             return probe.astype(np.bool_).reshape(shape)
         if probe.size and probe.dtype.kind not in "biuf":
             raise TypeError(f"values must be numbers, not {probe.dtype}")
-        if dtype.kind in "iu" and probe.dtype.kind == "f":
-            raise TypeError("fractional values given for an integer tensor")
-        array = np.asarray(values, dtype=dtype)  # out-of-range integers raise here
-    except (TypeError, ValueError, OverflowError) as error:
+        if dtype.kind in "iu" and probe.size:
+            if probe.dtype.kind == "f":
+                raise TypeError("fractional values given for an integer tensor")
+            _check_range(probe, dtype)
+        array = probe.astype(dtype, copy=False)
+    except (TypeError, OverflowError) as error:
         raise InferenceError.invalid(f"input {name!r}: values do not fit {datatype}: "
                                      f"{error}") from None
     return array.reshape(shape)
+
+
+def _check_range(probe: np.ndarray, dtype: np.dtype) -> None:
+    """astype wraps integers silently: whatever does not fit the tensor's type is refused
+    first (booleans always fit)."""
+    if probe.dtype.kind not in "iu":
+        return
+    info = np.iinfo(dtype)
+    low, high = int(probe.min()), int(probe.max())
+    if low < info.min or high > info.max:
+        outside = low if low < info.min else high
+        raise OverflowError(f"{outside} is outside [{info.min}, {info.max}]")
+
+
+def _bytes_from_values(name: str, values: np.ndarray) -> np.ndarray:
+    """Each value as bytes: bytes as given, anything else as the UTF-8 of its text."""
+    array = np.empty(len(values), dtype=object)
+    try:
+        array[:] = [v if isinstance(v, bytes) else str(v).encode() for v in values]
+    except ValueError as error:  # text with a lone surrogate
+        raise InferenceError.invalid(f"input {name!r}: {error}") from None
+    return array

@@ -89,7 +89,23 @@ class Admission:
         in the one decoding thread, off the event loop."""
         if size <= INLINE_DECODE_BYTES:
             return decode(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._decoder, decode, *args)
+        decoded, refusal = await asyncio.get_running_loop().run_in_executor(
+            self._decoder, _refusal_apart, decode, *args)
+        if refusal is not None:
+            raise refusal
+        return decoded
 
     def close(self) -> None:
         self._decoder.shutdown(wait=True)
+
+
+def _refusal_apart(decode: Callable[..., T], *args: object) -> tuple[T | None,
+                                                                      InferenceError | None]:
+    """Runs `decode` in the decoding thread and returns its refusal as a value, a copy
+    without the traceback: a raised one would keep the decoding frames, and the parsed
+    body in them (~10x its size), alive until the request's answer is sent, and a decode
+    of each waiting request would then add its own."""
+    try:
+        return decode(*args), None
+    except InferenceError as error:
+        return None, InferenceError(error.code, error.message)

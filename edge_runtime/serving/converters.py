@@ -10,12 +10,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
 from edgefleet.edge_runtime.engine import InferRequest, InferResponse
 from edgefleet.edge_runtime.errors import InferenceError
-from edgefleet.edge_runtime.serving.dataplane import ModelMetadata
+from edgefleet.edge_runtime.serving.dataplane import (
+    BACKEND,
+    ModelConfiguration,
+    ModelMetadata,
+    RepositoryEntry,
+    VersionStatistics,
+)
+from edgefleet.edge_runtime.stats import Duration
 from edgefleet.edge_runtime.tensors import from_raw, from_values, to_raw
 from edgefleet.protocol.inference import grpc_service_pb2 as pb
+from edgefleet.protocol.inference import model_config_pb2 as config_pb
 
 # Which typed field of InferTensorContents carries each datatype (FP16: raw only).
 CONTENTS_FIELD = {
@@ -100,15 +109,6 @@ def metadata_to_grpc(metadata: ModelMetadata) -> pb.ModelMetadataResponse:
 # ---------------------------------------------------------------- REST (JSON)
 
 
-def _flatten(data: Any) -> list[Any]:
-    if not isinstance(data, list):
-        return [data]
-    flat: list[Any] = []
-    for item in data:
-        flat.extend(_flatten(item))
-    return flat
-
-
 def _field(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str,
            default: Any = ...) -> Any:
     if key not in obj:
@@ -130,9 +130,14 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
-        parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise InferenceError.invalid(f"request body is not JSON: {error}") from None
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        # Stock clients write NaN and infinities as the bare words NaN, Infinity and
+        # -Infinity, as Python's json does; strict JSON and orjson refuse them.
+        try:
+            parsed = json.loads(body)
+        except (ValueError, RecursionError) as error:
+            raise InferenceError.invalid(f"request body is not JSON: {error}") from None
     if not isinstance(parsed, dict):
         raise InferenceError.invalid("request body must be a JSON object")
     return parsed
@@ -168,7 +173,7 @@ def infer_request_from_json(model: str, version: str | None, header: bytes,
             inputs[name] = from_raw(name, datatype, shape, binary[offset:offset + size])
             offset += size
         else:
-            data = _flatten(_field(item, "data", (list, int, float, str, bool), f"input {name!r}"))
+            data = _field(item, "data", (list, int, float, str, bool), f"input {name!r}")
             inputs[name] = from_values(name, datatype, shape, data)
         datatypes[name] = datatype
     if offset != len(binary):
@@ -199,16 +204,29 @@ def infer_response_to_json(response: InferResponse, all_binary: bool,
             data = to_raw(output.data, output.datatype)
             entry["parameters"] = {"binary_data_size": len(data)}
             tail.append(data)
-        elif output.datatype == "BYTES":
-            entry["data"] = [item.decode("utf-8", "replace") for item in output.data.reshape(-1)]
         else:
-            entry["data"] = np.asarray(output.data).reshape(-1).tolist()
+            entry["data"] = _json_data(output.data, output.datatype)
         outputs.append(entry)
     body: dict[str, Any] = {"model_name": response.model, "model_version": response.version,
                             "outputs": outputs}
     if response.id:
-        body["id"] = response.id
-    return json.dumps(body).encode(), b"".join(tail)
+        # Python's json: an id read by its fallback in _json_object may hold a lone
+        # surrogate, which orjson refuses to write.
+        body["id"] = orjson.Fragment(json.dumps(response.id))
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), b"".join(tail)
+
+
+def _json_data(data: np.ndarray, datatype: str) -> Any:
+    """An output's values, flat, as orjson writes them: numeric arrays straight from
+    numpy (it takes C-contiguous ones only)."""
+    flat = np.ascontiguousarray(data).reshape(-1)
+    if datatype == "BYTES":
+        return [item.decode("utf-8", "replace") for item in flat]
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+        # orjson writes NaN and infinities as null; stock clients read back the NaN,
+        # Infinity and -Infinity that Python's json writes.
+        return orjson.Fragment(json.dumps(flat.tolist()))
+    return flat
 
 
 def feedback_from_json(body: bytes) -> tuple[str, list[str]]:
@@ -233,3 +251,115 @@ def metadata_to_json(metadata: ModelMetadata) -> dict[str, Any]:
     return {"name": metadata.name, "versions": metadata.versions,
             "platform": metadata.platform, "inputs": tensors(metadata.inputs),
             "outputs": tensors(metadata.outputs)}
+
+
+# ---------------------------------------------------------------- extensions (both)
+# Model configuration, statistics and repository index, in Triton's JSON and messages.
+
+STATISTICS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+
+
+def _config_type(datatype: str) -> str:
+    """The model configuration's name of a protocol datatype (BYTES is TYPE_STRING)."""
+    return "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}"
+
+
+def config_to_json(config: ModelConfiguration, platform: str) -> dict[str, Any]:
+    def tensors(specs: Sequence[Any]) -> list[dict[str, Any]]:
+        return [{"name": s.name, "data_type": _config_type(s.datatype), "dims": list(s.shape)}
+                for s in specs]
+
+    body: dict[str, Any] = {
+        "name": config.name, "platform": platform, "backend": BACKEND,
+        "max_batch_size": config.max_batch_size, "input": tensors(config.inputs),
+        "output": tensors(config.outputs)}
+    if config.batch_delay_micros is not None:
+        body["dynamic_batching"] = {"max_queue_delay_microseconds": config.batch_delay_micros}
+    return body
+
+
+def config_to_grpc(config: ModelConfiguration, platform: str) -> pb.ModelConfigResponse:
+    def data_type(datatype: str) -> int:
+        return config_pb.DataType.Value(_config_type(datatype))
+
+    message = config_pb.ModelConfig(
+        name=config.name, platform=platform, backend=BACKEND,
+        max_batch_size=config.max_batch_size,
+        input=[config_pb.ModelInput(name=s.name, data_type=data_type(s.datatype), dims=s.shape)
+               for s in config.inputs],
+        output=[config_pb.ModelOutput(name=s.name, data_type=data_type(s.datatype),
+                                      dims=s.shape) for s in config.outputs])
+    if config.batch_delay_micros is not None:
+        message.dynamic_batching.max_queue_delay_microseconds = config.batch_delay_micros
+    return pb.ModelConfigResponse(config=message)
+
+
+def statistics_to_json(versions: Sequence[VersionStatistics]) -> dict[str, Any]:
+    def duration(value: Duration) -> dict[str, int]:
+        return {"count": value.count, "ns": value.ns}
+
+    return {"model_stats": [{
+        "name": v.name, "version": v.version,
+        "last_inference": v.statistics.last_inference_ms,
+        "inference_count": v.statistics.inference_count,
+        "execution_count": v.statistics.execution_count,
+        "inference_stats": {
+            **{name: duration(getattr(v.statistics, name)) for name in STATISTICS},
+            "cache_hit": duration(Duration()), "cache_miss": duration(Duration())},
+        "batch_stats": [],
+    } for v in versions]}
+
+
+def statistics_to_grpc(versions: Sequence[VersionStatistics]) -> pb.ModelStatisticsResponse:
+    def duration(value: Duration) -> pb.StatisticDuration:
+        return pb.StatisticDuration(count=value.count, ns=value.ns)
+
+    return pb.ModelStatisticsResponse(model_stats=[pb.ModelStatistics(
+        name=v.name, version=v.version, last_inference=v.statistics.last_inference_ms,
+        inference_count=v.statistics.inference_count,
+        execution_count=v.statistics.execution_count,
+        inference_stats=pb.InferStatistics(
+            **{name: duration(getattr(v.statistics, name)) for name in STATISTICS}),
+    ) for v in versions])
+
+
+def index_to_json(entries: Sequence[RepositoryEntry]) -> list[dict[str, str]]:
+    return [{"name": e.name, "version": e.version, "state": e.state, "reason": e.reason}
+            for e in entries]
+
+
+def index_to_grpc(entries: Sequence[RepositoryEntry]) -> pb.RepositoryIndexResponse:
+    index = pb.RepositoryIndexResponse.ModelIndex
+    return pb.RepositoryIndexResponse(models=[
+        index(name=e.name, version=e.version, state=e.state, reason=e.reason) for e in entries])
+
+
+def repository_parameters_from_grpc(
+        parameters: Mapping[str, pb.ModelRepositoryParameter]) -> dict[str, object]:
+    """Each parameter's value, whichever of the oneof it is."""
+    values: dict[str, object] = {}
+    for key, parameter in parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        values[key] = getattr(parameter, choice) if choice else None
+    return values
+
+
+def repository_parameters_from_json(body: bytes) -> dict[str, object]:
+    """The `parameters` object of a load or unload request's optional JSON body."""
+    if not body.strip():
+        return {}
+    parameters = _json_object(body).get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise InferenceError.invalid(
+            f"parameters: expected an object, got {type(parameters).__name__}")
+    return parameters
+
+
+def index_request_from_json(body: bytes) -> bool:
+    """Whether an index request asks for ready models only (`{"ready": true}`)."""
+    if not body.strip():
+        return False
+    ready = _json_object(body).get("ready", False)
+    if not isinstance(ready, bool):
+        raise InferenceError.invalid(f"ready: expected a boolean, got {type(ready).__name__}")
+    return ready

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
-from edgefleet.edge_runtime.engine import InferRequest
+from edgefleet.edge_runtime.engine import PLATFORM, InferRequest
 from edgefleet.edge_runtime.errors import ErrorCode, InferenceError
 from edgefleet.edge_runtime.serving import converters
 from edgefleet.edge_runtime.serving.admission import Admission
@@ -106,6 +106,30 @@ def create_app(dataplane: DataPlane, admission: Admission) -> web.Application:
         return web.Response(body=header + tail, content_type="application/octet-stream",
                             headers={HEADER_LENGTH: str(len(header))})
 
+    async def model_config(request: web.Request) -> web.Response:
+        config = dataplane.model_configuration(request.match_info["model"], _version(request))
+        return web.json_response(converters.config_to_json(config, PLATFORM))
+
+    async def model_statistics(request: web.Request) -> web.Response:
+        versions = dataplane.model_statistics(request.match_info.get("model", ""),
+                                              _version(request))
+        return web.json_response(converters.statistics_to_json(versions))
+
+    async def repository_index(request: web.Request) -> web.Response:
+        ready_only = converters.index_request_from_json(await request.read())
+        entries = await dataplane.repository_index(ready_only)
+        return web.json_response(converters.index_to_json(entries))
+
+    async def repository_load(request: web.Request) -> web.Response:
+        parameters = converters.repository_parameters_from_json(await request.read())
+        await dataplane.load_model(request.match_info["model"], parameters)
+        return web.json_response({})
+
+    async def repository_unload(request: web.Request) -> web.Response:
+        parameters = converters.repository_parameters_from_json(await request.read())
+        await dataplane.unload_model(request.match_info["model"], parameters)
+        return web.json_response({})
+
     async def feedback(request: web.Request) -> web.Response:
         model = request.match_info["model"]
         request_id, labels = converters.feedback_from_json(await request.read())
@@ -116,10 +140,17 @@ def create_app(dataplane: DataPlane, admission: Admission) -> web.Application:
 
     app = web.Application(client_max_size=admission.max_request_bytes,
                           middlewares=[errors_as_json, authenticate])
+    # Before /v2/models/{model}: as in Triton, a model named "stats" has no metadata route.
+    app.router.add_get("/v2/models/stats", model_statistics)
     for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         app.router.add_get(prefix, model_metadata)
         app.router.add_get(f"{prefix}/ready", model_ready)
         app.router.add_post(f"{prefix}/infer", infer)
+        app.router.add_get(f"{prefix}/config", model_config)
+        app.router.add_get(f"{prefix}/stats", model_statistics)
+    app.router.add_post("/v2/repository/index", repository_index)
+    app.router.add_post("/v2/repository/models/{model}/load", repository_load)
+    app.router.add_post("/v2/repository/models/{model}/unload", repository_unload)
     app.router.add_post("/v2/models/{model}/feedback", feedback)
     app.router.add_routes(health_routes(dataplane))
     app.router.add_get("/v2", server_metadata)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import testmodels
 import tritonclient.grpc as triton_grpc
+from tritonclient.utils import InferenceServerException
 
 from tests.conftest import EdgeProcess, Fleet, Kube
 from tests.helpers import eventually, printed_row
@@ -78,6 +79,12 @@ def test_apply_to_ready_on_targeted_devices_relabel_and_withdraw(fleet: Fleet) -
         assert held["digest"] == f"sha256:{sha}"
         assert answer(fleet.edges[device], "digits") == 3.0
     assert reported(kube, namespace, "cam-3") == []
+    # A repository client sees what the cloud assigned, and may not change it here.
+    repository = triton_grpc.InferenceServerClient(fleet.edges["cam-1"].grpc_url)
+    assert repository.get_model_repository_index(as_json=True)["models"] == [
+        {"name": "digits", "version": "1.0.0", "state": "READY"}]
+    with pytest.raises(InferenceServerException, match=f"EdgeDevice {namespace}/cam-1"):
+        repository.unload_model("digits")
     printed = printed_row(kube.kubectl("get", "em", "digits", "-n", namespace).stdout)
     assert (printed["VERSION"], printed["READY"], printed["PHASE"]) == ("1.0.0", "2/2", "Healthy")
     devices = kube.kubectl("get", "ed", "-n", namespace).stdout

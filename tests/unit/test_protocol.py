@@ -9,12 +9,17 @@ from pathlib import Path
 
 import pytest
 from google.protobuf.descriptor import Descriptor
+from tritonclient.grpc import model_config_pb2 as triton_config
 from tritonclient.grpc import service_pb2 as triton
 
 from edgefleet.protocol.inference import grpc_service_pb2 as ours
+from edgefleet.protocol.inference import model_config_pb2 as our_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MESSAGES = [name for name in ours.DESCRIPTOR.message_types_by_name]
+# Declared with only the fields the runtime fills (the model configuration's ONNX part;
+# statistics without batch, memory and response figures): a client reads the rest unset.
+PARTIAL = {"ModelConfigResponse", "ModelStatistics", "ModelStatisticsResponse"}
+MESSAGES = [name for name in ours.DESCRIPTOR.message_types_by_name if name not in PARTIAL]
 
 
 def wire_shape(descriptor: Descriptor) -> dict[int, tuple[object, ...]]:
@@ -35,11 +40,45 @@ def test_message_matches_the_stock_client_field_for_field(name: str) -> None:
         triton.DESCRIPTOR.message_types_by_name[name])
 
 
+def is_part_of(part: dict[int, tuple[object, ...]], whole: dict[int, tuple[object, ...]]
+               ) -> bool:
+    """Each field of `part` is the field of `whole` with that number, nested messages
+    being parts of theirs."""
+    for number, (name, kind, repeated, oneof, nested) in part.items():
+        if number not in whole:
+            return False
+        other_name, other_kind, other_repeated, other_oneof, other_nested = whole[number]
+        if (name, kind, repeated, oneof) != (other_name, other_kind, other_repeated,
+                                             other_oneof):
+            return False
+        if nested and not is_part_of(dict(nested), dict(other_nested or ())):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("name", sorted(PARTIAL))
+def test_partial_messages_are_part_of_the_stock_clients(name: str) -> None:
+    part = wire_shape(ours.DESCRIPTOR.message_types_by_name[name])
+    assert is_part_of(part, wire_shape(triton.DESCRIPTOR.message_types_by_name[name]))
+    assert not is_part_of({99: ("x", 9, False, None, None)}, part)  # the check can fail
+
+
+def test_model_configuration_types_match_the_stock_clients() -> None:
+    for name in our_config.DESCRIPTOR.message_types_by_name:
+        assert is_part_of(wire_shape(our_config.DESCRIPTOR.message_types_by_name[name]),
+                          wire_shape(triton_config.DESCRIPTOR.message_types_by_name[name])), name
+    ours_types = our_config.DESCRIPTOR.enum_types_by_name["DataType"].values_by_name
+    theirs = triton_config.DESCRIPTOR.enum_types_by_name["DataType"].values_by_name
+    assert {n: v.number for n, v in ours_types.items()} == {
+        n: v.number for n, v in theirs.items()}
+
+
 def test_every_method_the_protocol_names_is_declared() -> None:
     service = ours.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     assert {m.name for m in service.methods} == {
         "ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata",
-        "ModelInfer"}
+        "ModelInfer", "ModelConfig", "ModelStatistics", "RepositoryIndex",
+        "RepositoryModelLoad", "RepositoryModelUnload"}
     for method in service.methods:
         stock = triton.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods_by_name[
             method.name]

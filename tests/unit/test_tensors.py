@@ -78,6 +78,53 @@ def test_values_that_do_not_fit_are_refused(datatype: str, values: list[object],
     assert reason in invalid(lambda: from_values("x", datatype, [2], values))
 
 
+@pytest.mark.parametrize(("datatype", "values", "reason"), [
+    ("INT64", [2**63, 2**63], f"{2**63} is outside"),
+    ("UINT64", [-1, 1], "-1 is outside"),
+    ("UINT8", [[1], [256]], "256 is outside [0, 255]"),
+])
+def test_out_of_range_integers_are_named_with_the_range(datatype: str, values: list[object],
+                                                       reason: str) -> None:
+    message = invalid(lambda: from_values("x", datatype, [2], values))
+    assert f"do not fit {datatype}" in message and reason in message
+
+
+@pytest.mark.parametrize("datatype", [d for d in NUMPY_DTYPES if d != "FP16"])
+def test_nested_values_build_the_same_tensor_as_flat_ones(datatype: str) -> None:
+    array = sample(datatype)
+    rows = [list(row) for row in array] if datatype == "BYTES" else array.tolist()
+    assert np.array_equal(from_values("x", datatype, [2, 3], rows), array)
+    # Only the count must match the shape, not how the values nest.
+    assert np.array_equal(from_values("x", datatype, [3, 2], rows), array.reshape(3, 2))
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "BYTES"])
+@pytest.mark.parametrize("values", [[[1, 2], [3]], [1, [2, 3]], [[[1]], [2]]])
+def test_unevenly_nested_values_are_refused(datatype: str, values: list[object]) -> None:
+    message = invalid(lambda: from_values("x", datatype, [3], values))
+    assert "'x'" in message and "nest lists of equal lengths" in message
+
+
+def test_values_nested_deeper_than_numpy_allows_are_refused() -> None:
+    values: list[object] = [1.0]
+    for _ in range(70):
+        values = [values]
+    assert "at most 64 levels" in invalid(lambda: from_values("x", "FP32", [1], values))
+
+
+def test_a_single_value_is_a_tensor_of_one_element() -> None:
+    assert from_values("x", "FP32", [1, 1], 2.5).tolist() == [[2.5]]
+    assert "1 values given" in invalid(lambda: from_values("x", "FP32", [4], "four"))
+
+
+def test_an_empty_integer_tensor_is_accepted() -> None:
+    assert from_values("x", "INT32", [0, 3], []).shape == (0, 3)
+
+
+def test_bytes_values_keep_trailing_nul_characters() -> None:
+    assert from_values("x", "BYTES", [2], ["a\x00", b"b\x00"]).tolist() == [b"a\x00", b"b\x00"]
+
+
 def test_negative_dimensions_are_refused() -> None:
     assert "negative" in invalid(lambda: from_raw("x", "FP32", [-1, 2], b""))
 
