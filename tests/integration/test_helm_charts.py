@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from kubernetes import client
 
-from tests.conftest import Kube, StartOperator
+from tests.conftest import Kube, StartEdge, StartOperator
 from tests.helpers import eventually
 from tests.integration.test_operator import device_body, model_body, wait_status
 
@@ -366,14 +366,34 @@ def test_both_charts_take_the_usual_extension_points(helm: Helm, namespace: str)
 
 
 def test_cloud_chart_has_a_helm_test_the_network_policy_admits(
-        helm: Helm, namespace: str) -> None:
-    manifests = helm.template(CLOUD, ["--set", "networkPolicy.gatewayFrom[0].ipBlock.cidr="
-                                      "10.0.0.0/8"], namespace)
+        helm: Helm, namespace: str, start_operator: StartOperator) -> None:
+    """The rendered test pod's script, run here against a real operator (its Services'
+    names standing for its address): it passes while the operator leads and serves,
+    and fails once it is gone."""
+    operator = start_operator()
+    manifests = helm.template(CLOUD, [
+        "--set", "networkPolicy.gatewayFrom[0].ipBlock.cidr=10.0.0.0/8",
+        "--set", f"metrics.port={operator.metrics_port}",
+        "--set", f"gateway.port={operator.grpc_port}",
+        "--set", f"gateway.enrolmentPort={operator.enrolment_port}"], namespace)
     pod = the(manifests, "Pod")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     script = pod["spec"]["containers"][0]["command"][2]
-    assert "http://release-edgefleet-metrics:8080/readyz" in script
-    assert "ports = [50051, 50052]" in script and '"release-edgefleet-gateway"' in script
+    assert f"http://release-edgefleet-metrics:{operator.metrics_port}/readyz" in script
+    assert f"ports = [{operator.grpc_port}, {operator.enrolment_port}]" in script
+    assert '"release-edgefleet-gateway"' in script
+    here = script.replace("release-edgefleet-metrics", "127.0.0.1").replace(
+        "release-edgefleet-gateway", "127.0.0.1")
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", here], capture_output=True, text=True,
+                              timeout=60, check=False)
+
+    passed = run()
+    assert passed.returncode == 0, passed.stderr
+    assert "200" in passed.stdout and "accepts connections" in passed.stdout
+    operator.stop()
+    assert run().returncode != 0
     assert pod["spec"]["automountServiceAccountToken"] is False
     labels = pod["metadata"]["labels"]
     policy = next(m for m in manifests if m["kind"] == "NetworkPolicy"
@@ -383,6 +403,50 @@ def test_cloud_chart_has_a_helm_test_the_network_policy_admits(
                      if "podSelector" in peer and "namespaceSelector" not in peer]
         assert any(all(labels.get(k) == v for k, v in selector.items())
                    for selector in selectors), rule
+
+
+def test_edge_chart_helm_test_checks_every_runtime_pod_it_finds(
+        helm: Helm, namespace: str, start_edge: StartEdge) -> None:
+    """The rendered test pod's script, run here against a real runtime (the headless
+    Service's name standing for its address): it passes while the runtime serves and
+    fails once it is gone."""
+    edge = start_edge(REPO_ROOT / "examples" / "models")
+    manifests = helm.template(EDGE, [
+        *EDGE_REQUIRED, "--set", f"ports.grpc={edge.grpc_port}", "--set",
+        f"ports.http={edge.http_port}", "--set",
+        "networkPolicy.inferenceFrom[0].ipBlock.cidr=10.0.0.0/8"], namespace)
+    pod, service = the(manifests, "Pod"), the(manifests, "Service")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == the(manifests, "DaemonSet")["spec"]["selector"][
+        "matchLabels"]
+    script = pod["spec"]["containers"][0]["command"][2]
+    assert f'"{service["metadata"]["name"]}"' in script
+    here = script.replace(f'"{service["metadata"]["name"]}"', '"127.0.0.1"')
+
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", here], capture_output=True, text=True,
+                              timeout=60, check=False)
+
+    passed = run()
+    assert passed.returncode == 0, passed.stderr
+    assert "REST ready 200" in passed.stdout and "gRPC health SERVING" in passed.stdout
+    edge.process.terminate()
+    edge.process.wait(timeout=30)
+    assert run().returncode != 0
+
+    # The NetworkPolicy admits the test pod to the inference ports it narrowed.
+    policy = the(manifests, "NetworkPolicy")
+    inference = next(rule for rule in policy["spec"]["ingress"]
+                     if {"port": "grpc", "protocol": "TCP"} in rule["ports"])
+    labels = pod["metadata"]["labels"]
+    assert any(all(labels.get(k) == v for k, v in peer["podSelector"]["matchLabels"].items())
+               for peer in inference["from"] if "podSelector" in peer)
+    # Bound to loopback, nothing outside the node reaches the runtime: no test pod.
+    loopback = helm.template(EDGE, [*EDGE_REQUIRED, "--set", "listenHost=127.0.0.1"],
+                             namespace)
+    assert "Pod" not in kinds(loopback)
 
 
 def test_cloud_chart_lets_the_operator_keep_its_ca_and_signing_key_in_its_namespace(

@@ -11,6 +11,13 @@ app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
+{{/* The `helm test` pod's own labels, which the NetworkPolicy admits to the
+inference ports whatever inferenceFrom narrows them to. */}}
+{{- define "edgefleet-edge.testSelectorLabels" -}}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: helm-test
+{{- end -}}
+
 {{- define "edgefleet-edge.labels" -}}
 {{ include "edgefleet-edge.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
