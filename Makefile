@@ -8,7 +8,7 @@ CLUSTER_DIR := .cluster
 # top-level operator/ folder shadows the standard library's operator module.
 export PYTHONSAFEPATH := 1
 
-.PHONY: help venv test test-unit lint crds protos example-models cluster-up cluster-down testbin \
+.PHONY: help venv test test-unit lint crds docs protos example-models cluster-up cluster-down testbin \
 	helm s3 chart-files prometheus \
 	demo demo-down clean
 
@@ -18,7 +18,8 @@ help:
 	@echo "make test          lint, unit and integration tests (builds the control plane once)"
 	@echo "make cluster-up    start etcd + kube-apiserver on loopback; kubeconfig in .cluster/"
 	@echo "make cluster-down  stop it and delete its state"
-	@echo "make crds          regenerate crds/ from operator/resources.py (and the chart's copies)"
+	@echo "make crds          regenerate crds/ from operator/resources.py (the chart's copies, docs)"
+	@echo "make docs          regenerate docs/reference.md, the field reference, from crds/"
 	@echo "make chart-files   copy crds/, monitoring/ alerts and dashboards into the cloud chart"
 	@echo "make helm          build helm of the pinned release (for the chart tests)"
 	@echo "make s3            build SeaweedFS's weed, the S3-compatible server the dataset tests use"
@@ -49,6 +50,12 @@ prometheus:
 crds: venv
 	$(PY) -m edgefleet.operator.crdgen crds
 	$(MAKE) chart-files
+	$(MAKE) docs
+
+# docs/reference.md is generated from crds/ (`hack/fieldref.py --check` says when it is
+# stale, and so does a test).
+docs: venv
+	$(PY) hack/fieldref.py
 
 # The cloud chart carries copies of the CRDs, dashboards and alert rules (a chart
 # cannot read files outside its folder); a test fails when they drift.
