@@ -214,7 +214,7 @@ def write_model(root: Path, name: str, version: str, model: bytes,
 
 
 def write_examples(root: Path) -> None:
-    """The repository README's `edgefleet-edge serve` example serves."""
+    """The `edgefleet-edge serve` example of docs/models-and-serving.md serves."""
     write_model(root, "types", "1", identity_all_types())
     write_model(root, "mlp", "1", mlp(), {"runtime": {
         "batching": {"maxBatchSize": 32, "maxDelayMicros": 500}}})
