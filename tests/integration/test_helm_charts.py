@@ -365,6 +365,12 @@ def test_both_charts_take_the_usual_extension_points(helm: Helm, namespace: str)
             "app.kubernetes.io/component": "gateway"}}}}
 
 
+def run_script(script: str) -> subprocess.CompletedProcess[str]:
+    """A `helm test` pod's Python script, run here as its container would run it."""
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
 def test_cloud_chart_has_a_helm_test_the_network_policy_admits(
         helm: Helm, namespace: str, start_operator: StartOperator) -> None:
     """The rendered test pod's script, run here against a real operator (its Services'
@@ -384,16 +390,11 @@ def test_cloud_chart_has_a_helm_test_the_network_policy_admits(
     assert '"release-edgefleet-gateway"' in script
     here = script.replace("release-edgefleet-metrics", "127.0.0.1").replace(
         "release-edgefleet-gateway", "127.0.0.1")
-
-    def run() -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-c", here], capture_output=True, text=True,
-                              timeout=60, check=False)
-
-    passed = run()
+    passed = run_script(here)
     assert passed.returncode == 0, passed.stderr
     assert "200" in passed.stdout and "accepts connections" in passed.stdout
     operator.stop()
-    assert run().returncode != 0
+    assert run_script(here).returncode != 0
     assert pod["spec"]["automountServiceAccountToken"] is False
     labels = pod["metadata"]["labels"]
     policy = next(m for m in manifests if m["kind"] == "NetworkPolicy"
@@ -424,17 +425,12 @@ def test_edge_chart_helm_test_checks_every_runtime_pod_it_finds(
     script = pod["spec"]["containers"][0]["command"][2]
     assert f'"{service["metadata"]["name"]}"' in script
     here = script.replace(f'"{service["metadata"]["name"]}"', '"127.0.0.1"')
-
-    def run() -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-c", here], capture_output=True, text=True,
-                              timeout=60, check=False)
-
-    passed = run()
+    passed = run_script(here)
     assert passed.returncode == 0, passed.stderr
     assert "REST ready 200" in passed.stdout and "gRPC health SERVING" in passed.stdout
     edge.process.terminate()
     edge.process.wait(timeout=30)
-    assert run().returncode != 0
+    assert run_script(here).returncode != 0
 
     # The NetworkPolicy admits the test pod to the inference ports it narrowed.
     policy = the(manifests, "NetworkPolicy")
@@ -988,7 +984,10 @@ def test_edge_network_policy_admits_named_callers_and_reaches_only_the_gateway(
     assert policy["policyTypes"] == ["Ingress", "Egress"]
     inference, metrics = policy["ingress"]
     assert rule_ports(inference) == {("grpc", "TCP"), ("http", "TCP")}
-    assert inference["from"] == [{"podSelector": {}}]  # this namespace's pods by default
+    # This namespace's pods by default, and the `helm test` pod whatever the list says.
+    test_pod = {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": "release",
+                                                "app.kubernetes.io/component": "helm-test"}}}
+    assert inference["from"] == [{"podSelector": {}}, test_pod]
     assert metrics["from"][0]["podSelector"]["matchLabels"] == {
         "app.kubernetes.io/name": "prometheus"}
     dns, gateway = policy["egress"]
@@ -998,7 +997,7 @@ def test_edge_network_policy_admits_named_callers_and_reaches_only_the_gateway(
 
     site = helm.template(EDGE, EDGE_VALUES["site network"], namespace)
     policy = the(site, "NetworkPolicy")["spec"]
-    assert policy["ingress"][0]["from"] == [{"ipBlock": {"cidr": "192.168.10.0/24"}}]
+    assert policy["ingress"][0]["from"] == [{"ipBlock": {"cidr": "192.168.10.0/24"}}, test_pod]
     assert policy["egress"][1]["to"] == [{"ipBlock": {"cidr": "198.51.100.7/32"}}]
     assert rule_ports(policy["egress"][1]) == {(50051, "TCP"), (50052, "TCP")}
     # A policy cannot bind a pod on the host's network: none is rendered to suggest one.
