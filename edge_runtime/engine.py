@@ -398,15 +398,18 @@ class Engine:
             feeds = {name: _to_onnx(name, array) for name, array in request.inputs.items()}
             converted = time.perf_counter()
             statistics.compute_input.add(converted - entered)
-            rows = next(iter(feeds.values())).shape[0] if feeds else 0
+            # A batchable model's tensors all have a first dimension, the rows; any other
+            # request counts as one (its inputs may be scalars).
+            rows = next(iter(feeds.values())).shape[0] if model.batchable and feeds else 1
             if model.batcher and feeds and (
                     rows <= model.runtime.batching.max_batch_size):  # type: ignore[union-attr]
                 outputs, queue_s, compute_s = await model.batcher.submit(feeds, rows)
                 statistics.queue.add(queue_s)
             else:
                 outputs, compute_s = await self._run(model, feeds)
-                queue_s = time.perf_counter() - started - compute_s
-                statistics.queue.add(time.perf_counter() - converted - compute_s)
+                ran = time.perf_counter()
+                queue_s = ran - started - compute_s
+                statistics.queue.add(ran - converted - compute_s)
             statistics.compute_infer.add(compute_s)
         except InferenceError as error:
             error.version = model.version
@@ -436,15 +439,15 @@ class Engine:
                                  model.name, model.version, request_id[:80])
         wanted = request.outputs or [spec.name for spec in model.outputs]
         datatypes = {spec.name: spec.datatype for spec in model.outputs}
-        ran = time.perf_counter()
+        answered = time.perf_counter()
         response = InferResponse(
             model=model.name, version=model.version, id=request_id,
             outputs=[OutputTensor(name, datatypes[name], _from_onnx(outputs[name]))
                      for name in wanted])
         finished = time.perf_counter()
-        statistics.compute_output.add(finished - ran)
+        statistics.compute_output.add(finished - answered)
         statistics.success.add(finished - started)
-        statistics.answered(rows if model.batchable else 1)
+        statistics.answered(rows)
         return response
 
     async def _run(self, model: ModelVersion, feeds: Tensors) -> tuple[Tensors, float]:
