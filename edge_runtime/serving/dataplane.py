@@ -126,17 +126,16 @@ class DataPlane:
         if not name:
             if version:
                 raise InferenceError.invalid("a version was given without a model name")
-            return [VersionStatistics(model, loaded, self.engine.resolve(model, loaded)
-                                      .statistics)
-                    for model in self.engine.models() for loaded in self.engine.versions(model)]
-        if version:
-            return [VersionStatistics(name, version,
-                                      self.engine.resolve(name, version).statistics)]
-        versions = self.engine.versions(name)
-        if not versions:
-            raise InferenceError.not_found(f"model {name!r} is not loaded")
-        return [VersionStatistics(name, loaded, self.engine.resolve(name, loaded).statistics)
-                for loaded in versions]
+            wanted = [(model, loaded) for model in self.engine.models()
+                      for loaded in self.engine.versions(model)]
+        elif version:
+            wanted = [(name, version)]
+        else:
+            wanted = [(name, loaded) for loaded in self.engine.versions(name)]
+            if not wanted:
+                raise InferenceError.not_found(f"model {name!r} is not loaded")
+        return [VersionStatistics(model, loaded, self.engine.resolve(model, loaded).statistics)
+                for model, loaded in wanted]
 
     async def repository_index(self, ready_only: bool) -> list[RepositoryEntry]:
         entries = await self.repository.index()
